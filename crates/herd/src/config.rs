@@ -1,0 +1,280 @@
+//! The command line: clap flags, each also read from a `HERD_*` variable, validated into
+//! the settings the program runs with before anything starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use herd_identity::{AuthConfig, HashParams};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herd",
+    version,
+    about = "A backend whose replicas keep nothing a user needs on the next request."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: human-readable lines, or one JSON object a line.
+    #[arg(long, global = true, env = "HERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one replica: accounts and stateless tokens over HTTP.
+    Serve(ServeArgs),
+    /// Inspect or rotate the signing keys every replica shares.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        identity: IdentityArgs,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List the keys with their state (pending, active, retiring, retired).
+    List,
+    /// Add a key that is published now and signs after --key-publish-delay; delete
+    /// keys that have retired.
+    Rotate,
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// The store: sqlite://PATH (created when missing).
+    #[arg(long, env = "HERD_DATABASE", default_value = "sqlite://herd.db")]
+    pub database: String,
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The `iss` of every token; every replica must share it. Set it to the public URL
+    /// clients reach herd at.
+    #[arg(long, env = "HERD_ISSUER", default_value = "http://127.0.0.1:8080")]
+    pub issuer: String,
+
+    /// The `aud` of every token.
+    #[arg(long, env = "HERD_AUDIENCE", default_value = "herd")]
+    pub audience: String,
+
+    /// Access-token lifetime (e.g. 300s, 5m).
+    #[arg(long, env = "HERD_ACCESS_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub access_ttl: Duration,
+
+    /// Clock skew tolerated when checking exp, nbf and iat; at most 30s.
+    #[arg(long, env = "HERD_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    pub leeway: Duration,
+
+    /// Refresh-token lifetime; each refresh starts a new one.
+    #[arg(long, env = "HERD_REFRESH_TTL", default_value = "14d", value_parser = parse_duration)]
+    pub refresh_ttl: Duration,
+
+    /// How long a spent refresh token still returns its successor (two tabs refreshing
+    /// at once); presented later, it revokes the whole session.
+    #[arg(long, env = "HERD_REFRESH_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub refresh_grace: Duration,
+
+    /// How long a rotated-in key is published in JWKS before it signs.
+    #[arg(long, env = "HERD_KEY_PUBLISH_DELAY", default_value = "60s", value_parser = parse_duration)]
+    pub key_publish_delay: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// This replica's id, sent in x-herd-replica [default: HOSTNAME:PORT].
+    #[arg(long, env = "HERD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
+    /// Apply pending migrations at start; with false, refuse to start on a schema
+    /// that is behind.
+    #[arg(long, env = "HERD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+
+    /// argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(long, env = "HERD_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id passes (OWASP: 2).
+    #[arg(long, env = "HERD_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// argon2id lanes (OWASP: 1).
+    #[arg(long, env = "HERD_ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
+
+    /// Password hashes computed at once [default: the number of cores].
+    #[arg(long, env = "HERD_HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+
+    /// Verified access tokens cached by this replica (derived state); 0 disables.
+    #[arg(long, env = "HERD_TOKEN_CACHE", default_value_t = 100_000)]
+    pub token_cache: usize,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "HERD_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+
+    /// How often to reload the key ring and read new revocations from the store.
+    #[arg(long, env = "HERD_UPKEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub upkeep_interval: Duration,
+}
+
+impl IdentityArgs {
+    /// The identity settings these flags describe, or which flag is wrong and why.
+    pub fn auth_config(&self) -> anyhow::Result<AuthConfig> {
+        let mut config = AuthConfig::new(self.issuer.clone(), self.audience.clone());
+        if self.issuer.trim().is_empty() {
+            bail!("--issuer must not be empty");
+        }
+        if self.audience.trim().is_empty() {
+            bail!("--audience must not be empty");
+        }
+        config.access_ttl = seconds("--access-ttl", self.access_ttl, 1)?;
+        config.leeway = seconds("--leeway", self.leeway, 0)?;
+        if config.leeway > 30 {
+            bail!(
+                "--leeway must be at most 30s (got {}s): a longer one keeps expired tokens alive",
+                config.leeway
+            );
+        }
+        config.refresh_ttl = seconds("--refresh-ttl", self.refresh_ttl, 1)?;
+        config.refresh_grace = seconds("--refresh-grace", self.refresh_grace, 0)?;
+        if config.refresh_grace >= config.refresh_ttl {
+            bail!("--refresh-grace must be shorter than --refresh-ttl");
+        }
+        config.key_publish_delay = seconds("--key-publish-delay", self.key_publish_delay, 0)?;
+        Ok(config)
+    }
+}
+
+impl ServeArgs {
+    pub fn auth_config(&self) -> anyhow::Result<AuthConfig> {
+        let mut config = self.identity.auth_config()?;
+        config.hash = HashParams {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        };
+        config.hash.validate().map_err(|e| {
+            anyhow::anyhow!("--argon2-memory-kib/--argon2-iterations/--argon2-parallelism: {e}")
+        })?;
+        if let Some(n) = self.hash_concurrency {
+            if n == 0 {
+                bail!("--hash-concurrency must be at least 1");
+            }
+            config.hash_concurrency = n;
+        }
+        config.cache_capacity = self.token_cache;
+        if self.body_limit < 1024 {
+            bail!("--body-limit must be at least 1024 bytes");
+        }
+        if self.upkeep_interval.is_zero() {
+            bail!("--upkeep-interval must be more than 0s");
+        }
+        if config.key_publish_delay > 0
+            && self.upkeep_interval.as_secs() as i64 >= config.key_publish_delay
+        {
+            tracing::warn!(
+                "--upkeep-interval is not shorter than --key-publish-delay: replicas may meet a new key's \
+                 tokens before their periodic reload (they still reload on an unknown kid)"
+            );
+        }
+        Ok(config)
+    }
+}
+
+fn seconds(flag: &str, d: Duration, min: u64) -> anyhow::Result<i64> {
+    if d.subsec_nanos() != 0 {
+        bail!("{flag} must be a whole number of seconds");
+    }
+    if d.as_secs() < min {
+        bail!("{flag} must be at least {min}s");
+    }
+    i64::try_from(d.as_secs()).with_context(|| format!("{flag} is too long"))
+}
+
+/// Parses `90`, `90s`, `5m`, `2h`, `14d` (a bare number is seconds).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{raw:?} is not a duration: write a whole number with s, m, h or d, like 30s or 5m")
+    })?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "ms" if n % 1000 == 0 => return Ok(Duration::from_millis(n)),
+        _ => return Err(format!("{raw:?} has an unknown unit: use s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{raw:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(14 * 86_400)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_long_leeway_is_refused_naming_the_flag() {
+        let cli = Cli::try_parse_from(["herd", "serve", "--leeway", "60s"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let err = args.auth_config().expect_err("refused").to_string();
+        assert!(err.contains("--leeway"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_duration_is_refused_by_clap() {
+        let err =
+            Cli::try_parse_from(["herd", "serve", "--access-ttl", "soon"]).expect_err("refused");
+        assert!(err.to_string().contains("--access-ttl"), "{err}");
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

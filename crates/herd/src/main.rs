@@ -1,0 +1,169 @@
+//! The `herd` command: parse the configuration, build, run. Everything else lives in the
+//! library crates.
+
+mod config;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::Parser as _;
+use herd_identity::{Auth, SystemClock};
+use herd_server::{AppState, ServerConfig};
+use herd_store::Store;
+use tokio::net::TcpListener;
+
+use crate::config::{Cli, Command, KeysCommand, LogFormat, ServeArgs};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("herd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Keys { command, identity } => {
+            let config = identity.auth_config()?;
+            let store = open_store(&identity.database.database, true).await?;
+            let auth = Auth::start(store, Arc::new(SystemClock), config)
+                .await
+                .context("loading the key ring")?;
+            let keys = match command {
+                KeysCommand::List => auth.keys().await?,
+                KeysCommand::Rotate => auth
+                    .rotate_keys()
+                    .await
+                    .context("rotating the signing keys")?,
+            };
+            print_keys(&keys);
+            Ok(())
+        }
+        Command::Migrate { database } => {
+            let store = Store::open(&database.database)
+                .await
+                .with_context(|| format!("opening --database {}", database.database))?;
+            let ran = store.migrate().await.context("applying migrations")?;
+            tracing::info!(applied = ran, "migrations are up to date");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let auth_config = args.auth_config()?;
+    let store = open_store(&args.identity.database.database, args.migrate).await?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let replica_id = args
+        .replica_id
+        .unwrap_or_else(|| format!("{}:{}", hostname(), local.port()));
+    let auth = Auth::start(store.clone(), Arc::new(SystemClock), auth_config)
+        .await
+        .context("starting identity")?;
+    let state = AppState::new(
+        auth,
+        ServerConfig {
+            replica_id: replica_id.clone(),
+            body_limit: args.body_limit,
+            upkeep_interval: args.upkeep_interval,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?;
+    tracing::info!(listen = %local, replica = %replica_id, "herd is serving");
+    herd_server::serve(listener, state, shutdown_signal())
+        .await
+        .context("serving")?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Store> {
+    let store = Store::open(url)
+        .await
+        .with_context(|| format!("opening --database {url}"))?;
+    if migrate {
+        store.migrate().await.context("applying migrations")?;
+    } else {
+        let pending = store
+            .pending_migrations()
+            .await
+            .context("reading the schema version")?;
+        if pending > 0 {
+            bail!("the database schema is {pending} migration(s) behind: run `herd migrate` first");
+        }
+    }
+    Ok(store)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_keys(keys: &[herd_identity::KeyInfo]) {
+    println!(
+        "{:<44} {:<9} {:>12} {:>12}",
+        "KID", "STATE", "SIGN_FROM", "RETIRE_AT"
+    );
+    for k in keys {
+        let retire = k
+            .retire_at
+            .map_or_else(|| "-".to_owned(), |t| t.to_string());
+        println!(
+            "{:<44} {:<9} {:>12} {:>12}",
+            k.kid, k.state, k.sign_from, retire
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! The signing-key ring: every key replicas share, and which of them signs now.
+//!
+//! A key's life: *pending* (published in JWKS, not signing yet, so that verifiers'
+//! caches learn it first), *active* (the newest key whose `sign_from` has come: it signs),
+//! *retiring* (superseded, still published until every token it signed has expired),
+//! *retired* (gone from JWKS, deleted at the next rotation).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ed25519_dalek::VerifyingKey;
+use herd_store::SigningKeyRecord;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::password::random_bytes;
+
+/// A private key with its id.
+#[derive(Clone)]
+pub struct SigningKey {
+    kid: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A fresh key from the operating system's generator. Its id is its RFC 7638 JWK
+    /// thumbprint, so the id says which key it is to anyone holding the public half.
+    pub fn generate() -> SigningKey {
+        let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes::<32>());
+        SigningKey {
+            kid: thumbprint(&key.verifying_key()),
+            key,
+        }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub(crate) fn key(&self) -> &ed25519_dalek::SigningKey {
+        &self.key
+    }
+
+    /// The record to store, signing from `sign_from`.
+    pub fn to_record(&self, created_at: i64, sign_from: i64) -> SigningKeyRecord {
+        SigningKeyRecord {
+            kid: self.kid.clone(),
+            secret: self.key.to_bytes().to_vec(),
+            public: self.key.verifying_key().to_bytes().to_vec(),
+            created_at,
+            sign_from,
+        }
+    }
+}
+
+fn thumbprint(key: &VerifyingKey) -> String {
+    // Members in lexicographic order with no white space, as RFC 7638 requires.
+    let x = URL_SAFE_NO_PAD.encode(key.as_bytes());
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Where a key is in its life at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Pending,
+    Active,
+    Retiring,
+    Retired,
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyState::Pending => "pending",
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Retired => "retired",
+        })
+    }
+}
+
+/// A key's place in the ring, for `herd keys list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub state: KeyState,
+    pub created_at: i64,
+    pub sign_from: i64,
+    /// When it stops being published; `None` while it signs or waits to.
+    pub retire_at: Option<i64>,
+}
+
+/// Assigns each stored key its state at `now`. `retire_after` is how long a superseded
+/// key must stay published: the access-token lifetime plus the verification leeway.
+pub fn key_states(records: &[SigningKeyRecord], now: i64, retire_after: i64) -> Vec<KeyInfo> {
+    let mut sorted: Vec<&SigningKeyRecord> = records.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.sign_from, a.created_at, &a.kid).cmp(&(b.sign_from, b.created_at, &b.kid))
+    });
+    let active = sorted.iter().rposition(|k| k.sign_from <= now);
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let superseded_at = sorted.get(i + 1).map(|next| next.sign_from);
+            let (state, retire_at) = match active {
+                Some(a) if i == a => (KeyState::Active, None),
+                Some(a) if i < a => {
+                    // Keys older than the active one were superseded when their next key
+                    // began signing; they stay until the last token they signed expires.
+                    let retire_at = superseded_at.unwrap_or(now).saturating_add(retire_after);
+                    let state = if now < retire_at {
+                        KeyState::Retiring
+                    } else {
+                        KeyState::Retired
+                    };
+                    (state, Some(retire_at))
+                }
+                _ => (KeyState::Pending, None),
+            };
+            KeyInfo {
+                kid: k.kid.clone(),
+                state,
+                created_at: k.created_at,
+                sign_from: k.sign_from,
+                retire_at,
+            }
+        })
+        .collect()
+}
+
+/// The keys one replica verifies with and signs with, built whole and swapped in whole.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    /// Published keys (pending, active, retiring) with the time each may start signing.
+    keys: Vec<(i64, Arc<SigningKey>)>,
+    verifying: HashMap<String, VerifyingKey>,
+}
+
+impl KeyRing {
+    /// Builds the ring from stored records at `now`, leaving out retired keys and any
+    /// record whose bytes are not a valid key.
+    pub fn build(records: &[SigningKeyRecord], now: i64, retire_after: i64) -> KeyRing {
+        let states = key_states(records, now, retire_after);
+        let mut ring = KeyRing::default();
+        for info in states.iter().filter(|i| i.state != KeyState::Retired) {
+            let Some(record) = records.iter().find(|r| r.kid == info.kid) else {
+                continue;
+            };
+            let Ok(secret) = <[u8; 32]>::try_from(record.secret.as_slice()) else {
+                tracing::error!(kid = %record.kid, "stored signing key has the wrong length; skipped");
+                continue;
+            };
+            let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+            ring.verifying
+                .insert(record.kid.clone(), key.verifying_key());
+            ring.keys.push((
+                record.sign_from,
+                Arc::new(SigningKey {
+                    kid: record.kid.clone(),
+                    key,
+                }),
+            ));
+        }
+        ring
+    }
+
+    /// The key that signs at `now`: the newest whose `sign_from` has come.
+    pub fn signer(&self, now: i64) -> Option<&Arc<SigningKey>> {
+        self.keys
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= now)
+            .map(|(_, k)| k)
+    }
+
+    pub fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.verifying.get(kid)
+    }
+
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(_, k)| k.kid())
+    }
+
+    /// The public keys as a JWK Set (RFC 7517), for `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|(_, k)| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes()),
+                    "kid": k.kid,
+                    "use": "sig",
+                    "alg": crate::jwt::ALG,
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kid: &str, sign_from: i64) -> SigningKeyRecord {
+        let mut r = SigningKey::generate().to_record(sign_from, sign_from);
+        r.kid = kid.to_owned();
+        r
+    }
+
+    #[test]
+    fn a_rotation_walks_keys_through_their_states() {
+        let keys = [record("old", 0), record("new", 100)];
+        let at = |now| {
+            key_states(&keys, now, 50)
+                .into_iter()
+                .map(|k| k.state)
+                .collect::<Vec<_>>()
+        };
+        use KeyState::*;
+        assert_eq!(at(10), [Active, Pending]);
+        assert_eq!(at(100), [Retiring, Active]);
+        assert_eq!(at(149), [Retiring, Active]);
+        assert_eq!(at(150), [Retired, Active]);
+    }
+
+    #[test]
+    fn the_ring_signs_with_the_newest_started_key_and_verifies_all_published() {
+        let keys = [record("old", 0), record("new", 100)];
+        let ring = KeyRing::build(&keys, 10, 50);
+        assert_eq!(ring.signer(10).map(|k| k.kid()), Some("old"));
+        assert!(
+            ring.verifying_key("new").is_some(),
+            "a pending key is published"
+        );
+        let ring = KeyRing::build(&keys, 200, 50);
+        assert_eq!(ring.signer(200).map(|k| k.kid()), Some("new"));
+        assert!(ring.verifying_key("old").is_none(), "a retired key is not");
+        assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn kid_is_the_jwk_thumbprint() {
+        // RFC 8037 appendix A.3 gives this thumbprint for its example key.
+        let x = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .expect("b64");
+        let key = VerifyingKey::from_bytes(&x.try_into().expect("32 bytes")).expect("key");
+        assert_eq!(
+            thumbprint(&key),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+    }
+}

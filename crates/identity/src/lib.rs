@@ -1,0 +1,32 @@
+//! herd's identity: who a request is, decided without asking anyone.
+//!
+//! Accounts with argon2id password hashes; access tokens that are JWTs (RFC 9068) signed
+//! with Ed25519 and verified with no I/O; opaque refresh tokens, rotated on every use
+//! with reuse detection; the signing-key ring shared through the store and rotated with
+//! a publish delay; revocation by login session. It knows nothing of HTTP and nothing of
+//! SQL: persistence is [`herd_store::Store`], time is a [`Clock`].
+//!
+//! Layout:
+//! - `service.rs`: [`Auth`], the operations, and the per-replica derived state.
+//! - `jwt.rs`: signing and the strict verifier, with a [`Rejection`] for every failure.
+//! - `keyring.rs`: keys, their life cycle and JWKS.
+//! - `revocation.rs`, `cache.rs`: the revoked-session set and the verified-token cache.
+//! - `password.rs`: argon2id on the blocking pool, bounded.
+//! - `domain.rs`: [`Username`] and [`Password`], parsed at the edge.
+//! - `clock.rs`: [`Clock`], real and manual.
+
+mod cache;
+mod clock;
+mod domain;
+pub mod jwt;
+pub mod keyring;
+mod password;
+mod revocation;
+mod service;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use domain::{Invalid, Password, Username};
+pub use jwt::{AccessClaims, Rejection};
+pub use keyring::{KeyInfo, KeyState};
+pub use password::{HashError, HashParams};
+pub use service::{random_id, Auth, AuthConfig, AuthError, NewAccount, RefreshFailure, TokenPair};

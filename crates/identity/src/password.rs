@@ -1,0 +1,181 @@
+//! Password hashing with argon2id, off the async workers and bounded in concurrency.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Version};
+use tokio::sync::Semaphore;
+
+use crate::domain::Password;
+
+/// argon2id cost parameters. The default is OWASP's: 19 MiB, 2 passes, 1 lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashParams {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for HashParams {
+    fn default() -> Self {
+        HashParams {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl HashParams {
+    fn argon2(&self) -> Result<Argon2<'static>, argon2::Error> {
+        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+
+    /// Checks that argon2 accepts these parameters.
+    pub fn validate(&self) -> Result<(), String> {
+        self.argon2().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("argon2 parameters: {0}")]
+    Params(String),
+    #[error("hashing failed: {0}")]
+    Failed(String),
+}
+
+/// Hashes and verifies passwords on the blocking pool, at most `concurrency` at a time,
+/// so a burst of logins cannot starve the async workers or exhaust memory.
+#[derive(Debug, Clone)]
+pub struct PasswordHasher {
+    argon: Argon2<'static>,
+    permits: Arc<Semaphore>,
+    /// A hash of nothing anyone knows, verified against for unknown users so that they
+    /// cost the same time as a wrong password.
+    dummy: Arc<str>,
+}
+
+impl PasswordHasher {
+    pub fn new(params: HashParams, concurrency: usize) -> Result<PasswordHasher, HashError> {
+        let argon = params
+            .argon2()
+            .map_err(|e| HashError::Params(e.to_string()))?;
+        let dummy = hash_with(&argon, &random_bytes::<16>())?;
+        Ok(PasswordHasher {
+            argon,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy: dummy.into(),
+        })
+    }
+
+    pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
+        let secret = password.expose().as_bytes().to_vec();
+        self.blocking(move |argon| hash_with(argon, &secret))
+            .await?
+    }
+
+    /// True when `password` matches `stored`. With `None`, verifies against the dummy
+    /// hash and answers false, doing the same work as a real mismatch.
+    pub async fn verify(
+        &self,
+        password: &Password,
+        stored: Option<&str>,
+    ) -> Result<bool, HashError> {
+        let known = stored.is_some();
+        let stored: String = stored.map_or_else(|| self.dummy.to_string(), str::to_owned);
+        let secret = password.expose().as_bytes().to_vec();
+        let matched = self
+            .blocking(move |argon| {
+                PasswordHash::new(&stored)
+                    .map(|parsed| argon.verify_password(&secret, &parsed).is_ok())
+                    .unwrap_or(false)
+            })
+            .await?;
+        Ok(known && matched)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::Failed("hasher closed".into()))?;
+        let argon = self.argon.clone();
+        tokio::task::spawn_blocking(move || work(&argon))
+            .await
+            .map_err(|e| HashError::Failed(e.to_string()))
+    }
+}
+
+fn hash_with(argon: &Argon2<'_>, secret: &[u8]) -> Result<String, HashError> {
+    let salt = SaltString::encode_b64(&random_bytes::<16>())
+        .map_err(|e| HashError::Failed(e.to_string()))?;
+    argon
+        .hash_password(secret, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| HashError::Failed(e.to_string()))
+}
+
+/// `N` bytes from the operating system's generator. Failing to get randomness leaves
+/// nothing safe to do, so it panics rather than hand out a predictable secret.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    #[allow(clippy::expect_used)]
+    getrandom::getrandom(&mut buf).expect("the operating system's random generator failed");
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> PasswordHasher {
+        PasswordHasher::new(
+            HashParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            2,
+        )
+        .expect("valid params")
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_only_its_password() {
+        let h = cheap();
+        let pw = Password::parse("correct horse").expect("valid");
+        let stored = h.hash(&pw).await.expect("hash");
+        assert!(stored.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        assert!(h.verify(&pw, Some(&stored)).await.expect("verify"));
+        let wrong = Password::parse("wrong horse").expect("valid");
+        assert!(!h.verify(&wrong, Some(&stored)).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn unknown_user_never_matches_even_the_dummy() {
+        let h = cheap();
+        assert!(!h
+            .verify(&Password::attempt(""), None)
+            .await
+            .expect("verify"));
+    }
+
+    #[test]
+    fn defaults_are_owasp() {
+        let p = HashParams::default();
+        assert_eq!((p.memory_kib, p.iterations, p.parallelism), (19456, 2, 1));
+        assert!(HashParams {
+            memory_kib: 1,
+            iterations: 1,
+            parallelism: 1
+        }
+        .validate()
+        .is_err());
+    }
+}

@@ -1,0 +1,541 @@
+//! [`Auth`]: signup, login, refresh with rotation, logout, and verification, over the
+//! store, with the key ring and revocation set each replica keeps as derived state.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use herd_store::{NewRefresh, Rotation, Store, StoreError, UserRecord};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{self, TokenCache};
+use crate::clock::Clock;
+use crate::domain::{Password, Username};
+use crate::jwt::{self, AccessClaims, Expectations, Rejection};
+use crate::keyring::{key_states, KeyInfo, KeyRing, SigningKey};
+use crate::password::{random_bytes, HashError, HashParams, PasswordHasher};
+use crate::revocation::RevocationSet;
+
+/// How identity behaves. Durations are in seconds.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub client_id: String,
+    pub access_ttl: i64,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`; at most 30.
+    pub leeway: i64,
+    pub refresh_ttl: i64,
+    /// How long a spent refresh token still yields its successor instead of counting
+    /// as reuse, so two tabs refreshing at once both keep working.
+    pub refresh_grace: i64,
+    /// How long a rotated-in key is published before it signs.
+    pub key_publish_delay: i64,
+    pub hash: HashParams,
+    pub hash_concurrency: usize,
+    /// Verified tokens kept per replica; 0 turns the cache off.
+    pub cache_capacity: usize,
+    /// The least time between two key-ring reloads caused by an unknown `kid`.
+    pub unknown_kid_reload_interval: Duration,
+}
+
+impl AuthConfig {
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> AuthConfig {
+        AuthConfig {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            client_id: "herd".to_owned(),
+            access_ttl: 300,
+            leeway: 5,
+            refresh_ttl: 14 * 24 * 3600,
+            refresh_grace: 10,
+            key_publish_delay: 60,
+            hash: HashParams::default(),
+            hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cache_capacity: 100_000,
+            unknown_kid_reload_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// How long after a key stops signing it must still verify.
+    fn retire_after(&self) -> i64 {
+        self.access_ttl + self.leeway
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("that username is taken")]
+    UsernameTaken,
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("the refresh token is {0}")]
+    InvalidRefresh(RefreshFailure),
+    #[error("no signing key is active")]
+    NoSigningKey,
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a refresh token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshFailure {
+    Malformed,
+    Unknown,
+    Expired,
+    /// Its session was revoked (logout, or reuse detected earlier).
+    Revoked,
+    /// It was spent before, past the grace window: its session is now revoked.
+    Reused,
+}
+
+impl RefreshFailure {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RefreshFailure::Malformed => "malformed",
+            RefreshFailure::Unknown => "unknown",
+            RefreshFailure::Expired => "expired",
+            RefreshFailure::Revoked => "revoked",
+            RefreshFailure::Reused => "reused",
+        }
+    }
+}
+
+impl std::fmt::Display for RefreshFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefreshFailure::Malformed => "not a herd refresh token",
+            RefreshFailure::Unknown => "unknown",
+            RefreshFailure::Expired => "expired",
+            RefreshFailure::Revoked => "of a session that was logged out or revoked",
+            RefreshFailure::Reused => "already used; its session is now revoked",
+        })
+    }
+}
+
+/// What login and refresh hand back.
+#[derive(Clone)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub refresh_token: String,
+    pub session_id: String,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("session_id", &self.session_id)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An account just created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAccount {
+    pub user_id: String,
+    pub username: String,
+}
+
+/// Identity for one replica. Cheap to clone; clones share state.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    config: AuthConfig,
+    expect: Expectations,
+    hasher: PasswordHasher,
+    /// Replaced whole on reload, so a verification never waits for one.
+    ring: ArcSwap<KeyRing>,
+    revoked: RevocationSet,
+    cache: TokenCache,
+    /// Successor refresh tokens are an HMAC of their predecessor under this secret, so
+    /// a replayed token's successor can be handed out again without storing it.
+    refresh_secret: Vec<u8>,
+    last_kid_reload: Mutex<Option<Instant>>,
+}
+
+impl Auth {
+    /// Readies identity on `store`: creates the first signing key and the refresh
+    /// secret on a new database, loads the key ring and the revocation log.
+    pub async fn start(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        config: AuthConfig,
+    ) -> Result<Auth, AuthError> {
+        let hasher = PasswordHasher::new(config.hash, config.hash_concurrency)?;
+        let now = clock.now();
+        if store.signing_keys().await?.is_empty() {
+            let key = SigningKey::generate();
+            if store
+                .insert_first_signing_key(&key.to_record(now, now))
+                .await?
+            {
+                tracing::info!(kid = %key.kid(), "generated the first signing key");
+            }
+        }
+        let refresh_secret = store.secret("refresh_hmac", &random_bytes::<32>()).await?;
+        let expect = Expectations {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway,
+        };
+        let auth = Auth {
+            inner: Arc::new(Inner {
+                cache: TokenCache::new(config.cache_capacity),
+                store,
+                clock,
+                expect,
+                hasher,
+                ring: ArcSwap::from_pointee(KeyRing::default()),
+                revoked: RevocationSet::default(),
+                refresh_secret,
+                last_kid_reload: Mutex::new(None),
+                config,
+            }),
+        };
+        auth.reload_keys().await?;
+        auth.sync_revocations().await?;
+        Ok(auth)
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    pub async fn signup(
+        &self,
+        username: &Username,
+        password: &Password,
+    ) -> Result<NewAccount, AuthError> {
+        let hash = self.inner.hasher.hash(password).await?;
+        let user = UserRecord {
+            id: random_id(),
+            username: username.as_str().to_owned(),
+            password_hash: hash,
+            created_at: self.now(),
+        };
+        match self.inner.store.create_user(&user).await {
+            Ok(()) => Ok(NewAccount {
+                user_id: user.id,
+                username: user.username,
+            }),
+            Err(StoreError::Conflict { .. }) => Err(AuthError::UsernameTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Logs in. An unknown user, a malformed username and a wrong password all cost one
+    /// argon2 verification and fail alike.
+    pub async fn login(&self, username: &str, password: &str) -> Result<TokenPair, AuthError> {
+        let attempt = Password::attempt(password);
+        let user = match Username::parse(username) {
+            Ok(name) => self.inner.store.user_by_name(name.as_str()).await?,
+            Err(_) => None,
+        };
+        let matched = self
+            .inner
+            .hasher
+            .verify(&attempt, user.as_ref().map(|u| u.password_hash.as_str()))
+            .await?;
+        let user = match user {
+            Some(user) if matched => user,
+            _ => return Err(AuthError::InvalidCredentials),
+        };
+        let now = self.now();
+        let session_id = random_id();
+        let refresh = random_bytes::<32>();
+        let refresh_hash = sha256(&refresh);
+        self.inner
+            .store
+            .create_session(
+                &session_id,
+                &user.id,
+                now,
+                NewRefresh {
+                    hash: &refresh_hash,
+                    expires_at: now + self.inner.config.refresh_ttl,
+                },
+            )
+            .await?;
+        self.issue(&user.id, &user.username, &session_id, &refresh)
+    }
+
+    /// Trades a refresh token for a new pair, spending it.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
+        let presented = decode_refresh(refresh_token)
+            .ok_or(AuthError::InvalidRefresh(RefreshFailure::Malformed))?;
+        let successor = self.successor_of(&presented);
+        let now = self.now();
+        let config = &self.inner.config;
+        let rotation = self
+            .inner
+            .store
+            .rotate_refresh(
+                &sha256(&presented),
+                NewRefresh {
+                    hash: &sha256(&successor),
+                    expires_at: now + config.refresh_ttl,
+                },
+                now,
+                config.refresh_grace,
+                self.revocation_expiry(now),
+            )
+            .await?;
+        match rotation {
+            Rotation::Rotated(owner) | Rotation::Replayed(owner) => self.issue(
+                &owner.user_id,
+                &owner.username,
+                &owner.session_id,
+                &successor,
+            ),
+            Rotation::Reused { session_id } => {
+                tracing::warn!(
+                    session_id,
+                    "refresh token reused after its grace window; session revoked"
+                );
+                self.inner
+                    .revoked
+                    .insert(&session_id, self.revocation_expiry(now));
+                Err(AuthError::InvalidRefresh(RefreshFailure::Reused))
+            }
+            Rotation::SessionRevoked => Err(AuthError::InvalidRefresh(RefreshFailure::Revoked)),
+            Rotation::Expired => Err(AuthError::InvalidRefresh(RefreshFailure::Expired)),
+            Rotation::Unknown => Err(AuthError::InvalidRefresh(RefreshFailure::Unknown)),
+        }
+    }
+
+    /// Revokes the login session `session_id`: its refresh tokens stop working now, its
+    /// access tokens here at once and on other replicas when they next read the log.
+    pub async fn logout(&self, session_id: &str) -> Result<(), AuthError> {
+        let now = self.now();
+        let until = self.revocation_expiry(now);
+        self.inner
+            .store
+            .revoke_session(session_id, now, until)
+            .await?;
+        self.inner.revoked.insert(session_id, until);
+        Ok(())
+    }
+
+    /// Verifies an access token. An unknown `kid` reloads the ring first (at most once
+    /// per `unknown_kid_reload_interval`), so a key rotated in by another replica is
+    /// honoured as soon as a token signed with it arrives.
+    pub async fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
+        match self.verify_now(token) {
+            Err(Rejection::UnknownKey) if self.may_reload_for_unknown_kid() => {
+                if let Err(e) = self.reload_keys().await {
+                    tracing::warn!(error = %e, "could not reload the key ring for an unknown kid");
+                }
+                self.verify_now(token)
+            }
+            result => result,
+        }
+    }
+
+    /// Verifies with what this replica holds now, without any I/O.
+    pub fn verify_now(&self, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
+        if token.len() > jwt::MAX_TOKEN_BYTES {
+            return Err(Rejection::TooLarge);
+        }
+        let now = self.now();
+        let key = cache::digest(token);
+        let claims = match self.inner.cache.get(&key) {
+            Some(claims) => {
+                jwt::check_claims(&claims, &self.inner.expect, now)?;
+                claims
+            }
+            None => {
+                let ring = self.inner.ring.load();
+                let claims = Arc::new(jwt::verify(token, &ring, &self.inner.expect, now)?);
+                self.inner.cache.insert(key, claims.clone(), now);
+                claims
+            }
+        };
+        if self.inner.revoked.contains(&claims.sid) {
+            return Err(Rejection::Revoked);
+        }
+        Ok(claims)
+    }
+
+    fn may_reload_for_unknown_kid(&self) -> bool {
+        let mut last = self
+            .inner
+            .last_kid_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let due =
+            last.is_none_or(|at| at.elapsed() >= self.inner.config.unknown_kid_reload_interval);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Rebuilds the key ring from the store and swaps it in whole. Returns whether the
+    /// set of published keys changed.
+    pub async fn reload_keys(&self) -> Result<bool, AuthError> {
+        let records = self.inner.store.signing_keys().await?;
+        let ring = KeyRing::build(&records, self.now(), self.inner.config.retire_after());
+        let old = self.inner.ring.load();
+        let changed = !old.kids().eq(ring.kids());
+        self.inner.ring.store(Arc::new(ring));
+        if changed {
+            // A key gone from the ring must stop verifying at once, cached or not.
+            self.inner.cache.clear();
+            tracing::info!(kids = ?self.inner.ring.load().kids().collect::<Vec<_>>(), "key ring changed");
+        }
+        Ok(changed)
+    }
+
+    /// Reads revocations logged since the last read and applies them; prunes the ones
+    /// that no longer matter. Returns how many were read.
+    pub async fn sync_revocations(&self) -> Result<usize, AuthError> {
+        let now = self.now();
+        let lines = self
+            .inner
+            .store
+            .revocations_since(self.inner.revoked.last_id(), now)
+            .await?;
+        self.inner.revoked.apply(&lines);
+        self.inner.revoked.prune(now);
+        Ok(lines.len())
+    }
+
+    /// One round of upkeep: reload the ring, tail the revocation log, prune the store.
+    pub async fn maintain(&self) -> Result<(), AuthError> {
+        self.reload_keys().await?;
+        self.sync_revocations().await?;
+        self.inner.store.prune(self.now()).await?;
+        Ok(())
+    }
+
+    /// Adds a new signing key that starts signing after the publish delay, and deletes
+    /// keys that have retired. Returns the ring as it stands after.
+    pub async fn rotate_keys(&self) -> Result<Vec<KeyInfo>, AuthError> {
+        let now = self.now();
+        let key = SigningKey::generate();
+        self.inner
+            .store
+            .insert_signing_key(&key.to_record(now, now + self.inner.config.key_publish_delay))
+            .await?;
+        tracing::info!(kid = %key.kid(), "rotated in a new signing key");
+        for info in self.keys().await? {
+            if info.state == crate::keyring::KeyState::Retired {
+                self.inner.store.delete_signing_key(&info.kid).await?;
+            }
+        }
+        self.reload_keys().await?;
+        self.keys().await
+    }
+
+    /// Every stored key with its state now.
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>, AuthError> {
+        let records = self.inner.store.signing_keys().await?;
+        Ok(key_states(
+            &records,
+            self.now(),
+            self.inner.config.retire_after(),
+        ))
+    }
+
+    /// The published keys as a JWK Set.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.inner.ring.load().jwks()
+    }
+
+    pub fn revoked_sessions(&self) -> usize {
+        self.inner.revoked.len()
+    }
+
+    fn issue(
+        &self,
+        user_id: &str,
+        username: &str,
+        session_id: &str,
+        refresh: &[u8; 32],
+    ) -> Result<TokenPair, AuthError> {
+        let now = self.now();
+        let config = &self.inner.config;
+        let ring = self.inner.ring.load();
+        let key = ring.signer(now).ok_or(AuthError::NoSigningKey)?;
+        let claims = AccessClaims {
+            iss: config.issuer.clone(),
+            aud: config.audience.clone(),
+            sub: user_id.to_owned(),
+            sid: session_id.to_owned(),
+            jti: random_id(),
+            iat: now.max(0).unsigned_abs(),
+            exp: (now + config.access_ttl).max(0).unsigned_abs(),
+            nbf: None,
+            preferred_username: username.to_owned(),
+            client_id: config.client_id.clone(),
+        };
+        Ok(TokenPair {
+            access_token: jwt::sign(&claims, key),
+            expires_in: config.access_ttl,
+            refresh_token: URL_SAFE_NO_PAD.encode(refresh),
+            session_id: session_id.to_owned(),
+        })
+    }
+
+    /// When every access token of a session revoked at `now` will have expired.
+    fn revocation_expiry(&self, now: i64) -> i64 {
+        now + self.inner.config.access_ttl + self.inner.config.leeway
+    }
+
+    fn successor_of(&self, presented: &[u8; 32]) -> [u8; 32] {
+        #[allow(clippy::expect_used)]
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.inner.refresh_secret)
+            .expect("HMAC takes a key of any length");
+        mac.update(presented);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+/// A refresh token is exactly 32 bytes in canonical, unpadded base64url.
+fn decode_refresh(token: &str) -> Option<[u8; 32]> {
+    if token.len() != 43 {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(token).ok()?.try_into().ok()
+}
+
+/// A random (version 4) UUID.
+pub fn random_id() -> String {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h(0..4),
+        h(4..6),
+        h(6..8),
+        h(8..10),
+        h(10..16)
+    )
+}

@@ -1,0 +1,237 @@
+//! The one error type of the HTTP layer, rendered as RFC 9457 problem+json from one table
+//! of stable codes.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herd_identity::{AuthError, Rejection};
+use serde::Serialize;
+
+/// A stable error code: its `type` URI, HTTP status and title never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    MalformedJson,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    ValidationFailed,
+    InvalidToken,
+    InvalidCredentials,
+    InvalidRefreshToken,
+    UsernameTaken,
+    NotFound,
+    MethodNotAllowed,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    /// The table: code, status, title. Clients match on the code (the end of `type`).
+    pub const fn describe(self) -> (&'static str, StatusCode, &'static str) {
+        use Code::*;
+        match self {
+            MalformedJson => (
+                "malformed-json",
+                StatusCode::BAD_REQUEST,
+                "The request body is not valid JSON",
+            ),
+            UnsupportedMediaType => (
+                "unsupported-media-type",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "The request body must be application/json",
+            ),
+            PayloadTooLarge => (
+                "payload-too-large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The request body is too large",
+            ),
+            ValidationFailed => (
+                "validation-failed",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Some fields are invalid",
+            ),
+            InvalidToken => (
+                "invalid-token",
+                StatusCode::UNAUTHORIZED,
+                "The access token is missing or invalid",
+            ),
+            InvalidCredentials => (
+                "invalid-credentials",
+                StatusCode::UNAUTHORIZED,
+                "Invalid username or password",
+            ),
+            InvalidRefreshToken => (
+                "invalid-refresh-token",
+                StatusCode::UNAUTHORIZED,
+                "The refresh token is invalid",
+            ),
+            UsernameTaken => (
+                "username-taken",
+                StatusCode::CONFLICT,
+                "That username is taken",
+            ),
+            NotFound => ("not-found", StatusCode::NOT_FOUND, "No such resource"),
+            MethodNotAllowed => (
+                "method-not-allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed here",
+            ),
+            Unavailable => (
+                "unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "A dependency is unavailable",
+            ),
+            Internal => (
+                "internal",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error",
+            ),
+        }
+    }
+
+    pub fn type_uri(self) -> String {
+        format!("{TYPE_PREFIX}{}", self.describe().0)
+    }
+}
+
+/// Problem types are URNs: stable names that promise no web page.
+pub const TYPE_PREFIX: &str = "urn:herd:problem:";
+
+/// One field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// An error a handler returns. Everything but `Internal` is the client's to fix.
+#[derive(Debug)]
+pub struct ApiError {
+    code: Code,
+    detail: String,
+    fields: Vec<FieldError>,
+    /// For 401 from a bearer-protected route: what to put in `WWW-Authenticate`.
+    challenge: Option<&'static str>,
+    /// For unexpected errors: what to log (once, by the middleware), never sent.
+    internal: Option<String>,
+}
+
+/// Carries an unexpected error's message from the handler to the logging middleware.
+#[derive(Debug, Clone)]
+pub struct InternalError(pub String);
+
+impl ApiError {
+    pub fn new(code: Code, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            detail: detail.into(),
+            fields: Vec::new(),
+            challenge: None,
+            internal: None,
+        }
+    }
+
+    pub fn validation(fields: Vec<FieldError>) -> ApiError {
+        let names: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+        let mut e = ApiError::new(
+            Code::ValidationFailed,
+            format!("invalid fields: {}", names.join(", ")),
+        );
+        e.fields = fields;
+        e
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+        let mut e = ApiError::new(
+            Code::Internal,
+            "something went wrong on our side; it has been logged",
+        );
+        e.internal = Some(error.to_string());
+        e
+    }
+
+    pub fn unavailable(error: impl std::fmt::Display) -> ApiError {
+        let mut e = ApiError::new(
+            Code::Unavailable,
+            "the database is unavailable; try again shortly",
+        );
+        e.internal = Some(error.to_string());
+        e
+    }
+
+    pub fn invalid_token(rejection: Rejection) -> ApiError {
+        let mut e = ApiError::new(Code::InvalidToken, rejection.to_string());
+        // RFC 6750: no error code when no credentials were sent at all.
+        e.challenge = Some(if rejection == Rejection::Missing {
+            r#"Bearer realm="herd""#
+        } else {
+            r#"Bearer realm="herd", error="invalid_token""#
+        });
+        e
+    }
+
+    pub fn code(&self) -> Code {
+        self.code
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    type_uri: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (_, status, title) = self.code.describe();
+        let body = Problem {
+            type_uri: self.code.type_uri(),
+            title,
+            status: status.as_u16(),
+            detail: &self.detail,
+            errors: &self.fields,
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response();
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        if let Some(internal) = self.internal {
+            response.extensions_mut().insert(InternalError(internal));
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::UsernameTaken => {
+                ApiError::new(Code::UsernameTaken, "choose another username")
+            }
+            AuthError::InvalidCredentials => {
+                ApiError::new(Code::InvalidCredentials, "check the username and password")
+            }
+            AuthError::InvalidRefresh(why) => ApiError::new(
+                Code::InvalidRefreshToken,
+                format!("the refresh token is {why}; log in again"),
+            ),
+            AuthError::NoSigningKey => ApiError::unavailable("no signing key is active"),
+            AuthError::Store(e) if e.is_unavailable() => ApiError::unavailable(e),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,157 @@
+//! Extractors: a JSON object body whose every failure is a clear problem, and the
+//! [`Identity`] of the caller, taken from the bearer token with no I/O.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::Json;
+use herd_identity::{AccessClaims, Invalid, Rejection};
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, Code, FieldError};
+use crate::AppState;
+
+/// A request body that is a JSON object, read field by field so that every invalid
+/// field is named in one 422.
+#[derive(Debug)]
+pub struct JsonObject {
+    map: Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        match value {
+            Value::Object(map) => Ok(JsonObject {
+                map,
+                errors: Vec::new(),
+            }),
+            _ => Err(ApiError::validation(vec![FieldError {
+                field: "(body)".into(),
+                message: "must be a JSON object".into(),
+            }])),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let code = match rejection.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+        StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+        StatusCode::UNPROCESSABLE_ENTITY => Code::ValidationFailed,
+        _ => Code::MalformedJson,
+    };
+    let detail = match code {
+        Code::UnsupportedMediaType => {
+            "send the body with Content-Type: application/json".to_owned()
+        }
+        Code::PayloadTooLarge => "the body is over this server's limit".to_owned(),
+        // axum's text says where the syntax error is (line and column).
+        _ => rejection.body_text(),
+    };
+    ApiError::new(code, detail)
+}
+
+impl JsonObject {
+    /// A required string field; records an error and returns `None` when absent or not
+    /// a string.
+    pub fn string(&mut self, field: &str) -> Option<String> {
+        match self.map.remove(field) {
+            Some(Value::String(s)) => Some(s),
+            Some(_) => self.invalid(field, "must be a string"),
+            None => self.invalid(field, "is required"),
+        }
+    }
+
+    /// A required string field parsed into a domain type.
+    pub fn parse<T>(
+        &mut self,
+        field: &str,
+        parse: impl FnOnce(&str) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        let raw = self.string(field)?;
+        match parse(&raw) {
+            Ok(value) => Some(value),
+            Err(Invalid(why)) => self.invalid(field, why),
+        }
+    }
+
+    fn invalid<T>(&mut self, field: &str, message: &str) -> Option<T> {
+        self.errors.push(FieldError {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        });
+        None
+    }
+
+    /// Ends reading: the fields read, or a 422 naming every invalid one.
+    pub fn finish<T: AllPresent>(self, fields: T) -> Result<T::Values, ApiError> {
+        match fields.all_present() {
+            Some(values) if self.errors.is_empty() => Ok(values),
+            _ => Err(ApiError::validation(self.errors)),
+        }
+    }
+}
+
+/// Options that are all `Some` once every field read without error.
+pub trait AllPresent {
+    type Values;
+    fn all_present(self) -> Option<Self::Values>;
+}
+
+impl<A> AllPresent for Option<A> {
+    type Values = A;
+    fn all_present(self) -> Option<A> {
+        self
+    }
+}
+
+impl<A, B> AllPresent for (Option<A>, Option<B>) {
+    type Values = (A, B);
+    fn all_present(self) -> Option<(A, B)> {
+        Some((self.0?, self.1?))
+    }
+}
+
+/// The verified caller of a request: a valid, unrevoked access token's claims.
+#[derive(Debug, Clone)]
+pub struct Identity(pub Arc<AccessClaims>);
+
+impl FromRequestParts<AppState> for Identity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).map_err(|r| state.reject(r))?;
+        match state.auth.verify(token).await {
+            Ok(claims) => Ok(Identity(claims)),
+            Err(rejection) => Err(state.reject(rejection)),
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, Rejection> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(Rejection::Missing);
+    };
+    let value = value.to_str().map_err(|_| Rejection::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(Rejection::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Rejection::Malformed);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Rejection::Missing);
+    }
+    Ok(token)
+}

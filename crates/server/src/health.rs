@@ -1,0 +1,32 @@
+//! Liveness, readiness and metrics: the routes an orchestrator and a scraper use.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::metrics))
+}
+
+/// The process is up and serving; says nothing of its dependencies.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the store answers within a second.
+async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    match tokio::time::timeout(Duration::from_secs(1), state.auth.store().ping()).await {
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Err(e)) => Err(ApiError::unavailable(e)),
+        Err(_) => Err(ApiError::unavailable("the store did not answer within 1 s")),
+    }
+}

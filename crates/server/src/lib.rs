@@ -1,0 +1,166 @@
+//! herd's HTTP application.
+//!
+//! [`router`] builds the axum application from an [`AppState`]; [`serve`] runs it on a
+//! listener the caller bound (port 0 in tests), with the replica's upkeep task, until a
+//! shutdown future resolves, then finishes the requests in flight.
+//!
+//! Layout, one module a feature, each with its own `router()`:
+//! - `auth.rs`: signup, login, refresh, logout, `GET /v1/me`.
+//! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
+//! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
+//! - `extract.rs`: the JSON body reader and the [`Identity`](extract::Identity) extractor.
+//! - `error.rs`: [`ApiError`](error::ApiError) and the table of problem codes.
+//! - `metrics.rs`: the Prometheus registry.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod wellknown;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use herd_identity::{Auth, Rejection};
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::error::{ApiError, Code, InternalError};
+use crate::metrics::Metrics;
+
+/// The header naming the replica that served a response.
+pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-herd-replica");
+
+/// What the HTTP layer needs besides identity.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A stable id for this replica, sent in `x-herd-replica`.
+    pub replica_id: String,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// How often the key ring is reloaded and the revocation log tailed.
+    pub upkeep_interval: Duration,
+}
+
+/// Everything a handler can reach. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub auth: Auth,
+    pub replica: Arc<str>,
+    pub metrics: Arc<Metrics>,
+    replica_header: HeaderValue,
+    config: Arc<ServerConfig>,
+}
+
+impl AppState {
+    /// Fails when the replica id cannot be sent as a header value.
+    pub fn new(auth: Auth, config: ServerConfig) -> Result<AppState, String> {
+        let replica_header = HeaderValue::from_str(&config.replica_id).map_err(|_| {
+            format!(
+                "replica id {:?} is not a valid header value",
+                config.replica_id
+            )
+        })?;
+        Ok(AppState {
+            auth,
+            replica: config.replica_id.as_str().into(),
+            metrics: Arc::default(),
+            replica_header,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Records and logs a refused access token, and builds its 401.
+    pub(crate) fn reject(&self, rejection: Rejection) -> ApiError {
+        self.metrics
+            .record_auth_failure("access_token", rejection.reason());
+        tracing::info!(reason = rejection.reason(), "access token refused");
+        ApiError::invalid_token(rejection)
+    }
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(auth::router())
+        .merge(wellknown::router())
+        .merge(health::router())
+        .fallback(|| async { ApiError::new(Code::NotFound, "there is no route at this path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                Code::MethodNotAllowed,
+                "this path does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::internal("a handler panicked").into_response()
+            },
+        ))
+        .with_state(state)
+}
+
+/// Around every request: the replica header, metrics, and the one log line for an
+/// unexpected error.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(unmatched)", MatchedPath::as_str)
+        .to_owned();
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if let Some(InternalError(error)) = response.extensions_mut().remove::<InternalError>() {
+        if status.is_server_error() && status != axum::http::StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(%method, route, %error, "request failed");
+        } else {
+            tracing::warn!(%method, route, %error, "dependency unavailable");
+        }
+    }
+    response
+        .headers_mut()
+        .insert(REPLICA_HEADER, state.replica_header.clone());
+    state
+        .metrics
+        .record_request(method.as_str(), &route, status.as_u16(), started.elapsed());
+    tracing::debug!(%method, route, status = status.as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "served");
+    response
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then lets the requests in
+/// flight finish. Runs the replica's upkeep (key-ring reload, revocation tail) meanwhile.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let upkeep = tokio::spawn(upkeep(state.auth.clone(), state.config.upkeep_interval));
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    upkeep.abort();
+    served
+}
+
+async fn upkeep(auth: Auth, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = auth.maintain().await {
+            tracing::warn!(error = %e, "upkeep failed; will retry");
+        }
+    }
+}
