@@ -32,13 +32,22 @@ pub struct AccessClaims {
     pub jti: String,
     pub iat: u64,
     pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Absent, or an integer: an explicit `null` is refused like any other non-integer.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_u64"
+    )]
     pub nbf: Option<u64>,
     /// So that `GET /v1/me` needs no lookup.
     pub preferred_username: String,
     /// The client the token was issued to, which RFC 9068 requires; herd's own API is
     /// its one client.
     pub client_id: String,
+}
+
+fn some_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    u64::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -251,4 +260,411 @@ fn decode(segment: &str) -> Result<Vec<u8>, Rejection> {
     URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| Rejection::BadEncoding)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Crafted tokens, one per way a token can be wrong, each expecting its own reason.
+
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+    use serde_json::{json, Value};
+    use sha2::Sha256;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    struct Fixture {
+        key: SigningKey,
+        ring: KeyRing,
+        expect: Expectations,
+    }
+
+    fn fixture() -> Fixture {
+        let key = SigningKey::generate();
+        let ring = KeyRing::build(&[key.to_record(0, 0)], NOW, 300);
+        Fixture {
+            key,
+            ring,
+            expect: Expectations {
+                issuer: "https://herd.test".into(),
+                audience: "herd".into(),
+                leeway: 5,
+            },
+        }
+    }
+
+    fn header(f: &Fixture) -> Value {
+        json!({"alg": "EdDSA", "typ": "at+jwt", "kid": f.key.kid()})
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": "https://herd.test", "aud": "herd", "sub": "u1", "sid": "s1", "jti": "j1",
+            "iat": NOW - 10, "exp": NOW + 290, "preferred_username": "alice", "client_id": "herd",
+        })
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Signs raw header and payload text with `key`, as an attacker holding it would.
+    fn forge_raw(header: &str, payload: &str, key: &SigningKey) -> String {
+        let signing_input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let sig = key.key().sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", b64(&sig.to_bytes()))
+    }
+
+    fn forge(header: &Value, payload: &Value, key: &SigningKey) -> String {
+        forge_raw(&header.to_string(), &payload.to_string(), key)
+    }
+
+    fn check(f: &Fixture, token: &str) -> Result<AccessClaims, Rejection> {
+        verify(token, &f.ring, &f.expect, NOW)
+    }
+
+    #[test]
+    fn a_token_herd_signed_verifies() {
+        let f = fixture();
+        let claims: AccessClaims = serde_json::from_value(claims()).expect("claims");
+        let token = sign(&claims, &f.key);
+        assert_eq!(check(&f, &token), Ok(claims));
+        assert_eq!(
+            check(&f, &forge(&header(&f), &self::claims(), &f.key)).map(|c| c.sub),
+            Ok("u1".into())
+        );
+    }
+
+    #[test]
+    fn alg_none_in_any_case_is_refused() {
+        let f = fixture();
+        for alg in ["none", "None", "NONE"] {
+            let mut h = header(&f);
+            h["alg"] = json!(alg);
+            let unsigned = format!(
+                "{}.{}.",
+                b64(h.to_string().as_bytes()),
+                b64(claims().to_string().as_bytes())
+            );
+            assert_eq!(check(&f, &unsigned), Err(Rejection::AlgNotAllowed), "{alg}");
+        }
+    }
+
+    #[test]
+    fn hmac_signed_with_the_public_key_is_refused() {
+        let f = fixture();
+        let mut h = header(&f);
+        h["alg"] = json!("HS256");
+        let input = format!(
+            "{}.{}",
+            b64(h.to_string().as_bytes()),
+            b64(claims().to_string().as_bytes())
+        );
+        let public = f.key.key().verifying_key().to_bytes();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&public).expect("key");
+        mac.update(input.as_bytes());
+        let token = format!("{input}.{}", b64(&mac.finalize().into_bytes()));
+        assert_eq!(check(&f, &token), Err(Rejection::AlgNotAllowed));
+    }
+
+    #[test]
+    fn other_asymmetric_algorithms_are_refused() {
+        let f = fixture();
+        for alg in ["ES256", "RS256", "PS256", "Ed25519", "eddsa"] {
+            let mut h = header(&f);
+            h["alg"] = json!(alg);
+            assert_eq!(
+                check(&f, &forge(&h, &claims(), &f.key)),
+                Err(Rejection::AlgNotAllowed),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn typ_must_be_at_jwt() {
+        let f = fixture();
+        for typ in [json!("JWT"), json!("refresh+jwt"), json!(null)] {
+            let mut h = header(&f);
+            h["typ"] = typ.clone();
+            assert_eq!(
+                check(&f, &forge(&h, &claims(), &f.key)),
+                Err(Rejection::WrongType),
+                "{typ}"
+            );
+        }
+        let mut h = header(&f);
+        h.as_object_mut().expect("object").remove("typ");
+        assert_eq!(
+            check(&f, &forge(&h, &claims(), &f.key)),
+            Err(Rejection::WrongType)
+        );
+        h["typ"] = json!("application/AT+JWT");
+        assert!(
+            check(&f, &forge(&h, &claims(), &f.key)).is_ok(),
+            "media types compare case-insensitively"
+        );
+    }
+
+    #[test]
+    fn kid_must_be_in_the_ring() {
+        let f = fixture();
+        for kid in [
+            json!("nope"),
+            json!("../../etc/passwd"),
+            json!("' OR 1=1 --"),
+            json!(null),
+        ] {
+            let mut h = header(&f);
+            h["kid"] = kid.clone();
+            assert_eq!(
+                check(&f, &forge(&h, &claims(), &f.key)),
+                Err(Rejection::UnknownKey),
+                "{kid}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_carrying_and_critical_headers_are_refused() {
+        let f = fixture();
+        for (name, value) in [
+            ("jku", json!("https://evil.example/jwks.json")),
+            ("x5u", json!("https://evil.example/cert.pem")),
+            ("jwk", json!({"kty": "OKP", "crv": "Ed25519", "x": "AAAA"})),
+            ("x5c", json!(["MIIB"])),
+            ("crit", json!(["exp"])),
+        ] {
+            let mut h = header(&f);
+            h[name] = value;
+            assert_eq!(
+                check(&f, &forge(&h, &claims(), &f.key)),
+                Err(Rejection::BadHeader),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_with_the_same_kid_but_other_bytes_does_not_verify() {
+        let f = fixture();
+        let impostor = SigningKey::generate();
+        assert_eq!(
+            check(&f, &forge(&header(&f), &claims(), &impostor)),
+            Err(Rejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_must_match() {
+        let f = fixture();
+        let mut c = claims();
+        c["iss"] = json!("https://other.test");
+        assert_eq!(
+            check(&f, &forge(&header(&f), &c, &f.key)),
+            Err(Rejection::WrongIssuer)
+        );
+        let mut c = claims();
+        c["aud"] = json!("someone-else");
+        assert_eq!(
+            check(&f, &forge(&header(&f), &c, &f.key)),
+            Err(Rejection::WrongAudience)
+        );
+        let mut c = claims();
+        c["aud"] = json!(["herd"]);
+        assert_eq!(
+            check(&f, &forge(&header(&f), &c, &f.key)),
+            Err(Rejection::BadClaims),
+            "aud is a string"
+        );
+    }
+
+    #[test]
+    fn times_are_checked_with_the_leeway() {
+        let f = fixture();
+        let at = |field: &str, value: i64| {
+            let mut c = claims();
+            c[field] = json!(value);
+            check(&f, &forge(&header(&f), &c, &f.key)).map(|_| ())
+        };
+        assert_eq!(at("exp", NOW - 5), Ok(()), "inside the leeway");
+        assert_eq!(at("exp", NOW - 6), Err(Rejection::Expired));
+        assert_eq!(at("nbf", NOW + 5), Ok(()));
+        assert_eq!(at("nbf", NOW + 6), Err(Rejection::NotYetValid));
+        assert_eq!(at("iat", NOW + 5), Ok(()));
+        assert_eq!(at("iat", NOW + 3600), Err(Rejection::IssuedInFuture));
+    }
+
+    #[test]
+    fn times_must_be_non_negative_integers() {
+        let f = fixture();
+        for field in ["exp", "iat", "nbf"] {
+            for bad in [
+                "\"1800000300\"",
+                "1800000300.5",
+                "-1",
+                "1e400",
+                "18446744073709551616",
+                "null",
+            ] {
+                let payload =
+                    claims()
+                        .to_string()
+                        .replacen('{', &format!("{{\"{field}\":{bad},"), 1);
+                let payload = if field == "nbf" {
+                    payload
+                } else {
+                    // Drop the original member so the only one left is the bad one.
+                    let mut v: Value = claims();
+                    v.as_object_mut().expect("object").remove(field);
+                    v.to_string()
+                        .replacen('{', &format!("{{\"{field}\":{bad},"), 1)
+                };
+                let token = forge_raw(&header(&f).to_string(), &payload, &f.key);
+                assert_eq!(
+                    check(&f, &token),
+                    Err(Rejection::BadClaims),
+                    "{field}={bad}"
+                );
+            }
+        }
+        let too_big = i64::MAX as u64 + 1;
+        let mut c = claims();
+        c["exp"] = json!(too_big);
+        assert_eq!(
+            check(&f, &forge(&header(&f), &c, &f.key)),
+            Err(Rejection::BadClaims)
+        );
+    }
+
+    #[test]
+    fn required_claims_must_be_present() {
+        let f = fixture();
+        for field in ["iss", "aud", "sub", "sid", "jti", "iat", "exp", "client_id"] {
+            let mut c = claims();
+            c.as_object_mut().expect("object").remove(field);
+            assert_eq!(
+                check(&f, &forge(&header(&f), &c, &f.key)),
+                Err(Rejection::BadClaims),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_members_are_refused() {
+        let f = fixture();
+        let payload = claims().to_string().replacen('{', "{\"sub\":\"admin\",", 1);
+        assert_eq!(
+            check(&f, &forge_raw(&header(&f).to_string(), &payload, &f.key)),
+            Err(Rejection::BadClaims)
+        );
+        let h = header(&f)
+            .to_string()
+            .replacen('{', "{\"alg\":\"none\",", 1);
+        assert_eq!(
+            check(&f, &forge_raw(&h, &claims().to_string(), &f.key)),
+            Err(Rejection::BadHeader)
+        );
+    }
+
+    #[test]
+    fn only_canonical_unpadded_base64url_is_accepted() {
+        let f = fixture();
+        let token = forge(&header(&f), &claims(), &f.key);
+        let (h, rest) = token.split_once('.').expect("dots");
+        // Standard-alphabet padding.
+        let padded = format!(
+            "{}.{rest}",
+            STANDARD.encode(URL_SAFE_NO_PAD.decode(h).expect("b64"))
+        );
+        assert_ne!(padded, token);
+        assert_eq!(check(&f, &padded), Err(Rejection::BadEncoding));
+        // A signature of 64 bytes has 2 spare bits in its last character; setting them
+        // spells the same bytes differently.
+        let last = token.chars().last().expect("char");
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let idx = alphabet.find(last).expect("in alphabet");
+        let sloppy = alphabet.as_bytes()[idx | 1] as char;
+        let non_canonical = format!("{}{sloppy}", &token[..token.len() - 1]);
+        if sloppy != last {
+            assert_eq!(check(&f, &non_canonical), Err(Rejection::BadEncoding));
+        }
+    }
+
+    #[test]
+    fn the_shape_must_be_three_segments_under_8_kib() {
+        let f = fixture();
+        let token = forge(&header(&f), &claims(), &f.key);
+        assert_eq!(
+            check(&f, &format!("{token}.extra")),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(
+            check(&f, token.rsplit_once('.').expect("dots").0),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(check(&f, "a"), Err(Rejection::Malformed));
+        assert_eq!(check(&f, ""), Err(Rejection::Missing));
+        let mut big = claims();
+        big["padding"] = json!("x".repeat(MAX_TOKEN_BYTES));
+        assert_eq!(
+            check(&f, &forge(&header(&f), &big, &f.key)),
+            Err(Rejection::TooLarge)
+        );
+        // A JWT nested as the payload of another is still just bad claims.
+        let nested = forge_raw(&header(&f).to_string(), &format!("\"{token}\""), &f.key);
+        assert_eq!(check(&f, &nested), Err(Rejection::BadClaims));
+    }
+
+    #[test]
+    fn a_truncated_empty_or_tampered_signature_is_refused() {
+        let f = fixture();
+        let token = forge(&header(&f), &claims(), &f.key);
+        let (input, sig) = token.rsplit_once('.').expect("dots");
+        assert_eq!(
+            check(&f, &format!("{input}.")),
+            Err(Rejection::BadSignature)
+        );
+        assert_eq!(
+            check(&f, &format!("{input}.{}", &sig[..40])),
+            Err(Rejection::BadSignature)
+        );
+        let mut c = claims();
+        c["sub"] = json!("admin");
+        let (_, tampered_payload) = forge(&header(&f), &c, &f.key)
+            .split_once('.')
+            .map(|(h, r)| (h.to_owned(), r.split_once('.').expect("dots").0.to_owned()))
+            .expect("dots");
+        let (h, _) = input.split_once('.').expect("dot");
+        assert_eq!(
+            check(&f, &format!("{h}.{tampered_payload}.{sig}")),
+            Err(Rejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_retired_key_no_longer_verifies() {
+        let f = fixture();
+        let token = forge(&header(&f), &claims(), &f.key);
+        let next = SigningKey::generate();
+        let records = [
+            f.key.to_record(0, 0),
+            next.to_record(NOW - 1000, NOW - 1000),
+        ];
+        let ring = KeyRing::build(&records, NOW, 300);
+        assert_eq!(
+            verify(&token, &ring, &f.expect, NOW),
+            Err(Rejection::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn every_reason_is_distinct() {
+        let reasons: std::collections::HashSet<_> =
+            Rejection::ALL.iter().map(Rejection::reason).collect();
+        assert_eq!(reasons.len(), Rejection::ALL.len());
+    }
 }
