@@ -1,1 +1,9 @@
-//! placeholder
+//! herd-server's integration tests: real HTTP against replicas on port 0, each with its
+//! own SQLite file and a clock the test moves.
+
+mod auth;
+mod errors;
+mod helpers;
+mod keys;
+mod ops;
+mod tokens;

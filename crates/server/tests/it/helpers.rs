@@ -1,0 +1,292 @@
+//! `spawn_app` and the typed helpers the tests use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_identity::{Auth, AuthConfig, HashParams, ManualClock};
+use herd_server::{AppState, ServerConfig};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// How a test replica is configured; the defaults suit most tests.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub replica_id: String,
+    pub key_publish_delay: i64,
+    pub body_limit: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            replica_id: "test-a".into(),
+            key_publish_delay: 60,
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub auth: Auth,
+    pub database: String,
+    dir: Arc<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(Options::default()).await
+}
+
+pub async fn spawn_with(options: Options) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let database = format!("sqlite://{}", dir.path().join("herd.db").display());
+    spawn_on(
+        dir,
+        database,
+        Arc::new(ManualClock::starting_now()),
+        options,
+    )
+    .await
+}
+
+impl TestApp {
+    /// Another replica on the same database and clock, started now.
+    pub async fn spawn_peer(&self, replica_id: &str) -> TestApp {
+        let options = Options {
+            replica_id: replica_id.into(),
+            ..Options::default()
+        };
+        spawn_on(
+            self.dir.clone(),
+            self.database.clone(),
+            self.clock.clone(),
+            options,
+        )
+        .await
+    }
+}
+
+async fn spawn_on(
+    dir: Arc<tempfile::TempDir>,
+    database: String,
+    clock: Arc<ManualClock>,
+    options: Options,
+) -> TestApp {
+    let store = herd_store::Store::connect(&database).await.expect("store");
+    let mut config = AuthConfig::new("http://herd.test", "herd");
+    // Cheap hashing keeps the suite fast; the production parameters are tested in the
+    // identity crate and by the default configuration.
+    config.hash = HashParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+    config.key_publish_delay = options.key_publish_delay;
+    let auth = Auth::start(store, clock.clone(), config)
+        .await
+        .expect("auth");
+    let state = AppState::new(
+        auth.clone(),
+        ServerConfig {
+            replica_id: options.replica_id,
+            body_limit: options.body_limit,
+            upkeep_interval: Duration::from_secs(3600),
+        },
+    )
+    .expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(herd_server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        clock,
+        auth,
+        database,
+        dir,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// The pair a login or refresh returns.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+impl Tokens {
+    fn from(body: &Value) -> Tokens {
+        Tokens {
+            access: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            refresh: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn signup(&self, username: &str, password: &str) -> Response {
+        self.post_json(
+            "/v1/auth/signup",
+            json!({ "username": username, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn try_login(&self, username: &str, password: &str) -> Response {
+        self.post_json(
+            "/v1/auth/login",
+            json!({ "username": username, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn login(&self, username: &str) -> Tokens {
+        let response = self.try_login(username, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        Tokens::from(&response.json::<Value>().await.expect("json"))
+    }
+
+    /// Signs up `username` with [`PASSWORD`] and logs in.
+    pub async fn user(&self, username: &str) -> Tokens {
+        assert_eq!(
+            self.signup(username, PASSWORD).await.status(),
+            StatusCode::CREATED
+        );
+        self.login(username).await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_json(
+            "/v1/auth/refresh",
+            json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
+
+    pub fn tokens_of(body: &Value) -> Tokens {
+        Tokens::from(body)
+    }
+
+    pub async fn me(&self, access_token: &str) -> Response {
+        self.client
+            .get(self.url("/v1/me"))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn logout(&self, access_token: &str) -> Response {
+        self.client
+            .post(self.url("/v1/auth/logout"))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.expect("text")
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish.
+    pub async fn stop(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(handle) => handle.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts a problem+json response with the given status and code, and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["type"], format!("urn:herd:problem:{code}"), "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+/// The value of one metric line with exactly these labels, or 0.
+pub fn metric(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
+}
