@@ -37,8 +37,6 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
-        #[command(flatten)]
-        identity: IdentityArgs,
     },
     /// Apply pending database migrations and exit.
     Migrate {
@@ -50,10 +48,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// List the keys with their state (pending, active, retiring, retired).
-    List,
+    List(IdentityArgs),
     /// Add a key that is published now and signs after --key-publish-delay; delete
     /// keys that have retired.
-    Rotate,
+    Rotate(IdentityArgs),
 }
 
 #[derive(Debug, Args)]
@@ -233,7 +231,6 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        "ms" if n % 1000 == 0 => return Ok(Duration::from_millis(n)),
         _ => return Err(format!("{raw:?} has an unknown unit: use s, m, h or d")),
     };
     n.checked_mul(scale)

@@ -32,15 +32,16 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
-        Command::Keys { command, identity } => {
+        Command::Keys { command } => {
+            let (KeysCommand::List(identity) | KeysCommand::Rotate(identity)) = &command;
             let config = identity.auth_config()?;
             let store = open_store(&identity.database.database, true).await?;
             let auth = Auth::start(store, Arc::new(SystemClock), config)
                 .await
                 .context("loading the key ring")?;
             let keys = match command {
-                KeysCommand::List => auth.keys().await?,
-                KeysCommand::Rotate => auth
+                KeysCommand::List(_) => auth.keys().await?,
+                KeysCommand::Rotate(_) => auth
                     .rotate_keys()
                     .await
                     .context("rotating the signing keys")?,
@@ -144,7 +145,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
