@@ -138,6 +138,15 @@ pub struct Revocation {
     pub expires_at: i64,
 }
 
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: i64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub created_at: i64,
+}
+
 /// The handle every part of herd uses to reach persistence. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -457,6 +466,58 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(value)
+    }
+
+    /// Appends an event to the log; returns its id. Ids grow in commit order, so a reader
+    /// that remembers the last id it saw misses nothing.
+    pub async fn append_event(&self, topic: &str, payload: &[u8], now: i64) -> Result<i64> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO events (topic, payload, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(topic)
+        .bind(payload)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// At most `limit` events appended after `after_id`, oldest first.
+    pub async fn events_since(&self, after_id: i64, limit: i64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT id, topic, payload, created_at FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Event {
+                id: r.get(0),
+                topic: r.get(1),
+                payload: r.get(2),
+                created_at: r.get(3),
+            })
+            .collect())
+    }
+
+    /// The id of the newest event (0 when none), where a new reader starts.
+    pub async fn last_event_id(&self) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    /// Deletes events appended before `before`.
+    pub async fn prune_events(&self, before: i64) -> Result<u64> {
+        let n = sqlx::query("DELETE FROM events WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
     }
 
     /// Closes every connection, waiting for the ones in use.

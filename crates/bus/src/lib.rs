@@ -1,0 +1,1 @@
+//! Cross-replica publish/subscribe (being written).
