@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use herd_identity::{AuthConfig, HashParams};
+use herd_identity::{AuthConfig, HashParams, SessionTimeouts, Strategy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +32,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one replica: accounts and stateless tokens over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect or rotate the signing keys every replica shares.
     Keys {
         #[command(subcommand)]
@@ -142,6 +142,55 @@ pub struct ServeArgs {
     /// How often to reload the key ring and read new revocations from the store.
     #[arg(long, env = "HERD_UPKEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub upkeep_interval: Duration,
+
+    /// How a caller is recognised. `token` (default): signed access tokens any replica
+    /// verifies with no lookup. `shared`: session ids looked up in Redis (--redis-url) or
+    /// else the SQL store, on every request. `memory`: session ids in this process's
+    /// memory, for comparison only: it needs sticky routing, and every session dies
+    /// with the process.
+    #[arg(long, env = "HERD_SESSIONS", value_enum, default_value_t = SessionsArg::Token, verbatim_doc_comment)]
+    pub sessions: SessionsArg,
+
+    /// Redis for `--sessions shared` (e.g. redis://127.0.0.1:6379).
+    #[arg(long, env = "HERD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Connections kept open to Redis.
+    #[arg(long, env = "HERD_REDIS_POOL", default_value_t = 4)]
+    pub redis_pool: usize,
+
+    /// A `memory` or `shared` session ends after this long unused.
+    #[arg(long, env = "HERD_SESSION_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub session_idle_timeout: Duration,
+
+    /// A `memory` or `shared` session ends this long after login, however used.
+    #[arg(long, env = "HERD_SESSION_ABSOLUTE_TIMEOUT", default_value = "12h", value_parser = parse_duration)]
+    pub session_absolute_timeout: Duration,
+
+    /// A shared session's expiry is extended at most this often (a store write).
+    #[arg(long, env = "HERD_SESSION_TOUCH_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub session_touch_interval: Duration,
+
+    /// Set cookies without `Secure`, for a browser on plain-http localhost.
+    #[arg(long, env = "HERD_INSECURE_COOKIES")]
+    pub insecure_cookies: bool,
+
+    /// An origin, besides the request's own host, allowed to send cookie-authenticated
+    /// writes (repeat the flag, or separate with commas).
+    #[arg(
+        long = "allowed-origin",
+        env = "HERD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SessionsArg {
+    Token,
+    Shared,
+    /// Needs sticky routing; dies with its process. For comparison only.
+    Memory,
 }
 
 impl IdentityArgs {
@@ -190,6 +239,43 @@ impl ServeArgs {
             config.hash_concurrency = n;
         }
         config.cache_capacity = self.token_cache;
+        config.strategy = match self.sessions {
+            SessionsArg::Token => Strategy::Token,
+            SessionsArg::Shared => Strategy::Shared,
+            SessionsArg::Memory => Strategy::Memory,
+        };
+        if self.redis_url.is_some() && config.strategy != Strategy::Shared {
+            tracing::warn!("--redis-url is set but only --sessions shared uses it");
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                bail!("--redis-url must start with redis:// or rediss://");
+            }
+        }
+        config.redis_url = self.redis_url.clone();
+        if self.redis_pool == 0 {
+            bail!("--redis-pool must be at least 1");
+        }
+        config.redis_pool = self.redis_pool;
+        config.sessions = SessionTimeouts {
+            idle: seconds("--session-idle-timeout", self.session_idle_timeout, 1)?,
+            absolute: seconds(
+                "--session-absolute-timeout",
+                self.session_absolute_timeout,
+                1,
+            )?,
+            touch_interval: seconds("--session-touch-interval", self.session_touch_interval, 0)?,
+        };
+        if config.sessions.touch_interval >= config.sessions.idle {
+            bail!("--session-touch-interval must be shorter than --session-idle-timeout");
+        }
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                bail!("--allowed-origin {origin:?} must be scheme://host[:port], like https://app.example");
+            }
+        }
         if self.body_limit < 1024 {
             bail!("--body-limit must be at least 1024 bytes");
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use clap::Parser as _;
 use herd_identity::{Auth, SystemClock};
+use herd_server::cookies::CookiePolicy;
 use herd_server::{AppState, ServerConfig};
 use herd_store::Store;
 use tokio::net::TcpListener;
@@ -31,7 +32,7 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Keys { command } => {
             let (KeysCommand::List(identity) | KeysCommand::Rotate(identity)) = &command;
             let config = identity.auth_config()?;
@@ -79,10 +80,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             replica_id: replica_id.clone(),
             body_limit: args.body_limit,
             upkeep_interval: args.upkeep_interval,
+            cookies: CookiePolicy {
+                insecure: args.insecure_cookies,
+                allowed_origins: args.allowed_origins.clone(),
+            },
         },
     )
     .map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?;
-    tracing::info!(listen = %local, replica = %replica_id, "herd is serving");
+    tracing::info!(
+        listen = %local,
+        replica = %replica_id,
+        sessions = state.auth.session_backend(),
+        "herd is serving"
+    );
     herd_server::serve(listener, state, shutdown_signal())
         .await
         .context("serving")?;

@@ -95,10 +95,13 @@ pub enum Rejection {
     IssuedInFuture,
     #[error("the token's session was revoked")]
     Revoked,
+    /// For the stateful strategies: no such session, or it expired or was logged out.
+    #[error("no such session: it expired, was logged out, or lived on another replica")]
+    UnknownSession,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 16] = [
+    pub const ALL: [Rejection; 17] = [
         Rejection::Missing,
         Rejection::TooLarge,
         Rejection::Malformed,
@@ -115,6 +118,7 @@ impl Rejection {
         Rejection::NotYetValid,
         Rejection::IssuedInFuture,
         Rejection::Revoked,
+        Rejection::UnknownSession,
     ];
 
     /// A stable, machine-readable name: a metrics label and a log field.
@@ -136,6 +140,7 @@ impl Rejection {
             Rejection::NotYetValid => "not_yet_valid",
             Rejection::IssuedInFuture => "issued_in_future",
             Rejection::Revoked => "revoked",
+            Rejection::UnknownSession => "unknown_session",
         }
     }
 }

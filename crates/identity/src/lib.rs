@@ -11,6 +11,8 @@
 //! - `jwt.rs`: signing and the strict verifier, with a [`Rejection`] for every failure.
 //! - `keyring.rs`: keys, their life cycle and JWKS.
 //! - `revocation.rs`, `cache.rs`: the revoked-session set and the verified-token cache.
+//! - `sessions.rs`: the stateful strategies herd argues against, `memory` and `shared`
+//!   (Redis or SQL), kept to be compared with tokens behind the same API.
 //! - `password.rs`: argon2id on the blocking pool, bounded.
 //! - `domain.rs`: [`Username`] and [`Password`], parsed at the edge.
 //! - `clock.rs`: [`Clock`], real and manual.
@@ -23,10 +25,15 @@ pub mod keyring;
 mod password;
 mod revocation;
 mod service;
+mod sessions;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{Invalid, Password, Username};
 pub use jwt::{AccessClaims, Rejection};
 pub use keyring::{KeyInfo, KeyState};
 pub use password::{HashError, HashParams};
-pub use service::{random_id, Auth, AuthConfig, AuthError, NewAccount, RefreshFailure, TokenPair};
+pub use service::{
+    random_id, random_token_bytes, Auth, AuthConfig, AuthError, AuthnError, NewAccount, Notice,
+    Principal, RefreshFailure, TokenPair,
+};
+pub use sessions::{SessionData, SessionTimeouts, Strategy, Unavailable};

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use herd_store::{NewRefresh, Rotation, Store, StoreError, UserRecord};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
 
 use crate::cache::{self, TokenCache};
 use crate::clock::Clock;
@@ -18,6 +19,10 @@ use crate::jwt::{self, AccessClaims, Expectations, Rejection};
 use crate::keyring::{key_states, KeyInfo, KeyRing, SigningKey};
 use crate::password::{random_bytes, HashError, HashParams, PasswordHasher};
 use crate::revocation::RevocationSet;
+use crate::sessions::{
+    MemorySessions, RedisSessions, SessionData, SessionStore, SessionTimeouts, Strategy,
+    Unavailable,
+};
 
 /// How identity behaves. Durations are in seconds.
 #[derive(Debug, Clone)]
@@ -40,6 +45,14 @@ pub struct AuthConfig {
     pub cache_capacity: usize,
     /// The least time between two key-ring reloads caused by an unknown `kid`.
     pub unknown_kid_reload_interval: Duration,
+    /// How callers are recognised: tokens, or one of the stateful strategies.
+    pub strategy: Strategy,
+    /// Lifetimes of `memory` and `shared` sessions.
+    pub sessions: SessionTimeouts,
+    /// Where `shared` sessions live; without it, in the SQL store.
+    pub redis_url: Option<String>,
+    /// Connections to Redis kept open.
+    pub redis_pool: usize,
 }
 
 impl AuthConfig {
@@ -57,6 +70,10 @@ impl AuthConfig {
             hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_capacity: 100_000,
             unknown_kid_reload_interval: Duration::from_secs(1),
+            strategy: Strategy::Token,
+            sessions: SessionTimeouts::default(),
+            redis_url: None,
+            redis_pool: 4,
         }
     }
 
@@ -76,6 +93,12 @@ pub enum AuthError {
     InvalidRefresh(RefreshFailure),
     #[error("no signing key is active")]
     NoSigningKey,
+    #[error("refresh tokens exist only under the token strategy; this replica runs {0}")]
+    RefreshNotSupported(&'static str),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error(transparent)]
     Hash(#[from] HashError),
     #[error(transparent)]
@@ -118,13 +141,53 @@ impl std::fmt::Display for RefreshFailure {
     }
 }
 
-/// What login and refresh hand back.
+/// What login and refresh hand back. Under the stateful strategies the access token is
+/// an opaque session id and there is no refresh token.
 #[derive(Clone)]
 pub struct TokenPair {
     pub access_token: String,
     pub expires_in: i64,
-    pub refresh_token: String,
+    pub refresh_token: Option<String>,
     pub session_id: String,
+}
+
+/// Why a presented credential did not identify anyone.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthnError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// The caller a credential identified.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Token(Arc<AccessClaims>),
+    Session(Arc<(String, SessionData)>),
+}
+
+impl Principal {
+    pub fn user_id(&self) -> &str {
+        match self {
+            Principal::Token(c) => &c.sub,
+            Principal::Session(s) => &s.1.user_id,
+        }
+    }
+
+    pub fn username(&self) -> &str {
+        match self {
+            Principal::Token(c) => &c.preferred_username,
+            Principal::Session(s) => &s.1.username,
+        }
+    }
+
+    pub fn session_id(&self) -> &str {
+        match self {
+            Principal::Token(c) => &c.sid,
+            Principal::Session(s) => &s.0,
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenPair {
@@ -164,6 +227,16 @@ struct Inner {
     /// a replayed token's successor can be handed out again without storing it.
     refresh_secret: Vec<u8>,
     last_kid_reload: Mutex<Option<Instant>>,
+    /// Where `memory` and `shared` sessions live; `None` under `token`.
+    sessions: Option<SessionStore>,
+    notices: broadcast::Sender<Notice>,
+}
+
+/// Something other replicas should hear about now rather than at their next upkeep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Revoked { session_id: String, until: i64 },
+    KeysChanged,
 }
 
 impl Auth {
@@ -191,8 +264,17 @@ impl Auth {
             audience: config.audience.clone(),
             leeway: config.leeway,
         };
+        let sessions = match (config.strategy, &config.redis_url) {
+            (Strategy::Token, _) => None,
+            (Strategy::Memory, _) => Some(SessionStore::Memory(MemorySessions::default())),
+            (Strategy::Shared, Some(url)) => Some(SessionStore::Redis(
+                RedisSessions::new(url, config.redis_pool).map_err(AuthError::Config)?,
+            )),
+            (Strategy::Shared, None) => Some(SessionStore::Sql(store.clone())),
+        };
         let auth = Auth {
             inner: Arc::new(Inner {
+                sessions,
                 cache: TokenCache::new(config.cache_capacity),
                 store,
                 clock,
@@ -202,6 +284,7 @@ impl Auth {
                 revoked: RevocationSet::default(),
                 refresh_secret,
                 last_kid_reload: Mutex::new(None),
+                notices: broadcast::channel(1024).0,
                 config,
             }),
         };
@@ -262,6 +345,24 @@ impl Auth {
             _ => return Err(AuthError::InvalidCredentials),
         };
         let now = self.now();
+        if let Some(sessions) = &self.inner.sessions {
+            let credential = random_bytes::<32>();
+            let credential = URL_SAFE_NO_PAD.encode(credential);
+            let id = session_key(&credential);
+            let data = SessionData {
+                user_id: user.id,
+                username: user.username,
+                created_at: now,
+            };
+            let timeouts = &self.inner.config.sessions;
+            sessions.create(&id, &data, timeouts).await?;
+            return Ok(TokenPair {
+                access_token: credential,
+                expires_in: timeouts.idle,
+                refresh_token: None,
+                session_id: id,
+            });
+        }
         let session_id = random_id();
         let refresh = random_bytes::<32>();
         let refresh_hash = sha256(&refresh);
@@ -282,6 +383,11 @@ impl Auth {
 
     /// Trades a refresh token for a new pair, spending it.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
+        if self.inner.config.strategy != Strategy::Token {
+            return Err(AuthError::RefreshNotSupported(
+                self.inner.config.strategy.as_str(),
+            ));
+        }
         let presented = decode_refresh(refresh_token)
             .ok_or(AuthError::InvalidRefresh(RefreshFailure::Malformed))?;
         let successor = self.successor_of(&presented);
@@ -313,9 +419,7 @@ impl Auth {
                     session_id,
                     "refresh token reused after its grace window; session revoked"
                 );
-                self.inner
-                    .revoked
-                    .insert(&session_id, self.revocation_expiry(now));
+                self.revoked_here(&session_id, self.revocation_expiry(now));
                 Err(AuthError::InvalidRefresh(RefreshFailure::Reused))
             }
             Rotation::SessionRevoked => Err(AuthError::InvalidRefresh(RefreshFailure::Revoked)),
@@ -324,17 +428,92 @@ impl Auth {
         }
     }
 
-    /// Revokes the login session `session_id`: its refresh tokens stop working now, its
-    /// access tokens here at once and on other replicas when they next read the log.
-    pub async fn logout(&self, session_id: &str) -> Result<(), AuthError> {
+    /// Ends the caller's login session. Under `token`: its refresh tokens stop working
+    /// now, its access tokens here at once and on other replicas when they next read the
+    /// log. Under the stateful strategies: the session is deleted.
+    pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
+        match (&self.inner.sessions, principal) {
+            (Some(sessions), Principal::Session(s)) => Ok(sessions.delete(&s.0).await?),
+            _ => self.revoke(principal.session_id()).await,
+        }
+    }
+
+    /// Revokes the token login session `session_id`.
+    pub async fn revoke(&self, session_id: &str) -> Result<(), AuthError> {
         let now = self.now();
         let until = self.revocation_expiry(now);
         self.inner
             .store
             .revoke_session(session_id, now, until)
             .await?;
-        self.inner.revoked.insert(session_id, until);
+        self.revoked_here(session_id, until);
         Ok(())
+    }
+
+    /// Refuses the session's tokens here at once, and tells whoever listens (the bus,
+    /// for the other replicas).
+    fn revoked_here(&self, session_id: &str, until: i64) {
+        self.inner.revoked.insert(session_id, until);
+        let _ = self.inner.notices.send(Notice::Revoked {
+            session_id: session_id.to_owned(),
+            until,
+        });
+    }
+
+    /// Applies a revocation another replica announced.
+    pub fn apply_revocation(&self, session_id: &str, until: i64) {
+        if until > self.now() {
+            self.inner.revoked.insert(session_id, until);
+        }
+    }
+
+    /// News for other replicas: revocations made here, keys rotated here. Nothing is
+    /// lost if no one listens: the store has it all, and replicas read it periodically.
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe()
+    }
+
+    /// Identifies the caller from the credential they presented, by this replica's
+    /// strategy: a token is verified with no I/O; a session id is looked up.
+    pub async fn authenticate(&self, credential: &str) -> Result<Principal, AuthnError> {
+        let Some(sessions) = &self.inner.sessions else {
+            return Ok(Principal::Token(self.verify(credential).await?));
+        };
+        if credential.is_empty() {
+            return Err(Rejection::Missing.into());
+        }
+        if credential.len() != 43 || URL_SAFE_NO_PAD.decode(credential).is_err() {
+            return Err(Rejection::Malformed.into());
+        }
+        let id = session_key(credential);
+        match sessions
+            .lookup(&id, self.now(), &self.inner.config.sessions)
+            .await?
+        {
+            Some(data) => Ok(Principal::Session(Arc::new((id, data)))),
+            None => Err(Rejection::UnknownSession.into()),
+        }
+    }
+
+    /// True when everything this replica's requests depend on answers.
+    pub async fn ready(&self) -> Result<(), AuthError> {
+        self.inner.store.ping().await?;
+        if let Some(sessions) = &self.inner.sessions {
+            sessions.ping().await?;
+        }
+        Ok(())
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.inner.config.strategy
+    }
+
+    /// Where sessions are kept: `token` (nowhere), `memory`, `redis` or `sql`.
+    pub fn session_backend(&self) -> &'static str {
+        self.inner
+            .sessions
+            .as_ref()
+            .map_or("token", SessionStore::backend)
     }
 
     /// Verifies an access token. An unknown `kid` reloads the ring first (at most once
@@ -426,6 +605,11 @@ impl Auth {
         self.reload_keys().await?;
         self.sync_revocations().await?;
         self.inner.store.prune(self.now()).await?;
+        if let Some(sessions) = &self.inner.sessions {
+            sessions
+                .prune(self.now(), &self.inner.config.sessions)
+                .await?;
+        }
         Ok(())
     }
 
@@ -445,6 +629,7 @@ impl Auth {
             }
         }
         self.reload_keys().await?;
+        let _ = self.inner.notices.send(Notice::KeysChanged);
         self.keys().await
     }
 
@@ -493,7 +678,7 @@ impl Auth {
         Ok(TokenPair {
             access_token: jwt::sign(&claims, key),
             expires_in: config.access_ttl,
-            refresh_token: URL_SAFE_NO_PAD.encode(refresh),
+            refresh_token: Some(URL_SAFE_NO_PAD.encode(refresh)),
             session_id: session_id.to_owned(),
         })
     }
@@ -512,6 +697,11 @@ impl Auth {
     }
 }
 
+/// What a stateful session is stored under: the SHA-256 of the id the client holds.
+fn session_key(credential: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(credential.as_bytes()))
+}
+
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
@@ -522,6 +712,11 @@ fn decode_refresh(token: &str) -> Option<[u8; 32]> {
         return None;
     }
     URL_SAFE_NO_PAD.decode(token).ok()?.try_into().ok()
+}
+
+/// 32 random bytes, for tokens that other layers mint (a CSRF token, say).
+pub fn random_token_bytes() -> [u8; 32] {
+    random_bytes::<32>()
 }
 
 /// A random (version 4) UUID.

@@ -1,14 +1,22 @@
 //! Accounts and sessions over HTTP: signup, login, refresh, logout, and `GET /v1/me`.
+//!
+//! Login answers API clients with tokens in the body. A browser asks for cookies instead
+//! (`"cookies": true`): the credentials then travel only in HttpOnly cookies, and the
+//! body carries the CSRF token the page must echo on writes.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::header::SET_COOKIE;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use herd_identity::{AuthError, Password, TokenPair, Username};
 use serde_json::json;
 
-use crate::error::ApiResult;
+use crate::cookies;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{Identity, JsonObject};
 use crate::AppState;
 
@@ -35,15 +43,13 @@ async fn signup(
     ))
 }
 
-async fn login(
-    State(state): State<AppState>,
-    mut body: JsonObject,
-) -> ApiResult<impl IntoResponse> {
+async fn login(State(state): State<AppState>, mut body: JsonObject) -> ApiResult<Response> {
     let username = body.string("username");
     let password = body.string("password");
+    let want_cookies = body.flag("cookies");
     let (username, password) = body.finish((username, password))?;
     match state.auth.login(&username, &password).await {
-        Ok(pair) => Ok(token_response(pair)),
+        Ok(pair) => Ok(token_response(&state, pair, want_cookies)),
         Err(e) => {
             if matches!(e, AuthError::InvalidCredentials) {
                 state
@@ -56,14 +62,38 @@ async fn login(
     }
 }
 
+/// Takes the refresh token from the body or, for a browser, from its cookie (then the
+/// request must pass the CSRF check, like any cookie-authenticated write).
 async fn refresh(
     State(state): State<AppState>,
+    headers: HeaderMap,
     mut body: JsonObject,
-) -> ApiResult<impl IntoResponse> {
-    let token = body.string("refresh_token");
-    let token = body.finish(token)?;
+) -> ApiResult<Response> {
+    let from_body = body.optional_string("refresh_token");
+    let from_cookie = cookies::cookie(&headers, cookies::REFRESH).filter(|v| !v.is_empty());
+    if from_body.is_none() && from_cookie.is_none() {
+        body.reject(
+            "refresh_token",
+            "is required (or send the herd_refresh cookie)",
+        );
+    }
+    let from_body = body.finish(Some(from_body))?;
+    let (token, via_cookie) = match (from_body, from_cookie) {
+        (Some(token), _) => (token, false),
+        (None, Some(cookie)) => {
+            state
+                .cookies()
+                .check_csrf(&axum::http::Method::POST, &headers)?;
+            (cookie.to_owned(), true)
+        }
+        (None, None) => {
+            return Err(ApiError::internal(
+                "refresh token vanished after validation",
+            ))
+        }
+    };
     match state.auth.refresh(&token).await {
-        Ok(pair) => Ok(token_response(pair)),
+        Ok(pair) => Ok(token_response(&state, pair, via_cookie)),
         Err(e) => {
             if let AuthError::InvalidRefresh(why) = &e {
                 state
@@ -78,30 +108,72 @@ async fn refresh(
 
 async fn logout(
     State(state): State<AppState>,
-    Identity(claims): Identity,
-) -> ApiResult<StatusCode> {
-    state.auth.logout(&claims.sid).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Identity(principal): Identity,
+) -> ApiResult<Response> {
+    state.auth.logout(&principal).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    state.cookies().clear_all(response.headers_mut());
+    Ok(response)
 }
 
-async fn me(State(state): State<AppState>, Identity(claims): Identity) -> impl IntoResponse {
+async fn me(State(state): State<AppState>, Identity(principal): Identity) -> impl IntoResponse {
     Json(json!({
-        "user_id": claims.sub,
-        "username": claims.preferred_username,
-        "session_id": claims.sid,
+        "user_id": principal.user_id(),
+        "username": principal.username(),
+        "session_id": principal.session_id(),
         "replica": &*state.replica,
     }))
 }
 
-/// A token response, never cached by anyone (RFC 6749 section 5.1).
-fn token_response(pair: TokenPair) -> impl IntoResponse {
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({
+/// A token response, never cached by anyone (RFC 6749 section 5.1): tokens in the body
+/// for API clients, or in HttpOnly cookies for a browser.
+fn token_response(state: &AppState, pair: TokenPair, as_cookies: bool) -> Response {
+    let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    if !as_cookies {
+        let mut body = json!({
             "access_token": pair.access_token,
             "token_type": "Bearer",
             "expires_in": pair.expires_in,
-            "refresh_token": pair.refresh_token,
-        })),
+        });
+        if let Some(refresh) = pair.refresh_token {
+            body["refresh_token"] = json!(refresh);
+        }
+        return (no_store, Json(body)).into_response();
+    }
+    let policy = state.cookies();
+    let csrf = URL_SAFE_NO_PAD.encode(herd_identity::random_token_bytes());
+    let mut response = (
+        no_store,
+        Json(json!({ "token_type": "cookie", "expires_in": pair.expires_in, "csrf_token": csrf })),
     )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.append(
+        SET_COOKIE,
+        policy.set(
+            cookies::ACCESS,
+            &pair.access_token,
+            "/",
+            pair.expires_in,
+            true,
+        ),
+    );
+    if let Some(refresh) = &pair.refresh_token {
+        let ttl = state.auth.config().refresh_ttl;
+        headers.append(
+            SET_COOKIE,
+            policy.set(cookies::REFRESH, refresh, "/v1/auth", ttl, true),
+        );
+    }
+    headers.append(
+        SET_COOKIE,
+        policy.set(
+            cookies::CSRF,
+            &csrf,
+            "/",
+            state.auth.config().refresh_ttl,
+            false,
+        ),
+    );
+    response
 }

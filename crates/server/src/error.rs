@@ -17,6 +17,8 @@ pub enum Code {
     InvalidCredentials,
     InvalidRefreshToken,
     UsernameTaken,
+    CsrfFailed,
+    RefreshNotSupported,
     NotFound,
     MethodNotAllowed,
     Unavailable,
@@ -62,6 +64,16 @@ impl Code {
                 "invalid-refresh-token",
                 StatusCode::UNAUTHORIZED,
                 "The refresh token is invalid",
+            ),
+            CsrfFailed => (
+                "csrf-failed",
+                StatusCode::FORBIDDEN,
+                "Cross-site request refused",
+            ),
+            RefreshNotSupported => (
+                "refresh-not-supported",
+                StatusCode::BAD_REQUEST,
+                "This replica's session strategy has no refresh tokens",
             ),
             UsernameTaken => (
                 "username-taken",
@@ -151,7 +163,7 @@ impl ApiError {
     pub fn unavailable(error: impl std::fmt::Display) -> ApiError {
         let mut e = ApiError::new(
             Code::Unavailable,
-            "the database is unavailable; try again shortly",
+            "a store this request needs is unavailable; try again shortly",
         );
         e.internal = Some(error.to_string());
         e
@@ -228,6 +240,13 @@ impl From<AuthError> for ApiError {
                 format!("the refresh token is {why}; log in again"),
             ),
             AuthError::NoSigningKey => ApiError::unavailable("no signing key is active"),
+            AuthError::RefreshNotSupported(strategy) => ApiError::new(
+                Code::RefreshNotSupported,
+                format!(
+                    "this replica runs --sessions {strategy}: log in again when the session ends"
+                ),
+            ),
+            AuthError::Unavailable(e) => ApiError::unavailable(e),
             AuthError::Store(e) if e.is_unavailable() => ApiError::unavailable(e),
             e => ApiError::internal(e),
         }

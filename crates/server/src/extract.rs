@@ -1,16 +1,15 @@
 //! Extractors: a JSON object body whose every failure is a clear problem, and the
 //! [`Identity`] of the caller, taken from the bearer token with no I/O.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::Json;
-use herd_identity::{AccessClaims, Invalid, Rejection};
+use herd_identity::{AuthnError, Invalid, Principal, Rejection};
 use serde_json::{Map, Value};
 
+use crate::cookies;
 use crate::error::{ApiError, Code, FieldError};
 use crate::AppState;
 
@@ -71,6 +70,31 @@ impl JsonObject {
         }
     }
 
+    /// An optional field: `None` when absent or null, an error when of another type.
+    pub fn optional_string(&mut self, field: &str) -> Option<String> {
+        match self.map.remove(field) {
+            Some(Value::String(s)) => Some(s),
+            None | Some(Value::Null) => None,
+            Some(_) => self.invalid(field, "must be a string"),
+        }
+    }
+
+    /// An optional boolean field, false when absent.
+    pub fn flag(&mut self, field: &str) -> bool {
+        match self.map.remove(field) {
+            Some(Value::Bool(b)) => b,
+            None | Some(Value::Null) => false,
+            Some(_) => self
+                .invalid(field, "must be true or false")
+                .unwrap_or(false),
+        }
+    }
+
+    /// Records that `field` is invalid, for rules that span fields.
+    pub fn reject(&mut self, field: &str, message: &str) {
+        self.invalid::<()>(field, message);
+    }
+
     /// A required string field parsed into a domain type.
     pub fn parse<T>(
         &mut self,
@@ -121,9 +145,13 @@ impl<A, B> AllPresent for (Option<A>, Option<B>) {
     }
 }
 
-/// The verified caller of a request: a valid, unrevoked access token's claims.
+/// The identified caller of a request, by this replica's session strategy.
+///
+/// The credential comes from `Authorization: Bearer` or, for browsers, from the
+/// `herd_access` cookie; a cookie-authenticated unsafe request must also pass the CSRF
+/// check.
 #[derive(Debug, Clone)]
-pub struct Identity(pub Arc<AccessClaims>);
+pub struct Identity(pub Principal);
 
 impl FromRequestParts<AppState> for Identity {
     type Rejection = ApiError;
@@ -132,17 +160,29 @@ impl FromRequestParts<AppState> for Identity {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).map_err(|r| state.reject(r))?;
-        match state.auth.verify(token).await {
-            Ok(claims) => Ok(Identity(claims)),
-            Err(rejection) => Err(state.reject(rejection)),
+        let credential = match bearer(parts) {
+            Ok(Some(token)) => token,
+            Ok(None) => match cookies::cookie(&parts.headers, cookies::ACCESS) {
+                Some(token) => {
+                    state.cookies().check_csrf(&parts.method, &parts.headers)?;
+                    token
+                }
+                None => return Err(state.reject(Rejection::Missing)),
+            },
+            Err(rejection) => return Err(state.reject(rejection)),
+        };
+        match state.auth.authenticate(credential).await {
+            Ok(principal) => Ok(Identity(principal)),
+            Err(AuthnError::Rejected(rejection)) => Err(state.reject(rejection)),
+            Err(AuthnError::Unavailable(e)) => Err(ApiError::unavailable(e)),
         }
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, Rejection> {
+/// The bearer token, `None` when there is no Authorization header at all.
+fn bearer(parts: &Parts) -> Result<Option<&str>, Rejection> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        return Err(Rejection::Missing);
+        return Ok(None);
     };
     let value = value.to_str().map_err(|_| Rejection::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(Rejection::Malformed)?;
@@ -153,5 +193,5 @@ fn bearer(parts: &Parts) -> Result<&str, Rejection> {
     if token.is_empty() {
         return Err(Rejection::Missing);
     }
-    Ok(token)
+    Ok(Some(token))
 }

@@ -22,9 +22,9 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the store answers within a second.
+/// Ready when the store, and the session store if there is one, answer within a second.
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    match tokio::time::timeout(Duration::from_secs(1), state.auth.store().ping()).await {
+    match tokio::time::timeout(Duration::from_secs(1), state.auth.ready()).await {
         Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
         Ok(Err(e)) => Err(ApiError::unavailable(e)),
         Err(_) => Err(ApiError::unavailable("the store did not answer within 1 s")),

@@ -9,10 +9,12 @@
 //! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
 //! - `extract.rs`: the JSON body reader and the [`Identity`](extract::Identity) extractor.
+//! - `cookies.rs`: the browser transport: HttpOnly cookies and CSRF protection.
 //! - `error.rs`: [`ApiError`](error::ApiError) and the table of problem codes.
 //! - `metrics.rs`: the Prometheus registry.
 
 pub mod auth;
+pub mod cookies;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -32,6 +34,7 @@ use herd_identity::{Auth, Rejection};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::cookies::CookiePolicy;
 use crate::error::{ApiError, Code, InternalError};
 use crate::metrics::Metrics;
 
@@ -47,6 +50,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How often the key ring is reloaded and the revocation log tailed.
     pub upkeep_interval: Duration,
+    /// Browser cookies and the origins that may send cookie-authenticated writes.
+    pub cookies: CookiePolicy,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -75,6 +80,10 @@ impl AppState {
             replica_header,
             config: Arc::new(config),
         })
+    }
+
+    pub fn cookies(&self) -> &CookiePolicy {
+        &self.config.cookies
     }
 
     /// Records and logs a refused access token, and builds its 401.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_identity::{Auth, AuthConfig, HashParams, ManualClock};
+use herd_identity::{Auth, AuthConfig, HashParams, ManualClock, SessionTimeouts, Strategy};
 use herd_server::{AppState, ServerConfig};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -18,6 +18,9 @@ pub struct Options {
     pub replica_id: String,
     pub key_publish_delay: i64,
     pub body_limit: usize,
+    pub strategy: Strategy,
+    pub redis_url: Option<String>,
+    pub insecure_cookies: bool,
 }
 
 impl Default for Options {
@@ -26,9 +29,19 @@ impl Default for Options {
             replica_id: "test-a".into(),
             key_publish_delay: 60,
             body_limit: 64 * 1024,
+            strategy: Strategy::Token,
+            redis_url: None,
+            insecure_cookies: true,
         }
     }
 }
+
+/// Session lifetimes in tests: 100 s idle, 1000 s absolute, extended at most every 10 s.
+pub const TIMEOUTS: SessionTimeouts = SessionTimeouts {
+    idle: 100,
+    absolute: 1000,
+    touch_interval: 10,
+};
 
 pub struct TestApp {
     pub base: String,
@@ -36,6 +49,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub auth: Auth,
     pub database: String,
+    pub options: Options,
     dir: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<std::io::Result<()>>>,
@@ -62,7 +76,7 @@ impl TestApp {
     pub async fn spawn_peer(&self, replica_id: &str) -> TestApp {
         let options = Options {
             replica_id: replica_id.into(),
-            ..Options::default()
+            ..self.options.clone()
         };
         spawn_on(
             self.dir.clone(),
@@ -90,15 +104,22 @@ async fn spawn_on(
         parallelism: 1,
     };
     config.key_publish_delay = options.key_publish_delay;
+    config.strategy = options.strategy;
+    config.redis_url = options.redis_url.clone();
+    config.sessions = TIMEOUTS;
     let auth = Auth::start(store, clock.clone(), config)
         .await
         .expect("auth");
     let state = AppState::new(
         auth.clone(),
         ServerConfig {
-            replica_id: options.replica_id,
+            replica_id: options.replica_id.clone(),
             body_limit: options.body_limit,
             upkeep_interval: Duration::from_secs(3600),
+            cookies: herd_server::cookies::CookiePolicy {
+                insecure: options.insecure_cookies,
+                allowed_origins: vec![],
+            },
         },
     )
     .expect("state");
@@ -116,6 +137,7 @@ async fn spawn_on(
         clock,
         auth,
         database,
+        options,
         dir,
         shutdown: Some(tx),
         server: Some(server),
@@ -138,7 +160,7 @@ impl Tokens {
                 .to_owned(),
             refresh: body["refresh_token"]
                 .as_str()
-                .expect("refresh_token")
+                .unwrap_or_default()
                 .to_owned(),
         }
     }

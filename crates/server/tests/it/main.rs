@@ -2,8 +2,10 @@
 //! own SQLite file and a clock the test moves.
 
 mod auth;
+mod cookies;
 mod errors;
 mod helpers;
 mod keys;
 mod ops;
+mod strategies;
 mod tokens;
