@@ -41,6 +41,7 @@ mod dialect;
 mod migrate;
 mod shared_sessions;
 mod sql;
+pub mod testing;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -14,8 +14,9 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use tempfile::TempDir;
 
-/// The variable naming a PostgreSQL server the tests may create databases on.
-pub const POSTGRES_VAR: &str = "HERD_TEST_POSTGRES";
+use herd_store::testing::{
+    create_postgres_database, drop_postgres_database, postgres_admin_url, with_database,
+};
 
 /// A moment to run tests at; the store never reads a clock, so any will do.
 pub const NOW: i64 = 1_700_000_000;
@@ -74,25 +75,14 @@ impl TestDb {
                 }
             }
             Kind::Postgres => {
-                let admin_url = std::env::var(POSTGRES_VAR).unwrap_or_else(|_| {
-                    panic!(
-                        "{POSTGRES_VAR} is not set: this test needs a PostgreSQL server it \
-                         may create databases on, e.g. \
-                         {POSTGRES_VAR}=postgres://postgres@127.0.0.1:5432/test"
-                    )
-                });
+                let admin_url = postgres_admin_url();
                 let name = format!("herd_test_{:016x}", random());
-                let mut admin = PgConnection::connect(&admin_url)
-                    .await
-                    .unwrap_or_else(|e| panic!("connecting to {POSTGRES_VAR}: {e}"));
-                admin
-                    .execute(sqlx::raw_sql(&format!("CREATE DATABASE {name}")))
+                let url = create_postgres_database(&admin_url, &name)
                     .await
                     .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
-                admin.close().await.ok();
                 TestDb {
                     kind,
-                    url: with_database(&admin_url, &name),
+                    url,
                     place: Place::Postgres { admin_url, name },
                 }
             }
@@ -101,14 +91,7 @@ impl TestDb {
 
     async fn remove(&self) {
         if let Place::Postgres { admin_url, name } = &self.place {
-            // FORCE ends the connections of pools the test left open.
-            let dropped = async {
-                let mut admin = PgConnection::connect(admin_url).await?;
-                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                admin.execute(sqlx::raw_sql(&drop)).await?;
-                admin.close().await
-            };
-            if let Err(e) = dropped.await {
+            if let Err(e) = drop_postgres_database(admin_url, name).await {
                 eprintln!("leaving test database {name} behind: {e}");
             }
         }
@@ -154,20 +137,6 @@ impl TestDb {
             Kind::Postgres => migration.postgres,
         }
     }
-}
-
-/// `url` with its database name replaced by `name`, query string kept.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[host_start..].find('/') {
-        Some(i) => &base[..host_start + i],
-        None => base,
-    };
-    format!("{server}/{name}{query}")
 }
 
 /// 64 bits no other test process will pick, without a dependency for them: std's hasher
