@@ -151,7 +151,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_SESSIONS", value_enum, default_value_t = SessionsArg::Token, verbatim_doc_comment)]
     pub sessions: SessionsArg,
 
-    /// Redis for `--sessions shared` (e.g. redis://127.0.0.1:6379).
+    /// How replicas hear each other's news (revocations, key rotations) at once rather
+    /// than at their next upkeep: `auto` is Redis when --redis-url is set, else the SQL
+    /// tail; `sql` polls the shared database's event log; `in-process` reaches this
+    /// replica only.
+    #[arg(long, env = "HERD_BUS", value_enum, default_value_t = BusArg::Auto)]
+    pub bus: BusArg,
+
+    /// How often the SQL-tail bus polls the event log (e.g. 50ms).
+    #[arg(long, env = "HERD_BUS_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub bus_poll_interval: Duration,
+
+    /// Redis for `--sessions shared` and the bus (e.g. redis://127.0.0.1:6379).
     #[arg(long, env = "HERD_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -183,6 +194,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusArg {
+    Auto,
+    InProcess,
+    Sql,
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -244,12 +263,17 @@ impl ServeArgs {
             SessionsArg::Shared => Strategy::Shared,
             SessionsArg::Memory => Strategy::Memory,
         };
-        if self.redis_url.is_some() && config.strategy != Strategy::Shared {
-            tracing::warn!("--redis-url is set but only --sessions shared uses it");
+        if self.bus == BusArg::Redis && self.redis_url.is_none() {
+            bail!("--bus redis needs --redis-url");
+        }
+        if self.bus_poll_interval.is_zero() {
+            bail!("--bus-poll-interval must be more than 0");
         }
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                bail!("--redis-url must start with redis:// or rediss://");
+            // This build has no TLS for Redis: refuse rediss:// plainly rather than fail
+            // at the first connection.
+            if !url.starts_with("redis://") {
+                bail!("--redis-url must start with redis:// (rediss:// is not supported by this build)");
             }
         }
         config.redis_url = self.redis_url.clone();
@@ -314,6 +338,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     })?;
     let scale = match unit {
         "" | "s" => 1,
+        "ms" => return Ok(Duration::from_millis(n)),
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,

@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::Parser as _;
+use herd_bus::Bus;
 use herd_identity::{Auth, SystemClock};
 use herd_server::cookies::CookiePolicy;
 use herd_server::{AppState, ServerConfig};
 use herd_store::Store;
 use tokio::net::TcpListener;
 
-use crate::config::{Cli, Command, KeysCommand, LogFormat, ServeArgs};
+use crate::config::{BusArg, Cli, Command, KeysCommand, LogFormat, ServeArgs};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -70,6 +71,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr().context("reading the bound address")?;
     let replica_id = args
         .replica_id
+        .clone()
         .unwrap_or_else(|| format!("{}:{}", hostname(), local.port()));
     let auth = Auth::start(store.clone(), Arc::new(SystemClock), auth_config)
         .await
@@ -86,7 +88,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         },
     )
-    .map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?
+    .with_bus(bus(&args, &store).await?);
     tracing::info!(
         listen = %local,
         replica = %replica_id,
@@ -99,6 +102,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The bus `--bus` names; `auto` is Redis when there is a Redis, else the SQL tail.
+async fn bus(args: &ServeArgs, store: &Store) -> anyhow::Result<Bus> {
+    let kind = match (args.bus, &args.redis_url) {
+        (BusArg::Auto, Some(_)) => BusArg::Redis,
+        (BusArg::Auto, None) => BusArg::Sql,
+        (kind, _) => kind,
+    };
+    Ok(match (kind, &args.redis_url) {
+        (BusArg::InProcess, _) => Bus::in_process(),
+        (BusArg::Redis, Some(url)) => Bus::redis(url)
+            .await
+            .context("connecting the bus to --redis-url")?,
+        _ => Bus::sql_tail(store.clone(), args.bus_poll_interval)
+            .await
+            .context("starting the SQL-tail bus")?,
+    })
 }
 
 async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Store> {

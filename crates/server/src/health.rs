@@ -25,7 +25,16 @@ async fn healthz() -> Json<Value> {
 /// Ready when the store, and the session store if there is one, answer within a second.
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     match tokio::time::timeout(Duration::from_secs(1), state.auth.ready()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
+        // The bus only speeds news up (the store has it all), so a bus that is down is
+        // reported but does not take the replica out of rotation.
+        Ok(Ok(())) => {
+            let bus = match state.bus() {
+                Some(bus) if bus.healthy().await => "ok",
+                Some(_) => "down",
+                None => "none",
+            };
+            Ok(Json(json!({ "status": "ready", "bus": bus })))
+        }
         Ok(Err(e)) => Err(ApiError::unavailable(e)),
         Err(_) => Err(ApiError::unavailable("the store did not answer within 1 s")),
     }

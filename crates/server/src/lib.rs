@@ -12,6 +12,7 @@
 //! - `cookies.rs`: the browser transport: HttpOnly cookies and CSRF protection.
 //! - `error.rs`: [`ApiError`](error::ApiError) and the table of problem codes.
 //! - `metrics.rs`: the Prometheus registry.
+//! - `news.rs`: revocations and key rotations relayed between replicas over the bus.
 
 pub mod auth;
 pub mod cookies;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod news;
 pub mod wellknown;
 
 use std::future::Future;
@@ -30,6 +32,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use herd_bus::Bus;
 use herd_identity::{Auth, Rejection};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -62,6 +65,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     replica_header: HeaderValue,
     config: Arc<ServerConfig>,
+    bus: Option<Bus>,
 }
 
 impl AppState {
@@ -79,7 +83,18 @@ impl AppState {
             metrics: Arc::default(),
             replica_header,
             config: Arc::new(config),
+            bus: None,
         })
+    }
+
+    /// Relays identity's news to other replicas over `bus`, and theirs to this one.
+    pub fn with_bus(mut self, bus: Bus) -> AppState {
+        self.bus = Some(bus);
+        self
+    }
+
+    pub fn bus(&self) -> Option<&Bus> {
+        self.bus.as_ref()
     }
 
     pub fn cookies(&self) -> &CookiePolicy {
@@ -154,11 +169,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let upkeep = tokio::spawn(upkeep(state.auth.clone(), state.config.upkeep_interval));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(upkeep(state.auth.clone(), state.config.upkeep_interval));
+    if let Some(bus) = state.bus.clone() {
+        news::relay(state.auth.clone(), bus, &mut tasks).await;
+    }
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    upkeep.abort();
+    tasks.shutdown().await;
     served
 }
 

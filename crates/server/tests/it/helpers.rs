@@ -21,6 +21,18 @@ pub struct Options {
     pub strategy: Strategy,
     pub redis_url: Option<String>,
     pub insecure_cookies: bool,
+    pub bus: TestBus,
+}
+
+/// Which bus a test replica relays news over.
+#[derive(Debug, Clone)]
+pub enum TestBus {
+    None,
+    /// One bus shared by the replicas of the test, as if they were one process.
+    InProcess(herd_bus::Bus),
+    /// The event log of the replica's own store, polled every 10 ms.
+    Sql,
+    Redis(String),
 }
 
 impl Default for Options {
@@ -32,6 +44,7 @@ impl Default for Options {
             strategy: Strategy::Token,
             redis_url: None,
             insecure_cookies: true,
+            bus: TestBus::None,
         }
     }
 }
@@ -62,6 +75,18 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_with(options: Options) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let database = format!("sqlite://{}", dir.path().join("herd.db").display());
+    spawn_on(
+        dir,
+        database,
+        Arc::new(ManualClock::starting_now()),
+        options,
+    )
+    .await
+}
+
+/// A replica on the database at `database` (which the caller owns and removes).
+pub async fn spawn_on_database(database: String, options: Options) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     spawn_on(
         dir,
         database,
@@ -107,6 +132,16 @@ async fn spawn_on(
     config.strategy = options.strategy;
     config.redis_url = options.redis_url.clone();
     config.sessions = TIMEOUTS;
+    let bus = match &options.bus {
+        TestBus::None => None,
+        TestBus::InProcess(bus) => Some(bus.clone()),
+        TestBus::Sql => Some(
+            herd_bus::Bus::sql_tail(store.clone(), Duration::from_millis(10))
+                .await
+                .expect("sql-tail bus"),
+        ),
+        TestBus::Redis(url) => Some(herd_bus::Bus::redis(url).await.expect("redis bus")),
+    };
     let auth = Auth::start(store, clock.clone(), config)
         .await
         .expect("auth");
@@ -123,6 +158,10 @@ async fn spawn_on(
         },
     )
     .expect("state");
+    let state = match bus {
+        Some(bus) => state.with_bus(bus),
+        None => state,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

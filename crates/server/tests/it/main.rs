@@ -7,5 +7,6 @@ mod errors;
 mod helpers;
 mod keys;
 mod ops;
+mod replicas;
 mod strategies;
 mod tokens;
