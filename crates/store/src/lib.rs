@@ -1,10 +1,11 @@
 //! herd's persistence, behind one interface.
 //!
 //! The store keeps what every replica must share: accounts, login sessions, refresh-token
-//! hashes, the signing-key ring, the revocation log, the event log and store-wide secrets.
-//! It knows rows, not meanings: a refresh token is an opaque hash here, a signing key two
-//! byte strings. It never reads a clock either; callers pass `now` in unix seconds, so
-//! time-dependent behaviour is decided (and tested) in one place, the identity crate.
+//! hashes, the signing-key ring, the revocation log, the event log, store-wide secrets,
+//! and chat rooms with their members and messages. It knows rows, not meanings: a
+//! refresh token is an opaque hash here, a signing key two byte strings. It never reads a
+//! clock either; callers pass `now` in unix seconds, so time-dependent behaviour is
+//! decided (and tested) in one place, the identity crate.
 //!
 //! Two backends sit behind the one [`Store`]: SQLite (`sqlite://PATH`), embedded, for one
 //! machine, and PostgreSQL (`postgres://...` or `postgresql://...`) for replicas spread
@@ -21,13 +22,15 @@
 //!   the migration bookkeeping statements.
 //! - `shared_sessions.rs`: sessions of identity's `shared` strategy, for when there is
 //!   no Redis: the record, its `Store` methods and their queries.
+//! - `chat.rs`: rooms, membership and messages, numbered per room without gaps: the
+//!   records, their `Store` methods and their queries, laid out as `shared_sessions.rs`.
 //! - `migrate.rs`: the embedded migrations and the runner that applies them.
 //! - `migrations/{sqlite,postgres}/NNNN_name.sql`: the schema, one file a version and
 //!   backend, with the same tables and constraint names on both.
 
 /// Calls the same method on whichever backend the store has. Each arm is compiled for
 /// its own database type, which is what lets `sql.rs` be written once. Defined before the
-/// modules so that `shared_sessions.rs` can use it too.
+/// modules so that `shared_sessions.rs` and `chat.rs` can use it too.
 macro_rules! dispatch {
     ($store:expr, $db:ident => $call:expr) => {
         match &$store.backend {
@@ -37,6 +40,7 @@ macro_rules! dispatch {
     };
 }
 
+mod chat;
 mod dialect;
 mod migrate;
 mod shared_sessions;
@@ -53,6 +57,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
+pub use chat::{MessageRecord, Posted, RoomRecord};
 pub use migrate::{Migration, MIGRATIONS};
 pub use shared_sessions::SharedSession;
 use sql::Db;
@@ -69,6 +74,9 @@ pub enum StoreError {
     /// A unique constraint refused the write; the name is the constraint's.
     #[error("conflict on {constraint}")]
     Conflict { constraint: &'static str },
+    /// The room the call names does not exist.
+    #[error("no such room")]
+    NotFound,
     /// The schema is newer than this binary knows.
     #[error("the database schema is at version {found}, newer than this herd ({known})")]
     SchemaTooNew { found: i64, known: i64 },

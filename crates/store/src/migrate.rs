@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_identity"),
     migration!(2, "0002_events"),
     migration!(3, "0003_shared_sessions"),
+    migration!(4, "0004_chat"),
 ];
 
 fn known() -> i64 {

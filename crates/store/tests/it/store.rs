@@ -106,5 +106,13 @@ fn store_futures_are_send(store: &Store) {
     send(store.touch_shared_session("", 0));
     send(store.delete_shared_session(""));
     send(store.prune_shared_sessions(0, 0));
+    send(store.create_room("", "", "", 0));
+    send(store.room(""));
+    send(store.rooms_of(""));
+    send(store.join_room("", "", 0));
+    send(store.leave_room("", ""));
+    send(store.is_member("", ""));
+    send(store.post_message("", "", "", "", "", 0));
+    send(store.messages_after("", 0, 0));
     send(store.close());
 }

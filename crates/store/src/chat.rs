@@ -1,0 +1,396 @@
+//! Chat: rooms, their members, and their messages, numbered per room without gaps.
+//!
+//! A room's messages are numbered 1, 2, 3, ... by `seq`, and a reader that remembers the
+//! last `seq` it saw resumes from there, on any replica. For that to miss nothing the
+//! numbers must have no holes and commit in order, which is why they are not an identity
+//! column: `rooms.last_seq` is raised and the message inserted in one transaction whose
+//! first statement is that raise. On PostgreSQL the raise takes the room's row lock, so
+//! posters to one room queue (posters to different rooms do not); on SQLite it takes the
+//! file's write lock. A post that fails rolls the raise back with it.
+
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
+
+use crate::dialect::Dialect;
+use crate::sql::Db;
+use crate::{Backend, Result, Store, StoreError};
+
+/// A room as stored. `last_seq` is the `seq` of its newest message, 0 before the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub id: String,
+    pub name: String,
+    /// The user id of its creator.
+    pub created_by: String,
+    pub created_at: i64,
+    pub last_seq: i64,
+}
+
+/// A message as stored, with its author's username.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub room_id: String,
+    /// Its place in the room: 1 for the first message, then one more for each.
+    pub seq: i64,
+    pub id: String,
+    pub author_id: String,
+    /// The author's username, read from their account.
+    pub author: String,
+    pub body: String,
+    /// The id the author's client chose, which makes a retried post idempotent.
+    pub client_id: String,
+    pub created_at: i64,
+}
+
+/// What posting a message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    /// The message is stored, with the next `seq` of its room.
+    New(MessageRecord),
+    /// The author had already posted this `client_id` in the room: nothing was written,
+    /// and this is the message stored then (whose body may differ from the retry's).
+    Existing(MessageRecord),
+}
+
+impl Posted {
+    /// The stored message, new or not.
+    pub fn message(&self) -> &MessageRecord {
+        match self {
+            Posted::New(m) | Posted::Existing(m) => m,
+        }
+    }
+
+    pub fn into_message(self) -> MessageRecord {
+        match self {
+            Posted::New(m) | Posted::Existing(m) => m,
+        }
+    }
+}
+
+impl Store {
+    /// Creates a room and makes `creator` (a user id) its first member, in one
+    /// transaction.
+    pub async fn create_room(
+        &self,
+        id: &str,
+        name: &str,
+        creator: &str,
+        now: i64,
+    ) -> Result<RoomRecord> {
+        dispatch!(self, db => db.create_room(id, name, creator, now).await)
+    }
+
+    pub async fn room(&self, id: &str) -> Result<Option<RoomRecord>> {
+        dispatch!(self, db => db.room(id).await)
+    }
+
+    /// Rooms `user_id` is a member of, ordered by name (code point by code point, on
+    /// both backends) then id.
+    pub async fn rooms_of(&self, user_id: &str) -> Result<Vec<RoomRecord>> {
+        dispatch!(self, db => db.rooms_of(user_id).await)
+    }
+
+    /// Makes `user_id` a member of the room: `Ok(true)` newly joined, `Ok(false)` already
+    /// a member, [`StoreError::NotFound`] when there is no such room.
+    pub async fn join_room(&self, room_id: &str, user_id: &str, now: i64) -> Result<bool> {
+        dispatch!(self, db => db.join_room(room_id, user_id, now).await)
+    }
+
+    /// `Ok(true)` left, `Ok(false)` was not a member (which includes there being no such
+    /// room).
+    pub async fn leave_room(&self, room_id: &str, user_id: &str) -> Result<bool> {
+        dispatch!(self, db => db.leave_room(room_id, user_id).await)
+    }
+
+    pub async fn is_member(&self, room_id: &str, user_id: &str) -> Result<bool> {
+        dispatch!(self, db => db.is_member(room_id, user_id).await)
+    }
+
+    /// Appends a message with the next `seq` of the room, assigned inside the
+    /// transaction: 1, 2, 3, ... per room, with no holes even when posters race or a
+    /// post fails, committed in `seq` order.
+    ///
+    /// The same (`room_id`, `author_id`, `client_id`) again returns
+    /// [`Posted::Existing`] with the message stored the first time, never a second copy,
+    /// also when two identical posts race. `id` is a caller-chosen unique id. A room that
+    /// does not exist is [`StoreError::NotFound`]. Membership is not checked here.
+    pub async fn post_message(
+        &self,
+        room_id: &str,
+        id: &str,
+        author_id: &str,
+        body: &str,
+        client_id: &str,
+        now: i64,
+    ) -> Result<Posted> {
+        dispatch!(self, db => {
+            db.post_message(room_id, id, author_id, body, client_id, now)
+                .await
+        })
+    }
+
+    /// At most `limit` messages of the room with `seq > after_seq`, ascending. Since
+    /// seqs have no holes, a reader can tell from the first `seq` whether it missed any.
+    pub async fn messages_after(
+        &self,
+        room_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageRecord>> {
+        dispatch!(self, db => db.messages_after(room_id, after_seq, limit).await)
+    }
+}
+
+/// `SELECT`s messages with their author's name, in the columns `message_from` reads,
+/// from `messages m`; `$where` picks them (and may order and limit them).
+macro_rules! select_messages {
+    ($where:literal) => {
+        concat!(
+            "SELECT m.room_id, m.seq, m.id, m.author_id, u.username, m.body, m.client_id, \
+             m.created_at FROM messages m JOIN users u ON u.id = m.author_id WHERE ",
+            $where
+        )
+    };
+}
+
+impl<DB> Db<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
+    String: Type<DB> + for<'r> Decode<'r, DB>,
+    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
+{
+    async fn create_room(
+        &self,
+        id: &str,
+        name: &str,
+        creator: &str,
+        now: i64,
+    ) -> Result<RoomRecord> {
+        let mut tx = DB::begin(self.pool()).await?;
+        let insert = sqlx::query(
+            "INSERT INTO rooms (id, name, created_by, created_at, last_seq) \
+             VALUES ($1, $2, $3, $4, 0)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(creator)
+        .bind(now);
+        tx.execute(insert).await?;
+        let join = sqlx::query(
+            "INSERT INTO room_members (room_id, user_id, joined_at) VALUES ($1, $2, $3)",
+        )
+        .bind(id)
+        .bind(creator)
+        .bind(now);
+        tx.execute(join).await?;
+        tx.commit().await?;
+        Ok(RoomRecord {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            created_by: creator.to_owned(),
+            created_at: now,
+            last_seq: 0,
+        })
+    }
+
+    async fn room(&self, id: &str) -> Result<Option<RoomRecord>> {
+        let select = sqlx::query(
+            "SELECT id, name, created_by, created_at, last_seq FROM rooms WHERE id = $1",
+        )
+        .bind(id);
+        let row = self.pool().fetch_optional(select).await?;
+        Ok(row.map(|r| room_from(&r)))
+    }
+
+    async fn rooms_of(&self, user_id: &str) -> Result<Vec<RoomRecord>> {
+        let select = sqlx::query(
+            "SELECT r.id, r.name, r.created_by, r.created_at, r.last_seq \
+             FROM rooms r JOIN room_members m ON m.room_id = r.id \
+             WHERE m.user_id = $1 ORDER BY r.name, r.id",
+        )
+        .bind(user_id);
+        let rows = self.pool().fetch_all(select).await?;
+        Ok(rows.iter().map(room_from).collect())
+    }
+
+    async fn join_room(&self, room_id: &str, user_id: &str, now: i64) -> Result<bool> {
+        // The WHERE also settles SQLite's parsing ambiguity of INSERT ... SELECT with an
+        // ON CONFLICT clause, which it needs one for.
+        let join = sqlx::query(
+            "INSERT INTO room_members (room_id, user_id, joined_at) \
+             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM rooms WHERE id = $1) \
+             ON CONFLICT (room_id, user_id) DO NOTHING",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(now);
+        if DB::rows_affected(&self.pool().execute(join).await?) == 1 {
+            return Ok(true);
+        }
+        // Nothing inserted: already a member, or no such room. Rooms are never deleted,
+        // so a room seen missing by the insert is still missing here and vice versa.
+        let exists = sqlx::query("SELECT COUNT(*) FROM rooms WHERE id = $1").bind(room_id);
+        if self.pool().fetch_one(exists).await?.get::<i64, _>(0) == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(false)
+    }
+
+    async fn leave_room(&self, room_id: &str, user_id: &str) -> Result<bool> {
+        let delete = sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id);
+        Ok(DB::rows_affected(&self.pool().execute(delete).await?) == 1)
+    }
+
+    async fn is_member(&self, room_id: &str, user_id: &str) -> Result<bool> {
+        let select =
+            sqlx::query("SELECT COUNT(*) FROM room_members WHERE room_id = $1 AND user_id = $2")
+                .bind(room_id)
+                .bind(user_id);
+        Ok(self.pool().fetch_one(select).await?.get::<i64, _>(0) > 0)
+    }
+
+    async fn post_message(
+        &self,
+        room_id: &str,
+        id: &str,
+        author_id: &str,
+        body: &str,
+        client_id: &str,
+        now: i64,
+    ) -> Result<Posted> {
+        // A retry usually comes after the first post committed: answer it without
+        // taking a lock or a seq.
+        if let Some(first) = self.posted(room_id, author_id, client_id).await? {
+            return Ok(Posted::Existing(first));
+        }
+
+        let mut tx = DB::begin(self.pool()).await?;
+        // The write comes first, as in `rotate_refresh`: on SQLite the transaction then
+        // holds the write lock from its first statement, so it cannot fail to upgrade a
+        // read lock; on PostgreSQL (READ COMMITTED) it takes the room's row lock, and a
+        // racing poster's UPDATE waits for this commit and then raises the committed
+        // value. Either way seqs are handed out one at a time and commit in order.
+        let raise = sqlx::query(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(room_id);
+        let Some(row) = tx.fetch_optional(raise).await? else {
+            return Err(StoreError::NotFound);
+        };
+        let seq: i64 = row.get(0);
+
+        let insert = sqlx::query(
+            "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(room_id)
+        .bind(seq)
+        .bind(author_id)
+        .bind(body)
+        .bind(client_id)
+        .bind(now);
+        if let Err(e) = tx.execute(insert).await {
+            // An identical post committed between the check above and the insert. The
+            // rollback hands the seq back, and the winner's message is the answer.
+            // Which unique key broke is not asked (SQLite does not say): if no earlier
+            // post with this client id is found, the error stands.
+            tx.rollback().await?;
+            if is_unique_violation(&e) {
+                if let Some(first) = self.posted(room_id, author_id, client_id).await? {
+                    return Ok(Posted::Existing(first));
+                }
+            }
+            return Err(e.into());
+        }
+
+        // Read back in the transaction, for the author's name; this is also exactly the
+        // record `messages_after` will return.
+        let select = sqlx::query(select_messages!("m.room_id = $1 AND m.seq = $2"))
+            .bind(room_id)
+            .bind(seq);
+        let message = message_from(&tx.fetch_one(select).await?);
+        tx.commit().await?;
+        Ok(Posted::New(message))
+    }
+
+    async fn messages_after(
+        &self,
+        room_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageRecord>> {
+        // A negative LIMIT means "no limit" to SQLite and is an error to PostgreSQL;
+        // clamped, it means none on both.
+        let select = sqlx::query(select_messages!(
+            "m.room_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3"
+        ))
+        .bind(room_id)
+        .bind(after_seq)
+        .bind(limit.max(0));
+        let rows = self.pool().fetch_all(select).await?;
+        Ok(rows.iter().map(message_from).collect())
+    }
+
+    /// The message `author_id` posted in the room under `client_id`, if any.
+    async fn posted(
+        &self,
+        room_id: &str,
+        author_id: &str,
+        client_id: &str,
+    ) -> Result<Option<MessageRecord>> {
+        let select = sqlx::query(select_messages!(
+            "m.room_id = $1 AND m.author_id = $2 AND m.client_id = $3"
+        ))
+        .bind(room_id)
+        .bind(author_id)
+        .bind(client_id);
+        let row = self.pool().fetch_optional(select).await?;
+        Ok(row.map(|r| message_from(&r)))
+    }
+}
+
+fn room_from<R>(r: &R) -> RoomRecord
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    i64: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    String: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+{
+    RoomRecord {
+        id: r.get(0),
+        name: r.get(1),
+        created_by: r.get(2),
+        created_at: r.get(3),
+        last_seq: r.get(4),
+    }
+}
+
+/// A row of `select_messages!`.
+fn message_from<R>(r: &R) -> MessageRecord
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    i64: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    String: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+{
+    MessageRecord {
+        room_id: r.get(0),
+        seq: r.get(1),
+        id: r.get(2),
+        author_id: r.get(3),
+        author: r.get(4),
+        body: r.get(5),
+        client_id: r.get(6),
+        created_at: r.get(7),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}

@@ -1,0 +1,479 @@
+//! Chat: rooms, membership, and messages numbered per room without gaps, including
+//! posters racing on one room and retries racing each other.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use herd_store::{MessageRecord, Posted, RoomRecord, Store, StoreError};
+use tokio::sync::Barrier;
+
+use crate::harness::{self, TestDb, NOW};
+
+backend_tests!(
+    a_room_is_created_listed_joined_and_left,
+    a_missing_room_is_not_found,
+    sequential_posts_are_numbered_from_1_with_their_authors_name,
+    messages_after_pages_ascending,
+    seqs_are_per_room,
+    concurrent_posters_get_every_seq_exactly_once,
+    a_retried_post_returns_the_first_and_stores_no_copy,
+    racing_identical_posts_store_one_message_and_leave_no_gap,
+    a_failed_post_takes_its_seq_back,
+);
+
+/// Posts `body` as `author` in `room` with client id `client_id` (the message id is
+/// derived from it) at `NOW`.
+async fn post(store: &Store, room: &str, author: &str, client_id: &str, body: &str) -> Posted {
+    store
+        .post_message(
+            room,
+            &format!("m-{room}-{author}-{client_id}"),
+            author,
+            body,
+            client_id,
+            NOW,
+        )
+        .await
+        .expect("posting a message")
+}
+
+/// Posts a message that must be new, and returns it.
+async fn post_new(store: &Store, room: &str, author: &str, client_id: &str) -> MessageRecord {
+    match post(store, room, author, client_id, &format!("body {client_id}")).await {
+        Posted::New(m) => m,
+        other => panic!("expected a new message, got {other:?}"),
+    }
+}
+
+async fn seqs(store: &Store, room: &str) -> Vec<i64> {
+    store
+        .messages_after(room, 0, 10_000)
+        .await
+        .expect("messages after")
+        .into_iter()
+        .map(|m| m.seq)
+        .collect()
+}
+
+async fn a_room_is_created_listed_joined_and_left(db: TestDb) {
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    let bob = harness::user(&store, "bob").await;
+
+    let general = store
+        .create_room("r-general", "general", &ada.id, NOW)
+        .await
+        .expect("create room");
+    assert_eq!(
+        general,
+        RoomRecord {
+            id: "r-general".to_owned(),
+            name: "general".to_owned(),
+            created_by: ada.id.clone(),
+            created_at: NOW,
+            last_seq: 0,
+        }
+    );
+    assert_eq!(
+        store.room("r-general").await.expect("room"),
+        Some(general.clone())
+    );
+    assert_eq!(store.room("r-nope").await.expect("room"), None);
+
+    // The creator is the first member, and only they are.
+    assert!(store
+        .is_member("r-general", &ada.id)
+        .await
+        .expect("is member"));
+    assert!(!store
+        .is_member("r-general", &bob.id)
+        .await
+        .expect("is member"));
+    assert_eq!(
+        store.rooms_of(&ada.id).await.expect("rooms of"),
+        vec![general.clone()]
+    );
+    assert_eq!(store.rooms_of(&bob.id).await.expect("rooms of"), vec![]);
+
+    assert!(store
+        .join_room("r-general", &bob.id, NOW + 1)
+        .await
+        .expect("join room"));
+    assert!(!store
+        .join_room("r-general", &bob.id, NOW + 2)
+        .await
+        .expect("join room"));
+    assert!(store
+        .is_member("r-general", &bob.id)
+        .await
+        .expect("is member"));
+
+    // By name, code point by code point on both backends (so "Zeta" before "alpha"),
+    // then by id.
+    for (id, name) in [
+        ("r-b", "beta"),
+        ("r-a2", "alpha"),
+        ("r-a1", "alpha"),
+        ("r-z", "Zeta"),
+    ] {
+        store
+            .create_room(id, name, &bob.id, NOW)
+            .await
+            .expect("create room");
+    }
+    let listed: Vec<_> = store
+        .rooms_of(&bob.id)
+        .await
+        .expect("rooms of")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, ["r-z", "r-a1", "r-a2", "r-b", "r-general"]);
+
+    assert!(store
+        .leave_room("r-general", &bob.id)
+        .await
+        .expect("leave room"));
+    assert!(!store
+        .leave_room("r-general", &bob.id)
+        .await
+        .expect("leave room"));
+    assert!(!store
+        .is_member("r-general", &bob.id)
+        .await
+        .expect("is member"));
+    assert_eq!(
+        store.rooms_of(&bob.id).await.expect("rooms of").len(),
+        4,
+        "bob is still in the rooms he created"
+    );
+    // Leaving does not touch anyone else's membership.
+    assert!(store
+        .is_member("r-general", &ada.id)
+        .await
+        .expect("is member"));
+}
+
+async fn a_missing_room_is_not_found(db: TestDb) {
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+
+    assert!(matches!(
+        store.join_room("r-nope", &ada.id, NOW).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .post_message("r-nope", "m1", &ada.id, "hello?", "c1", NOW)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(!store
+        .leave_room("r-nope", &ada.id)
+        .await
+        .expect("leave room"));
+    assert!(!store.is_member("r-nope", &ada.id).await.expect("is member"));
+    assert_eq!(
+        store
+            .messages_after("r-nope", 0, 10)
+            .await
+            .expect("messages after"),
+        vec![]
+    );
+    assert_eq!(
+        StoreError::NotFound.to_string(),
+        "no such room",
+        "the message the server may show"
+    );
+}
+
+async fn sequential_posts_are_numbered_from_1_with_their_authors_name(db: TestDb) {
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    let bob = harness::user(&store, "bob").await;
+    store
+        .create_room("r1", "general", &ada.id, NOW)
+        .await
+        .expect("create room");
+
+    let first = post(&store, "r1", &ada.id, "c1", "hello").await;
+    assert_eq!(
+        first,
+        Posted::New(MessageRecord {
+            room_id: "r1".to_owned(),
+            seq: 1,
+            id: format!("m-r1-{}-c1", ada.id),
+            author_id: ada.id.clone(),
+            author: "ada".to_owned(),
+            body: "hello".to_owned(),
+            client_id: "c1".to_owned(),
+            created_at: NOW,
+        })
+    );
+
+    let mut posted = vec![first.into_message()];
+    for (i, author) in [&bob, &ada, &bob, &ada].into_iter().enumerate() {
+        let m = post_new(&store, "r1", &author.id, &format!("c{}", i + 2)).await;
+        assert_eq!(m.author, author.username);
+        posted.push(m);
+    }
+    assert_eq!(
+        posted.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        store
+            .messages_after("r1", 0, 100)
+            .await
+            .expect("messages after"),
+        posted
+    );
+    assert_eq!(
+        store.room("r1").await.expect("room").map(|r| r.last_seq),
+        Some(5)
+    );
+}
+
+async fn messages_after_pages_ascending(db: TestDb) {
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    store
+        .create_room("r1", "general", &ada.id, NOW)
+        .await
+        .expect("create room");
+    for i in 1..=10 {
+        post_new(&store, "r1", &ada.id, &format!("c{i}")).await;
+    }
+
+    let page = |after: i64, limit: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .messages_after("r1", after, limit)
+                .await
+                .expect("messages after")
+                .into_iter()
+                .map(|m| m.seq)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(0, 3).await, [1, 2, 3]);
+    assert_eq!(page(3, 3).await, [4, 5, 6]);
+    assert_eq!(page(6, 3).await, [7, 8, 9]);
+    assert_eq!(page(9, 3).await, [10]);
+    assert_eq!(page(10, 3).await, Vec::<i64>::new());
+    assert_eq!(page(0, 0).await, Vec::<i64>::new());
+    // A negative limit returns nothing on both backends (SQLite alone would read it as
+    // "no limit", PostgreSQL alone would refuse it).
+    assert_eq!(page(0, -1).await, Vec::<i64>::new());
+    assert_eq!(page(-5, 2).await, [1, 2]);
+}
+
+async fn seqs_are_per_room(db: TestDb) {
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    for room in ["r1", "r2"] {
+        store
+            .create_room(room, room, &ada.id, NOW)
+            .await
+            .expect("create room");
+    }
+    for i in 0..3 {
+        post_new(&store, "r1", &ada.id, &format!("c{i}")).await;
+        // The same client id in another room is another message.
+        post_new(&store, "r2", &ada.id, &format!("c{i}")).await;
+    }
+    post_new(&store, "r2", &ada.id, "c-last").await;
+
+    assert_eq!(seqs(&store, "r1").await, [1, 2, 3]);
+    assert_eq!(seqs(&store, "r2").await, [1, 2, 3, 4]);
+    let r1 = store
+        .messages_after("r1", 0, 10)
+        .await
+        .expect("messages after");
+    assert!(r1.iter().all(|m| m.room_id == "r1"), "{r1:?}");
+}
+
+async fn concurrent_posters_get_every_seq_exactly_once(db: TestDb) {
+    let (posters, per_poster) = (8, 25);
+    let store = db.connect().await;
+    let owner = harness::user(&store, "owner").await;
+    store
+        .create_room("r1", "busy", &owner.id, NOW)
+        .await
+        .expect("create room");
+    // A quiet room next door, to show posters of one room leave another's seqs alone.
+    store
+        .create_room("r2", "quiet", &owner.id, NOW)
+        .await
+        .expect("create room");
+    post_new(&store, "r2", &owner.id, "c0").await;
+
+    let barrier = Arc::new(Barrier::new(posters));
+    let mut tasks = Vec::new();
+    for p in 0..posters {
+        let author = harness::user(&store, &format!("poster{p}")).await;
+        // A store of its own, so a pool of its own: as separate replicas would post.
+        let store = db.connect().await;
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut mine = Vec::new();
+            for i in 0..per_poster {
+                mine.push(
+                    post_new(&store, "r1", &author.id, &format!("c{i}"))
+                        .await
+                        .seq,
+                );
+            }
+            store.close().await;
+            mine
+        }));
+    }
+    let mut handed_out = Vec::new();
+    for task in tasks {
+        let mine = task.await.expect("the task panicked");
+        // One poster's messages are numbered in the order it posted them.
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        handed_out.extend(mine);
+    }
+    handed_out.sort_unstable();
+
+    let total = (posters * per_poster) as i64;
+    let expected: Vec<i64> = (1..=total).collect();
+    assert_eq!(
+        handed_out, expected,
+        "a seq was skipped or handed out twice"
+    );
+    let stored = store
+        .messages_after("r1", 0, 10_000)
+        .await
+        .expect("messages after");
+    assert_eq!(
+        stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        expected,
+        "the stored seqs have a gap or a duplicate"
+    );
+    let keys: HashSet<_> = stored
+        .iter()
+        .map(|m| (m.author_id.as_str(), m.client_id.as_str()))
+        .collect();
+    assert_eq!(keys.len(), stored.len(), "a post was stored twice");
+    assert_eq!(
+        store.room("r1").await.expect("room").map(|r| r.last_seq),
+        Some(total)
+    );
+    assert_eq!(seqs(&store, "r2").await, [1]);
+}
+
+async fn a_retried_post_returns_the_first_and_stores_no_copy(db: TestDb) {
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    let bob = harness::user(&store, "bob").await;
+    store
+        .create_room("r1", "general", &ada.id, NOW)
+        .await
+        .expect("create room");
+
+    let first = post_new(&store, "r1", &ada.id, "c1").await;
+    // A retry carries a fresh message id and a later time; what counts is the client id.
+    // The body is deliberately different: the stored message is the answer, unchanged.
+    let retry = store
+        .post_message("r1", "m-retry", &ada.id, "edited?", "c1", NOW + 60)
+        .await
+        .expect("posting a message");
+    assert_eq!(retry, Posted::Existing(first.clone()));
+    assert_eq!(retry.message(), &first);
+
+    // The key is per author: bob's "c1" is his own message.
+    let bobs = post_new(&store, "r1", &bob.id, "c1").await;
+    assert_eq!(bobs.seq, 2);
+    assert_eq!(seqs(&store, "r1").await, [1, 2]);
+    assert_eq!(post_new(&store, "r1", &ada.id, "c2").await.seq, 3);
+}
+
+async fn racing_identical_posts_store_one_message_and_leave_no_gap(db: TestDb) {
+    let rounds = 20;
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    store
+        .create_room("r1", "general", &ada.id, NOW)
+        .await
+        .expect("create room");
+    // Separate stores, so separate pools, so the two posts really run at once.
+    let (left, right) = (db.connect().await, db.connect().await);
+
+    for round in 1..=rounds {
+        let client_id = format!("c{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = [(&left, "a"), (&right, "b")]
+            .into_iter()
+            .map(|(store, side)| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                let (author, client_id) = (ada.id.clone(), client_id.clone());
+                let id = format!("m{round}{side}");
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .post_message("r1", &id, &author, "hello", &client_id, NOW)
+                        .await
+                        .expect("posting a message")
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for racer in racers {
+            outcomes.push(racer.await.expect("the task panicked"));
+        }
+        let (new, existing): (Vec<_>, Vec<_>) =
+            outcomes.iter().partition(|p| matches!(p, Posted::New(_)));
+        assert_eq!(
+            (new.len(), existing.len()),
+            (1, 1),
+            "round {round}: {outcomes:?}"
+        );
+        assert_eq!(new[0].message(), existing[0].message(), "round {round}");
+        assert_eq!(new[0].message().seq, round, "round {round}");
+    }
+
+    // The loser of each race handed its seq back: the next post follows on directly.
+    assert_eq!(
+        post_new(&store, "r1", &ada.id, "after").await.seq,
+        rounds + 1
+    );
+    assert_eq!(
+        seqs(&store, "r1").await,
+        (1..=rounds + 1).collect::<Vec<_>>()
+    );
+}
+
+async fn a_failed_post_takes_its_seq_back(db: TestDb) {
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    store
+        .create_room("r1", "general", &ada.id, NOW)
+        .await
+        .expect("create room");
+    assert_eq!(post_new(&store, "r1", &ada.id, "c1").await.seq, 1);
+
+    // A message id already taken (by another client id) and an author with no account
+    // both fail after the seq was raised; the rollback must lower it again.
+    let taken = format!("m-r1-{}-c1", ada.id);
+    let err = store
+        .post_message("r1", &taken, &ada.id, "again", "c2", NOW)
+        .await
+        .expect_err("a taken message id was accepted");
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    let err = store
+        .post_message("r1", "m-ghost", "u-nobody", "boo", "c3", NOW)
+        .await
+        .expect_err("an author without an account was accepted");
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+
+    assert_eq!(
+        store.room("r1").await.expect("room").map(|r| r.last_seq),
+        Some(1)
+    );
+    assert_eq!(post_new(&store, "r1", &ada.id, "c2").await.seq, 2);
+    assert_eq!(seqs(&store, "r1").await, [1, 2]);
+}
