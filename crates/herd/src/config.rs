@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use herd_identity::{AuthConfig, HashParams, SessionTimeouts, Strategy};
+use herd_server::chat::ChatLimits;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -150,6 +151,26 @@ pub struct ServeArgs {
     /// with the process.
     #[arg(long, env = "HERD_SESSIONS", value_enum, default_value_t = SessionsArg::Token, verbatim_doc_comment)]
     pub sessions: SessionsArg,
+
+    /// WebSocket connections this replica accepts at once; past it, upgrades get 503.
+    #[arg(long, env = "HERD_WS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub ws_max_connections: usize,
+
+    /// Largest WebSocket frame a client may send, in bytes.
+    #[arg(long, env = "HERD_WS_MAX_FRAME", default_value_t = 16 * 1024)]
+    pub ws_max_frame: usize,
+
+    /// Rooms one WebSocket connection may follow at once.
+    #[arg(long, env = "HERD_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
+    pub ws_max_subscriptions: usize,
+
+    /// Messages one user may send a second over WebSocket, per replica.
+    #[arg(long, env = "HERD_WS_SENDS_PER_SECOND", default_value_t = 20)]
+    pub ws_sends_per_second: u32,
+
+    /// Frames queued for a slow WebSocket client before it is told to resume (4008).
+    #[arg(long, env = "HERD_WS_QUEUE", default_value_t = 256)]
+    pub ws_queue: usize,
 
     /// How replicas hear each other's news (revocations, key rotations) at once rather
     /// than at their next upkeep: `auto` is Redis when --redis-url is set, else the SQL
@@ -315,6 +336,34 @@ impl ServeArgs {
             );
         }
         Ok(config)
+    }
+}
+
+impl ServeArgs {
+    pub fn chat_limits(&self) -> anyhow::Result<ChatLimits> {
+        for (flag, value) in [
+            ("--ws-max-connections", self.ws_max_connections),
+            ("--ws-max-subscriptions", self.ws_max_subscriptions),
+            ("--ws-queue", self.ws_queue),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        if self.ws_max_frame < 1024 {
+            bail!("--ws-max-frame must be at least 1024 bytes");
+        }
+        if self.ws_sends_per_second == 0 {
+            bail!("--ws-sends-per-second must be at least 1");
+        }
+        Ok(ChatLimits {
+            max_frame_bytes: self.ws_max_frame,
+            max_subscriptions: self.ws_max_subscriptions,
+            max_connections: self.ws_max_connections,
+            sends_per_second: self.ws_sends_per_second,
+            outbound_queue: self.ws_queue,
+            ..ChatLimits::default()
+        })
     }
 }
 

@@ -86,6 +86,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 insecure: args.insecure_cookies,
                 allowed_origins: args.allowed_origins.clone(),
             },
+            chat: args.chat_limits()?,
         },
     )
     .map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?

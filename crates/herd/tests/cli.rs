@@ -1,8 +1,14 @@
 //! The `herd` binary as an operator runs it: bad flags, migrations, key rotation, and a
 //! replica that starts, serves and stops on SIGTERM.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead as _, BufReader, Lines};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 fn herd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
@@ -111,51 +117,182 @@ fn keys_rotate_adds_a_pending_key_beside_the_active_one() {
     assert_eq!(states, ["active", "pending"], "{list}");
 }
 
+/// A `herd serve` child process on a port of its own, its log lines still to read.
+struct Replica {
+    child: Child,
+    listen: String,
+    lines: Lines<BufReader<ChildStderr>>,
+}
+
+impl Replica {
+    fn start(id: &str, database: &str, extra: &[&str]) -> Replica {
+        let mut child = herd()
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--replica-id", id, "--database", database])
+            // Cheap hashing: these tests are about processes, not passwords.
+            .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let listen = loop {
+            let line = lines
+                .next()
+                .expect("serve logged its address before exiting")
+                .expect("line");
+            let entry: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+            if entry["fields"]["message"] == "herd is serving" {
+                break entry["fields"]["listen"]
+                    .as_str()
+                    .expect("listen")
+                    .to_owned();
+            }
+        };
+        Replica {
+            child,
+            listen,
+            lines,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test]
 async fn serve_answers_then_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = herd()
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--replica-id",
-            "cli-1",
-        ])
-        .args(["--database", &database(&dir)])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let listen = loop {
-        let line = lines
-            .next()
-            .expect("serve logged its address before exiting")
-            .expect("line");
-        let entry: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        if entry["fields"]["message"] == "herd is serving" {
-            break entry["fields"]["listen"]
-                .as_str()
-                .expect("listen")
-                .to_owned();
-        }
-    };
-
-    let response = reqwest::get(format!("http://{listen}/healthz"))
+    let mut replica = Replica::start("cli-1", &database(&dir), &[]);
+    let response = reqwest::get(replica.url("/healthz"))
         .await
         .expect("request");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-herd-replica"], "cli-1");
 
+    let pid = replica.child.id().to_string();
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &pid])
         .status()
         .expect("kill");
     assert!(killed.success());
-    let status = child.wait().expect("wait");
+    let status = replica.child.wait().expect("wait");
     assert!(status.success(), "exited with {status}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest: Vec<String> = replica.lines.by_ref().map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("\"stopped\"")), "{rest:?}");
+}
+
+async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
+    let mut request = client.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.unwrap_or(Value::Null)
+}
+
+/// The seq of the next `message` frame, or `None` when the connection ended.
+async fn next_seq(ws: &mut Ws) -> Option<i64> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s");
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                if frame["type"] == "message" {
+                    return frame["seq"].as_i64();
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn subscribe(replica: &Replica, token: &str, room: &str, since: i64) -> Ws {
+    let url = format!("ws://{}/v1/ws", replica.listen);
+    let mut request = url.into_client_request().expect("request");
+    let bearer = format!("Bearer {token}").parse().expect("header");
+    request.headers_mut().insert("authorization", bearer);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    let frame = json!({ "type": "subscribe", "room": room, "since": since });
+    ws.send(WsMessage::Text(frame.to_string().into()))
+        .await
+        .expect("subscribe");
+    ws
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_flood_costs_its_subscribers_nothing() {
+    const N: i64 = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    let bus = ["--bus", "sql", "--bus-poll-interval", "10ms"];
+    let mut a = Replica::start("a", &db, &bus);
+    let b = Replica::start("b", &db, &bus);
+    let client = reqwest::Client::new();
+    let credentials = json!({ "username": "alice", "password": "correct horse" });
+    post(&client, a.url("/v1/auth/signup"), None, credentials.clone()).await;
+    let login = post(&client, a.url("/v1/auth/login"), None, credentials).await;
+    let token = login["access_token"].as_str().expect("token").to_owned();
+    let room = post(
+        &client,
+        a.url("/v1/rooms"),
+        Some(&token),
+        json!({ "name": "r" }),
+    )
+    .await;
+    let room = room["id"].as_str().expect("id").to_owned();
+
+    let mut ws = subscribe(&a, &token, &room, 0).await;
+    let flood = {
+        let (url, token, client) = (
+            b.url(&format!("/v1/rooms/{room}/messages")),
+            token.clone(),
+            client.clone(),
+        );
+        tokio::spawn(async move {
+            for i in 1..=N {
+                let body = json!({ "body": format!("m{i}"), "client_id": format!("c{i}") });
+                post(&client, url.clone(), Some(&token), body).await;
+            }
+        })
+    };
+
+    let mut received = Vec::new();
+    while received.len() < 50 {
+        received.push(next_seq(&mut ws).await.expect("a message before the kill"));
+    }
+    // A crash, not a shutdown: no close frame, no goodbye.
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    while let Some(seq) = next_seq(&mut ws).await {
+        received.push(seq);
+    }
+
+    let mut ws = subscribe(&b, &token, &room, *received.last().expect("some")).await;
+    while received.last() != Some(&N) {
+        received.push(next_seq(&mut ws).await.expect("a message on b"));
+    }
+    flood.await.expect("flood");
+    assert_eq!(
+        received,
+        (1..=N).collect::<Vec<_>>(),
+        "every seq once, in order, across the crash"
+    );
 }

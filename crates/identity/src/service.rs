@@ -182,6 +182,14 @@ impl Principal {
         }
     }
 
+    /// When the credential stops being valid, for a token; sessions slide instead.
+    pub fn expires_at(&self) -> Option<i64> {
+        match self {
+            Principal::Token(c) => i64::try_from(c.exp).ok(),
+            Principal::Session(_) => None,
+        }
+    }
+
     pub fn session_id(&self) -> &str {
         match self {
             Principal::Token(c) => &c.sid,
@@ -230,6 +238,7 @@ struct Inner {
     /// Where `memory` and `shared` sessions live; `None` under `token`.
     sessions: Option<SessionStore>,
     notices: broadcast::Sender<Notice>,
+    revoked_tx: broadcast::Sender<String>,
 }
 
 /// Something other replicas should hear about now rather than at their next upkeep.
@@ -285,6 +294,7 @@ impl Auth {
                 refresh_secret,
                 last_kid_reload: Mutex::new(None),
                 notices: broadcast::channel(1024).0,
+                revoked_tx: broadcast::channel(1024).0,
                 config,
             }),
         };
@@ -433,7 +443,12 @@ impl Auth {
     /// log. Under the stateful strategies: the session is deleted.
     pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
         match (&self.inner.sessions, principal) {
-            (Some(sessions), Principal::Session(s)) => Ok(sessions.delete(&s.0).await?),
+            (Some(sessions), Principal::Session(s)) => {
+                sessions.delete(&s.0).await?;
+                // Connections of this session, here and on other replicas, must end too.
+                self.revoked_here(&s.0, self.now() + self.inner.config.sessions.idle);
+                Ok(())
+            }
             _ => self.revoke(principal.session_id()).await,
         }
     }
@@ -454,6 +469,7 @@ impl Auth {
     /// for the other replicas).
     fn revoked_here(&self, session_id: &str, until: i64) {
         self.inner.revoked.insert(session_id, until);
+        let _ = self.inner.revoked_tx.send(session_id.to_owned());
         let _ = self.inner.notices.send(Notice::Revoked {
             session_id: session_id.to_owned(),
             until,
@@ -464,7 +480,19 @@ impl Auth {
     pub fn apply_revocation(&self, session_id: &str, until: i64) {
         if until > self.now() {
             self.inner.revoked.insert(session_id, until);
+            let _ = self.inner.revoked_tx.send(session_id.to_owned());
         }
+    }
+
+    /// Whether this replica holds `session_id` as revoked.
+    pub fn is_revoked(&self, session_id: &str) -> bool {
+        self.inner.revoked.contains(session_id)
+    }
+
+    /// The id of every session this replica learns is revoked, however it learns it
+    /// (here, from the bus, from the store): what long-lived connections watch.
+    pub fn revocations(&self) -> broadcast::Receiver<String> {
+        self.inner.revoked_tx.subscribe()
     }
 
     /// News for other replicas: revocations made here, keys rotated here. Nothing is
@@ -597,6 +625,9 @@ impl Auth {
             .await?;
         self.inner.revoked.apply(&lines);
         self.inner.revoked.prune(now);
+        for line in &lines {
+            let _ = self.inner.revoked_tx.send(line.session_id.clone());
+        }
         Ok(lines.len())
     }
 

@@ -19,6 +19,7 @@ pub enum Code {
     UsernameTaken,
     CsrfFailed,
     RefreshNotSupported,
+    NotAMember,
     NotFound,
     MethodNotAllowed,
     Unavailable,
@@ -69,6 +70,11 @@ impl Code {
                 "csrf-failed",
                 StatusCode::FORBIDDEN,
                 "Cross-site request refused",
+            ),
+            NotAMember => (
+                "not-a-member",
+                StatusCode::FORBIDDEN,
+                "Only members of the room may do that",
             ),
             RefreshNotSupported => (
                 "refresh-not-supported",
@@ -248,6 +254,16 @@ impl From<AuthError> for ApiError {
             ),
             AuthError::Unavailable(e) => ApiError::unavailable(e),
             AuthError::Store(e) if e.is_unavailable() => ApiError::unavailable(e),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<herd_store::StoreError> for ApiError {
+    fn from(e: herd_store::StoreError) -> ApiError {
+        match e {
+            herd_store::StoreError::NotFound => ApiError::new(Code::NotFound, "no such room"),
+            e if e.is_unavailable() => ApiError::unavailable(e),
             e => ApiError::internal(e),
         }
     }

@@ -6,6 +6,8 @@
 //!
 //! Layout, one module a feature, each with its own `router()`:
 //! - `auth.rs`: signup, login, refresh, logout, `GET /v1/me`.
+//! - `rooms.rs`: rooms and message history over HTTP (stateless).
+//! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica.
 //! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
 //! - `extract.rs`: the JSON body reader and the [`Identity`](extract::Identity) extractor.
@@ -15,12 +17,14 @@
 //! - `news.rs`: revocations and key rotations relayed between replicas over the bus.
 
 pub mod auth;
+pub mod chat;
 pub mod cookies;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod news;
+pub mod rooms;
 pub mod wellknown;
 
 use std::future::Future;
@@ -37,6 +41,7 @@ use herd_identity::{Auth, Rejection};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::chat::{ChatLimits, ChatState};
 use crate::cookies::CookiePolicy;
 use crate::error::{ApiError, Code, InternalError};
 use crate::metrics::Metrics;
@@ -55,6 +60,8 @@ pub struct ServerConfig {
     pub upkeep_interval: Duration,
     /// Browser cookies and the origins that may send cookie-authenticated writes.
     pub cookies: CookiePolicy,
+    /// Limits of live chat.
+    pub chat: ChatLimits,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -66,6 +73,7 @@ pub struct AppState {
     replica_header: HeaderValue,
     config: Arc<ServerConfig>,
     bus: Option<Bus>,
+    pub(crate) chat: Arc<ChatState>,
 }
 
 impl AppState {
@@ -82,8 +90,11 @@ impl AppState {
             replica: config.replica_id.as_str().into(),
             metrics: Arc::default(),
             replica_header,
+            chat: Arc::new(ChatState::new(config.chat.clone())),
             config: Arc::new(config),
-            bus: None,
+            // Without a bus of its own a replica still delivers live chat to its own
+            // connections; a cluster gives it one that reaches the others.
+            bus: Some(Bus::in_process()),
         })
     }
 
@@ -95,6 +106,11 @@ impl AppState {
 
     pub fn bus(&self) -> Option<&Bus> {
         self.bus.as_ref()
+    }
+
+    /// Open WebSocket connections on this replica.
+    pub fn open_connections(&self) -> usize {
+        self.chat.open_connections()
     }
 
     pub fn cookies(&self) -> &CookiePolicy {
@@ -114,6 +130,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(auth::router())
+        .merge(rooms::router())
+        .merge(chat::router())
         .merge(wellknown::router())
         .merge(health::router())
         .fallback(|| async { ApiError::new(Code::NotFound, "there is no route at this path") })
@@ -174,6 +192,13 @@ pub async fn serve(
     if let Some(bus) = state.bus.clone() {
         news::relay(state.auth.clone(), bus, &mut tasks).await;
     }
+    let chat = state.chat.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // WebSockets are not requests axum waits for: tell them to move elsewhere (1012)
+        // once their in-flight send is acknowledged, and give them a moment to.
+        chat.close_all(Duration::from_secs(10)).await;
+    };
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;

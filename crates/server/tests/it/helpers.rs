@@ -22,6 +22,8 @@ pub struct Options {
     pub redis_url: Option<String>,
     pub insecure_cookies: bool,
     pub bus: TestBus,
+    pub chat: herd_server::chat::ChatLimits,
+    pub access_ttl: i64,
 }
 
 /// Which bus a test replica relays news over.
@@ -45,6 +47,8 @@ impl Default for Options {
             redis_url: None,
             insecure_cookies: true,
             bus: TestBus::None,
+            chat: herd_server::chat::ChatLimits::default(),
+            access_ttl: 300,
         }
     }
 }
@@ -129,6 +133,7 @@ async fn spawn_on(
         parallelism: 1,
     };
     config.key_publish_delay = options.key_publish_delay;
+    config.access_ttl = options.access_ttl;
     config.strategy = options.strategy;
     config.redis_url = options.redis_url.clone();
     config.sessions = TIMEOUTS;
@@ -155,6 +160,7 @@ async fn spawn_on(
                 insecure: options.insecure_cookies,
                 allowed_origins: vec![],
             },
+            chat: options.chat.clone(),
         },
     )
     .expect("state");
@@ -350,4 +356,77 @@ pub fn metric(text: &str, name_and_labels: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
         .unwrap_or(0)
+}
+
+impl TestApp {
+    pub async fn post_authed(&self, token: &str, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_authed(&self, token: &str, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a room as the holder of `token`; returns its id.
+    pub async fn room(&self, token: &str, name: &str) -> String {
+        let response = self
+            .post_authed(token, "/v1/rooms", json!({ "name": name }))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let room: Value = response.json().await.expect("json");
+        room["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn join(&self, token: &str, room: &str) -> Response {
+        self.post_authed(token, &format!("/v1/rooms/{room}/join"), json!({}))
+            .await
+    }
+
+    pub async fn post_message(
+        &self,
+        token: &str,
+        room: &str,
+        body: &str,
+        client_id: &str,
+    ) -> Response {
+        let path = format!("/v1/rooms/{room}/messages");
+        self.post_authed(
+            token,
+            &path,
+            json!({ "body": body, "client_id": client_id }),
+        )
+        .await
+    }
+
+    /// The seqs of a room's history after `after`, every page.
+    pub async fn history_seqs(&self, token: &str, room: &str, after: i64) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        let mut after = after;
+        loop {
+            let path = format!("/v1/rooms/{room}/messages?after={after}&limit=500");
+            let page: Value = self
+                .get_authed(token, &path)
+                .await
+                .json()
+                .await
+                .expect("json");
+            let messages = page["messages"].as_array().expect("messages").clone();
+            if messages.is_empty() {
+                return seqs;
+            }
+            seqs.extend(messages.iter().map(|m| m["seq"].as_i64().expect("seq")));
+            after = page["next_after"].as_i64().expect("cursor");
+        }
+    }
 }

@@ -2,11 +2,14 @@
 //! own SQLite file and a clock the test moves.
 
 mod auth;
+mod chat;
 mod cookies;
 mod errors;
 mod helpers;
 mod keys;
 mod ops;
 mod replicas;
+mod rooms;
 mod strategies;
 mod tokens;
+mod ws;
