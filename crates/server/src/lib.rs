@@ -10,6 +10,8 @@
 //! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica.
 //! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
+//! - `web.rs`: the web page at `/` (HTML, CSS and JavaScript embedded from `web/`), served
+//!   under a Content-Security-Policy that allows no inline script or style.
 //! - `extract.rs`: the JSON body reader and the [`Identity`](extract::Identity) extractor.
 //! - `cookies.rs`: the browser transport: HttpOnly cookies and CSRF protection.
 //! - `error.rs`: [`ApiError`](error::ApiError) and the table of problem codes.
@@ -25,6 +27,7 @@ pub mod health;
 pub mod metrics;
 pub mod news;
 pub mod rooms;
+pub mod web;
 pub mod wellknown;
 
 use std::future::Future;
@@ -134,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::router())
         .merge(wellknown::router())
         .merge(health::router())
+        .merge(web::router())
         .fallback(|| async { ApiError::new(Code::NotFound, "there is no route at this path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -12,4 +12,5 @@ mod replicas;
 mod rooms;
 mod strategies;
 mod tokens;
+mod web;
 mod ws;
