@@ -39,6 +39,16 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Run N replicas on this machine behind a development balancer, with an admin
+    /// API under /_cluster/ (loopback clients only unless --admin-public):
+    ///   GET  /_cluster/replicas             the replicas, their state and requests served
+    ///   POST /_cluster/replicas             add one
+    ///   POST /_cluster/replicas/ID/kill     SIGKILL it (a crash)
+    ///   POST /_cluster/replicas/ID/drain    stop routing to it, then SIGTERM it
+    /// The balancer is for development and the lab, not for production: put nginx or a
+    /// cloud balancer in front of `herd serve` replicas there.
+    #[command(verbatim_doc_comment)]
+    Cluster(Box<ClusterArgs>),
     /// Apply pending database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -215,6 +225,108 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Replicas to start (r1..rN); more can be added through the admin API.
+    #[arg(long, env = "HERD_CLUSTER_REPLICAS", default_value_t = 3)]
+    pub replicas: usize,
+
+    /// Where the balancer listens; point a browser at it. Port 0 picks a free one.
+    #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The store every replica shares: sqlite://PATH (one file, the bus tails it) or
+    /// postgres://...
+    #[arg(
+        long,
+        env = "HERD_DATABASE",
+        default_value = "sqlite://herd-cluster.db"
+    )]
+    pub database: String,
+
+    /// Redis for the bus and `--sessions shared`; without it the replicas hear each
+    /// other through the database.
+    #[arg(long, env = "HERD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// The replicas' session strategy (see `herd serve --help`); `memory` needs --sticky.
+    #[arg(long, env = "HERD_SESSIONS", value_enum, default_value_t = SessionsArg::Token)]
+    pub sessions: SessionsArg,
+
+    /// Pin each client to one replica with the herd_affinity cookie instead of
+    /// round-robin.
+    #[arg(long, env = "HERD_CLUSTER_STICKY")]
+    pub sticky: bool,
+
+    /// Restart a replica that dies, with the same id on a new port (drained ones stay
+    /// down).
+    #[arg(long, env = "HERD_CLUSTER_RESPAWN")]
+    pub respawn: bool,
+
+    /// Serve /_cluster/ to any client, not only loopback ones. It can kill processes.
+    #[arg(long, env = "HERD_CLUSTER_ADMIN_PUBLIC")]
+    pub admin_public: bool,
+
+    /// More `herd serve` flags for every replica, after `--`
+    /// (e.g. `-- --access-ttl 60s`).
+    #[arg(last = true, value_name = "SERVE_FLAGS")]
+    pub serve_flags: Vec<String>,
+}
+
+impl ClusterArgs {
+    /// The cluster these flags describe, its balancer on `listen` (already bound), its
+    /// replicas run by `program`.
+    pub fn cluster_config(
+        &self,
+        program: std::path::PathBuf,
+        listen: SocketAddr,
+    ) -> anyhow::Result<herd_lab::ClusterConfig> {
+        if self.replicas == 0 {
+            bail!("--replicas must be at least 1");
+        }
+        if self.sessions == SessionsArg::Memory && !self.sticky {
+            tracing::warn!(
+                "--sessions memory without --sticky: a request that lands on another replica is logged out"
+            );
+        }
+        let sessions = match self.sessions {
+            SessionsArg::Token => "token",
+            SessionsArg::Shared => "shared",
+            SessionsArg::Memory => "memory",
+        };
+        let mut args: Vec<String> = [
+            "--log-format",
+            "json",
+            "serve",
+            "--database",
+            &self.database,
+            // One issuer for all, the address clients reach them at.
+            "--issuer",
+            &format!("http://{listen}"),
+            // The balancer speaks plain http on localhost.
+            "--insecure-cookies",
+            "--sessions",
+            sessions,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        match &self.redis_url {
+            Some(url) => args.extend(["--bus", "redis", "--redis-url", url].map(str::to_owned)),
+            None => args.extend(["--bus", "sql"].map(str::to_owned)),
+        }
+        args.extend(self.serve_flags.iter().cloned());
+        let mut config = herd_lab::ClusterConfig::new(program, args, self.replicas);
+        config.policy = if self.sticky {
+            herd_lab::Policy::Sticky
+        } else {
+            herd_lab::Policy::RoundRobin
+        };
+        config.respawn = self.respawn;
+        config.admin_public = self.admin_public;
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -427,6 +539,39 @@ mod tests {
         let err =
             Cli::try_parse_from(["herd", "serve", "--access-ttl", "soon"]).expect_err("refused");
         assert!(err.to_string().contains("--access-ttl"), "{err}");
+    }
+
+    #[test]
+    fn cluster_replicas_share_database_issuer_and_bus() {
+        let cli = Cli::try_parse_from([
+            "herd",
+            "cluster",
+            "--database",
+            "sqlite://x.db",
+            "--sticky",
+            "--",
+            "--access-ttl",
+            "60s",
+        ])
+        .expect("parses");
+        let Command::Cluster(args) = cli.command else {
+            panic!("cluster")
+        };
+        let listen = "127.0.0.1:9000".parse().expect("addr");
+        let config = args.cluster_config("herd".into(), listen).expect("valid");
+        let joined = config.args.join(" ");
+        assert!(
+            joined.contains("serve --database sqlite://x.db"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("--issuer http://127.0.0.1:9000"),
+            "{joined}"
+        );
+        assert!(joined.contains("--bus sql"), "{joined}");
+        assert!(joined.ends_with("--access-ttl 60s"), "{joined}");
+        assert_eq!(config.policy, herd_lab::Policy::Sticky);
+        assert_eq!(config.replicas, 3);
     }
 
     #[test]

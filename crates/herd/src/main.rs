@@ -15,7 +15,7 @@ use herd_server::{AppState, ServerConfig};
 use herd_store::Store;
 use tokio::net::TcpListener;
 
-use crate::config::{BusArg, Cli, Command, KeysCommand, LogFormat, ServeArgs};
+use crate::config::{BusArg, Cli, ClusterArgs, Command, KeysCommand, LogFormat, ServeArgs};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -34,6 +34,7 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(*args).await,
+        Command::Cluster(args) => cluster(*args).await,
         Command::Keys { command } => {
             let (KeysCommand::List(identity) | KeysCommand::Rotate(identity)) = &command;
             let config = identity.auth_config()?;
@@ -103,6 +104,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs `herd cluster`: migrates the shared store once, then the replicas (this same
+/// executable, running `serve`) behind the balancer until SIGINT or SIGTERM.
+async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let program = std::env::current_exe().context("finding the herd executable")?;
+    let config = args.cluster_config(program, local)?;
+    open_store(&args.database, true).await?.close().await;
+    herd_lab::run(config, listener, shutdown_signal())
+        .await
+        .context("running the cluster")
 }
 
 /// The bus `--bus` names; `auto` is Redis when there is a Redis, else the SQL tail.

@@ -10,20 +10,8 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-fn herd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
-    // Only the flags a test passes count, whatever the environment running it says.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("HERD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-fn database(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("herd.db").display())
-}
+mod common;
+use common::{database, herd};
 
 #[test]
 fn a_bad_flag_value_stops_start_up_naming_the_flag() {
@@ -136,19 +124,7 @@ impl Replica {
             .spawn()
             .expect("spawn");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let listen = loop {
-            let line = lines
-                .next()
-                .expect("serve logged its address before exiting")
-                .expect("line");
-            let entry: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-            if entry["fields"]["message"] == "herd is serving" {
-                break entry["fields"]["listen"]
-                    .as_str()
-                    .expect("listen")
-                    .to_owned();
-            }
-        };
+        let listen = common::listen_address(&mut lines, "herd is serving");
         Replica {
             child,
             listen,

@@ -1,0 +1,360 @@
+//! `herd cluster` as a developer runs it: replicas as child processes behind the
+//! balancer, driven through the admin API while requests flow.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+mod common;
+use common::{database, herd};
+
+/// A `herd cluster` child process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Cluster {
+    child: Child,
+    listen: String,
+    client: reqwest::Client,
+    /// Every log line after the address, kept for failure messages. Reading them also
+    /// keeps the pipe from filling up and stalling the cluster.
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Two replicas; `flags` go to `herd cluster` itself.
+    fn start(flags: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = herd()
+            .args(["--log-format", "json", "cluster", "--replicas", "2"])
+            .args(["--listen", "127.0.0.1:0", "--database", &database(&dir)])
+            .args(flags)
+            // Cheap hashing: these tests are about processes, not passwords.
+            .args([
+                "--",
+                "--argon2-memory-kib",
+                "64",
+                "--argon2-iterations",
+                "1",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let listen = common::listen_address(&mut lines, "cluster is serving");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        Cluster {
+            child,
+            listen,
+            client: reqwest::Client::new(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    async fn replicas(&self) -> Value {
+        let response = self
+            .client
+            .get(self.url("/_cluster/replicas"))
+            .send()
+            .await
+            .expect("admin request");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json")
+    }
+
+    /// Polls the admin API until `done` holds for the replica table.
+    async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let table = self.replicas().await;
+            if done(table["replicas"].as_array().expect("replicas")) {
+                return table;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {table}\n{}",
+                self.log.lock().expect("log").join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn admin(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .send()
+            .await
+            .expect("admin request")
+    }
+
+    /// Signs alice up and logs her in; returns her access token.
+    async fn login(&self) -> String {
+        let credentials = json!({ "username": "alice", "password": "correct horse" });
+        let signup = self
+            .client
+            .post(self.url("/v1/auth/signup"))
+            .json(&credentials)
+            .send()
+            .await
+            .expect("signup");
+        assert_eq!(signup.status(), 201);
+        let login: Value = self
+            .client
+            .post(self.url("/v1/auth/login"))
+            .json(&credentials)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        login["access_token"].as_str().expect("token").to_owned()
+    }
+
+    /// `GET /v1/me`: the status and the replica that answered.
+    async fn me(&self, token: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(self.url("/v1/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        (response.status().as_u16(), replica_of(&response))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGTERM first, so the cluster stops its replicas; SIGKILL would orphan them.
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replica_of(response: &reqwest::Response) -> String {
+    response.headers()["x-herd-replica"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+fn state_of<'a>(replicas: &'a [Value], id: &str) -> Option<&'a str> {
+    replicas
+        .iter()
+        .find(|r| r["id"] == id)
+        .and_then(|r| r["state"].as_str())
+}
+
+fn all_up(n: usize) -> impl Fn(&[Value]) -> bool {
+    move |replicas| replicas.iter().filter(|r| r["state"] == "up").count() == n
+}
+
+#[tokio::test]
+async fn requests_go_round_robin_and_a_token_works_on_every_replica() {
+    let cluster = Cluster::start(&[]);
+    let table = cluster.wait_for("two replicas up", all_up(2)).await;
+    assert_eq!(table["policy"], "round-robin");
+    let token = cluster.login().await;
+
+    let mut seen = BTreeSet::new();
+    for _ in 0..6 {
+        let (status, replica) = cluster.me(&token).await;
+        assert_eq!(status, 200, "the token works on {replica}");
+        seen.insert(replica);
+    }
+    assert_eq!(seen, BTreeSet::from(["r1".to_owned(), "r2".to_owned()]));
+    let table = cluster.replicas().await;
+    for replica in table["replicas"].as_array().expect("replicas") {
+        assert!(replica["requests_served"].as_u64() >= Some(3), "{table}");
+    }
+
+    // A WebSocket through the balancer.
+    let mut request = format!("ws://{}/v1/ws", cluster.listen)
+        .into_client_request()
+        .expect("request");
+    let bearer = format!("Bearer {token}").parse().expect("header");
+    request.headers_mut().insert("authorization", bearer);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade through the balancer");
+    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a frame within 10 s");
+    let Some(Ok(WsMessage::Text(text))) = frame else {
+        panic!("expected a text frame, got {frame:?}")
+    };
+    let ready: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(ready["type"], "ready", "{ready}");
+}
+
+#[tokio::test]
+async fn sticky_keeps_a_client_on_one_replica_until_it_dies() {
+    let cluster = Cluster::start(&["--sticky"]);
+    let table = cluster.wait_for("two replicas up", all_up(2)).await;
+    assert_eq!(table["policy"], "sticky");
+
+    let first = cluster
+        .client
+        .get(cluster.url("/healthz"))
+        .send()
+        .await
+        .expect("request");
+    let pinned = replica_of(&first);
+    let cookie = first.headers()["set-cookie"].to_str().expect("ascii");
+    assert!(
+        cookie.starts_with(&format!("herd_affinity={pinned};")),
+        "{cookie}"
+    );
+    let cookie = format!("herd_affinity={pinned}");
+    for _ in 0..6 {
+        let response = cluster
+            .client
+            .get(cluster.url("/healthz"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(replica_of(&response), pinned);
+        assert!(!response.headers().contains_key("set-cookie"));
+    }
+
+    // Its replica crashes: the client moves, and is pinned to where it went.
+    let killed = cluster
+        .admin(&format!("/_cluster/replicas/{pinned}/kill"))
+        .await;
+    assert_eq!(killed.status(), 202);
+    let moved = cluster
+        .client
+        .get(cluster.url("/healthz"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(moved.status(), 200);
+    let other = replica_of(&moved);
+    assert_ne!(other, pinned);
+    let cookie = moved.headers()["set-cookie"].to_str().expect("ascii");
+    assert!(
+        cookie.starts_with(&format!("herd_affinity={other};")),
+        "{cookie}"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_killed_under_load_fails_no_request_and_logs_nobody_out() {
+    let cluster = Arc::new(Cluster::start(&[]));
+    cluster.wait_for("two replicas up", all_up(2)).await;
+    let token = cluster.login().await;
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flows: Vec<_> = (0..2)
+        .map(|_| {
+            let (cluster, token, done, stop) =
+                (cluster.clone(), token.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let (status, replica) = cluster.me(&token).await;
+                    if status != 200 {
+                        failures.push((status, replica));
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                failures
+            })
+        })
+        .collect();
+    let wait_for_requests = |n: usize| {
+        let done = done.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while done.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < deadline, "requests stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    wait_for_requests(40).await;
+    let killed = cluster.admin("/_cluster/replicas/r1/kill").await;
+    assert_eq!(killed.status(), 202);
+    let killed: Value = killed.json().await.expect("json");
+    assert_eq!(killed["id"], "r1");
+    let after_kill = done.load(Ordering::SeqCst);
+    wait_for_requests(after_kill + 80).await;
+    stop.store(true, Ordering::SeqCst);
+    for flow in flows {
+        let failures = flow.await.expect("flow");
+        assert!(failures.is_empty(), "requests failed: {failures:?}");
+    }
+    cluster
+        .wait_for("r1 dead", |r| state_of(r, "r1") == Some("dead"))
+        .await;
+    let (status, replica) = cluster.me(&token).await;
+    assert_eq!((status, replica.as_str()), (200, "r2"));
+
+    let unknown = cluster.admin("/_cluster/replicas/r9/kill").await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(
+        unknown.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // A new replica joins, and the same token works there.
+    let added = cluster.admin("/_cluster/replicas").await;
+    assert_eq!(added.status(), 201);
+    let added: Value = added.json().await.expect("json");
+    assert_eq!(added["id"], "r3");
+    cluster
+        .wait_for("r3 up", |r| state_of(r, "r3") == Some("up"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, replica) = cluster.me(&token).await;
+        assert_eq!(status, 200);
+        if replica == "r3" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "r3 never served a request");
+    }
+
+    // Draining r2 leaves r3 with every request.
+    let drained = cluster.admin("/_cluster/replicas/r2/drain").await;
+    assert_eq!(drained.status(), 202);
+    for _ in 0..4 {
+        assert_eq!(cluster.me(&token).await, (200, "r3".to_owned()));
+    }
+    cluster
+        .wait_for("r2 dead", |r| state_of(r, "r2") == Some("dead"))
+        .await;
+}

@@ -1,0 +1,136 @@
+//! herd's local cluster: N replicas as child processes on one machine, behind a
+//! **development balancer**, with an admin API to add, kill and drain replicas.
+//!
+//! The lab knows nothing of handler internals. It starts whatever program it is given
+//! (the `herd` binary, running `serve`), reads each child's bound address from its JSON
+//! log line `"herd is serving"`, and from then on speaks only HTTP to it: `/readyz` for
+//! health, and the client's requests, proxied.
+//!
+//! The balancer is for a laptop, not for production: it round-robins (or, with
+//! [`Policy::Sticky`], pins a browser to a replica with the `herd_affinity` cookie) over
+//! the replicas whose `/readyz` passed in the last half-second, retries once on another
+//! replica a request that never reached one, and proxies WebSocket upgrades. Production
+//! puts nginx or a cloud balancer in front of herd instead.
+//!
+//! Layout:
+//! - `replicas.rs`: the replica table, child processes (spawn, log forwarding, exit,
+//!   respawn), health checks and signals.
+//! - `balancer.rs`: the hyper server, replica choice, retry, forwarding headers and
+//!   WebSocket upgrades.
+//! - `admin.rs`: `/_cluster/...`, loopback-only unless told otherwise.
+//! - `problem.rs`: RFC 9457 problem+json answers the balancer gives itself.
+
+mod admin;
+mod balancer;
+mod problem;
+mod replicas;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use replicas::{ReplicaView, State};
+
+/// How the balancer picks a replica for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Each request to the next healthy replica in turn.
+    RoundRobin,
+    /// A client keeps the replica named by its `herd_affinity` cookie while that replica
+    /// is healthy; the balancer sets the cookie when it is absent or names a replica that
+    /// is gone.
+    Sticky,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round-robin",
+            Policy::Sticky => "sticky",
+        }
+    }
+}
+
+/// What the cluster runs and how.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The replica program (the `herd` executable).
+    pub program: PathBuf,
+    /// Arguments every replica gets; the lab appends `--listen 127.0.0.1:0` and
+    /// `--replica-id rN`. They must make the child log, as JSON on stderr, a line whose
+    /// message is `herd is serving` with a `listen` field.
+    pub args: Vec<String>,
+    /// Replicas started at once (r1..rN).
+    pub replicas: usize,
+    pub policy: Policy,
+    /// Restart a replica that dies (with the same id, on a new port), unless it was
+    /// drained.
+    pub respawn: bool,
+    /// Serve `/_cluster/` to any client, not only loopback ones.
+    pub admin_public: bool,
+    /// How often each replica's `/readyz` is asked.
+    pub health_interval: Duration,
+    /// How long replicas get to stop after SIGTERM before they are killed.
+    pub stop_timeout: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(program: PathBuf, args: Vec<String>, replicas: usize) -> ClusterConfig {
+        ClusterConfig {
+            program,
+            args,
+            replicas,
+            policy: Policy::RoundRobin,
+            respawn: false,
+            admin_public: false,
+            health_interval: Duration::from_millis(500),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("starting replica {id} ({program}): {source}")]
+    Spawn {
+        id: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("reading the balancer's address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Runs the cluster until `shutdown` resolves: starts the replicas, balances `listener`'s
+/// connections over them, then stops every replica (SIGTERM, then SIGKILL after
+/// `stop_timeout`).
+pub async fn run(
+    config: ClusterConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LabError> {
+    let local = listener.local_addr().map_err(LabError::Listener)?;
+    let count = config.replicas;
+    let cluster = Arc::new(replicas::Cluster::new(config));
+    let started = (0..count).try_for_each(|_| cluster.add().map(drop));
+    if let Err(e) = started {
+        cluster.stop_all().await;
+        return Err(e);
+    }
+    tracing::info!(
+        listen = %local,
+        open = %format!("http://{local}/"),
+        replicas = count,
+        policy = cluster.config.policy.as_str(),
+        "cluster is serving"
+    );
+    balancer::serve(cluster.clone(), listener, shutdown).await;
+    tracing::info!("stopping the replicas");
+    cluster.stop_all().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! The replica table and the child processes behind it.
+//!
+//! Each replica is a slot with a stable id (`r1`, `r2`, ...). A slot's process can die
+//! and, with `respawn`, come back under the same id on a new port: the `generation`
+//! tells the tasks of a dead incarnation (its health checks) that they are stale.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::Notify;
+
+use crate::balancer::ProxyBody;
+use crate::{ClusterConfig, LabError};
+
+/// Where a replica is in its life, as `GET /_cluster/replicas` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Spawned; its `/readyz` has not passed yet.
+    Starting,
+    /// Receiving requests.
+    Up,
+    /// Its `/readyz` failed, or a connection to it did: no requests until it passes.
+    Down,
+    /// No new requests; it was sent SIGTERM and finishes what it has.
+    Draining,
+    /// The process has exited.
+    Dead,
+}
+
+/// One replica as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicaView {
+    pub id: String,
+    pub state: State,
+    pub port: Option<u16>,
+    pub pid: Option<u32>,
+    pub requests_served: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: String,
+    state: State,
+    port: Option<u16>,
+    pid: Option<u32>,
+    served: u64,
+    generation: u64,
+    drained: bool,
+}
+
+impl Slot {
+    fn view(&self) -> ReplicaView {
+        ReplicaView {
+            id: self.id.clone(),
+            state: self.state,
+            port: self.port,
+            pid: self.pid,
+            requests_served: self.served,
+        }
+    }
+}
+
+/// A replica the balancer chose for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub id: String,
+    pub port: u16,
+    pub generation: u64,
+}
+
+/// Why an admin action on a replica was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ActionError {
+    NoSuchReplica,
+    NotRunning,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Terminate,
+    Kill,
+}
+
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    pub config: ClusterConfig,
+    slots: Mutex<Vec<Slot>>,
+    numbers: AtomicUsize,
+    turn: AtomicUsize,
+    stopping: AtomicBool,
+    exited: Notify,
+    pub client: Client<HttpConnector, ProxyBody>,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Cluster {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Cluster {
+            config,
+            slots: Mutex::new(Vec::new()),
+            numbers: AtomicUsize::new(0),
+            turn: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            exited: Notify::new(),
+            client,
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+        // A panic while holding the lock leaves the table consistent (every update is
+        // one assignment), so a poisoned lock is still usable.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn views(&self) -> Vec<ReplicaView> {
+        self.slots().iter().map(Slot::view).collect()
+    }
+
+    /// Adds a replica with the next id and starts it.
+    pub fn add(self: &Arc<Self>) -> Result<ReplicaView, LabError> {
+        let id = format!("r{}", self.numbers.fetch_add(1, Ordering::Relaxed) + 1);
+        self.slots().push(Slot {
+            id: id.clone(),
+            state: State::Starting,
+            port: None,
+            pid: None,
+            served: 0,
+            generation: 0,
+            drained: false,
+        });
+        self.start(&id)?;
+        let view = self.slots().iter().find(|s| s.id == id).map(Slot::view);
+        view.ok_or_else(|| LabError::Spawn {
+            id,
+            program: self.config.program.display().to_string(),
+            source: std::io::Error::other("the replica vanished from the table"),
+        })
+    }
+
+    /// Spawns the process of slot `id` (a new incarnation) and the tasks that watch it.
+    fn start(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
+        let mut child = Command::new(&self.config.program)
+            .args(&self.config.args)
+            .args(["--listen", "127.0.0.1:0", "--replica-id", id])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            // A safety net: should the lab itself fail, its children go with it.
+            .kill_on_drop(true)
+            .spawn();
+        let generation = {
+            let mut slots = self.slots();
+            let Some(slot) = slots.iter_mut().find(|s| s.id == id) else {
+                return Ok(());
+            };
+            slot.generation += 1;
+            slot.port = None;
+            match &mut child {
+                Ok(child) => {
+                    slot.pid = child.id();
+                    slot.state = State::Starting;
+                }
+                Err(_) => slot.state = State::Dead,
+            }
+            slot.generation
+        };
+        let mut child = child.map_err(|source| LabError::Spawn {
+            id: id.to_owned(),
+            program: self.config.program.display().to_string(),
+            source,
+        })?;
+        tracing::info!(replica = id, pid = child.id(), "replica starting");
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(self.clone().read_log(id.to_owned(), generation, stderr));
+        }
+        tokio::spawn(self.clone().supervise(id.to_owned(), generation, child));
+        Ok(())
+    }
+
+    /// Forwards the child's log lines to ours, prefixed with its id, and learns its port
+    /// from the line that announces it.
+    async fn read_log(self: Arc<Self>, id: String, generation: u64, stderr: ChildStderr) {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut announced = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !announced {
+                if let Some(port) = announced_port(&line) {
+                    announced = true;
+                    let current = {
+                        let mut slots = self.slots();
+                        match slots
+                            .iter_mut()
+                            .find(|s| s.id == id && s.generation == generation)
+                        {
+                            Some(slot) => {
+                                slot.port = Some(port);
+                                true
+                            }
+                            None => false,
+                        }
+                    };
+                    if current {
+                        tokio::spawn(self.clone().check_health(id.clone(), generation, port));
+                    }
+                }
+            }
+            eprintln!("[{id}] {line}");
+        }
+    }
+
+    /// Waits for the child to exit, records it, and respawns it when asked to.
+    async fn supervise(self: Arc<Self>, id: String, generation: u64, mut child: Child) {
+        let status = child.wait().await;
+        let drained = {
+            let mut slots = self.slots();
+            let slot = slots
+                .iter_mut()
+                .find(|s| s.id == id && s.generation == generation);
+            match slot {
+                Some(slot) => {
+                    slot.state = State::Dead;
+                    slot.pid = None;
+                    slot.drained
+                }
+                None => true,
+            }
+        };
+        self.exited.notify_waiters();
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let status = describe(status);
+        if stopping || drained {
+            tracing::info!(replica = %id, status = %status, "replica exited");
+            return;
+        }
+        tracing::warn!(replica = %id, status = %status, "replica died");
+        if !self.config.respawn {
+            return;
+        }
+        // A pause before respawning keeps a replica that dies at start from spinning, and
+        // lets a Ctrl-C that reached the children too reach us before we undo it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = self.start(&id) {
+            tracing::error!(replica = %id, "respawning: {e}");
+        }
+    }
+
+    /// Asks the replica's `/readyz` every `health_interval` while this incarnation lives.
+    async fn check_health(self: Arc<Self>, id: String, generation: u64, port: u16) {
+        let mut interval = tokio::time::interval(self.config.health_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let ready = self.ready(port).await;
+            let mut slots = self.slots();
+            let Some(slot) = slots
+                .iter_mut()
+                .find(|s| s.id == id && s.generation == generation)
+            else {
+                return;
+            };
+            match (slot.state, ready) {
+                (State::Dead | State::Draining, _) => return,
+                (State::Starting | State::Down, true) => {
+                    slot.state = State::Up;
+                    tracing::info!(replica = %id, port, "replica is up");
+                }
+                (State::Up, false) => {
+                    slot.state = State::Down;
+                    tracing::warn!(replica = %id, port, "replica failed its readiness check");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn ready(&self, port: u16) -> bool {
+        let request = hyper::Request::get(format!("http://127.0.0.1:{port}/readyz"))
+            .body(crate::balancer::empty());
+        let Ok(request) = request else {
+            return false;
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(1), self.client.request(request));
+        matches!(answer.await, Ok(Ok(response)) if response.status().is_success())
+    }
+
+    /// The replica for the next request: the one `affinity` names if it is up, else the
+    /// next up replica in turn, never `exclude`.
+    pub fn pick(&self, affinity: Option<&str>, exclude: Option<&str>) -> Option<Target> {
+        let slots = self.slots();
+        let usable =
+            |s: &&Slot| s.state == State::Up && s.port.is_some() && Some(s.id.as_str()) != exclude;
+        let target = |s: &Slot| {
+            s.port.map(|port| Target {
+                id: s.id.clone(),
+                port,
+                generation: s.generation,
+            })
+        };
+        if let Some(wanted) = affinity {
+            if let Some(slot) = slots.iter().filter(usable).find(|s| s.id == wanted) {
+                return target(slot);
+            }
+        }
+        let up: Vec<&Slot> = slots.iter().filter(usable).collect();
+        if up.is_empty() {
+            return None;
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        target(up[turn % up.len()])
+    }
+
+    /// A connection to `target` failed: no more requests until its `/readyz` passes.
+    pub fn mark_down(&self, target: &Target) {
+        let mut slots = self.slots();
+        if let Some(slot) = slots
+            .iter_mut()
+            .find(|s| s.id == target.id && s.generation == target.generation)
+        {
+            if slot.state == State::Up {
+                slot.state = State::Down;
+                tracing::warn!(replica = %target.id, "replica refused a connection: taken out");
+            }
+        }
+    }
+
+    pub fn served(&self, target: &Target) {
+        if let Some(slot) = self.slots().iter_mut().find(|s| s.id == target.id) {
+            slot.served += 1;
+        }
+    }
+
+    /// SIGKILL: a crash, not a shutdown.
+    pub fn kill(&self, id: &str) -> Result<ReplicaView, ActionError> {
+        self.act(id, |slot| {
+            tracing::info!(replica = %slot.id, "killing replica (SIGKILL)");
+            Signal::Kill
+        })
+    }
+
+    /// No new requests, then SIGTERM: the replica finishes what it has and closes its
+    /// WebSockets with 1012.
+    pub fn drain(&self, id: &str) -> Result<ReplicaView, ActionError> {
+        self.act(id, |slot| {
+            slot.state = State::Draining;
+            slot.drained = true;
+            tracing::info!(replica = %slot.id, "draining replica (SIGTERM)");
+            Signal::Terminate
+        })
+    }
+
+    fn act(
+        &self,
+        id: &str,
+        action: impl FnOnce(&mut Slot) -> Signal,
+    ) -> Result<ReplicaView, ActionError> {
+        let mut slots = self.slots();
+        let slot = slots
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or(ActionError::NoSuchReplica)?;
+        let pid = match (slot.state, slot.pid) {
+            (State::Dead, _) | (_, None) => return Err(ActionError::NotRunning),
+            (_, Some(pid)) => pid,
+        };
+        let signal = action(slot);
+        // Sent under the lock: the supervisor clears `pid` under it when the process is
+        // reaped, so the pid cannot belong to some other process by now.
+        send(pid, signal);
+        Ok(slot.view())
+    }
+
+    /// SIGTERM to every replica, then SIGKILL to those still running after
+    /// `stop_timeout`.
+    pub async fn stop_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.signal_all(Signal::Terminate);
+        let deadline = tokio::time::Instant::now() + self.config.stop_timeout;
+        if !self.wait_all_exited(deadline).await {
+            tracing::warn!("replicas still running after the stop timeout: killing them");
+            self.signal_all(Signal::Kill);
+            self.wait_all_exited(tokio::time::Instant::now() + Duration::from_secs(2))
+                .await;
+        }
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        for slot in self.slots().iter_mut() {
+            if let Some(pid) = slot.pid {
+                if slot.state != State::Dead {
+                    slot.state = State::Draining;
+                    send(pid, signal);
+                }
+            }
+        }
+    }
+
+    async fn wait_all_exited(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let exited = self.exited.notified();
+            tokio::pin!(exited);
+            exited.as_mut().enable();
+            if self.slots().iter().all(|s| s.pid.is_none()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, exited).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// The port in a child's `"herd is serving"` JSON log line, if this is that line.
+fn announced_port(line: &str) -> Option<u16> {
+    let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = &entry["fields"];
+    if fields["message"] != "herd is serving" {
+        return None;
+    }
+    let listen: std::net::SocketAddr = fields["listen"].as_str()?.parse().ok()?;
+    Some(listen.port())
+}
+
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+#[cfg(unix)]
+fn send(pid: u32, signal: Signal) {
+    use rustix::process::{kill_process, Pid, Signal as Sig};
+    let sig = match signal {
+        Signal::Terminate => Sig::TERM,
+        Signal::Kill => Sig::KILL,
+    };
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    if let Err(e) = kill_process(pid, sig) {
+        tracing::warn!(
+            pid = pid.as_raw_nonzero().get(),
+            "signalling a replica: {e}"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn send(pid: u32, signal: Signal) {
+    tracing::error!(pid, ?signal, "signals to replicas need a unix system");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_is_read_from_the_serving_line_only() {
+        let line = r#"{"timestamp":"x","level":"INFO","fields":{"message":"herd is serving","listen":"127.0.0.1:40123","replica":"r1"},"target":"herd"}"#;
+        assert_eq!(announced_port(line), Some(40123));
+        let other = r#"{"fields":{"message":"migrations are up to date","listen":"127.0.0.1:1"}}"#;
+        assert_eq!(announced_port(other), None);
+        assert_eq!(announced_port("not json"), None);
+    }
+}
