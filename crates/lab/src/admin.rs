@@ -6,6 +6,9 @@
 //! - `POST /_cluster/replicas`: add a replica (201, the replica)
 //! - `POST /_cluster/replicas/{id}/kill`: SIGKILL, a crash (202)
 //! - `POST /_cluster/replicas/{id}/drain`: no new requests, then SIGTERM (202)
+//!
+//! A POST that carries an `Origin` must come from the balancer's own host (the page
+//! the replicas serve), so another site open in the same browser cannot kill replicas.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +31,13 @@ pub(crate) async fn handle(
             StatusCode::FORBIDDEN,
             "forbidden",
             "the cluster admin API answers loopback clients only (see --admin-public)",
+        );
+    }
+    if request.method() != Method::GET && !same_origin(request.headers()) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "csrf-failed",
+            "a cluster action must come from the cluster's own page (Origin differs from Host)",
         );
     }
     let path = request.uri().path().trim_end_matches('/');
@@ -87,6 +97,21 @@ pub(crate) fn allowed(ip: IpAddr, public: bool) -> bool {
     public || ip.to_canonical().is_loopback()
 }
 
+/// Whether a state-changing request may come from where it says it comes from. Being
+/// loopback-only does not stop another site open in a developer's browser from posting
+/// to 127.0.0.1, so a browser's `Origin` must name this host; clients that send no
+/// `Origin` (curl, scripts) are not browsers acting for some other site.
+fn same_origin(headers: &hyper::HeaderMap) -> bool {
+    let Some(origin) = headers.get(hyper::header::ORIGIN) else {
+        return true;
+    };
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin = origin.to_str().ok().and_then(|o| o.strip_prefix("http://"));
+    matches!((origin, host), (Some(origin), Some(host)) if origin.eq_ignore_ascii_case(host))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +127,19 @@ mod tests {
         assert!(!allowed(ip("::ffff:10.0.0.1"), false));
         assert!(!allowed(ip("2001:db8::1"), false));
         assert!(allowed(ip("192.168.1.20"), true));
+    }
+
+    #[test]
+    fn a_cluster_action_from_another_site_is_refused() {
+        use hyper::header::{HeaderValue, HOST, ORIGIN};
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert!(same_origin(&headers), "no Origin: not a browser");
+        headers.insert(ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        assert!(same_origin(&headers));
+        headers.insert(ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(!same_origin(&headers));
+        headers.insert(ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&headers));
     }
 }

@@ -334,7 +334,7 @@ impl Cluster {
         {
             if slot.state == State::Up {
                 slot.state = State::Down;
-                tracing::warn!(replica = %target.id, "replica refused a connection: taken out");
+                tracing::warn!(replica = %target.id, "a connection to the replica failed: taken out until /readyz passes");
             }
         }
     }
