@@ -206,9 +206,7 @@ async fn requests_go_round_robin_and_a_token_works_on_every_replica() {
     let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("upgrade through the balancer");
-    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("a frame within 10 s");
+    let frame = next_frame(&mut ws).await;
     let Some(Ok(WsMessage::Text(text))) = frame else {
         panic!("expected a text frame, got {frame:?}")
     };
@@ -357,4 +355,119 @@ async fn a_replica_killed_under_load_fails_no_request_and_logs_nobody_out() {
     cluster
         .wait_for("r2 dead", |r| state_of(r, "r2") == Some("dead"))
         .await;
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_frame(
+    ws: &mut Ws,
+) -> Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>> {
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a frame within 10 s")
+}
+
+fn pid_of(replicas: &[Value], id: &str) -> Option<u64> {
+    replicas
+        .iter()
+        .find(|r| r["id"] == id)
+        .and_then(|r| r["pid"].as_u64())
+}
+
+#[tokio::test]
+async fn drain_closes_websockets_with_1012_and_respawn_brings_a_crash_back() {
+    let mut cluster = Cluster::start(&["--respawn"]);
+    cluster.wait_for("two replicas up", all_up(2)).await;
+    let token = cluster.login().await;
+
+    let mut request = format!("ws://{}/v1/ws", cluster.listen)
+        .into_client_request()
+        .expect("request");
+    let bearer = format!("Bearer {token}").parse().expect("header");
+    request.headers_mut().insert("authorization", bearer);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade through the balancer");
+    let Some(Ok(WsMessage::Text(text))) = next_frame(&mut ws).await else {
+        panic!("expected the ready frame")
+    };
+    let ready: Value = serde_json::from_str(&text).expect("json");
+    let drained = ready["replica"].as_str().expect("replica").to_owned();
+    let other = if drained == "r1" { "r2" } else { "r1" };
+
+    let answer = cluster
+        .admin(&format!("/_cluster/replicas/{drained}/drain"))
+        .await;
+    assert_eq!(answer.status(), 202);
+    let close = loop {
+        match next_frame(&mut ws).await {
+            Some(Ok(WsMessage::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1012));
+    // Drained replicas stay down, even with --respawn.
+    let table = cluster
+        .wait_for("the drained replica dead", |r| {
+            state_of(r, &drained) == Some("dead")
+        })
+        .await;
+    assert_eq!(
+        table["replicas"].as_array().expect("replicas").len(),
+        2,
+        "{table}"
+    );
+
+    // A crash comes back under the same id, as a new process.
+    let before = pid_of(
+        cluster.replicas().await["replicas"]
+            .as_array()
+            .expect("replicas"),
+        other,
+    );
+    let killed = cluster
+        .admin(&format!("/_cluster/replicas/{other}/kill"))
+        .await;
+    assert_eq!(killed.status(), 202);
+    let table = cluster
+        .wait_for("the crashed replica respawned", |r| {
+            state_of(r, other) == Some("up") && pid_of(r, other) != before
+        })
+        .await;
+    assert_eq!(
+        state_of(table["replicas"].as_array().expect("r"), &drained),
+        Some("dead")
+    );
+    assert_eq!(cluster.me(&token).await, (200, other.to_owned()));
+
+    // SIGTERM stops the cluster and every replica with it.
+    let pids: Vec<u64> = table["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter_map(|r| r["pid"].as_u64())
+        .collect();
+    assert!(!pids.is_empty());
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &cluster.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = cluster.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "replica {pid} outlived the cluster"
+        );
+    }
 }
