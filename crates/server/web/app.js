@@ -23,7 +23,8 @@
 //                  for a send not yet acknowledged; .ack inside shows the ack
 //   #message-body #message-send      send a message (the form is #message-form)
 //   #cluster       the cluster panel, hidden unless GET /_cluster/replicas answers JSON
-//   #cluster-replicas tr[data-id]    one row a replica; tr.here is the one that served me last
+//   #cluster-replicas tr[data-id]    one row a replica; tr.here served my last request,
+//                                    tr.socket holds my WebSocket
 //   #cluster .kill[data-id] #cluster .drain[data-id] #cluster-add
 //   #served-by     li a recent request: [data-replica] [data-path] [data-status]
 //
@@ -198,9 +199,10 @@
     setCsrf(res.body.csrf_token);
     const me = await api('GET', '/v1/me', undefined, { retry: false });
     if (me.status === 401) {
-      return 'Logged in, but the browser did not keep the session cookies. Cookies are ' +
-        'Secure unless the server runs with --insecure-cookies: use https, or that flag ' +
-        'on plain http.';
+      return 'Logged in, but the next request was refused. Either the browser did not ' +
+        'keep the session cookies (they are Secure unless the server runs with ' +
+        '--insecure-cookies: use https, or that flag on plain http), or the session ' +
+        'lives in another replica\'s memory (--sessions memory needs sticky routing).';
     }
     if (!me.ok) return problemText(me);
     loggedIn(me.body, me.replica);
@@ -385,8 +387,13 @@
     // Stored messages go in seq order, above my sends still waiting for theirs.
     list.insertBefore(li, list.querySelector('li.placeholder'));
     li.classList.remove('placeholder');
-    const room_ = state.rooms.find((r) => r.id === m.room);
-    if (room_ && room_.last_seq < m.seq) room_.last_seq = m.seq;
+    const known = state.rooms.find((r) => r.id === m.room);
+    if (known && known.last_seq < m.seq) {
+      known.last_seq = m.seq;
+      // In place: rebuilding the list would take the keyboard focus away.
+      const seq = $('rooms').querySelector(`li[data-room-id="${CSS.escape(m.room)}"] .seq`);
+      if (seq) seq.textContent = `#${m.seq}`;
+    }
     if (stick) list.scrollTop = list.scrollHeight;
   }
 
@@ -581,14 +588,15 @@
     }
     // 1012 (replica restarting), 4008 (too slow), 1011, and 1006 (the replica died, or
     // refused the upgrade): reconnect, to whichever replica the origin leads to.
-    scheduleReconnect(code === 1012 && state.reconnectAttempts === 0, code, reason);
+    const why = `closed with ${code}${reason ? ` (${reason})` : ''}`;
+    scheduleReconnect(code === 1012 && state.reconnectAttempts === 0, why);
   }
 
-  function scheduleReconnect(now, code, reason) {
+  function scheduleReconnect(now, why) {
     const attempt = state.reconnectAttempts;
     state.reconnectAttempts += 1;
     const delay = now ? 0 : Math.min(10000, 250 * 2 ** attempt) * (0.5 + Math.random() / 2);
-    wsStatus('waiting', `disconnected (${code}${reason ? `: ${reason}` : ''}); reconnecting in ${(delay / 1000).toFixed(1)} s…`);
+    wsStatus('waiting', `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s…`);
     clearTimeout(state.reconnectTimer);
     state.reconnectTimer = setTimeout(async () => {
       state.reconnectTimer = null;
@@ -597,7 +605,7 @@
       const res = await whoAmI();
       if (!state.me) return;
       if (res.status === 0 || res.status >= 500) {
-        scheduleReconnect(false, code, 'the server is unreachable');
+        scheduleReconnect(false, 'the server is unreachable');
         return;
       }
       connect();
@@ -640,7 +648,6 @@
       const id = String(r.id);
       const tr = document.createElement('tr');
       tr.dataset.id = id;
-      if (isServedBy(r)) tr.classList.add('here');
       const cells = [id, r.state, r.port, r.pid, r.requests_served];
       cells.forEach((value, i) => {
         const td = document.createElement('td');
@@ -648,6 +655,21 @@
         if (i === 1) td.className = `state-${String(r.state).toLowerCase()}`;
         tr.append(td);
       });
+      const marks = [];
+      if (names(r, state.lastReplica)) {
+        tr.classList.add('here');
+        marks.push('last request');
+      }
+      if (names(r, state.wsReplica)) {
+        tr.classList.add('socket');
+        marks.push('my socket');
+      }
+      if (marks.length) {
+        const mark = document.createElement('span');
+        mark.className = 'mark';
+        mark.textContent = ` (${marks.join(', ')})`;
+        tr.firstChild.append(mark);
+      }
       const actions = document.createElement('td');
       actions.className = 'actions';
       const gone = ['dead', 'killed', 'exited', 'stopped'].includes(String(r.state).toLowerCase());
@@ -678,10 +700,9 @@
     return b;
   }
 
-  // The replica header is --replica-id, which the cluster may set to its id or leave as
-  // host:port; either way it names the row.
-  function isServedBy(r) {
-    const seen = state.lastReplica;
+  // Whether a replica id as a response names it: that id is --replica-id, which the
+  // cluster may set to the replica's id or leave as host:port.
+  function names(r, seen) {
     if (!seen) return false;
     return seen === String(r.id) || (r.port !== undefined && seen.endsWith(`:${r.port}`));
   }
@@ -790,6 +811,8 @@
       if (room) pickRoom(room);
     }
   });
+
+  $('cluster-add').addEventListener('click', () => clusterPost('/_cluster/replicas'));
 
   $('message-form').addEventListener('submit', (event) => {
     event.preventDefault();
