@@ -672,7 +672,7 @@
       }
       const actions = document.createElement('td');
       actions.className = 'actions';
-      const gone = ['dead', 'killed', 'exited', 'stopped'].includes(String(r.state).toLowerCase());
+      const gone = String(r.state).toLowerCase() === 'dead';
       actions.append(
         actionButton('Kill', 'kill danger', id, gone, () => killReplica(id)),
         actionButton('Drain', 'drain secondary', id, gone, () => clusterPost(`/_cluster/replicas/${encodeURIComponent(id)}/drain`)),
