@@ -1,0 +1,426 @@
+//! deploy/nginx.conf, run by a real nginx in front of two `herd serve` replicas: what the
+//! development balancer promises, production's balancer keeps. Needs nginx, named by
+//! `HERD_TEST_NGINX` (CI installs it; `.ci/run`).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+mod common;
+use common::{database, herd};
+
+const IGNORED: &str = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx";
+
+fn nginx_binary() -> PathBuf {
+    match std::env::var_os("HERD_TEST_NGINX") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => panic!("HERD_TEST_NGINX is not set: {IGNORED}"),
+    }
+}
+
+/// The committed configuration.
+fn committed_conf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx.conf")
+}
+
+/// Runs `nginx -t` on `conf` with `prefix` for every relative path; panics with nginx's
+/// own words when the file is refused.
+fn nginx_check(conf: &Path, prefix: &Path) {
+    let out = Command::new(nginx_binary())
+        .arg("-t")
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(conf)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .output()
+        .expect("run nginx -t (is HERD_TEST_NGINX an nginx executable?)");
+    assert!(
+        out.status.success(),
+        "nginx -t refused {}:\n{}",
+        conf.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Replaces `from`, which must occur exactly once in the committed file, by `to`.
+fn substitute(conf: String, from: &str, to: &str) -> String {
+    assert_eq!(
+        conf.matches(from).count(),
+        1,
+        "deploy/nginx.conf should contain {from:?} once"
+    );
+    conf.replace(from, to)
+}
+
+/// The committed file with the test's upstreams and port. Every path in it is relative,
+/// so the prefix (`-p`) puts the pid, logs and temp files in the test's directory.
+fn render(upstreams: [&str; 2], port: u16) -> String {
+    let conf = std::fs::read_to_string(committed_conf()).expect("read deploy/nginx.conf");
+    let conf = substitute(conf, "127.0.0.1:8081", upstreams[0]);
+    let conf = substitute(conf, "127.0.0.1:8082", upstreams[1]);
+    let conf = substitute(conf, "listen 80;", &format!("listen 127.0.0.1:{port};"));
+    // Two workers, so the round-robin and failure state must be the shared zone's.
+    let conf = substitute(conf, "worker_processes auto;", "worker_processes 2;");
+    if running_as_root() {
+        // Workers as root can reach the private temporary directory.
+        format!("user root;\n{conf}")
+    } else {
+        conf
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A `herd serve` child process; its log is drained so the pipe never fills.
+struct Replica {
+    id: String,
+    child: Child,
+    listen: String,
+}
+
+impl Replica {
+    fn start(id: &str, database: &str, issuer: &str) -> Replica {
+        let mut child = herd()
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--replica-id", id, "--database", database])
+            .args(["--bus", "sql", "--bus-poll-interval", "10ms"])
+            .args(["--issuer", issuer, "--insecure-cookies"])
+            // Cheap hashing: these tests are about processes, not passwords.
+            .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herd serve");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let listen = common::listen_address(&mut lines, "herd is serving");
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        Replica {
+            id: id.to_owned(),
+            child,
+            listen,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx in the foreground (`daemon off`), stopped when dropped.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Renders deploy/nginx.conf for `upstreams`, checks it, starts nginx and waits until
+    /// it answers (bounded).
+    async fn start(port: u16, upstreams: [&str; 2]) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, render(upstreams, port)).expect("write conf");
+        nginx_check(&conf, dir.path());
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let mut nginx = Nginx { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited with {status}:\n{}", nginx.error_log());
+            }
+            if let Ok(response) = reqwest::get(nginx.url("/healthz")).await {
+                if response.status() == 200 {
+                    return nginx;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not answer within 15 s:\n{}",
+                nginx.error_log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master, which stops its workers; SIGKILL would orphan them.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replica_of(response: &reqwest::Response) -> String {
+    response.headers()["x-herd-replica"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
+    let mut request = client.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.unwrap_or(Value::Null)
+}
+
+/// `GET /v1/me`: the status and the replica that answered.
+async fn me(client: &reqwest::Client, nginx: &Nginx, token: &str) -> (u16, String) {
+    let response = client
+        .get(nginx.url("/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request through nginx");
+    (response.status().as_u16(), replica_of(&response))
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next frame that is not a ping or pong, within 10 s.
+async fn next_frame(ws: &mut Ws) -> WsMessage {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        if !matches!(frame, WsMessage::Ping(_) | WsMessage::Pong(_)) {
+            return frame;
+        }
+    }
+}
+
+/// The next JSON frame whose `type` is `kind`, skipping others.
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        match next_frame(ws).await {
+            WsMessage::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                if frame["type"] == kind {
+                    return frame;
+                }
+            }
+            other => panic!("expected a {kind:?} frame, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx"]
+fn the_committed_config_is_valid_as_it_stands() {
+    let prefix = tempfile::tempdir().expect("tempdir");
+    nginx_check(&committed_conf(), prefix.path());
+}
+
+#[tokio::test]
+#[ignore = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx"]
+async fn nginx_in_front_of_two_replicas_balances_proxies_websockets_and_survives_a_crash() {
+    let _ = nginx_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let mut r1 = Replica::start("r1", &db, &issuer);
+    let r2 = Replica::start("r2", &db, &issuer);
+    let nginx = Nginx::start(port, [r1.listen.as_str(), r2.listen.as_str()]).await;
+    let client = reqwest::Client::new();
+
+    // Accounts through nginx.
+    let credentials = json!({ "username": "alice", "password": "correct horse" });
+    let signup = post(
+        &client,
+        nginx.url("/v1/auth/signup"),
+        None,
+        credentials.clone(),
+    )
+    .await;
+    assert_eq!(signup["username"], "alice", "{signup}");
+    let login = post(
+        &client,
+        nginx.url("/v1/auth/login"),
+        None,
+        credentials.clone(),
+    )
+    .await;
+    let token = login["access_token"].as_str().expect("token").to_owned();
+
+    // Round-robin: consecutive requests alternate, and the token works on both.
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let (status, replica) = me(&client, &nginx, &token).await;
+        assert_eq!(status, 200, "the token works on {replica}");
+        served.push(replica);
+    }
+    assert!(
+        served.windows(2).all(|pair| pair[0] != pair[1]),
+        "requests alternate: {served:?}"
+    );
+    let seen: BTreeSet<&str> = served.iter().map(String::as_str).collect();
+    assert_eq!(seen, BTreeSet::from(["r1", "r2"]));
+
+    // An oversized body is refused by nginx itself, as problem+json like herd's own.
+    let big = client
+        .post(nginx.url("/v1/rooms"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "x".repeat(70 * 1024) }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(big.status(), 413);
+    assert_eq!(big.headers()["content-type"], "application/problem+json");
+    let problem: Value = big.json().await.expect("json");
+    assert_eq!(problem["type"], "urn:herd:problem:payload-too-large");
+
+    // A WebSocket through nginx hears a message posted over HTTP on the other replica.
+    let room = post(
+        &client,
+        nginx.url("/v1/rooms"),
+        Some(&token),
+        json!({ "name": "lobby" }),
+    )
+    .await;
+    let room = room["id"].as_str().expect("room id").to_owned();
+    let mut request = format!("ws://127.0.0.1:{port}/v1/ws")
+        .into_client_request()
+        .expect("request");
+    let bearer = format!("Bearer {token}").parse().expect("header");
+    request.headers_mut().insert("authorization", bearer);
+    let (mut ws, upgrade) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade through nginx");
+    assert_eq!(upgrade.status(), 101);
+    let ready = next_of(&mut ws, "ready").await;
+    let ws_replica = ready["replica"].as_str().expect("replica").to_owned();
+    let subscribe = json!({ "type": "subscribe", "room": room, "since": 0 });
+    ws.send(WsMessage::Text(subscribe.to_string().into()))
+        .await
+        .expect("subscribe");
+    let subscribed = next_of(&mut ws, "subscribed").await;
+    assert_eq!(subscribed["last_seq"], 0, "{subscribed}");
+    let other = if ws_replica == r1.id { &r2 } else { &r1 };
+    let posted = client
+        .post(other.url(&format!("/v1/rooms/{room}/messages")))
+        .bearer_auth(&token)
+        .json(&json!({ "body": "hello from the other side", "client_id": "c1" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(posted.status(), 201);
+    assert_eq!(replica_of(&posted), other.id);
+    let message = next_of(&mut ws, "message").await;
+    assert_eq!(message["body"], "hello from the other side", "{message}");
+    assert_eq!(message["seq"], 1, "{message}");
+
+    // Logout through nginx: the token is refused on both replicas, and the socket closes
+    // with 4003.
+    let logout = client
+        .post(nginx.url("/v1/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(logout.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused = BTreeSet::new();
+    while refused.len() < 2 {
+        let (status, replica) = me(&client, &nginx, &token).await;
+        if status == 401 {
+            refused.insert(replica);
+        } else {
+            assert_eq!(status, 200);
+            refused.clear();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the logged-out token still works on one replica"
+        );
+    }
+    match next_frame(&mut ws).await {
+        WsMessage::Close(Some(close)) => assert_eq!(close.code, CloseCode::Library(4003)),
+        other => panic!("expected a 4003 close, got {other:?}"),
+    }
+
+    // r1 crashes: nginx retries its share of requests on r2, and none fails.
+    let login = post(&client, nginx.url("/v1/auth/login"), None, credentials).await;
+    let token = login["access_token"].as_str().expect("token").to_owned();
+    r1.child.kill().expect("SIGKILL");
+    r1.child.wait().expect("reaped");
+    for _ in 0..20 {
+        let (status, replica) = me(&client, &nginx, &token).await;
+        assert_eq!(
+            (status, replica.as_str()),
+            (200, "r2"),
+            "{}",
+            nginx.error_log()
+        );
+    }
+    // ... because nginx tried r1, found it gone, and passed the request on.
+    let log = nginx.error_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connect() failed") && l.contains(&r1.listen)),
+        "nginx never tried the dead replica:\n{log}"
+    );
+}
