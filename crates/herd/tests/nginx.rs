@@ -69,15 +69,30 @@ fn substitute(conf: String, from: &str, to: &str) -> String {
     conf.replace(from, to)
 }
 
-/// The committed file with the test's upstreams and port. Every path in it is relative,
-/// so the prefix (`-p`) puts the pid, logs and temp files in the test's directory.
-fn render(upstreams: [&str; 2], port: u16) -> String {
+/// The committed file with the test's upstreams and port, and with its sticky-cookie
+/// variant switched on when `sticky`. Every path in it is relative, so the prefix (`-p`)
+/// puts the pid, logs and temp files in the test's directory.
+fn render(upstreams: [&str; 2], port: u16, sticky: bool) -> String {
     let conf = std::fs::read_to_string(committed_conf()).expect("read deploy/nginx.conf");
     let conf = substitute(conf, "127.0.0.1:8081", upstreams[0]);
     let conf = substitute(conf, "127.0.0.1:8082", upstreams[1]);
     let conf = substitute(conf, "listen 80;", &format!("listen 127.0.0.1:{port};"));
     // Two workers, so the round-robin and failure state must be the shared zone's.
     let conf = substitute(conf, "worker_processes auto;", "worker_processes 2;");
+    let conf = if sticky {
+        let conf = substitute(
+            conf,
+            "#   hash $herd_affinity consistent;",
+            "hash $herd_affinity consistent;",
+        );
+        substitute(
+            conf,
+            "# add_header Set-Cookie $herd_affinity_cookie;",
+            "add_header Set-Cookie $herd_affinity_cookie;",
+        )
+    } else {
+        conf
+    };
     if running_as_root() {
         // Workers as root can reach the private temporary directory.
         format!("user root;\n{conf}")
@@ -145,10 +160,10 @@ struct Nginx {
 impl Nginx {
     /// Renders deploy/nginx.conf for `upstreams`, checks it, starts nginx and waits until
     /// it answers (bounded).
-    async fn start(port: u16, upstreams: [&str; 2]) -> Nginx {
+    async fn start(port: u16, upstreams: [&str; 2], sticky: bool) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, render(upstreams, port)).expect("write conf");
+        std::fs::write(&conf, render(upstreams, port, sticky)).expect("write conf");
         nginx_check(&conf, dir.path());
         let child = Command::new(nginx_binary())
             .arg("-p")
@@ -284,7 +299,7 @@ async fn nginx_in_front_of_two_replicas_balances_proxies_websockets_and_survives
     let issuer = format!("http://127.0.0.1:{port}");
     let mut r1 = Replica::start("r1", &db, &issuer);
     let r2 = Replica::start("r2", &db, &issuer);
-    let nginx = Nginx::start(port, [r1.listen.as_str(), r2.listen.as_str()]).await;
+    let nginx = Nginx::start(port, [r1.listen.as_str(), r2.listen.as_str()], false).await;
     let client = reqwest::Client::new();
 
     // Accounts through nginx.
@@ -423,4 +438,72 @@ async fn nginx_in_front_of_two_replicas_balances_proxies_websockets_and_survives
             .any(|l| l.contains("connect() failed") && l.contains(&r1.listen)),
         "nginx never tried the dead replica:\n{log}"
     );
+}
+
+/// `GET /healthz` through nginx with `cookie`: the replica, and the Set-Cookie if any.
+async fn healthz(
+    client: &reqwest::Client,
+    nginx: &Nginx,
+    cookie: Option<&str>,
+) -> (String, Option<String>) {
+    let mut request = client.get(nginx.url("/healthz"));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.expect("request through nginx");
+    assert_eq!(response.status(), 200);
+    let set_cookie = response
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    (replica_of(&response), set_cookie)
+}
+
+#[tokio::test]
+#[ignore = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx"]
+async fn the_sticky_variant_pins_a_cookie_to_one_replica_until_it_dies() {
+    let _ = nginx_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let mut replicas = [
+        Replica::start("r1", &db, &issuer),
+        Replica::start("r2", &db, &issuer),
+    ];
+    let upstreams = [replicas[0].listen.as_str(), replicas[1].listen.as_str()];
+    let nginx = Nginx::start(port, upstreams, true).await;
+    let client = reqwest::Client::new();
+
+    // A first request gets a random affinity key; some key lands on each replica.
+    let mut cookies = std::collections::BTreeMap::new();
+    for _ in 0..50 {
+        let (replica, set_cookie) = healthz(&client, &nginx, None).await;
+        let set_cookie = set_cookie.expect("a first response hands out herd_affinity");
+        assert!(set_cookie.starts_with("herd_affinity="), "{set_cookie}");
+        let cookie = set_cookie.split(';').next().expect("pair").to_owned();
+        cookies.entry(replica).or_insert(cookie);
+        if cookies.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(cookies.len(), 2, "50 keys all hashed to one replica");
+
+    // With the cookie, a client stays where its key hashed, and is not handed another.
+    for (replica, cookie) in &cookies {
+        for _ in 0..6 {
+            let (served, set_cookie) = healthz(&client, &nginx, Some(cookie)).await;
+            assert_eq!(&served, replica);
+            assert_eq!(set_cookie, None);
+        }
+    }
+
+    // Its replica dies: the client moves to the other one.
+    let pinned = &cookies["r1"];
+    replicas[0].child.kill().expect("SIGKILL");
+    replicas[0].child.wait().expect("reaped");
+    for _ in 0..6 {
+        let (served, _) = healthz(&client, &nginx, Some(pinned)).await;
+        assert_eq!(served, "r2");
+    }
 }
