@@ -239,7 +239,12 @@ struct Inner {
     sessions: Option<SessionStore>,
     notices: broadcast::Sender<Notice>,
     revoked_tx: broadcast::Sender<String>,
+    /// When the store was last pruned, in clock seconds.
+    last_prune: std::sync::atomic::AtomicI64,
 }
+
+/// The least time between two prunes of the store by one replica, in seconds.
+pub const PRUNE_EVERY: i64 = 60;
 
 /// Something other replicas should hear about now rather than at their next upkeep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,6 +300,7 @@ impl Auth {
                 last_kid_reload: Mutex::new(None),
                 notices: broadcast::channel(1024).0,
                 revoked_tx: broadcast::channel(1024).0,
+                last_prune: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
                 config,
             }),
         };
@@ -632,14 +638,27 @@ impl Auth {
     }
 
     /// One round of upkeep: reload the ring, tail the revocation log, prune the store.
+    ///
+    /// Pruning is a write, and on a SQLite file shared by replicas every write waits for
+    /// the others: chat's message writes stalled behind it when it ran every few seconds
+    /// (docs/benchmarks.md, chat section). Nothing is urgent about it, so it runs at most
+    /// once every [`PRUNE_EVERY`] seconds.
     pub async fn maintain(&self) -> Result<(), AuthError> {
         self.reload_keys().await?;
         self.sync_revocations().await?;
-        self.inner.store.prune(self.now()).await?;
-        if let Some(sessions) = &self.inner.sessions {
-            sessions
-                .prune(self.now(), &self.inner.config.sessions)
-                .await?;
+        let now = self.now();
+        let last = self
+            .inner
+            .last_prune
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= PRUNE_EVERY {
+            self.inner
+                .last_prune
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            self.inner.store.prune(now).await?;
+            if let Some(sessions) = &self.inner.sessions {
+                sessions.prune(now, &self.inner.config.sessions).await?;
+            }
         }
         Ok(())
     }
