@@ -27,27 +27,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 mod common;
-use common::{database, herd};
+use common::{database, herd, stop};
 
 /// How long any one wait on the page may take.
 const WAIT: Duration = Duration::from_secs(15);
-
-/// Stops a child gently (SIGTERM, so it can stop its own children), then for good.
-fn stop(child: &mut Child, grace: Duration) {
-    let pid = child.id().to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
 
 /// Keeps reading a child's stderr into `log` (so the pipe never fills up and stalls it).
 fn drain(lines: impl Iterator<Item = String> + Send + 'static, log: Arc<Mutex<Vec<String>>>) {

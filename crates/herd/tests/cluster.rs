@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 mod common;
-use common::{database, herd};
+use common::{database, herd, replica_of};
 
 /// A `herd cluster` child process, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Cluster {
@@ -144,27 +144,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // SIGTERM first, so the cluster stops its replicas; SIGKILL would orphan them.
-        let pid = self.child.id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::stop(&mut self.child, Duration::from_secs(15));
     }
-}
-
-fn replica_of(response: &reqwest::Response) -> String {
-    response.headers()["x-herd-replica"]
-        .to_str()
-        .expect("ascii")
-        .to_owned()
 }
 
 fn state_of<'a>(replicas: &'a [Value], id: &str) -> Option<&'a str> {

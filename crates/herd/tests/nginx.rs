@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 mod common;
-use common::{database, herd};
+use common::{database, herd, replica_of};
 
 const IGNORED: &str = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx";
 
@@ -208,25 +208,8 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM to the master, which stops its workers; SIGKILL would orphan them.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::stop(&mut self.child, Duration::from_secs(10));
     }
-}
-
-fn replica_of(response: &reqwest::Response) -> String {
-    response.headers()["x-herd-replica"]
-        .to_str()
-        .expect("ascii")
-        .to_owned()
 }
 
 async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {

@@ -1,7 +1,10 @@
 //! Helpers shared by the test binaries that run the `herd` executable.
+// Each test binary uses some of these, none uses all.
+#![allow(dead_code)]
 
 use std::io::{BufRead, Lines};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// The `herd` executable, with no `HERD_*` variable from the environment running the
 /// tests: only the flags a test passes count.
@@ -38,4 +41,28 @@ pub fn listen_address(lines: &mut Lines<impl BufRead>, message: &str) -> String 
                 .to_owned();
         }
     }
+}
+
+/// Stops a child gently (SIGTERM, so it can stop its own children or workers), then for
+/// good once `grace` has passed.
+pub fn stop(child: &mut Child, grace: Duration) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The replica that served a response, from `x-herd-replica`.
+pub fn replica_of(response: &reqwest::Response) -> String {
+    response.headers()["x-herd-replica"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
 }
