@@ -1,0 +1,1120 @@
+//! chatbench: the load generator behind `bench/chat.sh`.
+//!
+//! It talks to running `herd serve` replicas over HTTP (sign up, log in, create a room)
+//! and WebSocket (`/v1/ws`, `docs/protocol.md`), measures one thing, and prints one JSON
+//! line of results on stdout (progress goes to stderr). Every clock reading comes from
+//! this one process: a sent message carries in its body the nanoseconds since the run's
+//! start `Instant`, and its receiver subtracts that from its own reading of the same
+//! clock, so there is no clock skew between sender and receivers to correct for.
+//!
+//! ```text
+//! chatbench latency    --send-url URL --recv-url URL [--subscribers 10] [--rate 1000]
+//!                      [--warmup 2] [--duration 10] [--senders 1] [--body-bytes 64]
+//!                      [--server-pids PID,PID] [--also-pids PID,...] [--clk-tck 100]
+//!                      [--trace-file PATH]
+//! chatbench throughput --url URL --server-pid PID [--subscribers 100] [--window 128]
+//!                      [--warmup 2] [--duration 10] [--body-bytes 64] [--also-pids PID,...]
+//!                      [--clk-tck 100]
+//! chatbench idle       --url URL --server-pid PID [--connections 10000] [--batch 100]
+//!                      [--warmup-connections 100] [--settle 3] [--subscribe true]
+//! ```
+//!
+//! - `latency`: subscribers on `--recv-url`, a sender on `--send-url` sending `send`
+//!   frames at `--rate` a second (paced on a fixed schedule, not waiting for acks), and
+//!   the time from just before each `send` frame is written to the moment each
+//!   subscriber reads the `message` frame. The first `--warmup` seconds of messages are
+//!   delivered but not counted. `--trace-file` writes one CSV line a message (index,
+//!   send instant, ack latency, first subscriber's latency), to see when the slow ones
+//!   happen.
+//! - `throughput`: subscribers on one room, one sender as fast as the subscribers keep up
+//!   (at most `--window` messages ahead of the slowest, so no subscriber's server-side
+//!   queue can fill), and the frames delivered to all subscribers a second, with the CPU
+//!   time the server process spent meanwhile (`/proc/PID/stat` utime + stime).
+//! - `idle`: the server's resident memory (`/proc/PID/status` VmRSS) before and after
+//!   opening `--connections` authenticated WebSocket connections, each subscribed to one
+//!   room (unless `--subscribe false`: then only authenticated) and then left idle, with
+//!   how long each handshake took. At most `--batch` handshakes are in flight: herd
+//!   listens with tokio's backlog of 128, and a burst past it loses SYNs (retried 1 s on).
+//!
+//! Durations are in seconds. `--clk-tck` is `getconf CLK_TCK` (the unit of utime/stime).
+//! The CPU report also names what the machine spent on anything but the servers, the
+//! `--also-pids` (Redis, say) and chatbench itself: `other_cores`, someone else's work.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How every `message` frame ends: the server serialises frames with sorted keys, so
+/// `type` comes last. Checking the suffix spares the generator a JSON parse per frame.
+const MESSAGE_SUFFIX: &str = r#""type":"message"}"#;
+
+/// How long any one handshake or setup step may take before the run is abandoned.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse()?;
+    let result = match args.mode.as_str() {
+        "latency" => latency(&args).await?,
+        "throughput" => throughput(&args).await?,
+        "idle" => idle(&args).await?,
+        other => bail!("unknown mode {other:?}: latency, throughput or idle"),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{result}")?;
+    Ok(())
+}
+
+// --- command line -----------------------------------------------------------------------
+
+struct Args {
+    mode: String,
+    options: HashMap<String, String>,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Args> {
+        let mut words = std::env::args().skip(1);
+        let mode = words.next().ok_or_else(|| {
+            anyhow!("usage: chatbench latency|throughput|idle --option value ...")
+        })?;
+        let mut options = HashMap::new();
+        while let Some(word) = words.next() {
+            let key = word
+                .strip_prefix("--")
+                .ok_or_else(|| anyhow!("expected --option, got {word:?}"))?;
+            let value = words
+                .next()
+                .ok_or_else(|| anyhow!("--{key} needs a value"))?;
+            options.insert(key.to_owned(), value);
+        }
+        let known: &[&str] = match mode.as_str() {
+            "latency" => &[
+                "send-url",
+                "recv-url",
+                "subscribers",
+                "rate",
+                "warmup",
+                "duration",
+                "senders",
+                "body-bytes",
+                "server-pids",
+                "also-pids",
+                "clk-tck",
+                "trace-file",
+            ],
+            "throughput" => &[
+                "url",
+                "server-pid",
+                "subscribers",
+                "window",
+                "warmup",
+                "duration",
+                "body-bytes",
+                "also-pids",
+                "clk-tck",
+            ],
+            "idle" => &[
+                "url",
+                "server-pid",
+                "connections",
+                "batch",
+                "warmup-connections",
+                "settle",
+                "subscribe",
+            ],
+            _ => &[],
+        };
+        if let Some(unknown) = options.keys().find(|k| !known.contains(&k.as_str())) {
+            bail!("{mode}: unknown option --{unknown}");
+        }
+        Ok(Args { mode, options })
+    }
+
+    fn text(&self, key: &str) -> anyhow::Result<String> {
+        self.options
+            .get(key)
+            .cloned()
+            .ok_or_else(|| anyhow!("--{key} is required"))
+    }
+
+    fn num<T: FromStr>(&self, key: &str, default: T) -> anyhow::Result<T> {
+        match self.options.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| anyhow!("--{key}: {v:?} is not a valid number")),
+        }
+    }
+
+    fn secs(&self, key: &str, default: f64) -> anyhow::Result<Duration> {
+        let s: f64 = self.num(key, default)?;
+        Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--{key}: {s} is not a duration"))
+    }
+}
+
+// --- /proc ------------------------------------------------------------------------------
+
+/// utime + stime of a process, all its threads, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces; the fields after it do not.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// (busy, all) clock ticks of every core together, from /proc/stat.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+    let all = busy + v.get(3)? + v.get(4)?;
+    Some((busy, all))
+}
+
+/// TCP memory the kernel holds for sockets, in pages (`/proc/net/sockstat`, `TCP: ... mem`).
+fn tcp_mem_pages() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "mem" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// CPU spent by some processes and by the machine over a measured window.
+struct CpuWindow {
+    /// The servers' pids, then the `--also-pids` (Redis, say).
+    pids: Vec<u32>,
+    servers: usize,
+    ticks: Vec<Option<u64>>,
+    own: Option<u64>,
+    machine: Option<(u64, u64)>,
+    at: Instant,
+}
+
+impl CpuWindow {
+    fn start(servers: &[u32], also: &[u32]) -> CpuWindow {
+        let pids: Vec<u32> = servers.iter().chain(also).copied().collect();
+        CpuWindow {
+            ticks: pids.iter().map(|p| cpu_ticks(*p)).collect(),
+            pids,
+            servers: servers.len(),
+            own: cpu_ticks(std::process::id()),
+            machine: machine_ticks(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Cores used on average since `start` by each server, by the other pids together, by
+    /// this generator, and by everything else on the machine (someone else's work: noise),
+    /// and the share of the machine that was busy, as JSON.
+    fn stop(&self, clk_tck: f64) -> (Vec<Option<f64>>, Value) {
+        let wall = self.at.elapsed().as_secs_f64();
+        let cores = |before: Option<u64>, after: Option<u64>| match (before, after) {
+            (Some(b), Some(a)) => Some((a.saturating_sub(b)) as f64 / clk_tck / wall),
+            _ => None,
+        };
+        let mut servers: Vec<Option<f64>> = self
+            .pids
+            .iter()
+            .zip(&self.ticks)
+            .map(|(pid, before)| cores(*before, cpu_ticks(*pid)))
+            .collect();
+        let also: f64 = servers.split_off(self.servers).iter().flatten().sum();
+        let own = cores(self.own, cpu_ticks(std::process::id()));
+        let (busy, busy_cores) = match (self.machine, machine_ticks()) {
+            (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => (
+                Some((b1 - b0) as f64 / (a1 - a0) as f64),
+                Some((b1 - b0) as f64 / clk_tck / wall),
+            ),
+            _ => (None, None),
+        };
+        let ours = servers.iter().flatten().sum::<f64>() + also + own.unwrap_or(0.0);
+        let others = busy_cores.map(|b| (b - ours).max(0.0));
+        let json = json!({
+            "wall_s": round(wall, 3),
+            "server_cores": servers.iter().map(|c| c.map(|c| round(c, 3))).collect::<Vec<_>>(),
+            "also_cores": round(also, 3),
+            "generator_cores": own.map(|c| round(c, 3)),
+            "other_cores": others.map(|c| round(c, 3)),
+            "machine_busy": busy.map(|b| round(b, 3)),
+        });
+        (servers, json)
+    }
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let k = 10f64.powi(places);
+    (x * k).round() / k
+}
+
+fn pids(text: &str) -> anyhow::Result<Vec<u32>> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|_| anyhow!("{p:?} is not a pid")))
+        .collect()
+}
+
+// --- HTTP and WebSocket plumbing --------------------------------------------------------
+
+/// A fresh user, logged in, and a room it created (and so is a member of).
+struct Session {
+    token: String,
+    room: String,
+}
+
+async fn session(base: &str) -> anyhow::Result<Session> {
+    let http = reqwest::Client::builder()
+        .timeout(STEP_TIMEOUT)
+        .build()
+        .context("http client")?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let username = format!("cb{}-{nanos}", std::process::id());
+    let credentials = json!({ "username": username, "password": "chatbench-password" });
+    let signup = http
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&credentials)
+        .send()
+        .await
+        .context("signup")?;
+    if signup.status().as_u16() != 201 {
+        bail!("signup answered {}", signup.status());
+    }
+    let login: Value = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .context("login")?
+        .error_for_status()
+        .context("login")?
+        .json()
+        .await
+        .context("login body")?;
+    let token = login["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("login returned no access_token: {login}"))?
+        .to_owned();
+    let room: Value = http
+        .post(format!("{base}/v1/rooms"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "chatbench" }))
+        .send()
+        .await
+        .context("create room")?
+        .error_for_status()
+        .context("create room")?
+        .json()
+        .await
+        .context("room body")?;
+    let room = room["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no room id in {room}"))?
+        .to_owned();
+    Ok(Session { token, room })
+}
+
+/// An authenticated WebSocket, once the server said `ready`.
+async fn connect(base: &str, token: &str, read_buffer: usize) -> anyhow::Result<Ws> {
+    let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
+    let mut request = url.into_client_request().context("ws url")?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().context("header")?,
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(0);
+    // No Nagle: a send frame goes out at once, not after the previous one is acked.
+    let (mut ws, _) = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+    )
+    .await
+    .context("upgrade timed out")?
+    .context("upgrade")?;
+    expect(&mut ws, "ready").await?;
+    Ok(ws)
+}
+
+/// Reads frames until one of type `ty`; fails on an `error` frame, a close or a timeout.
+async fn expect(ws: &mut Ws, ty: &str) -> anyhow::Result<Value> {
+    loop {
+        let frame = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .with_context(|| format!("no {ty} frame within {STEP_TIMEOUT:?}"))?;
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).context("frame json")?;
+                if frame["type"] == ty {
+                    return Ok(frame);
+                }
+                if frame["type"] == "error" {
+                    bail!("waiting for {ty}: {frame}");
+                }
+            }
+            Some(Ok(WsMessage::Close(close))) => bail!("waiting for {ty}: closed {close:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => bail!("waiting for {ty}: {e}"),
+            None => bail!("waiting for {ty}: the connection ended"),
+        }
+    }
+}
+
+/// A connection subscribed (since 0) to `room`, once the server said `subscribed`.
+async fn subscriber(base: &str, token: &str, room: &str, read_buffer: usize) -> anyhow::Result<Ws> {
+    let mut ws = connect(base, token, read_buffer).await?;
+    let frame = json!({ "type": "subscribe", "room": room, "since": 0 });
+    ws.send(WsMessage::Text(frame.to_string().into()))
+        .await
+        .context("subscribe")?;
+    expect(&mut ws, "subscribed").await?;
+    Ok(ws)
+}
+
+/// Opens `n` connections, subscribed to `room` when there is one, at most `batch`
+/// handshakes at a time; returns them with how long each took, from the TCP connect to
+/// `ready` (or `subscribed`).
+async fn open(
+    base: &str,
+    token: &str,
+    room: Option<&str>,
+    n: usize,
+    batch: usize,
+    read_buffer: usize,
+) -> anyhow::Result<(Vec<Ws>, Vec<Duration>)> {
+    let mut all = Vec::with_capacity(n);
+    let mut took = Vec::with_capacity(n);
+    while all.len() < n {
+        let take = batch.min(n - all.len());
+        let handles: Vec<_> = (0..take)
+            .map(|_| {
+                let (base, token) = (base.to_owned(), token.to_owned());
+                let room = room.map(str::to_owned);
+                tokio::spawn(async move {
+                    let began = Instant::now();
+                    let ws = match &room {
+                        Some(room) => subscriber(&base, &token, room, read_buffer).await?,
+                        None => connect(&base, &token, read_buffer).await?,
+                    };
+                    Ok::<_, anyhow::Error>((ws, began.elapsed()))
+                })
+            })
+            .collect();
+        for handle in handles {
+            let (ws, t) = handle.await.context("connection task")??;
+            all.push(ws);
+            took.push(t);
+        }
+    }
+    Ok((all, took))
+}
+
+/// Opens `n` subscribers of `room`, 100 handshakes at a time.
+async fn subscribers(base: &str, token: &str, room: &str, n: usize) -> anyhow::Result<Vec<Ws>> {
+    Ok(open(base, token, Some(room), n, 100, 64 * 1024).await?.0)
+}
+
+/// A `send` frame whose body carries the message's index and the send instant (ns since
+/// `start`), padded with `x` to `body_bytes`.
+fn send_frame(room: &str, index: u64, sent_ns: u64, body_bytes: usize) -> WsMessage {
+    let mut body = format!("{index} {sent_ns} ");
+    while body.len() < body_bytes {
+        body.push('x');
+    }
+    let frame =
+        json!({ "type": "send", "room": room, "body": body, "client_id": format!("c{index}") });
+    WsMessage::Text(frame.to_string().into())
+}
+
+/// The (index, send instant) a `message` frame's body carries, and its seq.
+fn parse_message(text: &str) -> Option<(u64, u64, i64)> {
+    let body_at = text.find(r#""body":""#)? + r#""body":""#.len();
+    let mut words = text[body_at..].split(' ');
+    let index = words.next()?.parse().ok()?;
+    let sent = words.next()?.parse().ok()?;
+    let seq_at = text.find(r#""seq":"#)? + r#""seq":"#.len();
+    let seq_end = text[seq_at..].find([',', '}'])? + seq_at;
+    let seq = text[seq_at..seq_end].parse().ok()?;
+    Some((index, sent, seq))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+fn us(ns: Option<u64>) -> Value {
+    ns.map_or(Value::Null, |ns| json!(round(ns as f64 / 1000.0, 1)))
+}
+
+// --- latency ----------------------------------------------------------------------------
+
+/// What one latency subscriber saw.
+#[derive(Default)]
+struct Seen {
+    latencies_ns: Vec<u64>,
+    /// (index, latency) of every message, kept by the first subscriber only.
+    trace: Vec<(u64, u64)>,
+    received: u64,
+    out_of_order: u64,
+    closed: Option<String>,
+}
+
+async fn latency(args: &Args) -> anyhow::Result<Value> {
+    let send_url = args.text("send-url")?;
+    let recv_url = args.text("recv-url")?;
+    let n: usize = args.num("subscribers", 10)?;
+    let rate: f64 = args.num("rate", 1000.0)?;
+    let warmup = args.secs("warmup", 2.0)?;
+    let duration = args.secs("duration", 10.0)?;
+    let senders: u64 = args.num("senders", 1)?;
+    let body_bytes: usize = args.num("body-bytes", 64)?;
+    let server_pids = pids(&args.options.get("server-pids").cloned().unwrap_or_default())?;
+    let clk_tck: f64 = args.num("clk-tck", 100.0)?;
+    let also_pids = pids(&args.options.get("also-pids").cloned().unwrap_or_default())?;
+    let trace_file = args.options.get("trace-file").cloned();
+    if rate <= 0.0 || senders == 0 || n == 0 {
+        bail!("--rate, --senders and --subscribers must be positive");
+    }
+
+    let session = session(&send_url).await?;
+    let start = Instant::now();
+    let warm = (rate * warmup.as_secs_f64()).round() as u64;
+    let total = warm + (rate * duration.as_secs_f64()).round() as u64;
+    eprintln!("latency: {n} subscribers on {recv_url}, {rate}/s from {send_url} ({senders} sender connection(s)), {total} messages");
+
+    let subs = subscribers(&recv_url, &session.token, &session.room, n).await?;
+    let (stop, stopped) = watch::channel(false);
+    let receivers: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .map(|(j, ws)| {
+            let stopped = stopped.clone();
+            tokio::spawn(latency_subscriber(
+                ws,
+                start,
+                warm,
+                total,
+                stopped,
+                Duration::from_secs_f64(warmup.as_secs_f64() + duration.as_secs_f64()) * 2,
+                j == 0 && trace_file.is_some(),
+            ))
+        })
+        .collect();
+
+    // The send instant of each message, for the ack latency (the commit, as the sender
+    // sees it).
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut sockets = Vec::new();
+    for _ in 0..senders {
+        sockets.push(connect(&send_url, &session.token, 64 * 1024).await?);
+    }
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut sender_tasks = Vec::new();
+    for (k, ws) in (0..senders).zip(sockets) {
+        sender_tasks.push(tokio::spawn(paced_sender(
+            ws,
+            start,
+            session.room.clone(),
+            (k, senders),
+            (t0, period),
+            (warm, total),
+            body_bytes,
+            sent_at.clone(),
+        )));
+    }
+    let cpu = CpuWindow::start(&server_pids, &also_pids);
+    let mut sent = 0;
+    let mut max_lag_ns = 0;
+    let mut acks = Vec::new();
+    let mut errors = serde_json::Map::new();
+    let mut send_window: Option<(u64, u64)> = None;
+    for task in sender_tasks {
+        let report = task.await.context("sender task")??;
+        sent += report.sent;
+        max_lag_ns = max_lag_ns.max(report.max_lag_ns);
+        acks.extend(report.ack_ns);
+        for (code, count) in report.errors {
+            let c = errors.get(&code).and_then(Value::as_u64).unwrap_or(0);
+            errors.insert(code, json!(c + count));
+        }
+        if let Some((a, b)) = report.measured_window_ns {
+            send_window = Some(send_window.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+        }
+    }
+    let (_, cpu_json) = cpu.stop(clk_tck);
+    // Give the subscribers a moment to drain, then stop whoever is still waiting.
+    let drained = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    for mut task in receivers {
+        let result = match tokio::time::timeout_at(drained, &mut task).await {
+            Ok(result) => result,
+            Err(_) => {
+                stop.send_replace(true);
+                task.await
+            }
+        };
+        seen.push(result.context("subscriber task")?);
+    }
+
+    let mut all: Vec<u64> = Vec::new();
+    let mut received = 0;
+    let mut out_of_order = 0;
+    let mut closed = Vec::new();
+    for s in &seen {
+        all.extend(&s.latencies_ns);
+        received += s.received;
+        out_of_order += s.out_of_order;
+        if let Some(c) = &s.closed {
+            closed.push(c.clone());
+        }
+    }
+    if let Some(path) = &trace_file {
+        write_trace(
+            path,
+            &sent_at,
+            &acks,
+            seen.first().map_or(&[][..], |s| &s.trace),
+        )?;
+    }
+    all.sort_unstable();
+    let mut acks: Vec<u64> = acks
+        .iter()
+        .filter(|(i, _)| *i >= warm)
+        .map(|(_, ns)| *ns)
+        .collect();
+    acks.sort_unstable();
+    let measured = total - warm;
+    let expected = measured * n as u64;
+    let achieved_rate = send_window
+        .filter(|(a, b)| b > a && measured > 1)
+        .map(|(a, b)| (measured - 1) as f64 / ((b - a) as f64 / 1e9));
+    Ok(json!({
+        "mode": "latency",
+        "subscribers": n,
+        "rate": rate,
+        "senders": senders,
+        "warmup_s": warmup.as_secs_f64(),
+        "duration_s": duration.as_secs_f64(),
+        "body_bytes": body_bytes,
+        "messages": total,
+        "measured_messages": measured,
+        "sent": sent,
+        "achieved_rate": achieved_rate.map(|r| round(r, 1)),
+        "sender_max_lag_us": us(Some(max_lag_ns)),
+        "send_errors": errors,
+        "received": received,
+        "samples": all.len(),
+        "missing": expected.saturating_sub(all.len() as u64),
+        "out_of_order": out_of_order,
+        "closed": closed,
+        "p50_us": us(percentile(&all, 50.0)),
+        "p90_us": us(percentile(&all, 90.0)),
+        "p99_us": us(percentile(&all, 99.0)),
+        "p999_us": us(percentile(&all, 99.9)),
+        "max_us": us(all.last().copied()),
+        "mean_us": us((!all.is_empty()).then(|| all.iter().sum::<u64>() / all.len() as u64)),
+        "ack_p50_us": us(percentile(&acks, 50.0)),
+        "ack_p99_us": us(percentile(&acks, 99.0)),
+        "cpu": cpu_json,
+    }))
+}
+
+/// One CSV line a message: index, send instant (ms since start), ack latency and the
+/// first subscriber's latency (µs; empty when unknown).
+fn write_trace(
+    path: &str,
+    sent_at: &[AtomicU64],
+    acks: &[(u64, u64)],
+    received: &[(u64, u64)],
+) -> anyhow::Result<()> {
+    let acks: HashMap<u64, u64> = acks.iter().copied().collect();
+    let received: HashMap<u64, u64> = received.iter().copied().collect();
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("create {path}"))?,
+    );
+    writeln!(out, "index,sent_ms,ack_us,received_us")?;
+    let cell = |v: Option<&u64>| v.map_or(String::new(), |ns| format!("{:.1}", *ns as f64 / 1e3));
+    for (i, sent) in sent_at.iter().enumerate() {
+        let i = i as u64;
+        let sent = sent.load(Ordering::Relaxed) as f64 / 1e6;
+        writeln!(
+            out,
+            "{i},{sent:.3},{},{}",
+            cell(acks.get(&i)),
+            cell(received.get(&i))
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn latency_subscriber(
+    mut ws: Ws,
+    start: Instant,
+    warm: u64,
+    total: u64,
+    mut stopped: watch::Receiver<bool>,
+    give_up: Duration,
+    trace: bool,
+) -> Seen {
+    let mut seen = Seen {
+        latencies_ns: Vec::with_capacity((total - warm) as usize),
+        ..Seen::default()
+    };
+    let mut last_seq = None;
+    let deadline = tokio::time::sleep(give_up);
+    tokio::pin!(deadline);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = ws.next() => frame,
+            _ = stopped.changed() => break,
+            () = &mut deadline => break,
+        };
+        let now = start.elapsed().as_nanos() as u64;
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => {
+                if !text.ends_with(MESSAGE_SUFFIX) {
+                    continue;
+                }
+                let Some((index, sent, seq)) = parse_message(&text) else {
+                    continue;
+                };
+                if last_seq.is_some_and(|l: i64| seq != l + 1) {
+                    seen.out_of_order += 1;
+                }
+                last_seq = Some(seq);
+                seen.received += 1;
+                if index >= warm {
+                    seen.latencies_ns.push(now.saturating_sub(sent));
+                }
+                if trace {
+                    seen.trace.push((index, now.saturating_sub(sent)));
+                }
+                if index + 1 >= total {
+                    break;
+                }
+            }
+            Some(Ok(WsMessage::Close(close))) => {
+                seen.closed =
+                    Some(close.map_or("no code".into(), |c| u16::from(c.code).to_string()));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                seen.closed = Some(e.to_string());
+                break;
+            }
+            None => {
+                seen.closed = Some("ended".into());
+                break;
+            }
+        }
+    }
+    let _ = ws.close(None).now_or_never();
+    seen
+}
+
+struct SenderReport {
+    sent: u64,
+    max_lag_ns: u64,
+    /// (index, send-to-ack latency) of every acknowledged message.
+    ack_ns: Vec<(u64, u64)>,
+    errors: HashMap<String, u64>,
+    /// Send instants of the first and last measured message this sender sent.
+    measured_window_ns: Option<(u64, u64)>,
+}
+
+/// Sends messages `k`, `k + of`, `k + 2 of`, ... below `total`, each at
+/// `t0 + index * period`, without waiting for acks; a task alongside reads the acks.
+/// Messages from `warm` on are the measured ones.
+#[allow(clippy::too_many_arguments)]
+async fn paced_sender(
+    ws: Ws,
+    start: Instant,
+    room: String,
+    (k, of): (u64, u64),
+    (t0, period): (tokio::time::Instant, Duration),
+    (warm, total): (u64, u64),
+    body_bytes: usize,
+    sent_at: Arc<Vec<AtomicU64>>,
+) -> anyhow::Result<SenderReport> {
+    let (mut sink, mut stream) = ws.split();
+    let mine = (k..total).step_by(of as usize).count() as u64;
+    let acks = {
+        let sent_at = sent_at.clone();
+        tokio::spawn(async move {
+            let mut ack_ns = Vec::with_capacity(mine as usize);
+            let mut errors: HashMap<String, u64> = HashMap::new();
+            let mut answered = 0;
+            while answered < mine {
+                let frame = match tokio::time::timeout(Duration::from_secs(10), stream.next()).await
+                {
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(Some(Err(e))) => {
+                        *errors.entry(format!("socket: {e}")).or_default() += 1;
+                        break;
+                    }
+                    Ok(None) => {
+                        *errors.entry("socket ended".into()).or_default() += 1;
+                        break;
+                    }
+                    Err(_) => {
+                        *errors.entry("no answer within 10 s".into()).or_default() += 1;
+                        break;
+                    }
+                };
+                let now = start.elapsed().as_nanos() as u64;
+                let WsMessage::Text(text) = frame else {
+                    continue;
+                };
+                let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                let index = frame["client_id"]
+                    .as_str()
+                    .and_then(|c| c.strip_prefix('c'))
+                    .and_then(|i| i.parse::<usize>().ok());
+                match frame["type"].as_str() {
+                    Some("ack") => {
+                        answered += 1;
+                        if let Some(i) = index {
+                            let at = sent_at.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
+                            ack_ns.push((i as u64, now.saturating_sub(at)));
+                        }
+                    }
+                    Some("error") => {
+                        answered += 1;
+                        let code = frame["code"].as_str().unwrap_or("?").to_owned();
+                        *errors.entry(code).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+            (ack_ns, errors)
+        })
+    };
+    let mut sent = 0;
+    let mut max_lag_ns = 0u64;
+    let mut first_last: Option<(u64, u64)> = None;
+    let mut index = k;
+    while index < total {
+        let due = t0 + period.mul_f64(index as f64);
+        tokio::time::sleep_until(due).await;
+        let lag = tokio::time::Instant::now().saturating_duration_since(due);
+        max_lag_ns = max_lag_ns.max(lag.as_nanos() as u64);
+        let sent_ns = start.elapsed().as_nanos() as u64;
+        if let Some(slot) = sent_at.get(index as usize) {
+            slot.store(sent_ns, Ordering::Relaxed);
+        }
+        sink.send(send_frame(&room, index, sent_ns, body_bytes))
+            .await
+            .context("send frame")?;
+        if index >= warm {
+            first_last = Some(first_last.map_or((sent_ns, sent_ns), |(a, _)| (a, sent_ns)));
+        }
+        sent += 1;
+        index += of;
+    }
+    let (ack_ns, errors) = acks.await.context("ack task")?;
+    let _ = sink.close().await;
+    Ok(SenderReport {
+        sent,
+        max_lag_ns,
+        ack_ns,
+        errors,
+        measured_window_ns: first_last,
+    })
+}
+
+// --- throughput -------------------------------------------------------------------------
+
+async fn throughput(args: &Args) -> anyhow::Result<Value> {
+    let url = args.text("url")?;
+    let server_pid: u32 = args.num("server-pid", 0)?;
+    let n: usize = args.num("subscribers", 100)?;
+    let window: u64 = args.num("window", 128)?;
+    let warmup = args.secs("warmup", 2.0)?;
+    let duration = args.secs("duration", 10.0)?;
+    let body_bytes: usize = args.num("body-bytes", 64)?;
+    let clk_tck: f64 = args.num("clk-tck", 100.0)?;
+    let also_pids = pids(&args.options.get("also-pids").cloned().unwrap_or_default())?;
+    if server_pid == 0 || cpu_ticks(server_pid).is_none() {
+        bail!("--server-pid must name a running process");
+    }
+    if n == 0 || window == 0 {
+        bail!("--subscribers and --window must be positive");
+    }
+
+    let session = session(&url).await?;
+    eprintln!("throughput: {n} subscribers on {url}, one sender at most {window} messages ahead of the slowest");
+    let subs = subscribers(&url, &session.token, &session.room, n).await?;
+    let counts: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let alive: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(true)).collect());
+    let closes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let receivers: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .map(|(j, mut ws)| {
+            let (counts, alive, closes) = (counts.clone(), alive.clone(), closes.clone());
+            tokio::spawn(async move {
+                let why = loop {
+                    match ws.next().await {
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if text.ends_with(MESSAGE_SUFFIX) {
+                                if let Some(c) = counts.get(j) {
+                                    c.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Some(Ok(WsMessage::Close(close))) => {
+                            break close.map_or("no code".into(), |c| u16::from(c.code).to_string())
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "ended".to_owned(),
+                    }
+                };
+                if let Some(a) = alive.get(j) {
+                    a.store(false, Ordering::Relaxed);
+                }
+                closes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(why);
+            })
+        })
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let blocked = Arc::new(AtomicU64::new(0));
+    let ws = connect(&url, &session.token, 64 * 1024).await?;
+    let sender = {
+        let (stop, sent, blocked, counts, alive) = (
+            stop.clone(),
+            sent.clone(),
+            blocked.clone(),
+            counts.clone(),
+            alive.clone(),
+        );
+        let room = session.room.clone();
+        tokio::spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            let errors = tokio::spawn(async move {
+                let mut errors: HashMap<String, u64> = HashMap::new();
+                while let Some(Ok(frame)) = stream.next().await {
+                    if let WsMessage::Text(text) = frame {
+                        if text.contains(r#""type":"error""#) {
+                            let frame: Value = serde_json::from_str(&text).unwrap_or_default();
+                            let code = frame["code"].as_str().unwrap_or("?").to_owned();
+                            *errors.entry(code).or_default() += 1;
+                        }
+                    }
+                }
+                errors
+            });
+            let slowest = || {
+                counts
+                    .iter()
+                    .zip(alive.iter())
+                    .filter(|(_, a)| a.load(Ordering::Relaxed))
+                    .map(|(c, _)| c.load(Ordering::Relaxed))
+                    .min()
+            };
+            let mut floor = 0;
+            let mut index = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                while index >= floor + window && !stop.load(Ordering::Relaxed) {
+                    match slowest() {
+                        None => return Err(anyhow!("every subscriber is gone")),
+                        Some(m) if index < m + window => floor = m,
+                        Some(_) => {
+                            blocked.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                sink.send(send_frame(&room, index, 0, body_bytes))
+                    .await
+                    .context("send frame")?;
+                sent.fetch_add(1, Ordering::Relaxed);
+                index += 1;
+            }
+            let _ = sink.close().await;
+            errors.abort();
+            Ok::<_, anyhow::Error>(errors.await.unwrap_or_default())
+        })
+    };
+
+    let delivered = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    tokio::time::sleep(warmup).await;
+    let (d0, s0) = (delivered(), sent.load(Ordering::Relaxed));
+    let cpu = CpuWindow::start(&[server_pid], &also_pids);
+    tokio::time::sleep(duration).await;
+    let (d1, s1) = (delivered(), sent.load(Ordering::Relaxed));
+    let wall = cpu.at.elapsed().as_secs_f64();
+    let (cores, cpu_json) = cpu.stop(clk_tck);
+    stop.store(true, Ordering::Relaxed);
+    let sender_errors = match tokio::time::timeout(Duration::from_secs(10), sender).await {
+        Ok(Ok(Ok(errors))) => json!(errors),
+        Ok(Ok(Err(e))) => json!({ "sender": e.to_string() }),
+        Ok(Err(e)) => json!({ "sender task": e.to_string() }),
+        Err(_) => json!({ "sender": "did not stop within 10 s" }),
+    };
+    for r in &receivers {
+        r.abort();
+    }
+    let delivered_per_s = (d1 - d0) as f64 / wall;
+    let server_cores = cores.first().copied().flatten();
+    let per_core = server_cores
+        .filter(|c| *c > 0.0)
+        .map(|c| delivered_per_s / c);
+    let closed = closes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    Ok(json!({
+        "mode": "throughput",
+        "subscribers": n,
+        "window": window,
+        "warmup_s": warmup.as_secs_f64(),
+        "duration_s": duration.as_secs_f64(),
+        "body_bytes": body_bytes,
+        "sent_per_s": round((s1 - s0) as f64 / wall, 1),
+        "delivered": d1 - d0,
+        "delivered_per_s": round(delivered_per_s, 1),
+        "server_cores": server_cores.map(|c| round(c, 3)),
+        "delivered_per_s_per_core": per_core.map(|p| round(p, 1)),
+        "sender_waits": blocked.load(Ordering::Relaxed),
+        "sender_errors": sender_errors,
+        "closed_early": closed,
+        "cpu": cpu_json,
+    }))
+}
+
+// --- idle -------------------------------------------------------------------------------
+
+async fn idle(args: &Args) -> anyhow::Result<Value> {
+    let url = args.text("url")?;
+    let server_pid: u32 = args.num("server-pid", 0)?;
+    let n: usize = args.num("connections", 10_000)?;
+    let batch: usize = args.num("batch", 100)?;
+    let warm: usize = args.num("warmup-connections", 100)?;
+    let settle = args.secs("settle", 3.0)?;
+    let subscribe: bool = args.num("subscribe", true)?;
+    if server_pid == 0 || rss_kib(server_pid).is_none() {
+        bail!("--server-pid must name a running process");
+    }
+    if n == 0 || batch == 0 {
+        bail!("--connections and --batch must be positive");
+    }
+
+    let session = session(&url).await?;
+    // A few connections first, so that what the first connection of all initialises
+    // (the room's bus topic, buffers, pools) is in the baseline, not in the per-connection
+    // figure.
+    if warm > 0 {
+        let (first, _) = open(&url, &session.token, Some(&session.room), warm, batch, 4096).await?;
+        drop(first);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let before = rss_kib(server_pid).ok_or_else(|| anyhow!("server gone"))?;
+    let tcp_before = tcp_mem_pages();
+    let own_before = rss_kib(std::process::id());
+    eprintln!("idle: server RSS {before} KiB; opening {n} connections, {batch} at a time");
+
+    let opening = Instant::now();
+    let room = subscribe.then_some(session.room.as_str());
+    let (mut conns, mut took) = open(&url, &session.token, room, n, batch, 4096).await?;
+    took.sort_unstable();
+    let took: Vec<u64> = took.iter().map(|d| d.as_nanos() as u64).collect();
+    let open_s = opening.elapsed().as_secs_f64();
+    tokio::time::sleep(settle).await;
+    let after = rss_kib(server_pid).ok_or_else(|| anyhow!("server gone"))?;
+    let tcp_after = tcp_mem_pages();
+    let own_after = rss_kib(std::process::id());
+    // Every connection should still be open and quiet: nothing to read, no close.
+    let still_open = conns
+        .iter_mut()
+        .map(|ws| ws.next().now_or_never().is_none())
+        .filter(|open| *open)
+        .count();
+    eprintln!("idle: server RSS {after} KiB with {still_open} of {n} connections open");
+    drop(conns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_close = rss_kib(server_pid);
+
+    let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    let page_kib = 4.0;
+    Ok(json!({
+        "mode": "idle",
+        "connections": n,
+        "subscribed": subscribe,
+        "still_open": still_open,
+        "batch": batch,
+        "warmup_connections": warm,
+        "open_s": round(open_s, 2),
+        "handshake_p50_us": us(percentile(&took, 50.0)),
+        "handshake_p99_us": us(percentile(&took, 99.0)),
+        "settle_s": settle.as_secs_f64(),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_after_close_kib": after_close,
+        "bytes_per_connection": round(per_conn, 0),
+        "kib_per_connection": round(per_conn / 1024.0, 2),
+        "kernel_tcp_kib_before": tcp_before.map(|p| p as f64 * page_kib),
+        "kernel_tcp_kib_after": tcp_after.map(|p| p as f64 * page_kib),
+        "generator_rss_kib_before": own_before,
+        "generator_rss_kib_after": own_after,
+    }))
+}
