@@ -66,9 +66,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auth_config = args.auth_config()?;
     let store = open_store(&args.identity.database.database, args.migrate).await?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let listener =
+        bind(args.listen).with_context(|| format!("binding --listen {}", args.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let replica_id = args
         .replica_id
@@ -109,9 +108,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Runs `herd cluster`: migrates the shared store once, then the replicas (this same
 /// executable, running `serve`) behind the balancer until SIGINT or SIGTERM.
 async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let listener =
+        bind(args.listen).with_context(|| format!("binding --listen {}", args.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let program = std::env::current_exe().context("finding the herd executable")?;
     let config = args.cluster_config(program, local)?;
@@ -137,6 +135,20 @@ async fn bus(args: &ServeArgs, store: &Store) -> anyhow::Result<Bus> {
             .await
             .context("starting the SQL-tail bus")?,
     })
+}
+
+/// Binds `addr` with a listen backlog large enough for a reconnect storm: when a replica
+/// dies its WebSocket clients all reconnect at once, and the default of 128 made the
+/// excess wait a second for the kernel to retry (docs/benchmarks.md).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Store> {
