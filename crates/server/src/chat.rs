@@ -452,10 +452,7 @@ async fn handle(
 /// One subscription: bus first, then the store from `since`, then live, each message
 /// exactly once and in order.
 async fn follow(conn: Conn, room: String, since: i64) {
-    let Some(bus) = conn.state.bus() else {
-        return;
-    };
-    let mut live = bus.subscribe(&rooms::topic(&room)).await;
+    let mut live = conn.state.bus().subscribe(&rooms::topic(&room)).await;
     let mut last = since;
     if !catch_up(&conn, &room, &mut last).await {
         return;

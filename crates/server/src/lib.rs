@@ -76,7 +76,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     replica_header: HeaderValue,
     config: Arc<ServerConfig>,
-    bus: Option<Bus>,
+    bus: Bus,
     pub(crate) chat: Arc<ChatState>,
 }
 
@@ -98,18 +98,18 @@ impl AppState {
             config: Arc::new(config),
             // Without a bus of its own a replica still delivers live chat to its own
             // connections; a cluster gives it one that reaches the others.
-            bus: Some(Bus::in_process()),
+            bus: Bus::in_process(),
         })
     }
 
     /// Relays identity's news to other replicas over `bus`, and theirs to this one.
     pub fn with_bus(mut self, bus: Bus) -> AppState {
-        self.bus = Some(bus);
+        self.bus = bus;
         self
     }
 
-    pub fn bus(&self) -> Option<&Bus> {
-        self.bus.as_ref()
+    pub fn bus(&self) -> &Bus {
+        &self.bus
     }
 
     /// Open WebSocket connections on this replica.
@@ -194,9 +194,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(upkeep(state.auth.clone(), state.config.upkeep_interval));
-    if let Some(bus) = state.bus.clone() {
-        news::relay(state.auth.clone(), bus, &mut tasks).await;
-    }
+    news::relay(state.auth.clone(), state.bus.clone(), &mut tasks).await;
     let chat = state.chat.clone();
     let shutdown = async move {
         shutdown.await;

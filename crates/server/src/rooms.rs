@@ -215,9 +215,7 @@ pub async fn send_message(
 /// Publishes a stored message for live delivery. A failure loses nothing: subscribers
 /// notice the gap in sequence numbers, or get a bus `Gap`, and read the store.
 async fn announce(state: &AppState, message: &Message) {
-    let Some(bus) = state.bus() else {
-        return;
-    };
+    let bus = state.bus();
     let payload = serde_json::to_vec(message).unwrap_or_default();
     if let Err(e) = bus.publish(&topic(&message.room), &payload).await {
         tracing::warn!(room = %message.room, seq = message.seq, error = %e, "could not announce a message");
