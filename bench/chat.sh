@@ -72,13 +72,11 @@ STARTUP_TIMEOUT_S=${STARTUP_TIMEOUT_S:-30}
 
 INVOCATION="bench/chat.sh (RATE=$RATE WARMUP=$WARMUP DURATION=$DURATION LAT_SUBSCRIBERS=\"$LAT_SUBSCRIBERS\" POLL_INTERVALS=\"$POLL_INTERVALS\" TP_SUBSCRIBERS=\"$TP_SUBSCRIBERS\" TP_BUSES=\"$TP_BUSES\" TP_WINDOW=$TP_WINDOW IDLE_CONNECTIONS=$IDLE_CONNECTIONS IDLE_BATCH=$IDLE_BATCH LAT_DIAGNOSTIC=$LAT_DIAGNOSTIC)"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-DOCS=$ROOT/docs/benchmarks.md
+# ROOT, DOCS, CARGO_TARGET_DIR, log, die and bench_write_section come from lib.sh; this
+# script runs its own servers, so it uses nothing else of it.
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CLK_TCK=$(getconf CLK_TCK)
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. tools and limits --------------------------------------------------------------
 command -v python3 >/dev/null || die "python3 is required"
@@ -523,26 +521,4 @@ if [[ ${NO_DOCS:-} == 1 ]]; then
     exit 0
 fi
 
-# Replaces what lies between the chat markers in docs/benchmarks.md, or appends the
-# section when they are absent; the rest of the file is left as it is.
-python3 - "$DOCS" "$SECTION" <<'PY'
-import os, sys
-path, section = sys.argv[1], sys.argv[2].rstrip("\n") + "\n"
-BEGIN, END = "<!-- chat:begin -->", "<!-- chat:end -->"
-if os.path.exists(path):
-    text = open(path, encoding="utf-8").read()
-else:
-    text = "# Benchmarks\n\nMeasurements of herd, each section written by the script it names.\n"
-start, end = text.find(BEGIN), text.find(END)
-if start != -1 and end != -1 and end > start:
-    text = text[:start] + section + text[end + len(END):].removeprefix("\n")
-elif start == -1 and end == -1:
-    text = text.rstrip("\n") + "\n\n" + section
-else:
-    sys.exit(f"{path}: the chat markers are unbalanced; fix them by hand")
-tmp = path + ".tmp"
-with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-os.replace(tmp, path)
-PY
-log "wrote the chat section of docs/benchmarks.md"
+bench_write_section chat "$SECTION"

@@ -27,19 +27,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 mod common;
-use common::{database, herd, stop};
+use common::stop;
 
 /// How long any one wait on the page may take.
 const WAIT: Duration = Duration::from_secs(15);
-
-/// Keeps reading a child's stderr into `log` (so the pipe never fills up and stalls it).
-fn drain(lines: impl Iterator<Item = String> + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
-    std::thread::spawn(move || {
-        for line in lines {
-            log.lock().expect("log").push(line);
-        }
-    });
-}
 
 fn tail(log: &Mutex<Vec<String>>, n: usize) -> String {
     let log = log.lock().expect("log");
@@ -58,25 +49,7 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = herd()
-            .args(["--log-format", "json", "cluster", "--replicas", "2"])
-            .args(["--listen", "127.0.0.1:0", "--database", &database(&dir)])
-            .args(["--sessions", "token"])
-            // Cheap hashing: this test is about the page and the processes.
-            .args([
-                "--",
-                "--argon2-memory-kib",
-                "64",
-                "--argon2-iterations",
-                "1",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn herd cluster");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let listen = common::listen_address(&mut lines, "cluster is serving");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        drain(lines.map_while(Result::ok), log.clone());
+        let (child, listen, log) = common::spawn_cluster(&dir, &["--sessions", "token"]);
         Cluster {
             child,
             listen,
@@ -170,15 +143,13 @@ impl Chromium {
         let (found, url) = mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
+            // Reading on after the address keeps the pipe from filling up.
             for line in lines.by_ref().map_while(Result::ok) {
-                let at = line.find("DevTools listening on ");
-                sink.lock().expect("log").push(line.clone());
-                if let Some(at) = at {
+                if let Some(at) = line.find("DevTools listening on ") {
                     let _ = found.send(line[at + "DevTools listening on ".len()..].to_owned());
-                    break;
                 }
+                sink.lock().expect("log").push(line);
             }
-            drain(lines.map_while(Result::ok), sink);
         });
         let url = match url.recv_timeout(Duration::from_secs(30)) {
             Ok(url) => url,

@@ -2,8 +2,7 @@
 //! balancer, driven through the admin API while requests flow.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 mod common;
-use common::{database, herd, replica_of};
+use common::replica_of;
 
 /// A `herd cluster` child process, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Cluster {
@@ -31,30 +30,7 @@ impl Cluster {
     /// Two replicas; `flags` go to `herd cluster` itself.
     fn start(flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = herd()
-            .args(["--log-format", "json", "cluster", "--replicas", "2"])
-            .args(["--listen", "127.0.0.1:0", "--database", &database(&dir)])
-            .args(flags)
-            // Cheap hashing: these tests are about processes, not passwords.
-            .args([
-                "--",
-                "--argon2-memory-kib",
-                "64",
-                "--argon2-iterations",
-                "1",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let listen = common::listen_address(&mut lines, "cluster is serving");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
+        let (child, listen, log) = common::spawn_cluster(&dir, flags);
         Cluster {
             child,
             listen,

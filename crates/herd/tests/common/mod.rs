@@ -2,8 +2,9 @@
 // Each test binary uses some of these, none uses all.
 #![allow(dead_code)]
 
-use std::io::{BufRead, Lines};
-use std::process::{Child, Command};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The `herd` executable, with no `HERD_*` variable from the environment running the
@@ -65,4 +66,38 @@ pub fn replica_of(response: &reqwest::Response) -> String {
         .to_str()
         .expect("ascii")
         .to_owned()
+}
+
+/// Starts `herd cluster --replicas 2` on port 0 with its database in `dir`, `flags` for
+/// the cluster itself and cheap password hashing for its replicas (these tests are about
+/// processes, not passwords). Returns the child, the balancer's address, and every later
+/// log line, collected by a thread so the pipe never fills up and stalls the cluster.
+pub fn spawn_cluster(
+    dir: &tempfile::TempDir,
+    flags: &[&str],
+) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let mut child = herd()
+        .args(["--log-format", "json", "cluster", "--replicas", "2"])
+        .args(["--listen", "127.0.0.1:0", "--database", &database(dir)])
+        .args(flags)
+        .args([
+            "--",
+            "--argon2-memory-kib",
+            "64",
+            "--argon2-iterations",
+            "1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herd cluster");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let listen = listen_address(&mut lines, "cluster is serving");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().expect("log").push(line);
+        }
+    });
+    (child, listen, log)
 }
