@@ -7,7 +7,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Signer as _};
+use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::keyring::{KeyRing, SigningKey};
@@ -215,16 +215,31 @@ pub fn verify(
         .ok_or(Rejection::UnknownKey)?;
 
     let signature = decode(signature_b64)?;
-    let signature = Signature::from_slice(&signature).map_err(|_| Rejection::BadSignature)?;
     let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-    key.verify_strict(signed.as_bytes(), &signature)
-        .map_err(|_| Rejection::BadSignature)?;
+    verify_signature(key, signed.as_bytes(), &signature)?;
 
     let payload = decode(payload_b64)?;
     let claims: AccessClaims =
         serde_json::from_slice(&payload).map_err(|_| Rejection::BadClaims)?;
     check_claims(&claims, expect, now)?;
     Ok(claims)
+}
+
+/// The Ed25519 check every token goes through, shared with the Wycheproof test so that
+/// what is tested is what runs.
+///
+/// `verify_strict` rather than `verify`: it also refuses public keys and `R` points of
+/// small order and a non-canonical `R` encoding, so a signature cannot be made to verify
+/// under several messages or keys (RFC 8032 section 5.1.7 leaves those to the
+/// implementer). The scalar `s` must be reduced either way.
+pub fn verify_signature(
+    key: &VerifyingKey,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Rejection> {
+    let signature = Signature::from_slice(signature).map_err(|_| Rejection::BadSignature)?;
+    key.verify_strict(message, &signature)
+        .map_err(|_| Rejection::BadSignature)
 }
 
 /// The time-dependent and audience checks, also run on a cached token at every use.

@@ -1,0 +1,3 @@
+//! herd-identity's integration tests, one binary so they link once.
+
+mod wycheproof;
