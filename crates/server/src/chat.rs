@@ -109,6 +109,12 @@ pub enum ClientFrame {
     },
 }
 
+/// Decodes one text frame from a client. Pure, so that it can be fuzzed without a
+/// connection; what a frame may do is checked when it is handled.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
 async fn upgrade(
     State(state): State<AppState>,
     mut parts: Parts,
@@ -240,8 +246,7 @@ async fn connection(
                 let Ok(Some(Ok(Frame::Text(text)))) = first else {
                     break 'session (close::UNAUTHENTICATED, "send an auth frame first");
                 };
-                let Ok(ClientFrame::Auth { token }) = serde_json::from_str::<ClientFrame>(&text)
-                else {
+                let Ok(ClientFrame::Auth { token }) = decode_client_frame(&text) else {
                     break 'session (close::UNAUTHENTICATED, "the first frame must be auth");
                 };
                 match authenticate(&state, &token).await {
@@ -276,7 +281,7 @@ async fn connection(
                             break too_big.then_some((close::TOO_BIG, "frame over the size limit"));
                         }
                     };
-                    match serde_json::from_str::<ClientFrame>(&text) {
+                    match decode_client_frame(&text) {
                         Ok(frame) => {
                             if let Some(code) = handle(&conn, &mut principal, &mut subscriptions, &mut reauth, frame).await {
                                 break Some(code);

@@ -25,19 +25,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // axum checks the content type and the size limit, then parses the bytes as
+        // `from_bytes` below does.
         let Json(value) = Json::<Value>::from_request(req, state)
             .await
             .map_err(json_rejection)?;
-        match value {
-            Value::Object(map) => Ok(JsonObject {
-                map,
-                errors: Vec::new(),
-            }),
-            _ => Err(ApiError::validation(vec![FieldError {
-                field: "(body)".into(),
-                message: "must be a JSON object".into(),
-            }])),
-        }
+        JsonObject::from_value(value)
     }
 }
 
@@ -60,6 +53,26 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 }
 
 impl JsonObject {
+    /// Parses a body already read, as the extractor does once the content type and the
+    /// size limit have passed. Public so that it can be fuzzed without a server.
+    pub fn from_bytes(body: &[u8]) -> Result<JsonObject, ApiError> {
+        let Json(value) = Json::<Value>::from_bytes(body).map_err(json_rejection)?;
+        JsonObject::from_value(value)
+    }
+
+    fn from_value(value: Value) -> Result<JsonObject, ApiError> {
+        match value {
+            Value::Object(map) => Ok(JsonObject {
+                map,
+                errors: Vec::new(),
+            }),
+            _ => Err(ApiError::validation(vec![FieldError {
+                field: "(body)".into(),
+                message: "must be a JSON object".into(),
+            }])),
+        }
+    }
+
     /// A required string field; records an error and returns `None` when absent or not
     /// a string.
     pub fn string(&mut self, field: &str) -> Option<String> {

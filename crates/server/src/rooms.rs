@@ -88,7 +88,7 @@ pub fn topic(room_id: &str) -> String {
 }
 
 /// A room name: 1 to 64 characters after trimming, no control characters.
-fn room_name(raw: &str) -> Result<String, herd_identity::Invalid> {
+pub fn room_name(raw: &str) -> Result<String, herd_identity::Invalid> {
     let name = raw.trim();
     let len = name.chars().count();
     if len == 0 || len > MAX_ROOM_NAME_CHARS {
