@@ -1,0 +1,74 @@
+//! Request-body parsing on arbitrary bytes: the JSON-object reader and each endpoint's
+//! field-by-field reading must answer a value or a 4xx problem, never panic or a 500.
+
+#![no_main]
+
+use axum::response::IntoResponse as _;
+use herd_identity::{Password, Username};
+use herd_server::error::ApiError;
+use herd_server::extract::JsonObject;
+use herd_server::rooms;
+use libfuzzer_sys::fuzz_target;
+
+/// Renders the problem as the server would, and requires it to be the client's fault.
+fn refused(error: ApiError) {
+    let response = error.into_response();
+    assert!(
+        response.status().is_client_error(),
+        "a body gave {}",
+        response.status()
+    );
+}
+
+/// Reads `data` as one endpoint does; `read` returns the endpoint's verdict.
+fn endpoint(data: &[u8], read: impl FnOnce(JsonObject) -> Result<(), ApiError>) {
+    match JsonObject::from_bytes(data) {
+        Ok(body) => {
+            if let Err(e) = read(body) {
+                refused(e);
+            }
+        }
+        Err(e) => refused(e),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let is_object = matches!(
+        serde_json::from_slice::<serde_json::Value>(data),
+        Ok(serde_json::Value::Object(_))
+    );
+    assert_eq!(
+        JsonObject::from_bytes(data).is_ok(),
+        is_object,
+        "accepted exactly the JSON objects"
+    );
+    // POST /v1/auth/signup
+    endpoint(data, |mut b| {
+        let username = b.parse("username", Username::parse);
+        let password = b.parse("password", Password::parse);
+        b.finish((username, password)).map(drop)
+    });
+    // POST /v1/auth/login
+    endpoint(data, |mut b| {
+        let username = b.string("username");
+        let password = b.string("password");
+        let _ = b.flag("cookies");
+        b.finish((username, password)).map(drop)
+    });
+    // POST /v1/auth/refresh
+    endpoint(data, |mut b| {
+        let token = b.optional_string("refresh_token");
+        b.finish(Some(token)).map(drop)
+    });
+    // POST /v1/rooms
+    endpoint(data, |mut b| {
+        let name = b.parse("name", rooms::room_name);
+        b.finish(name).map(drop)
+    });
+    // POST /v1/rooms/{id}/messages
+    endpoint(data, |mut b| {
+        let text = b.parse("body", rooms::message_body);
+        let cid = b.parse("client_id", rooms::client_id);
+        b.finish((text, cid)).map(drop)
+    });
+});
