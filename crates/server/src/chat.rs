@@ -112,6 +112,19 @@ pub enum ClientFrame {
 /// Decodes one text frame from a client. Pure, so that it can be fuzzed without a
 /// connection; what a frame may do is checked when it is handled.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error> {
+    // serde's internally tagged enums also take a sequence whose first element is the
+    // tag, so `["send", room, body, client_id]` would be a send. A frame is one JSON
+    // object (docs/protocol.md); a second spelling is one a proxy inspecting frames
+    // would not know, so it is refused. The fuzzer found this.
+    let first = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .chars()
+        .next();
+    if first.is_some_and(|c| c != '{') {
+        return Err(serde::de::Error::custom(
+            "a frame is a JSON object with a type",
+        ));
+    }
     serde_json::from_str(text)
 }
 

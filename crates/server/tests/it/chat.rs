@@ -368,3 +368,26 @@ async fn shutdown_closes_sockets_with_1012() {
     assert_eq!(socket.closed().await, End::Closed(1012));
     app.stop().await.expect("stopped");
 }
+
+/// Found by the ws_frame fuzz target: serde decoded a JSON array `["send", room, body,
+/// client_id]` as a send frame, a spelling outside the protocol.
+#[tokio::test]
+async fn a_frame_sent_as_a_json_array_is_a_bad_frame_and_sends_nothing() {
+    let app = spawn_with(Options::default()).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice.access, "arrays").await;
+    let mut socket = app.ws(&alice.access).await;
+    socket
+        .send_raw(json!(["send", room, "hidden", "a1"]).to_string())
+        .await;
+    let refused = socket.next_of("error").await;
+    assert_eq!(refused["code"], "bad-frame", "{refused}");
+    socket
+        .send_raw(json!(["subscribe", room, 0]).to_string())
+        .await;
+    assert_eq!(socket.next_of("error").await["code"], "bad-frame");
+
+    // The connection still works, and the array sent nothing.
+    socket.say(&room, "shown", "a2").await;
+    assert_eq!(app.history_seqs(&alice.access, &room, 0).await, [1]);
+}
