@@ -56,6 +56,9 @@ tokens = [
     good + ".x",
     good.split(".")[0] + "=." + good.split(".", 1)[1],
     b64(hashlib.sha256(b"refresh").digest()),
+    # Header and claims spelled as JSON arrays, which serde would take for structs.
+    token(header=["EdDSA", "at+jwt", "fuzz-key"]),
+    token(raw_payload=json.dumps(list(claims().values())[:7] + [None] + list(claims().values())[7:])),
 ]
 frames = [
     {"type": "auth", "token": good},

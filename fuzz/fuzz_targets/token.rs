@@ -53,6 +53,16 @@ fn check(token: &str) {
     let f = &*FIXTURE;
     if let Ok(claims) = jwt::verify(token, &f.ring, &f.expect, NOW) {
         assert!(token.len() <= MAX_TOKEN_BYTES, "an oversized token passed");
+        for segment in token.split('.').take(2) {
+            let json = URL_SAFE_NO_PAD
+                .decode(segment)
+                .expect("a passed segment decodes");
+            let value: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+            assert!(
+                value.is_object(),
+                "a header or claims set that is not an object passed"
+            );
+        }
         assert_eq!(
             token.split('.').count(),
             3,

@@ -195,8 +195,7 @@ pub fn verify(
         return Err(Rejection::Malformed);
     };
 
-    let header = decode(header_b64)?;
-    let header: Header = serde_json::from_slice(&header).map_err(|_| Rejection::BadHeader)?;
+    let header: Header = json_object(&decode(header_b64)?).ok_or(Rejection::BadHeader)?;
     if header.alg != ALG {
         return Err(Rejection::AlgNotAllowed);
     }
@@ -218,9 +217,7 @@ pub fn verify(
     let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
     verify_signature(key, signed.as_bytes(), &signature)?;
 
-    let payload = decode(payload_b64)?;
-    let claims: AccessClaims =
-        serde_json::from_slice(&payload).map_err(|_| Rejection::BadClaims)?;
+    let claims: AccessClaims = json_object(&decode(payload_b64)?).ok_or(Rejection::BadClaims)?;
     check_claims(&claims, expect, now)?;
     Ok(claims)
 }
@@ -272,6 +269,19 @@ pub fn check_claims(
 
 fn seconds(v: u64) -> Result<i64, Rejection> {
     i64::try_from(v).map_err(|_| Rejection::BadClaims)
+}
+
+/// Parses a header or claims set, which must be a JSON object (RFC 7515 section 4, RFC
+/// 7519 section 7.2). serde's derived deserializers also take an array of the fields in
+/// order; that second spelling is refused here, before serde sees it.
+fn json_object<T: serde::de::DeserializeOwned>(json: &[u8]) -> Option<T> {
+    let first = json
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
 }
 
 /// Decodes one segment. The engine refuses padding and non-zero trailing bits, so a
@@ -678,6 +688,40 @@ mod tests {
         assert_eq!(
             verify(&token, &ring, &f.expect, NOW),
             Err(Rejection::UnknownKey)
+        );
+    }
+
+    /// serde derives a struct's deserializer from a JSON array too, in field order, so
+    /// a header `["EdDSA","at+jwt",kid]` and claims spelled as an array were accepted,
+    /// where RFC 7515 and RFC 7519 require JSON objects.
+    #[test]
+    fn a_header_or_claims_spelled_as_a_json_array_is_refused() {
+        let f = fixture();
+        let header_array = json!(["EdDSA", "at+jwt", f.key.kid()]).to_string();
+        assert_eq!(
+            check(&f, &forge_raw(&header_array, &claims().to_string(), &f.key)),
+            Err(Rejection::BadHeader)
+        );
+        let c = claims();
+        let claims_array = json!([
+            c["iss"],
+            c["aud"],
+            c["sub"],
+            c["sid"],
+            c["jti"],
+            c["iat"],
+            c["exp"],
+            null,
+            c["preferred_username"],
+            c["client_id"]
+        ])
+        .to_string();
+        assert_eq!(
+            check(
+                &f,
+                &forge_raw(&header(&f).to_string(), &claims_array, &f.key)
+            ),
+            Err(Rejection::BadClaims)
         );
     }
 

@@ -268,6 +268,22 @@ async fn every_bad_token_is_a_401_with_its_own_reason() {
             .replacen('{', "{\"alg\":\"none\",", 1),
         &f.claims().to_string(),
     );
+    let claims_array = {
+        let c = f.claims();
+        json!([
+            c["iss"],
+            c["aud"],
+            c["sub"],
+            c["sid"],
+            c["jti"],
+            c["iat"],
+            c["exp"],
+            null,
+            c["preferred_username"],
+            c["client_id"]
+        ])
+        .to_string()
+    };
     let nested_payload = f.raw(&f.header().to_string(), &format!("\"{good}\""));
     let other_signature = {
         let sig = attacker.sign(input.as_bytes());
@@ -401,6 +417,20 @@ async fn every_bad_token_is_a_401_with_its_own_reason() {
             "duplicate key in the header".into(),
             duplicate_header,
             "bad_header",
+        ),
+        // A header or claims set is a JSON object; serde would also take an array.
+        (
+            "header as a JSON array".into(),
+            f.raw(
+                &json!(["EdDSA", "at+jwt", f.kid]).to_string(),
+                &f.claims().to_string(),
+            ),
+            "bad_header",
+        ),
+        (
+            "claims as a JSON array".into(),
+            f.raw(&f.header().to_string(), &claims_array),
+            "bad_claims",
         ),
         // Encoding and shape.
         ("base64 padding".into(), padded, "bad_encoding"),
