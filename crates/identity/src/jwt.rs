@@ -1,9 +1,10 @@
 //! Access tokens: JWTs per RFC 9068, signed with Ed25519, parsed strictly.
 //!
 //! herd verifies only the tokens it issues, so the parser accepts exactly their shape:
-//! three canonical base64url segments, a header of `alg`, `typ` and `kid` and nothing
-//! else (no `jku`, `x5u`, `jwk`, `x5c` or `crit` is ever honoured), integer times, no
-//! duplicate members. Each way a token can fail has its own [`Rejection`].
+//! three canonical base64url segments, a header object of `alg`, `typ` and `kid` and
+//! nothing else (no `jku`, `x5u`, `jwk`, `x5c` or `crit` is ever honoured), a claims
+//! object with integer times, no duplicate members. Each way a token can fail has its
+//! own [`Rejection`].
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
