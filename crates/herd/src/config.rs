@@ -127,7 +127,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
 
-    /// argon2id memory cost in KiB (OWASP: 19456). A password hashed under other argon2id
+    /// argon2id memory cost in KiB (OWASP: 19456). A password hashed under lower argon2id
     /// parameters than these three is rehashed with them at its next successful login.
     #[arg(long, env = "HERD_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     pub argon2_memory_kib: u32,

@@ -98,10 +98,13 @@ impl PasswordHasher {
         Ok(known && matched)
     }
 
-    /// Whether `stored` was made with anything but argon2id, version 0x13, and the
-    /// configured parameters, so it should be replaced by a fresh hash the next time the
-    /// password is known (a successful login). Parameters that differ either way count:
-    /// the configuration is the policy, whether it was raised or deliberately lowered.
+    /// Whether `stored` should be replaced by a fresh hash the next time the password is
+    /// known (a successful login): it was made with anything but argon2id version 0x13,
+    /// or with a memory cost, pass count or lane count below the configured ones.
+    ///
+    /// A hash made under higher parameters is left alone: during a rolling deployment
+    /// that raises them, replicas still on the old configuration would otherwise undo
+    /// every upgrade the new ones make. Lowering the parameters applies to new hashes.
     pub fn needs_rehash(&self, stored: &str) -> bool {
         let Ok(parsed) = PasswordHash::new(stored) else {
             return true;
@@ -113,12 +116,9 @@ impl PasswordHasher {
         }
         match argon2::Params::try_from(&parsed) {
             Ok(p) => {
-                (p.m_cost(), p.t_cost(), p.p_cost())
-                    != (
-                        self.params.memory_kib,
-                        self.params.iterations,
-                        self.params.parallelism,
-                    )
+                p.m_cost() < self.params.memory_kib
+                    || p.t_cost() < self.params.iterations
+                    || p.p_cost() < self.params.parallelism
                     || p.output_len()
                         .is_some_and(|len| len != argon2::Params::DEFAULT_OUTPUT_LEN)
             }
@@ -197,7 +197,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_hash_needs_rehashing_only_under_other_parameters() {
+    async fn a_hash_needs_rehashing_only_under_weaker_parameters() {
         let weak = cheap();
         let stored = weak
             .hash(&Password::parse("correct horse").expect("valid"))
@@ -213,7 +213,18 @@ mod tests {
             1,
         )
         .expect("valid params");
-        assert!(stronger.needs_rehash(&stored), "memory cost differs");
+        assert!(
+            stronger.needs_rehash(&stored),
+            "memory cost below the configured"
+        );
+        let stored_strong = stronger
+            .hash(&Password::parse("correct horse").expect("valid"))
+            .await
+            .expect("hash");
+        assert!(
+            !weak.needs_rehash(&stored_strong),
+            "a stronger hash is kept under a weaker configuration"
+        );
         let argon2i = stored.replacen("$argon2id$", "$argon2i$", 1);
         assert!(weak.needs_rehash(&argon2i), "not argon2id");
         assert!(weak.needs_rehash("not a PHC string"));

@@ -363,7 +363,7 @@ impl Auth {
     /// Logs in `username` from `client` (the caller's address, when known). An unknown
     /// user, a malformed username and a wrong password all cost one argon2 verification
     /// and fail alike. Past the throttle's limits the attempt is refused before any
-    /// hashing, with how long to wait. A password stored under other argon2 parameters
+    /// hashing, with how long to wait. A password stored under weaker argon2 parameters
     /// than the configured ones is rehashed with them on success.
     pub async fn login(
         &self,
@@ -430,7 +430,7 @@ impl Auth {
     }
 
     /// Replaces `user`'s stored hash by one under the configured parameters, when it was
-    /// made under others, now that the password is known. It costs one more hash, once
+    /// made under weaker ones, now that the password is known. It costs one more hash, once
     /// per account and parameter change. The login goes on whatever happens here: the
     /// old hash still verifies, and the next login tries again.
     async fn upgrade_hash(&self, user: &UserRecord, password: &Password) {

@@ -126,6 +126,11 @@ impl TestApp {
             replica_id: replica_id.into(),
             ..self.options.clone()
         };
+        self.spawn_peer_with(options).await
+    }
+
+    /// Another replica on the same database and clock, configured by `options`.
+    pub async fn spawn_peer_with(&self, options: Options) -> TestApp {
         spawn_on(
             self.dir.clone(),
             self.database.clone(),
