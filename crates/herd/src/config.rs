@@ -195,7 +195,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_BUS_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub bus_poll_interval: Duration,
 
-    /// Redis for `--sessions shared` and the bus (e.g. redis://127.0.0.1:6379).
+    /// Redis for `--sessions shared`, the bus and the login throttle's counts (e.g.
+    /// redis://127.0.0.1:6379). When it fails, the throttle counts per replica for a
+    /// few seconds rather than refuse logins.
     #[arg(long, env = "HERD_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -219,21 +221,21 @@ pub struct ServeArgs {
     /// more every PERIOD/N; a successful login clears the count. `off` disables it.
     /// With --redis-url every replica shares the count; without it each replica counts
     /// on its own, so N replicas allow N times as many. Past it: 429 with Retry-After.
-    #[arg(long, env = "HERD_LOGIN_LIMIT_ACCOUNT", default_value = "5/15m", value_parser = parse_limit, verbatim_doc_comment)]
+    #[arg(long, env = "HERD_LOGIN_LIMIT_ACCOUNT", default_value = "5/15m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
     pub login_limit_account: LoginLimit,
 
     /// Login attempts, failed or not, allowed per client address, as N/PERIOD (e.g.
     /// 100/1m); an IPv6 client counts by its /64. `off` disables it, as a load test
     /// logging in from one machine needs. Shared through --redis-url or per replica,
     /// like --login-limit-account.
-    #[arg(long, env = "HERD_LOGIN_LIMIT_ADDRESS", default_value = "100/1m", value_parser = parse_limit, verbatim_doc_comment)]
+    #[arg(long, env = "HERD_LOGIN_LIMIT_ADDRESS", default_value = "100/1m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
     pub login_limit_address: LoginLimit,
 
     /// A proxy or balancer whose X-Forwarded-For is believed: an address or CIDR block
     /// (repeat the flag, or separate with commas). For a request from one, the client is
     /// the rightmost X-Forwarded-For address that is not a trusted proxy; otherwise the
     /// client is the socket's peer and X-Forwarded-For is ignored.
-    #[arg(long = "trusted-proxy", env = "HERD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr, verbatim_doc_comment)]
+    #[arg(long = "trusted-proxy", env = "HERD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr, value_name = "ADDR|CIDR", verbatim_doc_comment)]
     pub trusted_proxies: Vec<Cidr>,
 
     /// Set cookies without `Secure`, for a browser on plain-http localhost.
