@@ -291,7 +291,8 @@ impl RedisPool {
 
     /// Runs `cmd`, once more if the connection had broken: the manager reconnects on
     /// the first failure, so after Redis comes back the retry goes through. Every
-    /// command herd sends is idempotent, or (the throttle's script) harmless to repeat.
+    /// command herd sends is idempotent but the throttle's script, which, repeated after
+    /// a reply lost on a broken connection, at worst counts one login attempt twice.
     pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
         cmd: &redis::Pipeline,
