@@ -693,6 +693,7 @@ mod tests {
             ("--login-limit-account", "5"),
             ("--login-limit-address", "5/0s"),
             ("--login-limit-address", "many/1m"),
+            ("--login-limit-address", "5/400d"),
             ("--trusted-proxy", "10.0.0.0/40"),
             ("--trusted-proxy", "balancer.local"),
         ] {

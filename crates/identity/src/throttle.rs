@@ -47,7 +47,9 @@ impl Rate {
         self.interval_ms() * i64::from(self.attempts.max(1))
     }
 
-    /// Parses `N/PERIOD` as written on the command line, the period already in seconds.
+    pub const MAX_PERIOD_SECS: i64 = 365 * 86_400;
+
+    /// `attempts` per `period_secs`, as written on the command line (`N/PERIOD`).
     pub fn new(attempts: u32, period_secs: i64) -> Result<Rate, String> {
         if attempts == 0 {
             return Err(
@@ -56,6 +58,11 @@ impl Rate {
         }
         if period_secs < 1 {
             return Err("the period must be at least 1s".into());
+        }
+        // Keeps every millisecond figure far from overflowing, and no login limit needs
+        // a longer memory.
+        if period_secs > Self::MAX_PERIOD_SECS {
+            return Err("the period must be at most 365d".into());
         }
         Ok(Rate {
             attempts,
@@ -515,6 +522,9 @@ mod tests {
     fn rates_refuse_zero() {
         assert!(Rate::new(0, 60).is_err());
         assert!(Rate::new(5, 0).is_err());
+        assert!(Rate::new(5, 366 * 86_400).is_err());
+        let widest = Rate::new(u32::MAX, Rate::MAX_PERIOD_SECS).expect("valid");
+        assert!(widest.tolerance_ms() > 0 && widest.interval_ms() >= 1);
         assert_eq!(
             Rate::new(5, 900).map(|r| r.to_string()),
             Ok("5/900s".into())
