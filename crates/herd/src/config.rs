@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use herd_identity::{AuthConfig, HashParams, SessionTimeouts, Strategy};
+use herd_identity::{AuthConfig, HashParams, Rate, SessionTimeouts, Strategy, ThrottleConfig};
 use herd_server::chat::ChatLimits;
+use herd_server::client::{Cidr, TrustedProxies};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -126,7 +127,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
 
-    /// argon2id memory cost in KiB (OWASP: 19456).
+    /// argon2id memory cost in KiB (OWASP: 19456). A password hashed under lower argon2id
+    /// parameters than these three is rehashed with them at its next successful login.
     #[arg(long, env = "HERD_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     pub argon2_memory_kib: u32,
 
@@ -193,7 +195,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_BUS_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub bus_poll_interval: Duration,
 
-    /// Redis for `--sessions shared` and the bus (e.g. redis://127.0.0.1:6379).
+    /// Redis for `--sessions shared`, the bus and the login throttle's counts (e.g.
+    /// redis://127.0.0.1:6379). When it fails, the throttle counts per replica for a
+    /// few seconds rather than refuse logins.
     #[arg(long, env = "HERD_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -212,6 +216,27 @@ pub struct ServeArgs {
     /// A shared session's expiry is extended at most this often (a store write).
     #[arg(long, env = "HERD_SESSION_TOUCH_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub session_touch_interval: Duration,
+
+    /// Failed logins allowed per account, as N/PERIOD (e.g. 5/15m): N at once, then one
+    /// more every PERIOD/N; a successful login clears the count. `off` disables it.
+    /// With --redis-url every replica shares the count; without it each replica counts
+    /// on its own, so N replicas allow N times as many. Past it: 429 with Retry-After.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_ACCOUNT", default_value = "5/15m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
+    pub login_limit_account: LoginLimit,
+
+    /// Login attempts, failed or not, allowed per client address, as N/PERIOD (e.g.
+    /// 100/1m); an IPv6 client counts by its /64. `off` disables it, as a load test
+    /// logging in from one machine needs. Shared through --redis-url or per replica,
+    /// like --login-limit-account.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_ADDRESS", default_value = "100/1m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
+    pub login_limit_address: LoginLimit,
+
+    /// A proxy or balancer whose X-Forwarded-For is believed: an address or CIDR block
+    /// (repeat the flag, or separate with commas). For a request from one, the client is
+    /// the rightmost X-Forwarded-For address that is not a trusted proxy; otherwise the
+    /// client is the socket's peer and X-Forwarded-For is ignored.
+    #[arg(long = "trusted-proxy", env = "HERD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr, value_name = "ADDR|CIDR", verbatim_doc_comment)]
+    pub trusted_proxies: Vec<Cidr>,
 
     /// Set cookies without `Secure`, for a browser on plain-http localhost.
     #[arg(long, env = "HERD_INSECURE_COOKIES")]
@@ -307,6 +332,10 @@ impl ClusterArgs {
             &format!("http://{listen}"),
             // The balancer speaks plain http on localhost.
             "--insecure-cookies",
+            // ... and connects from it: believe its X-Forwarded-For, so logins are
+            // throttled by the client's address, not all as the balancer's.
+            "--trusted-proxy",
+            "127.0.0.1,::1",
             "--sessions",
             sessions,
         ]
@@ -391,6 +420,11 @@ impl ServeArgs {
             config.hash_concurrency = n;
         }
         config.cache_capacity = self.token_cache;
+        config.throttle = ThrottleConfig {
+            account: self.login_limit_account.0,
+            address: self.login_limit_address.0,
+            ..ThrottleConfig::default()
+        };
         config.strategy = match self.sessions {
             SessionsArg::Token => Strategy::Token,
             SessionsArg::Shared => Strategy::Shared,
@@ -452,6 +486,10 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    pub fn trusted_proxies(&self) -> TrustedProxies {
+        TrustedProxies::new(self.trusted_proxies.clone())
+    }
+
     pub fn chat_limits(&self) -> anyhow::Result<ChatLimits> {
         for (flag, value) in [
             ("--ws-max-connections", self.ws_max_connections),
@@ -477,6 +515,37 @@ impl ServeArgs {
             ..ChatLimits::default()
         })
     }
+}
+
+/// A login limit: a rate, or `None` for `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimit(pub Option<Rate>);
+
+/// Parses `N/PERIOD` (`5/15m`, `100/1m`, `10/30s`) or `off`.
+fn parse_limit(raw: &str) -> Result<LoginLimit, String> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("off") {
+        return Ok(LoginLimit(None));
+    }
+    let (attempts, period) = raw
+        .split_once('/')
+        .ok_or_else(|| format!("{raw:?} is not N/PERIOD (like 5/15m) or off"))?;
+    let attempts: u32 = attempts
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?}: {attempts:?} is not a whole number of attempts"))?;
+    let period = parse_duration(period)?;
+    if period.subsec_nanos() != 0 {
+        return Err(format!("{raw:?}: the period must be whole seconds"));
+    }
+    let period = i64::try_from(period.as_secs()).map_err(|_| format!("{raw:?} is too long"))?;
+    Rate::new(attempts, period)
+        .map(|rate| LoginLimit(Some(rate)))
+        .map_err(|e| format!("{raw:?}: {e}"))
+}
+
+fn parse_cidr(raw: &str) -> Result<Cidr, String> {
+    Cidr::parse(raw)
 }
 
 fn seconds(flag: &str, d: Duration, min: u64) -> anyhow::Result<i64> {
@@ -569,9 +638,70 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("--bus sql"), "{joined}");
+        assert!(joined.contains("--trusted-proxy 127.0.0.1,::1"), "{joined}");
         assert!(joined.ends_with("--access-ttl 60s"), "{joined}");
         assert_eq!(config.policy, herd_lab::Policy::Sticky);
         assert_eq!(config.replicas, 3);
+    }
+
+    #[test]
+    fn login_limits_parse_with_defaults_and_off() {
+        let cli = Cli::try_parse_from(["herd", "serve"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let config = args.auth_config().expect("valid");
+        assert_eq!(
+            config.throttle.account.map(|r| r.to_string()),
+            Some("5/900s".into())
+        );
+        assert_eq!(
+            config.throttle.address.map(|r| r.to_string()),
+            Some("100/60s".into())
+        );
+        assert!(args.trusted_proxies.is_empty());
+
+        let cli = Cli::try_parse_from([
+            "herd",
+            "serve",
+            "--login-limit-account",
+            "off",
+            "--login-limit-address",
+            "10/30s",
+            "--trusted-proxy",
+            "10.0.0.0/8,::1",
+            "--trusted-proxy",
+            "192.0.2.1",
+        ])
+        .expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let config = args.auth_config().expect("valid");
+        assert_eq!(config.throttle.account, None);
+        assert_eq!(
+            config.throttle.address.map(|r| r.to_string()),
+            Some("10/30s".into())
+        );
+        assert_eq!(args.trusted_proxies.len(), 3);
+    }
+
+    #[test]
+    fn bad_login_limits_and_proxies_are_refused_naming_the_flag() {
+        for (flag, value) in [
+            ("--login-limit-account", "0/1m"),
+            ("--login-limit-account", "5"),
+            ("--login-limit-address", "5/0s"),
+            ("--login-limit-address", "many/1m"),
+            ("--login-limit-address", "5/400d"),
+            ("--trusted-proxy", "10.0.0.0/40"),
+            ("--trusted-proxy", "balancer.local"),
+        ] {
+            let err = Cli::try_parse_from(["herd", "serve", flag, value])
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(flag), "{flag} {value}: {err}");
+        }
     }
 
     #[test]

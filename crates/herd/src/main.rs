@@ -87,6 +87,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 allowed_origins: args.allowed_origins.clone(),
             },
             chat: args.chat_limits()?,
+            trusted_proxies: args.trusted_proxies(),
         },
     )
     .map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?
@@ -95,6 +96,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen = %local,
         replica = %replica_id,
         sessions = state.auth.session_backend(),
+        login_throttle = state.auth.throttle_backend(),
         "herd is serving"
     );
     herd_server::serve(listener, state, shutdown_signal())

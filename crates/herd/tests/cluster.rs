@@ -29,8 +29,13 @@ struct Cluster {
 impl Cluster {
     /// Two replicas; `flags` go to `herd cluster` itself.
     fn start(flags: &[&str]) -> Cluster {
+        Cluster::start_serving(flags, &[])
+    }
+
+    /// Two replicas, each given `serve_flags` too.
+    fn start_serving(flags: &[&str], serve_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (child, listen, log) = common::spawn_cluster(&dir, flags);
+        let (child, listen, log) = common::spawn_cluster_serving(&dir, flags, serve_flags);
         Cluster {
             child,
             listen,
@@ -427,4 +432,66 @@ async fn drain_closes_websockets_with_1012_and_respawn_brings_a_crash_back() {
             "replica {pid} outlived the cluster"
         );
     }
+}
+
+/// Two replicas behind the balancer, sharing Redis: failed logins count once across
+/// them, so the pair grants the account's limit once, not once each.
+#[tokio::test]
+#[ignore = "needs Redis: set HERD_TEST_REDIS"]
+async fn replicas_sharing_redis_throttle_an_account_together() {
+    let redis = std::env::var("HERD_TEST_REDIS")
+        .expect("this test needs Redis: set HERD_TEST_REDIS=redis://127.0.0.1:6379");
+    let cluster = Cluster::start_serving(
+        &["--redis-url", &redis],
+        &[
+            "--login-limit-account",
+            "3/1m",
+            "--login-limit-address",
+            "off",
+        ],
+    );
+    cluster.wait_for("both replicas up", all_up(2)).await;
+    // Redis outlives the test: a name no other run uses.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let username = format!("t{nanos}");
+    let signup = cluster
+        .client
+        .post(cluster.url("/v1/auth/signup"))
+        .json(&json!({ "username": username, "password": "correct horse" }))
+        .send()
+        .await
+        .expect("signup");
+    assert_eq!(signup.status(), 201);
+
+    let attempt = |password: &'static str| {
+        let request = cluster
+            .client
+            .post(cluster.url("/v1/auth/login"))
+            .json(&json!({ "username": username, "password": password }))
+            .send();
+        async move {
+            let response = request.await.expect("login");
+            (response.status().as_u16(), replica_of(&response))
+        }
+    };
+    let mut failed_on = BTreeSet::new();
+    for _ in 0..3 {
+        let (status, replica) = attempt("wrong password").await;
+        assert_eq!(status, 401);
+        failed_on.insert(replica);
+    }
+    assert_eq!(
+        failed_on.len(),
+        2,
+        "round-robin spread the failures: {failed_on:?}"
+    );
+    let mut refused_on = BTreeSet::new();
+    for _ in 0..2 {
+        let (status, replica) = attempt("correct horse").await;
+        assert_eq!(status, 429, "replica {replica} granted a fourth attempt");
+        refused_on.insert(replica);
+    }
+    assert_eq!(refused_on.len(), 2, "both replicas refuse: {refused_on:?}");
 }

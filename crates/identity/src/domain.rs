@@ -1,6 +1,8 @@
 //! Values parsed at the edge: once built, a [`Username`] or [`Password`] is valid.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::OnceLock;
 
 /// Why a field's value was refused; the message says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,8 +44,8 @@ impl fmt::Display for Username {
     }
 }
 
-/// A password: 8 to 128 characters, no composition rules (NIST SP 800-63B). Its `Debug`
-/// never shows it.
+/// A password: 8 to 128 characters, no composition rules, and not one of the most common
+/// passwords (NIST SP 800-63B, 5.1.1.2). Its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(String);
 
@@ -58,6 +60,11 @@ impl Password {
         }
         if len > Self::MAX {
             return Err(Invalid("must be at most 128 characters long"));
+        }
+        if is_common(raw) {
+            return Err(Invalid(
+                "is one of the most commonly used passwords, the first an attacker tries; choose another",
+            ));
         }
         Ok(Password(raw.to_owned()))
     }
@@ -77,6 +84,18 @@ impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Password(<redacted>)")
     }
+}
+
+/// The common passwords of 8 characters or more that herd refuses, lower case: see
+/// `data/README.md` for where they come from.
+const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
+
+/// Whether `raw` is on the bundled list, ignoring case: "Password1" is no better than
+/// "password1" against an attacker who tries both. The set is built on first use.
+pub(crate) fn is_common(raw: &str) -> bool {
+    static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    let set = SET.get_or_init(|| COMMON_PASSWORDS.lines().filter(|l| !l.is_empty()).collect());
+    set.contains(raw.to_lowercase().as_str())
 }
 
 #[cfg(test)]
@@ -113,6 +132,33 @@ mod tests {
         assert!(Password::parse("éééééééé").is_ok());
         assert!(Password::parse(&"x".repeat(128)).is_ok());
         assert!(Password::parse(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn common_passwords_are_refused_whatever_their_case() {
+        for common in ["password", "12345678", "Baseball", "TRUSTNO1", "qwertyuiop"] {
+            assert_eq!(
+                Password::parse(common).map(|_| ()),
+                Err(Invalid(
+                    "is one of the most commonly used passwords, the first an attacker tries; choose another"
+                )),
+                "{common:?} was accepted"
+            );
+        }
+        assert!(Password::parse("correct horse battery staple").is_ok());
+    }
+
+    #[test]
+    fn the_bundled_list_holds_at_least_ten_thousand_passwords_that_can_matter() {
+        let usable: HashSet<&str> = COMMON_PASSWORDS
+            .lines()
+            .filter(|l| (Password::MIN..=Password::MAX).contains(&l.chars().count()))
+            .collect();
+        assert!(usable.len() >= 10_000, "{} usable entries", usable.len());
+        assert!(
+            COMMON_PASSWORDS.lines().all(|l| l == l.to_lowercase()),
+            "entries are compared lower case, so they must be stored lower case"
+        );
     }
 
     #[test]

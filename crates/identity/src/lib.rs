@@ -13,8 +13,12 @@
 //! - `revocation.rs`, `cache.rs`: the revoked-session set and the verified-token cache.
 //! - `sessions.rs`: the stateful strategies herd argues against, `memory` and `shared`
 //!   (Redis or SQL), kept to be compared with tokens behind the same API.
-//! - `password.rs`: argon2id on the blocking pool, bounded.
-//! - `domain.rs`: [`Username`] and [`Password`], parsed at the edge.
+//! - `throttle.rs`: login throttling per account and per client address (GCRA), in
+//!   Redis when there is one, else per replica.
+//! - `password.rs`: argon2id on the blocking pool, bounded, and rehashing of hashes made
+//!   under other parameters.
+//! - `domain.rs`: [`Username`] and [`Password`] (with the bundled list of common
+//!   passwords, `data/common-passwords.txt`), parsed at the edge.
 //! - `clock.rs`: [`Clock`], real and manual.
 
 mod cache;
@@ -26,6 +30,7 @@ mod password;
 mod revocation;
 mod service;
 mod sessions;
+mod throttle;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{Invalid, Password, Username};
@@ -37,3 +42,4 @@ pub use service::{
     Principal, RefreshFailure, TokenPair,
 };
 pub use sessions::{SessionData, SessionTimeouts, Strategy, Unavailable};
+pub use throttle::{Rate, ThrottleConfig};

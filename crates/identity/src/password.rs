@@ -51,6 +51,7 @@ pub enum HashError {
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     argon: Argon2<'static>,
+    params: HashParams,
     permits: Arc<Semaphore>,
     /// A hash of nothing anyone knows, verified against for unknown users so that they
     /// cost the same time as a wrong password.
@@ -65,6 +66,7 @@ impl PasswordHasher {
         let dummy = hash_with(&argon, &random_bytes::<16>())?;
         Ok(PasswordHasher {
             argon,
+            params,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             dummy: dummy.into(),
         })
@@ -94,6 +96,34 @@ impl PasswordHasher {
             })
             .await?;
         Ok(known && matched)
+    }
+
+    /// Whether `stored` should be replaced by a fresh hash the next time the password is
+    /// known (a successful login): it was made with anything but argon2id version 0x13,
+    /// or with a memory cost, pass count or lane count below the configured ones.
+    ///
+    /// A hash made under higher parameters is left alone: during a rolling deployment
+    /// that raises them, replicas still on the old configuration would otherwise undo
+    /// every upgrade the new ones make. Lowering the parameters applies to new hashes.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(stored) else {
+            return true;
+        };
+        if parsed.algorithm != Algorithm::Argon2id.ident()
+            || parsed.version != Some(Version::V0x13.into())
+        {
+            return true;
+        }
+        match argon2::Params::try_from(&parsed) {
+            Ok(p) => {
+                p.m_cost() < self.params.memory_kib
+                    || p.t_cost() < self.params.iterations
+                    || p.p_cost() < self.params.parallelism
+                    || p.output_len()
+                        .is_some_and(|len| len != argon2::Params::DEFAULT_OUTPUT_LEN)
+            }
+            Err(_) => true,
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -164,6 +194,40 @@ mod tests {
             .verify(&Password::attempt(""), None)
             .await
             .expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn a_hash_needs_rehashing_only_under_weaker_parameters() {
+        let weak = cheap();
+        let stored = weak
+            .hash(&Password::parse("correct horse").expect("valid"))
+            .await
+            .expect("hash");
+        assert!(!weak.needs_rehash(&stored), "made with these very params");
+        let stronger = PasswordHasher::new(
+            HashParams {
+                memory_kib: 128,
+                iterations: 1,
+                parallelism: 1,
+            },
+            1,
+        )
+        .expect("valid params");
+        assert!(
+            stronger.needs_rehash(&stored),
+            "memory cost below the configured"
+        );
+        let stored_strong = stronger
+            .hash(&Password::parse("correct horse").expect("valid"))
+            .await
+            .expect("hash");
+        assert!(
+            !weak.needs_rehash(&stored_strong),
+            "a stronger hash is kept under a weaker configuration"
+        );
+        let argon2i = stored.replacen("$argon2id$", "$argon2i$", 1);
+        assert!(weak.needs_rehash(&argon2i), "not argon2id");
+        assert!(weak.needs_rehash("not a PHC string"));
     }
 
     #[test]

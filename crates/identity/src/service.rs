@@ -1,6 +1,7 @@
 //! [`Auth`]: signup, login, refresh with rotation, logout, and verification, over the
 //! store, with the key ring and revocation set each replica keeps as derived state.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,10 @@ use crate::keyring::{key_states, KeyInfo, KeyRing, SigningKey};
 use crate::password::{random_bytes, HashError, HashParams, PasswordHasher};
 use crate::revocation::RevocationSet;
 use crate::sessions::{
-    MemorySessions, RedisSessions, SessionData, SessionStore, SessionTimeouts, Strategy,
+    MemorySessions, RedisPool, RedisSessions, SessionData, SessionStore, SessionTimeouts, Strategy,
     Unavailable,
 };
+use crate::throttle::{Throttle, ThrottleConfig, Throttled};
 
 /// How identity behaves. Durations are in seconds.
 #[derive(Debug, Clone)]
@@ -49,10 +51,13 @@ pub struct AuthConfig {
     pub strategy: Strategy,
     /// Lifetimes of `memory` and `shared` sessions.
     pub sessions: SessionTimeouts,
-    /// Where `shared` sessions live; without it, in the SQL store.
+    /// Where `shared` sessions and the login throttle's meters live; without it,
+    /// sessions are in the SQL store and each replica throttles on its own.
     pub redis_url: Option<String>,
     /// Connections to Redis kept open.
     pub redis_pool: usize,
+    /// Login attempts allowed per account and per client address.
+    pub throttle: ThrottleConfig,
 }
 
 impl AuthConfig {
@@ -74,6 +79,7 @@ impl AuthConfig {
             sessions: SessionTimeouts::default(),
             redis_url: None,
             redis_pool: 4,
+            throttle: ThrottleConfig::default(),
         }
     }
 
@@ -89,6 +95,8 @@ pub enum AuthError {
     UsernameTaken,
     #[error("invalid username or password")]
     InvalidCredentials,
+    #[error("too many login attempts; try again in {retry_after}s")]
+    Throttled { retry_after: u64 },
     #[error("the refresh token is {0}")]
     InvalidRefresh(RefreshFailure),
     #[error("no signing key is active")]
@@ -237,6 +245,7 @@ struct Inner {
     last_kid_reload: Mutex<Option<Instant>>,
     /// Where `memory` and `shared` sessions live; `None` under `token`.
     sessions: Option<SessionStore>,
+    throttle: Throttle,
     notices: broadcast::Sender<Notice>,
     revoked_tx: broadcast::Sender<String>,
     /// When the store was last pruned, in clock seconds.
@@ -278,17 +287,25 @@ impl Auth {
             audience: config.audience.clone(),
             leeway: config.leeway,
         };
-        let sessions = match (config.strategy, &config.redis_url) {
+        let redis = match &config.redis_url {
+            Some(url) => Some(Arc::new(
+                RedisPool::new(url, config.redis_pool).map_err(AuthError::Config)?,
+            )),
+            None => None,
+        };
+        let sessions = match (config.strategy, &redis) {
             (Strategy::Token, _) => None,
             (Strategy::Memory, _) => Some(SessionStore::Memory(MemorySessions::default())),
-            (Strategy::Shared, Some(url)) => Some(SessionStore::Redis(
-                RedisSessions::new(url, config.redis_pool).map_err(AuthError::Config)?,
-            )),
+            (Strategy::Shared, Some(redis)) => {
+                Some(SessionStore::Redis(RedisSessions::new(redis.clone())))
+            }
             (Strategy::Shared, None) => Some(SessionStore::Sql(store.clone())),
         };
+        let throttle = Throttle::new(config.throttle.clone(), redis);
         let auth = Auth {
             inner: Arc::new(Inner {
                 sessions,
+                throttle,
                 cache: TokenCache::new(config.cache_capacity),
                 store,
                 clock,
@@ -343,9 +360,22 @@ impl Auth {
         }
     }
 
-    /// Logs in. An unknown user, a malformed username and a wrong password all cost one
-    /// argon2 verification and fail alike.
-    pub async fn login(&self, username: &str, password: &str) -> Result<TokenPair, AuthError> {
+    /// Logs in `username` from `client` (the caller's address, when known). An unknown
+    /// user, a malformed username and a wrong password all cost one argon2 verification
+    /// and fail alike. Past the throttle's limits the attempt is refused before any
+    /// hashing, with how long to wait. A password stored under weaker argon2 parameters
+    /// than the configured ones is rehashed with them on success.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<TokenPair, AuthError> {
+        self.inner
+            .throttle
+            .acquire(username, client, self.now())
+            .await
+            .map_err(|Throttled { retry_after }| AuthError::Throttled { retry_after })?;
         let attempt = Password::attempt(password);
         let user = match Username::parse(username) {
             Ok(name) => self.inner.store.user_by_name(name.as_str()).await?,
@@ -360,6 +390,8 @@ impl Auth {
             Some(user) if matched => user,
             _ => return Err(AuthError::InvalidCredentials),
         };
+        self.inner.throttle.forgive(username).await;
+        self.upgrade_hash(&user, &attempt).await;
         let now = self.now();
         if let Some(sessions) = &self.inner.sessions {
             let credential = random_bytes::<32>();
@@ -395,6 +427,38 @@ impl Auth {
             )
             .await?;
         self.issue(&user.id, &user.username, &session_id, &refresh)
+    }
+
+    /// Replaces `user`'s stored hash by one under the configured parameters, when it was
+    /// made under weaker ones, now that the password is known. It costs one more hash, once
+    /// per account and parameter change. The login goes on whatever happens here: the
+    /// old hash still verifies, and the next login tries again.
+    async fn upgrade_hash(&self, user: &UserRecord, password: &Password) {
+        if !self.inner.hasher.needs_rehash(&user.password_hash) {
+            return;
+        }
+        let fresh = match self.inner.hasher.hash(password).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::warn!(error = %e, user_id = %user.id, "could not rehash a password");
+                return;
+            }
+        };
+        // Only over the hash just verified: a password changed meanwhile stays changed.
+        match self
+            .inner
+            .store
+            .replace_password_hash(&user.id, &user.password_hash, &fresh)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(user_id = %user.id, "password rehashed with the configured argon2id parameters")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, user_id = %user.id, "could not store a rehashed password")
+            }
+        }
     }
 
     /// Trades a refresh token for a new pair, spending it.
@@ -540,6 +604,12 @@ impl Auth {
 
     pub fn strategy(&self) -> Strategy {
         self.inner.config.strategy
+    }
+
+    /// Where the login throttle counts: `redis` (shared by every replica), `memory` (this
+    /// replica alone) or `off`.
+    pub fn throttle_backend(&self) -> &'static str {
+        self.inner.throttle.backend()
     }
 
     /// Where sessions are kept: `token` (nowhere), `memory`, `redis` or `sql`.

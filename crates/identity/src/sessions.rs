@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herd_store::{SharedSession, Store};
@@ -237,30 +237,28 @@ impl MemorySessions {
     }
 }
 
-/// Sessions in Redis: one key a session, expiring by itself. A small pool of
-/// multiplexed connections, each connected on first use and reconnecting by itself, so
-/// herd starts while Redis is down and recovers when it returns.
-pub(crate) struct RedisSessions {
+/// A small pool of multiplexed Redis connections, each connected on first use and
+/// reconnecting by itself, so herd starts while Redis is down and recovers when it
+/// returns. Shared by the `shared` sessions and the login throttle.
+pub(crate) struct RedisPool {
     client: redis::Client,
     pool: Vec<tokio::sync::Mutex<Option<ConnectionManager>>>,
     next: AtomicUsize,
     timeout: Duration,
 }
 
-impl std::fmt::Debug for RedisSessions {
+impl std::fmt::Debug for RedisPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSessions")
+        f.debug_struct("RedisPool")
             .field("pool", &self.pool.len())
             .finish_non_exhaustive()
     }
 }
 
-const KEY_PREFIX: &str = "herd:session:";
-
-impl RedisSessions {
-    pub(crate) fn new(url: &str, pool_size: usize) -> Result<RedisSessions, String> {
+impl RedisPool {
+    pub(crate) fn new(url: &str, pool_size: usize) -> Result<RedisPool, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
-        Ok(RedisSessions {
+        Ok(RedisPool {
             client,
             pool: (0..pool_size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
@@ -293,8 +291,12 @@ impl RedisSessions {
 
     /// Runs `cmd`, once more if the connection had broken: the manager reconnects on
     /// the first failure, so after Redis comes back the retry goes through. Every
-    /// command herd sends is idempotent.
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Pipeline) -> Result<T, Unavailable> {
+    /// command herd sends is idempotent but the throttle's script, which, repeated after
+    /// a reply lost on a broken connection, at worst counts one login attempt twice.
+    pub(crate) async fn run<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Pipeline,
+    ) -> Result<T, Unavailable> {
         let mut conn = self.connection().await?;
         let mut last = String::new();
         for _ in 0..2 {
@@ -312,6 +314,30 @@ impl RedisSessions {
             }
         }
         Err(Unavailable(last))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), Unavailable> {
+        let mut p = redis::pipe();
+        p.cmd("PING").ignore();
+        self.run::<()>(&p).await
+    }
+}
+
+/// Sessions in Redis: one key a session, expiring by itself.
+#[derive(Debug)]
+pub(crate) struct RedisSessions {
+    redis: Arc<RedisPool>,
+}
+
+const KEY_PREFIX: &str = "herd:session:";
+
+impl RedisSessions {
+    pub(crate) fn new(redis: Arc<RedisPool>) -> RedisSessions {
+        RedisSessions { redis }
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Pipeline) -> Result<T, Unavailable> {
+        self.redis.run(cmd).await
     }
 
     async fn create(
@@ -370,9 +396,7 @@ impl RedisSessions {
     }
 
     async fn ping(&self) -> Result<(), Unavailable> {
-        let mut p = redis::pipe();
-        p.cmd("PING").ignore();
-        self.run::<()>(&p).await
+        self.redis.ping().await
     }
 }
 

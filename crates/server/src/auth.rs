@@ -15,6 +15,7 @@ use base64::Engine as _;
 use herd_identity::{AuthError, Password, TokenPair, Username};
 use serde_json::json;
 
+use crate::client::ClientAddr;
 use crate::cookies;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Identity, JsonObject};
@@ -43,19 +44,26 @@ async fn signup(
     ))
 }
 
-async fn login(State(state): State<AppState>, mut body: JsonObject) -> ApiResult<Response> {
+async fn login(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    mut body: JsonObject,
+) -> ApiResult<Response> {
     let username = body.string("username");
     let password = body.string("password");
     let want_cookies = body.flag("cookies");
     let (username, password) = body.finish((username, password))?;
-    match state.auth.login(&username, &password).await {
+    match state.auth.login(&username, &password, client).await {
         Ok(pair) => Ok(token_response(&state, pair, want_cookies)),
         Err(e) => {
-            if matches!(e, AuthError::InvalidCredentials) {
-                state
-                    .metrics
-                    .record_auth_failure("login", "invalid_credentials");
-                tracing::info!(reason = "invalid_credentials", "login refused");
+            let reason = match &e {
+                AuthError::InvalidCredentials => Some("invalid_credentials"),
+                AuthError::Throttled { .. } => Some("throttled"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                state.metrics.record_auth_failure("login", reason);
+                tracing::info!(reason, client = ?client, "login refused");
             }
             Err(e.into())
         }

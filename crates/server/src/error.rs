@@ -15,6 +15,7 @@ pub enum Code {
     ValidationFailed,
     InvalidToken,
     InvalidCredentials,
+    TooManyAttempts,
     InvalidRefreshToken,
     UsernameTaken,
     CsrfFailed,
@@ -60,6 +61,11 @@ impl Code {
                 "invalid-credentials",
                 StatusCode::UNAUTHORIZED,
                 "Invalid username or password",
+            ),
+            TooManyAttempts => (
+                "too-many-attempts",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many login attempts",
             ),
             InvalidRefreshToken => (
                 "invalid-refresh-token",
@@ -130,6 +136,8 @@ pub struct ApiError {
     challenge: Option<&'static str>,
     /// For unexpected errors: what to log (once, by the middleware), never sent.
     internal: Option<String>,
+    /// For 429: whole seconds to wait, sent in `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 /// Carries an unexpected error's message from the handler to the logging middleware.
@@ -144,6 +152,7 @@ impl ApiError {
             fields: Vec::new(),
             challenge: None,
             internal: None,
+            retry_after: None,
         }
     }
 
@@ -186,6 +195,16 @@ impl ApiError {
         e
     }
 
+    /// A login refused by the throttle (RFC 6585: 429 with `Retry-After`).
+    pub fn too_many_attempts(retry_after: u64) -> ApiError {
+        let mut e = ApiError::new(
+            Code::TooManyAttempts,
+            format!("too many login attempts; try again in {retry_after} seconds"),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn code(&self) -> Code {
         self.code
     }
@@ -225,6 +244,11 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(challenge),
             );
         }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(internal) = self.internal {
             response.extensions_mut().insert(InternalError(internal));
         }
@@ -241,6 +265,7 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidCredentials => {
                 ApiError::new(Code::InvalidCredentials, "check the username and password")
             }
+            AuthError::Throttled { retry_after } => ApiError::too_many_attempts(retry_after),
             AuthError::InvalidRefresh(why) => ApiError::new(
                 Code::InvalidRefreshToken,
                 format!("the refresh token is {why}; log in again"),

@@ -13,6 +13,8 @@
 //! - `web.rs`: the web page at `/` (HTML, CSS and JavaScript embedded from `web/`), served
 //!   under a Content-Security-Policy that allows no inline script or style.
 //! - `extract.rs`: the JSON body reader and the [`Identity`](extract::Identity) extractor.
+//! - `client.rs`: the client's address, from the socket or, behind a trusted proxy, from
+//!   `X-Forwarded-For`.
 //! - `cookies.rs`: the browser transport: HttpOnly cookies and CSRF protection.
 //! - `error.rs`: [`ApiError`](error::ApiError) and the table of problem codes.
 //! - `metrics.rs`: the Prometheus registry.
@@ -20,6 +22,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod client;
 pub mod cookies;
 pub mod error;
 pub mod extract;
@@ -31,6 +34,7 @@ pub mod web;
 pub mod wellknown;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +50,7 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::chat::{ChatLimits, ChatState};
+use crate::client::TrustedProxies;
 use crate::cookies::CookiePolicy;
 use crate::error::{ApiError, Code, InternalError};
 use crate::metrics::Metrics;
@@ -66,6 +71,8 @@ pub struct ServerConfig {
     pub cookies: CookiePolicy,
     /// Limits of live chat.
     pub chat: ChatLimits,
+    /// Proxies whose `X-Forwarded-For` names the client (login throttling per address).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -119,6 +126,10 @@ impl AppState {
 
     pub fn cookies(&self) -> &CookiePolicy {
         &self.config.cookies
+    }
+
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.config.trusted_proxies
     }
 
     /// Records and logs a refused access token, and builds its 401.
@@ -210,7 +221,9 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    let served = axum::serve(listener, router(state))
+    // The peer's address reaches handlers as `ConnectInfo` (see `client.rs`).
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     tasks.shutdown().await;

@@ -284,6 +284,18 @@ impl Store {
         dispatch!(self, db => db.user_by_name(username).await)
     }
 
+    /// Replaces a user's password hash, but only if it is still `current`: a rehash
+    /// computed from an old hash must not overwrite one stored meanwhile. Returns
+    /// whether it was replaced.
+    pub async fn replace_password_hash(
+        &self,
+        user_id: &str,
+        current: &str,
+        replacement: &str,
+    ) -> Result<bool> {
+        dispatch!(self, db => db.replace_password_hash(user_id, current, replacement).await)
+    }
+
     /// Starts a login session with its first refresh token, in one transaction.
     pub async fn create_session(
         &self,

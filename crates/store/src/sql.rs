@@ -103,6 +103,20 @@ where
         }))
     }
 
+    pub(crate) async fn replace_password_hash(
+        &self,
+        user_id: &str,
+        current: &str,
+        replacement: &str,
+    ) -> Result<bool> {
+        let update =
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3")
+                .bind(replacement)
+                .bind(user_id)
+                .bind(current);
+        Ok(DB::rows_affected(&self.pool.execute(update).await?) == 1)
+    }
+
     pub(crate) async fn create_session(
         &self,
         session_id: &str,

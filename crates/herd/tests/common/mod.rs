@@ -76,6 +76,15 @@ pub fn spawn_cluster(
     dir: &tempfile::TempDir,
     flags: &[&str],
 ) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    spawn_cluster_serving(dir, flags, &[])
+}
+
+/// [`spawn_cluster`], with `serve_flags` for every replica too.
+pub fn spawn_cluster_serving(
+    dir: &tempfile::TempDir,
+    flags: &[&str],
+    serve_flags: &[&str],
+) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let mut child = herd()
         .args(["--log-format", "json", "cluster", "--replicas", "2"])
         .args(["--listen", "127.0.0.1:0", "--database", &database(dir)])
@@ -87,6 +96,7 @@ pub fn spawn_cluster(
             "--argon2-iterations",
             "1",
         ])
+        .args(serve_flags)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn herd cluster");

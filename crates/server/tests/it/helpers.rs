@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_identity::{Auth, AuthConfig, HashParams, ManualClock, SessionTimeouts, Strategy};
+use herd_identity::{
+    Auth, AuthConfig, HashParams, ManualClock, SessionTimeouts, Strategy, ThrottleConfig,
+};
+use herd_server::client::TrustedProxies;
 use herd_server::{AppState, ServerConfig};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -11,6 +14,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const PASSWORD: &str = "correct horse battery";
+
+/// Cheap hashing keeps the suite fast; the production parameters are tested in the
+/// identity crate and by the default configuration.
+pub const CHEAP_HASH: HashParams = HashParams {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+};
 
 /// How a test replica is configured; the defaults suit most tests.
 #[derive(Debug, Clone)]
@@ -24,6 +35,11 @@ pub struct Options {
     pub bus: TestBus,
     pub chat: herd_server::chat::ChatLimits,
     pub access_ttl: i64,
+    /// The production defaults unless a test says otherwise.
+    pub throttle: ThrottleConfig,
+    pub trusted_proxies: TrustedProxies,
+    /// argon2id parameters; cheap ones keep the suite fast.
+    pub hash: HashParams,
 }
 
 /// Which bus a test replica relays news over.
@@ -49,6 +65,9 @@ impl Default for Options {
             bus: TestBus::None,
             chat: herd_server::chat::ChatLimits::default(),
             access_ttl: 300,
+            throttle: ThrottleConfig::default(),
+            trusted_proxies: TrustedProxies::default(),
+            hash: CHEAP_HASH,
         }
     }
 }
@@ -107,6 +126,11 @@ impl TestApp {
             replica_id: replica_id.into(),
             ..self.options.clone()
         };
+        self.spawn_peer_with(options).await
+    }
+
+    /// Another replica on the same database and clock, configured by `options`.
+    pub async fn spawn_peer_with(&self, options: Options) -> TestApp {
         spawn_on(
             self.dir.clone(),
             self.database.clone(),
@@ -125,13 +149,8 @@ async fn spawn_on(
 ) -> TestApp {
     let store = herd_store::Store::connect(&database).await.expect("store");
     let mut config = AuthConfig::new("http://herd.test", "herd");
-    // Cheap hashing keeps the suite fast; the production parameters are tested in the
-    // identity crate and by the default configuration.
-    config.hash = HashParams {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
+    config.hash = options.hash;
+    config.throttle = options.throttle.clone();
     config.key_publish_delay = options.key_publish_delay;
     config.access_ttl = options.access_ttl;
     config.strategy = options.strategy;
@@ -161,6 +180,7 @@ async fn spawn_on(
                 allowed_origins: vec![],
             },
             chat: options.chat.clone(),
+            trusted_proxies: options.trusted_proxies.clone(),
         },
     )
     .expect("state");
