@@ -24,6 +24,8 @@ pub struct Options {
     pub bus: TestBus,
     pub chat: herd_server::chat::ChatLimits,
     pub access_ttl: i64,
+    /// `--allowed-origin`: origins besides the replica's own that may use its cookies.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Which bus a test replica relays news over.
@@ -49,6 +51,7 @@ impl Default for Options {
             bus: TestBus::None,
             chat: herd_server::chat::ChatLimits::default(),
             access_ttl: 300,
+            allowed_origins: vec![],
         }
     }
 }
@@ -158,7 +161,7 @@ async fn spawn_on(
             upkeep_interval: Duration::from_secs(3600),
             cookies: herd_server::cookies::CookiePolicy {
                 insecure: options.insecure_cookies,
-                allowed_origins: vec![],
+                allowed_origins: options.allowed_origins.clone(),
             },
             chat: options.chat.clone(),
         },

@@ -7,6 +7,7 @@ mod cookies;
 mod errors;
 mod helpers;
 mod keys;
+mod origin;
 mod ops;
 mod replicas;
 mod rooms;
