@@ -39,11 +39,16 @@ fn run(program: &str, script: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-const PYJWT: (&str, &str) = ("python3", "pyjwt_check.py");
-const JOSE: (&str, &str) = ("node", "jose_check.mjs");
+/// A script and the program that runs it.
+type Library = (&'static str, &'static str);
+/// Forgeries by name, each with the reason herd must refuse it for.
+type Forgeries = &'static [(&'static str, &'static str)];
+
+const PYJWT: Library = ("python3", "pyjwt_check.py");
+const JOSE: Library = ("node", "jose_check.mjs");
 
 /// Each library's verdict on `token`, with the claims it returned.
-fn verify(library: (&str, &str), base: &str, audience: &str, token: &str) -> Result<Value, String> {
+fn verify(library: Library, base: &str, audience: &str, token: &str) -> Result<Value, String> {
     let (program, script) = library;
     let stdout = run(program, script, &["verify", base, ISSUER, audience, token])?;
     Ok(serde_json::from_str(&stdout)
@@ -144,7 +149,7 @@ async fn herd_refuses_the_tokens_pyjwt_and_jose_forge() {
         .to_owned();
     assert_eq!(replica.me(&token).await, StatusCode::OK);
 
-    let expected: [((&str, &str), &[(&str, &str)]); 2] = [
+    let expected: [(Library, Forgeries); 2] = [
         (
             PYJWT,
             &[
