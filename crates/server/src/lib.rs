@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header::{CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -57,6 +58,10 @@ use crate::metrics::Metrics;
 
 /// The header naming the replica that served a response.
 pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-herd-replica");
+
+/// The Content-Security-Policy of every response that is not the web page: nothing may
+/// load, run or frame it.
+pub const API_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// What the HTTP layer needs besides identity.
 #[derive(Debug, Clone)]
@@ -167,8 +172,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Around every request: the replica header, metrics, and the one log line for an
-/// unexpected error.
+/// Around every request: the replica header, the security headers, metrics, and the one
+/// log line for an unexpected error.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -186,9 +191,20 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
             tracing::warn!(%method, route, %error, "dependency unavailable");
         }
     }
-    response
-        .headers_mut()
-        .insert(REPLICA_HEADER, state.replica_header.clone());
+    let headers = response.headers_mut();
+    headers.insert(REPLICA_HEADER, state.replica_header.clone());
+    // Every response, not only the page's, is kept from being sniffed into HTML, framed,
+    // or rendered with active content: a JSON body opened as a document runs nothing.
+    // The page's own files set their stricter-where-it-matters values first (web.rs).
+    headers
+        .entry(X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(API_POLICY));
+    headers
+        .entry(REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
     state
         .metrics
         .record_request(method.as_str(), &route, status.as_u16(), started.elapsed());

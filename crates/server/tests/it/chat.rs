@@ -348,18 +348,6 @@ async fn credentials_may_come_in_a_first_frame_and_must_come() {
 }
 
 #[tokio::test]
-async fn an_upgrade_from_a_foreign_origin_is_refused() {
-    let app = spawn_with(Options::default()).await;
-    let alice = app.user("alice").await;
-    let refused = app
-        .ws_raw(Some(&alice.access), Some("https://evil.example"))
-        .await;
-    assert_eq!(refused.err(), Some(403));
-    let own = app.base.clone();
-    assert!(app.ws_raw(Some(&alice.access), Some(&own)).await.is_ok());
-}
-
-#[tokio::test]
 async fn shutdown_closes_sockets_with_1012() {
     let mut app = spawn_with(Options::default()).await;
     let alice = app.user("alice").await;

@@ -124,6 +124,18 @@ async fn cookie_login_and_csrf(strategy: Strategy) {
         !csrf_cookie.contains("HttpOnly"),
         "the page must be able to read the CSRF token"
     );
+    for attribute in ["SameSite=Strict", "Secure", "Path=/"] {
+        assert!(
+            csrf_cookie.contains(attribute),
+            "{csrf_cookie} lacks {attribute}"
+        );
+    }
+    if let Some(refresh) = set.iter().find(|c| c.starts_with("herd_refresh=")) {
+        // The refresh token goes only where it is spent, and never to a script.
+        for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/v1/auth"] {
+            assert!(refresh.contains(attribute), "{refresh} lacks {attribute}");
+        }
+    }
     assert_eq!(
         set.iter().any(|c| c.starts_with("herd_refresh=")),
         strategy == Strategy::Token

@@ -40,6 +40,8 @@ pub struct Options {
     pub trusted_proxies: TrustedProxies,
     /// argon2id parameters; cheap ones keep the suite fast.
     pub hash: HashParams,
+    /// `--allowed-origin`: origins besides the replica's own that may use its cookies.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Which bus a test replica relays news over.
@@ -68,6 +70,7 @@ impl Default for Options {
             throttle: ThrottleConfig::default(),
             trusted_proxies: TrustedProxies::default(),
             hash: CHEAP_HASH,
+            allowed_origins: vec![],
         }
     }
 }
@@ -177,7 +180,7 @@ async fn spawn_on(
             upkeep_interval: Duration::from_secs(3600),
             cookies: herd_server::cookies::CookiePolicy {
                 insecure: options.insecure_cookies,
-                allowed_origins: vec![],
+                allowed_origins: options.allowed_origins.clone(),
             },
             chat: options.chat.clone(),
             trusted_proxies: options.trusted_proxies.clone(),

@@ -10,6 +10,7 @@ mod keys;
 mod login_throttle;
 mod ops;
 mod passwords;
+mod origin;
 mod replicas;
 mod rooms;
 mod strategies;

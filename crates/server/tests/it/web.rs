@@ -178,3 +178,76 @@ async fn every_element_the_script_looks_up_is_in_the_page() {
         "ids used by app.js but not in index.html: {missing:?}"
     );
 }
+
+/// The headers the issue names, on every file of the page and on its 304s: a policy with
+/// no inline script or style and no framing, no sniffing, no referrer.
+#[tokio::test]
+async fn every_page_response_carries_every_security_header() {
+    let app = spawn_app().await;
+    for path in ["/", "/app.js", "/style.css"] {
+        let first = app.get(path).await;
+        let etag = header(&first, "etag").to_owned();
+        let revalidated = app
+            .client
+            .get(app.url(path))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED, "{path}");
+        for response in [&first, &revalidated] {
+            let policy = header(response, "content-security-policy");
+            assert_eq!(policy, POLICY, "{path}");
+            assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+            assert!(!policy.contains("unsafe-eval"), "{path}: {policy}");
+            assert!(
+                policy.contains("frame-ancestors 'none'"),
+                "{path}: {policy}"
+            );
+            assert_eq!(header(response, "x-content-type-options"), "nosniff");
+            assert_eq!(header(response, "referrer-policy"), "no-referrer");
+            assert_eq!(header(response, "x-frame-options"), "DENY");
+        }
+    }
+}
+
+/// An API answer opened as a document (a problem, a JSON body, the metrics) can be
+/// neither sniffed into HTML, nor framed, nor run anything.
+#[tokio::test]
+async fn api_responses_are_not_sniffed_framed_or_active() {
+    let app = spawn_app().await;
+    let tokens = app.user("alice").await;
+    let login = app
+        .post_json(
+            "/v1/auth/login",
+            serde_json::json!({ "username": "alice", "password": crate::helpers::PASSWORD }),
+        )
+        .await;
+    let responses = [
+        ("login", login),
+        ("me", app.me(&tokens.access).await),
+        ("bad token", app.me("not-a-token").await),
+        ("no route", app.get("/nowhere").await),
+        ("jwks", app.get("/.well-known/jwks.json").await),
+        ("healthz", app.get("/healthz").await),
+        ("metrics", app.get("/metrics").await),
+    ];
+    for (what, response) in &responses {
+        assert_eq!(
+            header(response, "x-content-type-options"),
+            "nosniff",
+            "{what}"
+        );
+        assert_eq!(
+            header(response, "content-security-policy"),
+            herd_server::API_POLICY,
+            "{what}"
+        );
+        assert_eq!(header(response, "referrer-policy"), "no-referrer", "{what}");
+    }
+    assert_eq!(
+        header(&responses[0].1, "cache-control"),
+        "no-store",
+        "tokens are never cached"
+    );
+}

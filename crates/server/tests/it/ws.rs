@@ -25,7 +25,45 @@ pub enum End {
     Dropped,
 }
 
+/// An upgrade the server refused: its status, content type and body.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Value,
+}
+
 impl TestApp {
+    /// Connects with exactly the extra request headers given (e.g. `cookie`, `origin`),
+    /// without waiting for anything; a refusal comes back with its problem body.
+    pub async fn ws_with_headers(&self, headers: &[(&str, &str)]) -> Result<Socket, Refusal> {
+        let mut request = self.ws_url().into_client_request().expect("request");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Socket { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(Refusal {
+                status: response.status().as_u16(),
+                content_type: response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                body: response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null),
+            }),
+            Err(e) => panic!("connecting: {e}"),
+        }
+    }
+
     fn ws_url(&self) -> String {
         format!("{}/v1/ws", self.base.replacen("http://", "ws://", 1))
     }
