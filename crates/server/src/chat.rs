@@ -695,3 +695,41 @@ impl ChatState {
         self.limits.max_connections - self.connections.available_permits()
     }
 }
+
+/// The JSON Schema (draft 2020-12) of every frame, generated from [`ClientFrame`] and
+/// [`ServerFrame`]; `docs/protocol.schema.json` is this, and a test keeps it so.
+pub fn protocol_schema() -> serde_json::Value {
+    use utoipa::PartialSchema as _;
+    let mut defs = serde_json::Map::new();
+    let mut nested = Vec::new();
+    <ServerFrame as ToSchema>::schemas(&mut nested);
+    <ClientFrame as ToSchema>::schemas(&mut nested);
+    for (name, schema) in nested {
+        defs.insert(name, serde_json::to_value(schema).unwrap_or_default());
+    }
+    defs.insert(
+        "ClientFrame".into(),
+        serde_json::to_value(ClientFrame::schema()).unwrap_or_default(),
+    );
+    defs.insert(
+        "ServerFrame".into(),
+        serde_json::to_value(ServerFrame::schema()).unwrap_or_default(),
+    );
+    let document = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:herd:protocol",
+        "title": "herd's live chat protocol over WebSocket (docs/protocol.md)",
+        "description": "Every frame is one JSON object in a text frame. A frame is a \
+            ClientFrame (client to server) or a ServerFrame (server to client).",
+        "oneOf": [
+            { "$ref": "#/$defs/ClientFrame" },
+            { "$ref": "#/$defs/ServerFrame" },
+        ],
+        "$defs": defs,
+    });
+    // utoipa writes references for an OpenAPI document; this one is plain JSON Schema.
+    let text = document
+        .to_string()
+        .replace("#/components/schemas/", "#/$defs/");
+    serde_json::from_str(&text).unwrap_or(document)
+}

@@ -8,6 +8,7 @@ mod errors;
 mod helpers;
 mod keys;
 mod ops;
+mod protocol;
 mod replicas;
 mod rooms;
 mod strategies;
