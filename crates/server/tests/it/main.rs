@@ -7,6 +7,7 @@ mod cookies;
 mod errors;
 mod helpers;
 mod keys;
+mod openapi;
 mod ops;
 mod protocol;
 mod replicas;
