@@ -35,7 +35,12 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, ToSchema)]
 pub struct SignupRequest {
     /// 3 to 32 of `a-z 0-9 _ . -` (upper case is folded to lower).
-    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]+$", example = "alice")]
+    #[schema(
+        min_length = 3,
+        max_length = 32,
+        pattern = "^[A-Za-z0-9_.-]+$",
+        example = "alice"
+    )]
     pub username: String,
     /// 8 to 128 characters.
     #[schema(min_length = 8, max_length = 128, example = "correct horse")]
@@ -55,11 +60,12 @@ pub struct LoginRequest {
     pub cookies: Option<bool>,
 }
 
-/// The refresh token to spend. A browser sends none and is read from its `herd_refresh`
-/// cookie instead (then the request must pass the CSRF check).
+/// The refresh token to spend.
 #[derive(Debug, ToSchema)]
 pub struct RefreshRequest {
-    pub refresh_token: Option<String>,
+    /// Required, except from a browser whose `herd_refresh` cookie carries it (then the
+    /// request must pass the CSRF check, and the body may be `{}`).
+    pub refresh_token: String,
 }
 
 /// An account.

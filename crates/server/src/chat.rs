@@ -26,9 +26,9 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use herd_bus::Delivery;
 use herd_identity::{AuthnError, Principal};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, Code, Problem};
 use crate::extract::Identity;
@@ -252,10 +252,7 @@ impl Conn {
     /// Queues a history frame, waiting for room: history is in the store, so a client
     /// reading it slowly only slows its own catch-up. False once the connection is gone.
     async fn push_history(&self, frame: ServerFrame) -> bool {
-        self.out
-            .send(Out::Frame(frame.text()))
-            .await
-            .is_ok()
+        self.out.send(Out::Frame(frame.text())).await.is_ok()
     }
 
     /// Queues a live frame for the writer; a full queue means the client is too slow.
@@ -600,7 +597,6 @@ async fn catch_up(conn: &Conn, room: &str, last: &mut i64) -> bool {
         }
     }
 }
-
 
 /// When to ask for a fresh token, and when to give up waiting for it.
 struct Reauth {

@@ -15,10 +15,10 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use utoipa::openapi::link::Link;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::schema::{Object, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::link::Link;
 use utoipa::openapi::{Content, Header, OpenApi as Document, Ref, RefOr, Response as Answer};
 use utoipa::{Modify, OpenApi};
 
@@ -64,8 +64,42 @@ pub fn document() -> &'static Document {
     &DOC
 }
 
-static JSON: LazyLock<String> =
-    LazyLock::new(|| document().to_pretty_json().unwrap_or_default());
+static JSON: LazyLock<String> = LazyLock::new(|| {
+    let mut value = serde_json::to_value(document()).unwrap_or_default();
+    fix_link_keys(&mut value);
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+});
+
+/// The description as served, as JSON.
+pub fn document_json() -> serde_json::Value {
+    serde_json::from_str(&JSON).unwrap_or_default()
+}
+
+/// utoipa 5.5 serializes a Link's `operationId` and `requestBody` in snake case, which
+/// no OpenAPI tool reads; renamed here until it does not.
+fn fix_link_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Object(links)) = map.get_mut("links") {
+                for link in links.values_mut() {
+                    if let serde_json::Value::Object(link) = link {
+                        for (from, to) in [
+                            ("operation_id", "operationId"),
+                            ("request_body", "requestBody"),
+                        ] {
+                            if let Some(v) = link.remove(from) {
+                                link.insert(to.to_owned(), v);
+                            }
+                        }
+                    }
+                }
+            }
+            map.values_mut().for_each(fix_link_keys);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(fix_link_keys),
+        _ => {}
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json))
@@ -157,9 +191,7 @@ fn problem(description: &str) -> Answer {
 fn shared_answers(method: &str, op: &mut Operation) {
     let answers = &mut op.responses.responses;
     let mut add = |status: &str, answer: Answer| {
-        answers
-            .entry(status.to_owned())
-            .or_insert(RefOr::T(answer));
+        answers.entry(status.to_owned()).or_insert(RefOr::T(answer));
     };
     if op.request_body.is_some() {
         add(
@@ -176,9 +208,7 @@ fn shared_answers(method: &str, op: &mut Operation) {
         );
         add(
             "422",
-            problem(
-                "`validation-failed`: `errors` names every invalid field and what is wrong.",
-            ),
+            problem("`validation-failed`: `errors` names every invalid field and what is wrong."),
         );
     }
     let secured = op
@@ -186,9 +216,8 @@ fn shared_answers(method: &str, op: &mut Operation) {
         .as_ref()
         .is_some_and(|requirements| !requirements.is_empty());
     if secured {
-        let mut unauthorized = problem(
-            "`invalid-token`: the credential is missing, malformed, expired or revoked.",
-        );
+        let mut unauthorized =
+            problem("`invalid-token`: the credential is missing, malformed, expired or revoked.");
         unauthorized.headers.insert(
             "WWW-Authenticate".to_owned(),
             Header::new(Object::with_type(Type::String)),
@@ -242,7 +271,12 @@ fn links(path: &str, method: &str, op: &mut Operation) {
             link("201", "History", "history", &room_id("$response.body#/id"));
         }
         ("post", "/v1/rooms/{id}/messages") => {
-            link("201", "History", "history", &room_id("$response.body#/room"));
+            link(
+                "201",
+                "History",
+                "history",
+                &room_id("$response.body#/room"),
+            );
         }
         _ => {}
     }

@@ -77,7 +77,12 @@ pub struct Message {
 #[derive(Debug, ToSchema)]
 pub struct CreateRoom {
     /// 1 to 64 characters after trimming, no control characters.
-    #[schema(min_length = 1, max_length = 64, example = "general")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        example = "general"
+    )]
     pub name: String,
 }
 

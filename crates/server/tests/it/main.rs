@@ -12,6 +12,7 @@ mod ops;
 mod protocol;
 mod replicas;
 mod rooms;
+mod schemathesis;
 mod strategies;
 mod tokens;
 mod web;

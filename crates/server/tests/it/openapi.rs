@@ -81,7 +81,13 @@ async fn every_route_the_router_answers_is_documented_and_nothing_else() {
     let mut answered = BTreeSet::new();
     for path in &paths {
         let concrete = path.replace("{id}", "some-room");
-        for method in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ] {
             let request = Request::builder()
                 .method(method.clone())
                 .uri(&concrete)
@@ -93,7 +99,7 @@ async fn every_route_the_router_answers_is_documented_and_nothing_else() {
             }
         }
     }
-    let doc = serde_json::to_value(herd_server::openapi::document()).expect("json");
+    let doc = herd_server::openapi::document_json();
     let documented = documented(&doc);
     let undocumented: Vec<_> = answered.difference(&documented).collect();
     let missing: Vec<_> = documented.difference(&answered).collect();
@@ -101,10 +107,7 @@ async fn every_route_the_router_answers_is_documented_and_nothing_else() {
         undocumented.is_empty(),
         "routes missing from /openapi.json: {undocumented:?}"
     );
-    assert!(
-        missing.is_empty(),
-        "documented but not routed: {missing:?}"
-    );
+    assert!(missing.is_empty(), "documented but not routed: {missing:?}");
 }
 
 #[tokio::test]
@@ -119,8 +122,18 @@ async fn openapi_json_describes_security_errors_and_schemas() {
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
     assert_eq!(schemes["cookie"]["in"], "cookie");
     assert_eq!(schemes["cookie"]["name"], "herd_access");
-    for name in ["Problem", "Account", "LoginResponse", "Room", "Message", "MessagePage"] {
-        assert!(doc["components"]["schemas"][name].is_object(), "no schema {name}");
+    for name in [
+        "Problem",
+        "Account",
+        "LoginResponse",
+        "Room",
+        "Message",
+        "MessagePage",
+    ] {
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "no schema {name}"
+        );
     }
     let op = |method: &str, path: &str| doc["paths"][path][method].clone();
     let problem = |op: &Value, status: &str| {
@@ -149,7 +162,11 @@ async fn openapi_json_describes_security_errors_and_schemas() {
             }
             assert!(
                 op["responses"]["200"]["headers"]["x-herd-replica"].is_object()
-                    || op["responses"].as_object().expect("responses").values().all(|r| r["headers"]["x-herd-replica"].is_object()),
+                    || op["responses"]
+                        .as_object()
+                        .expect("responses")
+                        .values()
+                        .all(|r| r["headers"]["x-herd-replica"].is_object()),
                 "{method} {path}: x-herd-replica undocumented"
             );
         }
@@ -190,4 +207,12 @@ async fn a_plain_get_of_the_websocket_path_is_a_problem_not_plain_text() {
     let app = spawn_app().await;
     let response = app.get("/v1/ws").await;
     crate::helpers::assert_problem(response, StatusCode::BAD_REQUEST, "not-a-websocket").await;
+}
+
+#[tokio::test]
+async fn links_use_the_openapi_key_names() {
+    let doc = herd_server::openapi::document_json();
+    let link = &doc["paths"]["/v1/auth/signup"]["post"]["responses"]["201"]["links"]["LogIn"];
+    assert_eq!(link["operationId"], "login");
+    assert_eq!(link["requestBody"]["username"], "$request.body#/username");
 }

@@ -7,7 +7,10 @@ use herd_server::chat::{protocol_schema, ClientFrame, ServerFrame};
 use herd_server::rooms::Message;
 use serde_json::{json, Value};
 
-const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.schema.json");
+const COMMITTED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../docs/protocol.schema.json"
+);
 
 fn committed() -> Value {
     let text = std::fs::read_to_string(COMMITTED).expect("docs/protocol.schema.json");
@@ -23,7 +26,10 @@ fn validator(def: &str) -> jsonschema::Validator {
 }
 
 fn assert_valid(validator: &jsonschema::Validator, frame: &Value) {
-    let errors: Vec<String> = validator.iter_errors(frame).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(frame)
+        .map(|e| e.to_string())
+        .collect();
     assert!(errors.is_empty(), "{frame} breaks the schema: {errors:?}");
 }
 
@@ -125,7 +131,11 @@ fn every_frame_the_server_sends_matches_the_schema() {
         );
         seen.insert(value["type"].as_str().expect("a type").to_owned());
     }
-    assert_eq!(seen, documented_types("ServerFrame"), "a server frame untested");
+    assert_eq!(
+        seen,
+        documented_types("ServerFrame"),
+        "a server frame untested"
+    );
     // A frame that breaks the schema is caught (the validator is not vacuous).
     assert!(!server.is_valid(&json!({"type": "ack", "room": "r1"})));
     assert!(!server.is_valid(&json!({"type": "teleport"})));
@@ -148,7 +158,11 @@ fn every_client_frame_the_schema_documents_is_accepted_by_the_decoder() {
             .unwrap_or_else(|e| panic!("the server refuses {frame}: {e}"));
         seen.insert(frame["type"].as_str().expect("a type").to_owned());
     }
-    assert_eq!(seen, documented_types("ClientFrame"), "a client frame untested");
+    assert_eq!(
+        seen,
+        documented_types("ClientFrame"),
+        "a client frame untested"
+    );
     // What the schema refuses, the decoder refuses too.
     for bad in [
         json!({"type": "subscribe", "room": "r1"}),
@@ -156,6 +170,9 @@ fn every_client_frame_the_schema_documents_is_accepted_by_the_decoder() {
         json!({"type": "auth"}),
     ] {
         assert!(!client.is_valid(&bad), "{bad} passes the schema");
-        assert!(serde_json::from_value::<ClientFrame>(bad.clone()).is_err(), "{bad} decodes");
+        assert!(
+            serde_json::from_value::<ClientFrame>(bad.clone()).is_err(),
+            "{bad} decodes"
+        );
     }
 }
