@@ -13,11 +13,12 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use herd_identity::{AuthError, Password, TokenPair, Username};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::client::ClientAddr;
 use crate::cookies;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Identity, JsonObject};
 use crate::AppState;
 
@@ -30,6 +31,111 @@ pub fn router() -> Router<AppState> {
         .route("/v1/me", get(me))
 }
 
+/// A new account's credentials. The body is read field by field, so a 422 names every
+/// invalid one.
+#[derive(Debug, ToSchema)]
+pub struct SignupRequest {
+    /// 3 to 32 of `a-z 0-9 _ . -` (upper case is folded to lower).
+    #[schema(
+        min_length = 3,
+        max_length = 32,
+        pattern = "^[A-Za-z0-9_.-]+$",
+        example = "alice"
+    )]
+    pub username: String,
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128, example = "correct horse")]
+    pub password: String,
+}
+
+/// Credentials to log in with.
+#[derive(Debug, ToSchema)]
+pub struct LoginRequest {
+    #[schema(example = "alice")]
+    pub username: String,
+    #[schema(example = "correct horse")]
+    pub password: String,
+    /// True for a browser: the credentials then come back only as HttpOnly cookies, and
+    /// the body carries the CSRF token the page echoes in `X-CSRF-Token`.
+    #[schema(default = false)]
+    pub cookies: Option<bool>,
+}
+
+/// The refresh token to spend.
+#[derive(Debug, ToSchema)]
+pub struct RefreshRequest {
+    /// Required, except from a browser whose `herd_refresh` cookie carries it (then the
+    /// request must pass the CSRF check, and the body may be `{}`).
+    pub refresh_token: String,
+}
+
+/// An account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Account {
+    pub user_id: String,
+    /// The username as stored: case-folded.
+    pub username: String,
+}
+
+/// Who the caller is, and which replica answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub user_id: String,
+    pub username: String,
+    /// The login session (`sid`) the credential belongs to.
+    pub session_id: String,
+    /// The replica that served this request.
+    pub replica: String,
+}
+
+/// What a login or refresh answers: tokens for an API client, or a cookie session for a
+/// browser that asked for `"cookies": true`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginResponse {
+    Tokens(Tokens),
+    Cookies(CookieSession),
+}
+
+/// Tokens in the body, for API clients.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Tokens {
+    /// A JWT (RFC 9068) under `--sessions token`, an opaque session id otherwise. Send it
+    /// as `Authorization: Bearer`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(value_type = String, pattern = "^Bearer$")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// Good for one `POST /v1/auth/refresh`; absent under `--sessions shared|memory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub refresh_token: Option<String>,
+}
+
+/// A browser's session: the credentials are in HttpOnly cookies (`herd_access`,
+/// `herd_refresh`), never in the body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CookieSession {
+    /// Always `cookie`.
+    #[schema(value_type = String, pattern = "^cookie$")]
+    pub token_type: &'static str,
+    /// Seconds until the access cookie's token expires.
+    pub expires_in: i64,
+    /// Echo it in `X-CSRF-Token` on every cookie-authenticated write.
+    pub csrf_token: String,
+}
+
+/// Creates an account.
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "The account was created.", body = Account),
+        (status = 409, description = "`username-taken`: choose another username.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn signup(
     State(state): State<AppState>,
     mut body: JsonObject,
@@ -40,10 +146,28 @@ async fn signup(
     let account = state.auth.signup(&username, &password).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "user_id": account.user_id, "username": account.username })),
+        Json(Account {
+            user_id: account.user_id,
+            username: account.username,
+        }),
     ))
 }
 
+/// Logs in: tokens for an API client, HttpOnly cookies for a browser.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in. Never cached (`Cache-Control: no-store`); \
+            with `\"cookies\": true` the credentials are in `Set-Cookie` headers.",
+            body = LoginResponse),
+        (status = 401, description = "`invalid-credentials`: the username or password is wrong.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too-many-attempts`: too many failed logins for this \
+            account or address; wait for the time in `Retry-After`.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
+    ),
+)]
 async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -72,6 +196,26 @@ async fn login(
 
 /// Takes the refresh token from the body or, for a browser, from its cookie (then the
 /// request must pass the CSRF check, like any cookie-authenticated write).
+/// Spends a refresh token for a new pair. The old refresh token is spent: presenting it
+/// again within the grace window returns the same successor; later, the whole login
+/// session is revoked as stolen.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new pair (or cookies, when the refresh token came \
+            from the `herd_refresh` cookie). Never cached.", body = LoginResponse),
+        (status = 400, description = "`refresh-not-supported`: this replica runs \
+            `--sessions shared` or `memory`, which have no refresh tokens; or \
+            `malformed-json`.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid-refresh-token`: unknown, expired, spent or \
+            revoked; log in again.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`csrf-failed`: the refresh token came from the cookie \
+            without the page's `X-CSRF-Token` or from another origin.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn refresh(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -114,6 +258,11 @@ async fn refresh(
     }
 }
 
+/// Logs out: the login session's refresh and access tokens stop working on every replica.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+    responses((status = 204, description = "Logged out; the browser's cookies are cleared.")),
+    security(("bearer" = []), ("cookie" = [])),
+)]
 async fn logout(
     State(state): State<AppState>,
     Identity(principal): Identity,
@@ -124,13 +273,18 @@ async fn logout(
     Ok(response)
 }
 
-async fn me(State(state): State<AppState>, Identity(principal): Identity) -> impl IntoResponse {
-    Json(json!({
-        "user_id": principal.user_id(),
-        "username": principal.username(),
-        "session_id": principal.session_id(),
-        "replica": &*state.replica,
-    }))
+/// Who the credential belongs to, and which replica answered.
+#[utoipa::path(get, path = "/v1/me", tag = "auth",
+    responses((status = 200, description = "The caller.", body = Me)),
+    security(("bearer" = []), ("cookie" = [])),
+)]
+async fn me(State(state): State<AppState>, Identity(principal): Identity) -> Json<Me> {
+    Json(Me {
+        user_id: principal.user_id().to_owned(),
+        username: principal.username().to_owned(),
+        session_id: principal.session_id().to_owned(),
+        replica: state.replica.to_string(),
+    })
 }
 
 /// A token response, never cached by anyone (RFC 6749 section 5.1): tokens in the body
@@ -138,21 +292,23 @@ async fn me(State(state): State<AppState>, Identity(principal): Identity) -> imp
 fn token_response(state: &AppState, pair: TokenPair, as_cookies: bool) -> Response {
     let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
     if !as_cookies {
-        let mut body = json!({
-            "access_token": pair.access_token,
-            "token_type": "Bearer",
-            "expires_in": pair.expires_in,
+        let body = LoginResponse::Tokens(Tokens {
+            access_token: pair.access_token,
+            token_type: "Bearer",
+            expires_in: pair.expires_in,
+            refresh_token: pair.refresh_token,
         });
-        if let Some(refresh) = pair.refresh_token {
-            body["refresh_token"] = json!(refresh);
-        }
         return (no_store, Json(body)).into_response();
     }
     let policy = state.cookies();
     let csrf = URL_SAFE_NO_PAD.encode(herd_identity::random_token_bytes());
     let mut response = (
         no_store,
-        Json(json!({ "token_type": "cookie", "expires_in": pair.expires_in, "csrf_token": csrf })),
+        Json(LoginResponse::Cookies(CookieSession {
+            token_type: "cookie",
+            expires_in: pair.expires_in,
+            csrf_token: csrf.clone(),
+        })),
     )
         .into_response();
     let headers = response.headers_mut();

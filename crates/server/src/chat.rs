@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -24,12 +25,12 @@ use axum::Router;
 use futures_util::{SinkExt as _, StreamExt as _};
 use herd_bus::Delivery;
 use herd_identity::{AuthnError, Principal};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
+use utoipa::ToSchema;
 
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, Problem};
 use crate::extract::Identity;
 use crate::rooms::{self, Message};
 use crate::AppState;
@@ -85,26 +86,36 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
 }
 
-/// Frames a client sends.
-#[derive(Debug, Deserialize)]
+/// Frames a client sends. `docs/protocol.schema.json` is generated from this type and
+/// [`ServerFrame`] (a test keeps it equal).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
+    /// The first frame of a connection that sent no credentials with the upgrade.
     Auth {
+        /// An access token.
         token: String,
     },
-    Reauth {
-        token: String,
-    },
+    /// A fresh access token for the same user, in answer to the server's `reauth`.
+    Reauth { token: String },
+    /// Deliver every message of `room` with `seq > since`, in order, exactly once, then
+    /// live ones.
     Subscribe {
         room: String,
+        /// The last seq received; 0 for the whole history.
+        #[schema(minimum = 0)]
         since: i64,
     },
-    Unsubscribe {
-        room: String,
-    },
+    /// Stop following a room.
+    Unsubscribe { room: String },
+    /// Post a message.
     Send {
         room: String,
+        /// 1 to 4000 characters.
+        #[schema(min_length = 1, max_length = 4000)]
         body: String,
+        /// 1 to 64 printable ASCII characters; the same one again is not posted twice.
+        #[schema(min_length = 1, max_length = 64, pattern = "^[!-~]+$")]
         client_id: String,
     },
 }
@@ -128,11 +139,81 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error>
     serde_json::from_str(text)
 }
 
+/// Frames the server sends.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The connection is authenticated.
+    Ready {
+        user_id: String,
+        session_id: String,
+        replica: String,
+    },
+    /// One message of a subscribed room.
+    Message(Message),
+    /// The history up to `last_seq` has been delivered; what follows is live.
+    Subscribed { room: String, last_seq: i64 },
+    /// The room is no longer followed.
+    Unsubscribed { room: String },
+    /// A sent message is durable in the store.
+    Ack {
+        client_id: String,
+        room: String,
+        seq: i64,
+        id: String,
+        /// True when this `client_id` had been sent before (the original is kept).
+        duplicate: bool,
+    },
+    /// A frame was refused; the connection stays open.
+    Error {
+        /// `bad-frame`, `validation-failed`, `not-found`, `not-a-member`,
+        /// `already-subscribed`, `too-many-subscriptions`, `rate-limited`,
+        /// `reauth-failed` or `unavailable`.
+        code: String,
+        message: String,
+        /// The `client_id` of the refused `send`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+    },
+    /// The access token expires at `expires_at` (unix seconds): send a `reauth` before.
+    Reauth { expires_at: i64 },
+    /// The fresh token was accepted; it expires at `expires_at` (null: never).
+    Reauthed { expires_at: Option<i64> },
+}
+
+impl ServerFrame {
+    fn text(&self) -> Utf8Bytes {
+        serde_json::to_string(self).unwrap_or_default().into()
+    }
+}
+
+/// Upgrades to live chat over WebSocket: the frames are in `docs/protocol.md` and
+/// `docs/protocol.schema.json`. Credentials are optional here: a browser, which cannot
+/// set headers on a WebSocket, sends an `auth` frame first instead.
+#[utoipa::path(get, path = "/v1/ws", tag = "chat",
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "`not-a-websocket`: this path takes only a WebSocket \
+            upgrade.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`csrf-failed`: the `Origin` is neither this host nor \
+            an allowed origin.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: this replica has as many connections as \
+            it takes; try another.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = []), ("cookie" = [])),
+)]
 async fn upgrade(
     State(state): State<AppState>,
     mut parts: Parts,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // axum's own rejection is plain text; every error herd sends is problem+json.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::new(Code::NotAWebSocket, rejection.body_text()).into_response()
+        }
+    };
     if let Err(e) = state.cookies().check_origin(&parts.headers) {
         return e.into_response();
     }
@@ -183,22 +264,19 @@ struct Conn {
 impl Conn {
     /// Queues a frame whose fate the caller need not know: a full queue already ends
     /// the connection.
-    fn say(&self, frame: Value) {
+    fn say(&self, frame: ServerFrame) {
         let _ = self.push(frame);
     }
 
     /// Queues a history frame, waiting for room: history is in the store, so a client
     /// reading it slowly only slows its own catch-up. False once the connection is gone.
-    async fn push_history(&self, frame: Value) -> bool {
-        self.out
-            .send(Out::Frame(frame.to_string().into()))
-            .await
-            .is_ok()
+    async fn push_history(&self, frame: ServerFrame) -> bool {
+        self.out.send(Out::Frame(frame.text())).await.is_ok()
     }
 
     /// Queues a live frame for the writer; a full queue means the client is too slow.
-    fn push(&self, frame: Value) -> bool {
-        match self.out.try_send(Out::Frame(frame.to_string().into())) {
+    fn push(&self, frame: ServerFrame) -> bool {
+        match self.out.try_send(Out::Frame(frame.text())) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.abort.send_replace(Some((
@@ -268,12 +346,11 @@ async fn connection(
                 }
             }
         };
-        conn.say(json!({
-            "type": "ready",
-            "user_id": principal.user_id(),
-            "session_id": principal.session_id(),
-            "replica": &*state.replica,
-        }));
+        conn.say(ServerFrame::Ready {
+            user_id: principal.user_id().to_owned(),
+            session_id: principal.session_id().to_owned(),
+            replica: state.replica.to_string(),
+        });
 
         let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut reauth = Reauth::new(&state, &principal);
@@ -320,7 +397,7 @@ async fn connection(
                 _ = reauth.next() => {
                     match reauth.fire() {
                         Step::Ask(expires_at) => {
-                            conn.say(json!({ "type": "reauth", "expires_at": expires_at }));
+                            conn.say(ServerFrame::Reauth { expires_at });
                         }
                         Step::Expired => break Some((close::TOKEN_EXPIRED, "the access token expired without a reauth")),
                     }
@@ -357,12 +434,12 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Principal, ()> {
     }
 }
 
-fn error(code: &str, message: &str, client_id: Option<&str>) -> Value {
-    let mut frame = json!({ "type": "error", "code": code, "message": message });
-    if let Some(id) = client_id {
-        frame["client_id"] = json!(id);
+fn error(code: &str, message: &str, client_id: Option<&str>) -> ServerFrame {
+    ServerFrame::Error {
+        code: code.to_owned(),
+        message: message.to_owned(),
+        client_id: client_id.map(str::to_owned),
     }
-    frame
 }
 
 /// Handles one client frame; returns a close code when the connection must end.
@@ -386,7 +463,9 @@ async fn handle(
             Ok(fresh) if fresh.user_id() == principal.user_id() => {
                 *principal = fresh;
                 *reauth = Reauth::new(state, principal);
-                conn.say(json!({ "type": "reauthed", "expires_at": principal.expires_at() }));
+                conn.say(ServerFrame::Reauthed {
+                    expires_at: principal.expires_at(),
+                });
             }
             Ok(_) => conn.say(error("reauth-failed", "the token is another user's", None)),
             Err(()) => conn.say(error("reauth-failed", "the token is not valid", None)),
@@ -424,7 +503,7 @@ async fn handle(
             if let Some(task) = subscriptions.remove(&room) {
                 task.abort();
             }
-            conn.say(json!({ "type": "unsubscribed", "room": room }));
+            conn.say(ServerFrame::Unsubscribed { room });
         }
         ClientFrame::Send {
             room,
@@ -451,10 +530,13 @@ async fn handle(
             }
             match rooms::send_message(state, &room, principal.user_id(), &body, &client_id).await {
                 Ok((m, duplicate)) => {
-                    conn.say(json!({
-                        "type": "ack", "client_id": client_id, "room": m.room, "seq": m.seq,
-                        "id": m.id, "duplicate": duplicate,
-                    }));
+                    conn.say(ServerFrame::Ack {
+                        client_id,
+                        room: m.room,
+                        seq: m.seq,
+                        id: m.id,
+                        duplicate,
+                    });
                 }
                 Err(e) => conn.say(error(
                     e.code().describe().0,
@@ -475,7 +557,10 @@ async fn follow(conn: Conn, room: String, since: i64) {
     if !catch_up(&conn, &room, &mut last).await {
         return;
     }
-    conn.push(json!({ "type": "subscribed", "room": room, "last_seq": last }));
+    conn.push(ServerFrame::Subscribed {
+        room: room.clone(),
+        last_seq: last,
+    });
     while let Some(delivery) = live.recv().await {
         let ok = match delivery {
             Delivery::Message { payload, .. } => {
@@ -483,7 +568,7 @@ async fn follow(conn: Conn, room: String, since: i64) {
                     Ok(m) if m.seq <= last => true,
                     Ok(m) if m.seq == last + 1 => {
                         last = m.seq;
-                        conn.push(message_frame(&m))
+                        conn.push(ServerFrame::Message(m))
                     }
                     // A hole: an announcement was lost or overtaken; the store has it all.
                     Ok(_) => catch_up(&conn, &room, &mut last).await,
@@ -521,7 +606,7 @@ async fn catch_up(conn: &Conn, room: &str, last: &mut i64) -> bool {
         for m in page {
             let m = Message::from(m);
             *last = m.seq;
-            if !conn.push_history(message_frame(&m)).await {
+            if !conn.push_history(ServerFrame::Message(m)).await {
                 return false;
             }
         }
@@ -529,12 +614,6 @@ async fn catch_up(conn: &Conn, room: &str, last: &mut i64) -> bool {
             return true;
         }
     }
-}
-
-fn message_frame(m: &Message) -> Value {
-    let mut frame = serde_json::to_value(m).unwrap_or_default();
-    frame["type"] = json!("message");
-    frame
 }
 
 /// When to ask for a fresh token, and when to give up waiting for it.
@@ -629,4 +708,42 @@ impl ChatState {
     pub fn open_connections(&self) -> usize {
         self.limits.max_connections - self.connections.available_permits()
     }
+}
+
+/// The JSON Schema (draft 2020-12) of every frame, generated from [`ClientFrame`] and
+/// [`ServerFrame`]; `docs/protocol.schema.json` is this, and a test keeps it so.
+pub fn protocol_schema() -> serde_json::Value {
+    use utoipa::PartialSchema as _;
+    let mut defs = serde_json::Map::new();
+    let mut nested = Vec::new();
+    <ServerFrame as ToSchema>::schemas(&mut nested);
+    <ClientFrame as ToSchema>::schemas(&mut nested);
+    for (name, schema) in nested {
+        defs.insert(name, serde_json::to_value(schema).unwrap_or_default());
+    }
+    defs.insert(
+        "ClientFrame".into(),
+        serde_json::to_value(ClientFrame::schema()).unwrap_or_default(),
+    );
+    defs.insert(
+        "ServerFrame".into(),
+        serde_json::to_value(ServerFrame::schema()).unwrap_or_default(),
+    );
+    let document = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:herd:protocol",
+        "title": "herd's live chat protocol over WebSocket (docs/protocol.md)",
+        "description": "Every frame is one JSON object in a text frame. A frame is a \
+            ClientFrame (client to server) or a ServerFrame (server to client).",
+        "oneOf": [
+            { "$ref": "#/$defs/ClientFrame" },
+            { "$ref": "#/$defs/ServerFrame" },
+        ],
+        "$defs": defs,
+    });
+    // utoipa writes references for an OpenAPI document; this one is plain JSON Schema.
+    let text = document
+        .to_string()
+        .replace("#/components/schemas/", "#/$defs/");
+    serde_json::from_str(&text).unwrap_or(document)
 }

@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herd_identity::{AuthError, Rejection};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// A stable error code: its `type` URI, HTTP status and title never change meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,7 @@ pub enum Code {
     NotAMember,
     NotFound,
     MethodNotAllowed,
+    NotAWebSocket,
     Unavailable,
     Internal,
 }
@@ -98,6 +100,11 @@ impl Code {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method not allowed here",
             ),
+            NotAWebSocket => (
+                "not-a-websocket",
+                StatusCode::BAD_REQUEST,
+                "This path takes only a WebSocket upgrade",
+            ),
             Unavailable => (
                 "unavailable",
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -120,9 +127,11 @@ impl Code {
 pub const TYPE_PREFIX: &str = "urn:herd:problem:";
 
 /// One field that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
+    /// The body field or query parameter, `(body)` for the body as a whole.
     pub field: String,
+    /// What is wrong with it, in words meant for the person who fixes it.
     pub message: String,
 }
 
@@ -210,15 +219,23 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error, as RFC 9457 problem details (`application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem<'a> {
+    /// `urn:herd:problem:<code>`; clients match on the code, which never changes meaning.
     #[serde(rename = "type")]
-    type_uri: String,
-    title: &'static str,
-    status: u16,
-    detail: &'a str,
+    #[schema(example = "urn:herd:problem:validation-failed")]
+    pub type_uri: String,
+    /// A short summary of the problem type, the same for every occurrence.
+    pub title: &'static str,
+    /// The HTTP status code, repeated.
+    pub status: u16,
+    /// What went wrong this time and how to fix it.
+    pub detail: &'a str,
+    /// Every invalid field, for `validation-failed` only.
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
-    errors: &'a [FieldError],
+    #[schema(required = false)]
+    pub errors: &'a [FieldError],
 }
 
 impl IntoResponse for ApiError {

@@ -5,9 +5,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -18,12 +19,43 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The process is up and serving; says nothing of its dependencies.
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive.", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Liveness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+}
+
+/// Readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready` (a replica that is not answers 503).
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    /// `ok` or `down`: the bus only speeds news up, so a bus that is down is reported but
+    /// does not make the replica unready.
+    #[schema(value_type = String)]
+    pub bus: &'static str,
 }
 
 /// Ready when the store, and the session store if there is one, answer within a second.
-async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Ready),
+        (status = 503, description = "`unavailable`: the store or the session store did not \
+            answer within a second; take this replica out of rotation.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Ready>> {
     match tokio::time::timeout(Duration::from_secs(1), state.auth.ready()).await {
         // The bus only speeds news up (the store has it all), so a bus that is down is
         // reported but does not take the replica out of rotation.
@@ -33,7 +65,10 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             } else {
                 "down"
             };
-            Ok(Json(json!({ "status": "ready", "bus": bus })))
+            Ok(Json(Ready {
+                status: "ready",
+                bus,
+            }))
         }
         Ok(Err(e)) => Err(ApiError::unavailable(e)),
         Err(_) => Err(ApiError::unavailable("the store did not answer within 1 s")),

@@ -10,8 +10,11 @@
 //! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica.
 //! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
-//! - `web.rs`: the web page at `/` (HTML, CSS and JavaScript embedded from `web/`), served
-//!   under a Content-Security-Policy that allows no inline script or style.
+//! - `web.rs`: the web page at `/` and the API reference at `/docs/api` (HTML, CSS and
+//!   JavaScript embedded from `web/`), served under a Content-Security-Policy that allows
+//!   no inline script or style.
+//! - `openapi.rs`: the OpenAPI 3.1 description at `/openapi.json`, generated from the
+//!   handlers' types and `#[utoipa::path]` attributes.
 //! - `extract.rs`: the JSON body reader and the [`Identity`](extract::Identity) extractor.
 //! - `client.rs`: the client's address, from the socket or, behind a trusted proxy, from
 //!   `X-Forwarded-For`.
@@ -29,6 +32,7 @@ pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod news;
+pub mod openapi;
 pub mod rooms;
 pub mod web;
 pub mod wellknown;
@@ -155,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         .merge(wellknown::router())
         .merge(health::router())
         .merge(web::router())
+        .merge(openapi::router())
         .fallback(|| async { ApiError::new(Code::NotFound, "there is no route at this path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

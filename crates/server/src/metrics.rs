@@ -130,6 +130,11 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Prometheus metrics of this replica.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4.", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")),
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = state.metrics.render();
     let _ = writeln!(

@@ -11,9 +11,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use herd_store::{MessageRecord, Posted, RoomRecord};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, ApiResult, Code, FieldError};
+use crate::error::{ApiError, ApiResult, Code, FieldError, Problem};
 use crate::extract::{Identity, JsonObject};
 use crate::AppState;
 
@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A room as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Room {
     pub id: String,
     pub name: String,
@@ -55,16 +55,91 @@ impl From<RoomRecord> for Room {
 }
 
 /// A message as clients see it, over HTTP and WebSocket alike.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct Message {
+    /// The room's id.
     pub room: String,
+    /// Gap-free per room, from 1: remember the last one seen and resume after it.
+    #[schema(minimum = 1)]
     pub seq: i64,
     pub id: String,
+    /// The author's username.
     pub author: String,
     pub author_id: String,
     pub body: String,
+    /// The id the sender chose; a retried send with it returns this message.
     pub client_id: String,
+    /// Unix seconds.
     pub created_at: i64,
+}
+
+/// A new room.
+#[derive(Debug, ToSchema)]
+pub struct CreateRoom {
+    /// 1 to 64 characters after trimming, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        example = "general"
+    )]
+    pub name: String,
+}
+
+/// A message to post.
+#[derive(Debug, ToSchema)]
+pub struct SendMessage {
+    /// 1 to 4000 characters.
+    #[schema(min_length = 1, max_length = 4000, example = "hello")]
+    pub body: String,
+    /// Chosen by the client, 1 to 64 printable ASCII characters: the same one again
+    /// returns the stored message instead of posting a copy.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[!-~]+$", example = "c-1")]
+    pub client_id: String,
+}
+
+/// The rooms the caller is a member of.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomList {
+    pub rooms: Vec<Room>,
+}
+
+/// The answer to a join.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Joined {
+    pub room: String,
+    /// False when the caller was a member already.
+    pub joined: bool,
+}
+
+/// The answer to a leave.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Left {
+    pub room: String,
+    /// False when the caller was not a member.
+    pub left: bool,
+}
+
+/// A page of history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    /// Ascending by `seq`.
+    pub messages: Vec<Message>,
+    /// The cursor for the next page: pass it as `after`.
+    pub next_after: i64,
+}
+
+/// Where a page of history starts and how long it is.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query string `page` reads by hand, field by field.
+pub struct PageQuery {
+    /// Return messages with `seq` above this; 0 (the default) is the whole history.
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+    /// At most this many, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
 }
 
 impl From<MessageRecord> for Message {
@@ -122,6 +197,12 @@ pub fn client_id(raw: &str) -> Result<String, herd_identity::Invalid> {
     Ok(raw.to_owned())
 }
 
+/// Creates a room; the creator is its first member.
+#[utoipa::path(post, path = "/v1/rooms", tag = "rooms",
+    request_body = CreateRoom,
+    responses((status = 201, description = "The room.", body = Room)),
+    security(("bearer" = []), ("cookie" = [])),
+)]
 async fn create(
     State(state): State<AppState>,
     Identity(who): Identity,
@@ -139,15 +220,27 @@ async fn create(
     Ok((StatusCode::CREATED, Json(Room::from(room))))
 }
 
+/// The rooms the caller is a member of.
+#[utoipa::path(get, path = "/v1/rooms", tag = "rooms",
+    responses((status = 200, description = "The caller's rooms.", body = RoomList)),
+    security(("bearer" = []), ("cookie" = [])),
+)]
 async fn mine(
     State(state): State<AppState>,
     Identity(who): Identity,
 ) -> ApiResult<impl IntoResponse> {
     let rooms = state.auth.store().rooms_of(who.user_id()).await?;
     let rooms: Vec<Room> = rooms.into_iter().map(Room::from).collect();
-    Ok(Json(json!({ "rooms": rooms })))
+    Ok(Json(RoomList { rooms }))
 }
 
+/// Joins a room (again: no change).
+#[utoipa::path(post, path = "/v1/rooms/{id}/join", tag = "rooms",
+    params(("id" = String, Path, description = "The room's id.")),
+    responses((status = 200, description = "A member now.", body = Joined), (status = 404, description = "`not-found`: no such room.",
+            body = Problem, content_type = "application/problem+json"),),
+    security(("bearer" = []), ("cookie" = [])),
+)]
 async fn join(
     State(state): State<AppState>,
     Identity(who): Identity,
@@ -158,9 +251,16 @@ async fn join(
         .store()
         .join_room(&id, who.user_id(), state.auth.now())
         .await?;
-    Ok(Json(json!({ "room": id, "joined": joined })))
+    Ok(Json(Joined { room: id, joined }))
 }
 
+/// Leaves a room.
+#[utoipa::path(post, path = "/v1/rooms/{id}/leave", tag = "rooms",
+    params(("id" = String, Path, description = "The room's id.")),
+    responses((status = 200, description = "Not a member now.", body = Left), (status = 404, description = "`not-found`: no such room.",
+            body = Problem, content_type = "application/problem+json"),),
+    security(("bearer" = []), ("cookie" = [])),
+)]
 async fn leave(
     State(state): State<AppState>,
     Identity(who): Identity,
@@ -171,7 +271,7 @@ async fn leave(
         return Err(ApiError::new(Code::NotFound, "no such room"));
     }
     let left = store.leave_room(&id, who.user_id()).await?;
-    Ok(Json(json!({ "room": id, "left": left })))
+    Ok(Json(Left { room: id, left }))
 }
 
 /// Refuses anyone but a member of an existing room.
@@ -222,6 +322,22 @@ async fn announce(state: &AppState, message: &Message) {
     }
 }
 
+/// Posts a message. It is durable (committed with its `seq`) before the answer, then
+/// delivered live to subscribers on every replica.
+#[utoipa::path(post, path = "/v1/rooms/{id}/messages", tag = "rooms",
+    params(("id" = String, Path, description = "The room's id.")),
+    request_body = SendMessage,
+    responses(
+        (status = 201, description = "Posted.", body = Message),
+        (status = 200, description = "This `client_id` was sent before: the stored message, \
+            no copy made.", body = Message),
+        (status = 403, description = "`not-a-member`: join the room first; or `csrf-failed`.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not-found`: no such room.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("cookie" = [])),
+)]
 async fn send(
     State(state): State<AppState>,
     Identity(who): Identity,
@@ -240,6 +356,20 @@ async fn send(
     Ok((status, Json(message)))
 }
 
+/// A page of a room's history, ascending; follow `next_after` for the next.
+#[utoipa::path(get, path = "/v1/rooms/{id}/messages", tag = "rooms",
+    params(("id" = String, Path, description = "The room's id."), PageQuery),
+    responses(
+        (status = 200, description = "A page (empty past the end).", body = MessagePage),
+        (status = 403, description = "`not-a-member`: join the room first.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not-found`: no such room.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation-failed`: `after` or `limit` is out of range.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("cookie" = [])),
+)]
 async fn history(
     State(state): State<AppState>,
     Identity(who): Identity,
@@ -252,9 +382,10 @@ async fn history(
     let messages: Vec<Message> = messages.into_iter().map(Message::from).collect();
     // The cursor for the next page: the last seq returned, or the one given.
     let next_after = messages.last().map_or(after, |m| m.seq);
-    Ok(Json(
-        json!({ "messages": messages, "next_after": next_after }),
-    ))
+    Ok(Json(MessagePage {
+        messages,
+        next_after,
+    }))
 }
 
 /// `after` (default 0) and `limit` (default 100, at most 500) from a query string.

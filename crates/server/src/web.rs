@@ -87,15 +87,78 @@ static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
 static STYLE: LazyLock<Asset> =
     LazyLock::new(|| Asset::new("text/css; charset=utf-8", include_str!("../web/style.css")));
 
+static API_HTML: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("text/html; charset=utf-8", include_str!("../web/api.html")));
+static API_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "text/javascript; charset=utf-8",
+        include_str!("../web/api.js"),
+    )
+});
+static API_CSS: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("text/css; charset=utf-8", include_str!("../web/api.css")));
+
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(|h: HeaderMap| async move { INDEX.respond(&h) }))
-        .route(
-            "/app.js",
-            get(|h: HeaderMap| async move { APP_JS.respond(&h) }),
-        )
-        .route(
-            "/style.css",
-            get(|h: HeaderMap| async move { STYLE.respond(&h) }),
-        )
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/docs/api", get(api_reference))
+        .route("/docs/api.js", get(api_reference_js))
+        .route("/docs/api.css", get(api_reference_css))
+}
+
+/// The web page: sign up, log in, rooms, live chat.
+#[utoipa::path(get, path = "/", tag = "web", responses(
+    (status = 200, description = "The page.", content_type = "text/html; charset=utf-8", body = String),
+    (status = 304, description = "Unchanged since the `ETag` in `If-None-Match`."),
+))]
+async fn index(h: HeaderMap) -> Response {
+    INDEX.respond(&h)
+}
+
+/// The web page's script.
+#[utoipa::path(get, path = "/app.js", tag = "web", responses(
+    (status = 200, description = "The script.", content_type = "text/javascript; charset=utf-8", body = String),
+    (status = 304, description = "Unchanged since the `ETag` in `If-None-Match`."),
+))]
+async fn app_js(h: HeaderMap) -> Response {
+    APP_JS.respond(&h)
+}
+
+/// The web page's style sheet.
+#[utoipa::path(get, path = "/style.css", tag = "web", responses(
+    (status = 200, description = "The style sheet.", content_type = "text/css; charset=utf-8", body = String),
+    (status = 304, description = "Unchanged since the `ETag` in `If-None-Match`."),
+))]
+async fn style_css(h: HeaderMap) -> Response {
+    STYLE.respond(&h)
+}
+
+/// This API's reference, rendered in the browser from `/openapi.json` by a small
+/// embedded script (nothing fetched from elsewhere).
+#[utoipa::path(get, path = "/docs/api", tag = "web", responses(
+    (status = 200, description = "The reference page.", content_type = "text/html; charset=utf-8", body = String),
+    (status = 304, description = "Unchanged since the `ETag` in `If-None-Match`."),
+))]
+async fn api_reference(h: HeaderMap) -> Response {
+    API_HTML.respond(&h)
+}
+
+/// The reference page's script.
+#[utoipa::path(get, path = "/docs/api.js", tag = "web", responses(
+    (status = 200, description = "The script.", content_type = "text/javascript; charset=utf-8", body = String),
+    (status = 304, description = "Unchanged since the `ETag` in `If-None-Match`."),
+))]
+async fn api_reference_js(h: HeaderMap) -> Response {
+    API_JS.respond(&h)
+}
+
+/// The reference page's style sheet.
+#[utoipa::path(get, path = "/docs/api.css", tag = "web", responses(
+    (status = 200, description = "The style sheet.", content_type = "text/css; charset=utf-8", body = String),
+    (status = 304, description = "Unchanged since the `ETag` in `If-None-Match`."),
+))]
+async fn api_reference_css(h: HeaderMap) -> Response {
+    API_CSS.respond(&h)
 }

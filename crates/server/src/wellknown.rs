@@ -6,7 +6,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
 
@@ -19,6 +20,11 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// The published public keys (JWK Set), cacheable for half the key publish delay.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "discovery",
+    responses((status = 200, description = "The key set.", body = JwkSet,
+        headers(("Cache-Control" = String, description = "`public, max-age=N`.")))),
+)]
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     // Verifiers may cache the set for half the publish delay: a rotated-in key is then
     // in every cache before it signs anything.
@@ -29,14 +35,57 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn openid_configuration(State(state): State<AppState>) -> impl IntoResponse {
+/// The public keys access tokens are signed with (RFC 7517). Identity builds it, knowing
+/// no HTTP; this type describes it for the API description.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Documentation of `Auth::jwks`'s JSON, checked by schemathesis in CI.
+pub struct JwkSet {
+    pub keys: Vec<Jwk>,
+}
+
+/// One Ed25519 public key (RFC 8037).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct Jwk {
+    /// `OKP`.
+    pub kty: String,
+    /// `Ed25519`.
+    pub crv: String,
+    /// The public key, base64url.
+    pub x: String,
+    /// The key id tokens name in their header.
+    pub kid: String,
+    /// `sig`.
+    #[schema(rename = "use")]
+    pub use_: String,
+    /// `EdDSA`.
+    pub alg: String,
+}
+
+/// Where verifiers find the keys and the token endpoint (OpenID Connect Discovery style).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenIdConfiguration {
+    pub issuer: String,
+    pub jwks_uri: String,
+    pub token_endpoint: String,
+    pub id_token_signing_alg_values_supported: Vec<&'static str>,
+    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    pub grant_types_supported: Vec<&'static str>,
+}
+
+/// The discovery document.
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "discovery",
+    responses((status = 200, description = "Issuer, key set and token endpoint.",
+        body = OpenIdConfiguration)),
+)]
+async fn openid_configuration(State(state): State<AppState>) -> Json<OpenIdConfiguration> {
     let issuer = state.auth.config().issuer.trim_end_matches('/');
-    Json(json!({
-        "issuer": state.auth.config().issuer,
-        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "token_endpoint": format!("{issuer}/v1/auth/login"),
-        "id_token_signing_alg_values_supported": [herd_identity::jwt::ALG],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "grant_types_supported": ["password", "refresh_token"],
-    }))
+    Json(OpenIdConfiguration {
+        issuer: state.auth.config().issuer.clone(),
+        jwks_uri: format!("{issuer}/.well-known/jwks.json"),
+        token_endpoint: format!("{issuer}/v1/auth/login"),
+        id_token_signing_alg_values_supported: vec![herd_identity::jwt::ALG],
+        token_endpoint_auth_methods_supported: vec!["none"],
+        grant_types_supported: vec!["password", "refresh_token"],
+    })
 }

@@ -1,0 +1,71 @@
+//! schemathesis, an API fuzzer that knows nothing of herd but /openapi.json, against a
+//! live replica: every operation, the stateful links (signup -> login, room -> join,
+//! send, history), all checks. It fails on any 5xx, any response that breaks its schema,
+//! any undocumented status or content type.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::helpers::{spawn_app, PASSWORD};
+
+fn run(st: &str, base: &str, token: &str, filter: &[&str]) {
+    let output = Command::new(st)
+        .args(["run", &format!("{base}/openapi.json"), "--checks", "all"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        // Bounded so the run takes a minute or two on CI; the seed varies between runs.
+        .args(["--max-examples", "30", "--workers", "2", "--no-color"])
+        .args(filter)
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {st}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{stdout}\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs schemathesis: set HERD_TEST_SCHEMATHESIS"]
+async fn schemathesis_finds_no_5xx_no_schema_break_and_no_undocumented_status() {
+    let st = std::env::var("HERD_TEST_SCHEMATHESIS")
+        .expect("HERD_TEST_SCHEMATHESIS must name schemathesis's `st` executable");
+    let app = spawn_app().await;
+    let signup = app.signup("fuzzer", PASSWORD).await;
+    assert_eq!(signup.status(), 201);
+    let token = app.login("fuzzer").await.access;
+    // The room the fuzzer's token is a member of, so message operations get past 403.
+    app.post_authed(&token, "/v1/rooms", json!({"name": "fuzz"}))
+        .await;
+    let base = app.base.clone();
+    let token2 = token.clone();
+    // Logout ends the session the token belongs to, so it runs last, on its own; the
+    // WebSocket path is not HTTP past the upgrade (tests/it/ws.rs and protocol.rs).
+    tokio::task::spawn_blocking(move || {
+        run(
+            &st,
+            &base,
+            &token2,
+            &[
+                "--exclude-path",
+                "/v1/auth/logout",
+                "--exclude-path",
+                "/v1/ws",
+            ],
+        );
+        run(
+            &st,
+            &base,
+            &token2,
+            &[
+                "--include-path",
+                "/v1/auth/logout",
+                "--phases",
+                "examples,coverage,fuzzing",
+            ],
+        );
+    })
+    .await
+    .expect("schemathesis runs");
+}
