@@ -2,6 +2,8 @@
 //! library crates.
 
 mod config;
+#[cfg(test)]
+mod manifests;
 
 use std::process::ExitCode;
 use std::sync::Arc;
