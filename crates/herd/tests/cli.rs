@@ -272,3 +272,131 @@ async fn a_replica_killed_mid_flood_costs_its_subscribers_nothing() {
         "every seq once, in order, across the crash"
     );
 }
+
+const NEEDS_POSTGRES: &str = "needs PostgreSQL: set HERD_TEST_POSTGRES";
+
+/// A fresh PostgreSQL database of this test's own, dropped when the test ends.
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create(tag: &str) -> PgDatabase {
+        let admin = herd_store::testing::postgres_admin_url();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let name = format!("herd_cli_{tag}_{}_{nanos}", std::process::id());
+        let url = runtime()
+            .block_on(herd_store::testing::create_postgres_database(&admin, &name))
+            .unwrap_or_else(|e| panic!("creating a database ({NEEDS_POSTGRES}): {e}"));
+        PgDatabase { admin, name, url }
+    }
+
+    fn pending_migrations(&self) -> usize {
+        runtime().block_on(async {
+            let store = herd_store::Store::open(&self.url).await.expect("open");
+            let pending = store.pending_migrations().await.expect("schema version");
+            store.close().await;
+            pending
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let dropped = runtime().block_on(herd_store::testing::drop_postgres_database(
+            &self.admin,
+            &self.name,
+        ));
+        if let Err(e) = dropped {
+            eprintln!("dropping test database {}: {e}", self.name);
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+fn serve_without_migrating_refuses_a_postgres_schema_that_is_behind() {
+    let db = PgDatabase::create("behind");
+    let out = herd()
+        .args(["serve", "--migrate=false", "--listen", "127.0.0.1:0"])
+        // As the Kubernetes manifests configure it: from the environment.
+        .env("HERD_DATABASE", &db.url)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("migration(s) behind: run `herd migrate` first"),
+        "{stderr}"
+    );
+    assert_eq!(db.pending_migrations(), herd_store::MIGRATIONS.len());
+}
+
+/// A retried migration Job, or two operators at once: both `herd migrate` processes
+/// succeed, and every migration is applied exactly once between them (PostgreSQL's
+/// advisory lock serialises them; the second finds nothing to do).
+#[test]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+fn two_herd_migrate_processes_at_once_apply_each_migration_once() {
+    let db = PgDatabase::create("race");
+    let runs: Vec<Child> = (0..2)
+        .map(|_| {
+            herd()
+                .args(["--log-format", "json", "migrate"])
+                .env("HERD_DATABASE", &db.url)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn herd migrate")
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for run in runs {
+        let out = run.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "herd migrate failed: {stderr}");
+        let done = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["fields"]["message"] == "migrations are up to date")
+            .unwrap_or_else(|| panic!("no 'up to date' line: {stderr}"));
+        applied.push(done["fields"]["applied"].as_u64().expect("applied count"));
+    }
+    applied.sort_unstable();
+    assert_eq!(
+        applied,
+        [0, herd_store::MIGRATIONS.len() as u64],
+        "one run applies every migration, the other none"
+    );
+    assert_eq!(db.pending_migrations(), 0);
+
+    // And a replica that refuses to migrate now starts.
+    let mut replica = herd()
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--migrate=false",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("HERD_DATABASE", &db.url)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herd serve");
+    let stderr = replica.stderr.take().expect("stderr");
+    let listen = common::listen_address(&mut BufReader::new(stderr).lines(), "herd is serving");
+    assert!(!listen.is_empty());
+    common::stop(&mut replica, Duration::from_secs(10));
+}
