@@ -49,6 +49,11 @@ pub enum Command {
     /// cloud balancer in front of `herd serve` replicas there.
     #[command(verbatim_doc_comment)]
     Cluster(Box<ClusterArgs>),
+    /// Balance requests over `herd serve` replicas started elsewhere (other hosts),
+    /// taking each out while its /readyz fails and back once it passes. The same
+    /// balancer as `herd cluster`'s, for a lab spread over hosts; production puts nginx,
+    /// a cloud balancer or a Kubernetes Service in front of the replicas.
+    Balance(BalanceArgs),
     /// Apply pending database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -329,6 +334,60 @@ impl ClusterArgs {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct BalanceArgs {
+    /// Where the balancer listens.
+    #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// A replica's address, HOST:PORT (repeat the flag, or separate with commas).
+    #[arg(
+        long = "upstream",
+        env = "HERD_UPSTREAMS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub upstreams: Vec<SocketAddr>,
+
+    /// How often each replica's /readyz is asked; a failed answer (or none within 1 s)
+    /// takes it out of rotation until one passes.
+    #[arg(long, env = "HERD_HEALTH_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub health_interval: Duration,
+
+    /// Pin each client to one replica with the herd_affinity cookie instead of
+    /// round-robin.
+    #[arg(long, env = "HERD_BALANCE_STICKY")]
+    pub sticky: bool,
+
+    /// Serve GET /_cluster/replicas (each replica's state) to any client, not only
+    /// loopback ones.
+    #[arg(long, env = "HERD_BALANCE_ADMIN_PUBLIC")]
+    pub admin_public: bool,
+}
+
+impl BalanceArgs {
+    pub fn balance_config(&self) -> anyhow::Result<herd_lab::BalanceConfig> {
+        if self.health_interval.is_zero() {
+            bail!("--health-interval must be more than 0s");
+        }
+        let mut upstreams = self.upstreams.clone();
+        upstreams.sort_unstable();
+        if let Some(twice) = upstreams.windows(2).find(|w| w[0] == w[1]) {
+            bail!("--upstream {} is given twice", twice[0]);
+        }
+        Ok(herd_lab::BalanceConfig {
+            upstreams: self.upstreams.clone(),
+            policy: if self.sticky {
+                herd_lab::Policy::Sticky
+            } else {
+                herd_lab::Policy::RoundRobin
+            },
+            health_interval: self.health_interval,
+            admin_public: self.admin_public,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BusArg {
     Auto,
@@ -572,6 +631,26 @@ mod tests {
         assert!(joined.ends_with("--access-ttl 60s"), "{joined}");
         assert_eq!(config.policy, herd_lab::Policy::Sticky);
         assert_eq!(config.replicas, 3);
+    }
+
+    #[test]
+    fn balance_needs_distinct_upstreams() {
+        let err = Cli::try_parse_from(["herd", "balance"]).expect_err("refused");
+        assert!(err.to_string().contains("--upstream"), "{err}");
+        let cli = Cli::try_parse_from([
+            "herd",
+            "balance",
+            "--upstream",
+            "10.0.0.1:8080,10.0.0.2:8080",
+            "--upstream",
+            "10.0.0.1:8080",
+        ])
+        .expect("parses");
+        let Command::Balance(args) = cli.command else {
+            panic!("balance")
+        };
+        let err = args.balance_config().expect_err("refused").to_string();
+        assert!(err.contains("10.0.0.1:8080 is given twice"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(*args).await,
         Command::Cluster(args) => cluster(*args).await,
+        Command::Balance(args) => {
+            let config = args.balance_config()?;
+            let listener =
+                bind(args.listen).with_context(|| format!("binding --listen {}", args.listen))?;
+            herd_lab::balance(config, listener, shutdown_signal())
+                .await
+                .context("running the balancer")
+        }
         Command::Keys { command } => {
             let (KeysCommand::List(identity) | KeysCommand::Rotate(identity)) = &command;
             let config = identity.auth_config()?;
