@@ -115,6 +115,7 @@ impl Net {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        sweep_stale_namespaces();
         let pg_admin = herd_store::testing::postgres_admin_url();
         let pg_name = format!("herd_{tag}");
         let pg_url_root = runtime()
@@ -396,6 +397,27 @@ impl Drop for Net {
         ));
         if let Err(e) = dropped {
             eprintln!("dropping test database {}: {e}", self.pg_name);
+        }
+    }
+}
+
+/// Deletes the namespaces an earlier run left behind when it was killed before its
+/// `Drop` ran: they are named `hp<pid>x...`, and that pid no longer runs.
+fn sweep_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix("hp")
+            .and_then(|rest| rest.split_once('x'))
+            .map(|(pid, _)| pid)
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
 }
