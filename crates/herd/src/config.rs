@@ -159,6 +159,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_UPKEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub upkeep_interval: Duration,
 
+    /// After SIGTERM, how long to keep serving with /readyz failing before the listener
+    /// closes, so that a balancer checking /readyz stops sending requests first (longer
+    /// than its check interval). Under Kubernetes the preStop pause does this instead.
+    #[arg(long, env = "HERD_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
     /// How a caller is recognised. `token` (default): signed access tokens any replica
     /// verifies with no lookup. `shared`: session ids looked up in Redis (--redis-url) or
     /// else the SQL store, on every request. `memory`: session ids in this process's

@@ -107,7 +107,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sessions = state.auth.session_backend(),
         "herd is serving"
     );
-    herd_server::serve(listener, state, shutdown_signal())
+    let draining = state.clone();
+    let drain_delay = args.drain_delay;
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.start_draining();
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                ?drain_delay,
+                "still serving while balancers take this replica out"
+            );
+            // A second signal stops the wait: an operator in a hurry.
+            tokio::select! {
+                () = tokio::time::sleep(drain_delay) => {},
+                () = shutdown_signal() => {},
+            }
+        }
+    };
+    herd_server::serve(listener, state, shutdown)
         .await
         .context("serving")?;
     store.close().await;

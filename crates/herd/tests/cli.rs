@@ -166,6 +166,82 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("\"stopped\"")), "{rest:?}");
 }
 
+/// With `--drain-delay`, SIGTERM first takes the replica out of balancers' rotation
+/// (`/readyz` 503) while it keeps serving; a second signal ends the wait.
+#[tokio::test]
+async fn a_draining_replica_fails_readiness_but_keeps_serving_until_told_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut replica = Replica::start("drain-1", &database(&dir), &["--drain-delay", "10m"]);
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(replica.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+
+    let pid = replica.child.id().to_string();
+    let term = || {
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+    };
+    assert!(term().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused: Value = loop {
+        let answer = http
+            .get(replica.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        if answer.status() == 503 {
+            break answer.json().await.expect("problem+json");
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused["type"], "urn:herd:problem:unavailable", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("shutting down")),
+        "{refused}"
+    );
+    // Everything else is still served, writes included.
+    let signup = http
+        .post(replica.url("/v1/auth/signup"))
+        .json(&json!({ "username": "draining", "password": "correct horse battery" }))
+        .send()
+        .await
+        .expect("signup");
+    assert_eq!(signup.status(), 201);
+    assert_eq!(
+        http.get(replica.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+
+    // A second signal ends the 10-minute wait. It is sent until the replica exits: the
+    // first may land before the replica listens for a second one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = replica.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second SIGTERM did not end the drain"
+        );
+        let _ = term();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(status.success(), "exited with {status}");
+}
+
 async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
     let mut request = client.post(url).json(&body);
     if let Some(token) = token {

@@ -7,7 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -22,8 +22,15 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the store, and the session store if there is one, answer within a second.
+/// Ready when the store, and the session store if there is one, answer within a second,
+/// and the replica is not draining.
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    if state.is_draining() {
+        return Err(ApiError::new(
+            Code::Unavailable,
+            "this replica is shutting down; send requests to another",
+        ));
+    }
     match tokio::time::timeout(Duration::from_secs(1), state.auth.ready()).await {
         // The bus only speeds news up (the store has it all), so a bus that is down is
         // reported but does not take the replica out of rotation.
