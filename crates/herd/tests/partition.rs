@@ -63,6 +63,15 @@ fn netns_enabled() {
         Ok(v) if v == "1" => {}
         _ => panic!("HERD_TEST_NETNS is not 1: {IGNORED}"),
     }
+    for (tool, flag) in [("ip", "-V"), ("socat", "-V"), ("redis-server", "--version")] {
+        let found = Command::new(tool)
+            .arg(flag)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(found, "{tool} is not installed: {IGNORED}");
+    }
 }
 
 /// Runs `program args`, panicking with its stderr when it fails.
