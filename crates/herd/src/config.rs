@@ -50,6 +50,11 @@ pub enum Command {
     /// cloud balancer in front of `herd serve` replicas there.
     #[command(verbatim_doc_comment)]
     Cluster(Box<ClusterArgs>),
+    /// Balance requests over `herd serve` replicas started elsewhere (other hosts),
+    /// taking each out while its /readyz fails and back once it passes. The same
+    /// balancer as `herd cluster`'s, for a lab spread over hosts; production puts nginx,
+    /// a cloud balancer or a Kubernetes Service in front of the replicas.
+    Balance(BalanceArgs),
     /// Apply pending database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -155,6 +160,12 @@ pub struct ServeArgs {
     /// How often to reload the key ring and read new revocations from the store.
     #[arg(long, env = "HERD_UPKEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub upkeep_interval: Duration,
+
+    /// After SIGTERM, how long to keep serving with /readyz failing before the listener
+    /// closes, so that a balancer checking /readyz stops sending requests first (longer
+    /// than its check interval). Under Kubernetes the preStop pause does this instead.
+    #[arg(long, env = "HERD_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
 
     /// How a caller is recognised. `token` (default): signed access tokens any replica
     /// verifies with no lookup. `shared`: session ids looked up in Redis (--redis-url) or
@@ -355,6 +366,60 @@ impl ClusterArgs {
         config.respawn = self.respawn;
         config.admin_public = self.admin_public;
         Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BalanceArgs {
+    /// Where the balancer listens.
+    #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// A replica's address, HOST:PORT (repeat the flag, or separate with commas).
+    #[arg(
+        long = "upstream",
+        env = "HERD_UPSTREAMS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub upstreams: Vec<SocketAddr>,
+
+    /// How often each replica's /readyz is asked; a failed answer (or none within 1 s)
+    /// takes it out of rotation until one passes.
+    #[arg(long, env = "HERD_HEALTH_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub health_interval: Duration,
+
+    /// Pin each client to one replica with the herd_affinity cookie instead of
+    /// round-robin.
+    #[arg(long, env = "HERD_BALANCE_STICKY")]
+    pub sticky: bool,
+
+    /// Serve GET /_cluster/replicas (each replica's state) to any client, not only
+    /// loopback ones.
+    #[arg(long, env = "HERD_BALANCE_ADMIN_PUBLIC")]
+    pub admin_public: bool,
+}
+
+impl BalanceArgs {
+    pub fn balance_config(&self) -> anyhow::Result<herd_lab::BalanceConfig> {
+        if self.health_interval.is_zero() {
+            bail!("--health-interval must be more than 0s");
+        }
+        let mut upstreams = self.upstreams.clone();
+        upstreams.sort_unstable();
+        if let Some(twice) = upstreams.windows(2).find(|w| w[0] == w[1]) {
+            bail!("--upstream {} is given twice", twice[0]);
+        }
+        Ok(herd_lab::BalanceConfig {
+            upstreams: self.upstreams.clone(),
+            policy: if self.sticky {
+                herd_lab::Policy::Sticky
+            } else {
+                herd_lab::Policy::RoundRobin
+            },
+            health_interval: self.health_interval,
+            admin_public: self.admin_public,
+        })
     }
 }
 
@@ -702,6 +767,26 @@ mod tests {
                 .to_string();
             assert!(err.contains(flag), "{flag} {value}: {err}");
         }
+    }
+
+    #[test]
+    fn balance_needs_distinct_upstreams() {
+        let err = Cli::try_parse_from(["herd", "balance"]).expect_err("refused");
+        assert!(err.to_string().contains("--upstream"), "{err}");
+        let cli = Cli::try_parse_from([
+            "herd",
+            "balance",
+            "--upstream",
+            "10.0.0.1:8080,10.0.0.2:8080",
+            "--upstream",
+            "10.0.0.1:8080",
+        ])
+        .expect("parses");
+        let Command::Balance(args) = cli.command else {
+            panic!("balance")
+        };
+        let err = args.balance_config().expect_err("refused").to_string();
+        assert!(err.contains("10.0.0.1:8080 is given twice"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! library crates.
 
 mod config;
+#[cfg(test)]
+mod manifests;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,6 +37,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(*args).await,
         Command::Cluster(args) => cluster(*args).await,
+        Command::Balance(args) => {
+            let config = args.balance_config()?;
+            let listener =
+                bind(args.listen).with_context(|| format!("binding --listen {}", args.listen))?;
+            herd_lab::balance(config, listener, shutdown_signal())
+                .await
+                .context("running the balancer")
+        }
         Command::Keys { command } => {
             let (KeysCommand::List(identity) | KeysCommand::Rotate(identity)) = &command;
             let config = identity.auth_config()?;
@@ -99,7 +109,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         login_throttle = state.auth.throttle_backend(),
         "herd is serving"
     );
-    herd_server::serve(listener, state, shutdown_signal())
+    let draining = state.clone();
+    let drain_delay = args.drain_delay;
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.start_draining();
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                ?drain_delay,
+                "still serving while balancers take this replica out"
+            );
+            // A second signal stops the wait: an operator in a hurry.
+            tokio::select! {
+                () = tokio::time::sleep(drain_delay) => {},
+                () = shutdown_signal() => {},
+            }
+        }
+    };
+    herd_server::serve(listener, state, shutdown)
         .await
         .context("serving")?;
     store.close().await;

@@ -166,6 +166,82 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("\"stopped\"")), "{rest:?}");
 }
 
+/// With `--drain-delay`, SIGTERM first takes the replica out of balancers' rotation
+/// (`/readyz` 503) while it keeps serving; a second signal ends the wait.
+#[tokio::test]
+async fn a_draining_replica_fails_readiness_but_keeps_serving_until_told_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut replica = Replica::start("drain-1", &database(&dir), &["--drain-delay", "10m"]);
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(replica.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+
+    let pid = replica.child.id().to_string();
+    let term = || {
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+    };
+    assert!(term().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused: Value = loop {
+        let answer = http
+            .get(replica.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        if answer.status() == 503 {
+            break answer.json().await.expect("problem+json");
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused["type"], "urn:herd:problem:unavailable", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("shutting down")),
+        "{refused}"
+    );
+    // Everything else is still served, writes included.
+    let signup = http
+        .post(replica.url("/v1/auth/signup"))
+        .json(&json!({ "username": "draining", "password": "correct horse battery" }))
+        .send()
+        .await
+        .expect("signup");
+    assert_eq!(signup.status(), 201);
+    assert_eq!(
+        http.get(replica.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+
+    // A second signal ends the 10-minute wait. It is sent until the replica exits: the
+    // first may land before the replica listens for a second one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = replica.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second SIGTERM did not end the drain"
+        );
+        let _ = term();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(status.success(), "exited with {status}");
+}
+
 async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
     let mut request = client.post(url).json(&body);
     if let Some(token) = token {
@@ -271,4 +347,132 @@ async fn a_replica_killed_mid_flood_costs_its_subscribers_nothing() {
         (1..=N).collect::<Vec<_>>(),
         "every seq once, in order, across the crash"
     );
+}
+
+const NEEDS_POSTGRES: &str = "needs PostgreSQL: set HERD_TEST_POSTGRES";
+
+/// A fresh PostgreSQL database of this test's own, dropped when the test ends.
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create(tag: &str) -> PgDatabase {
+        let admin = herd_store::testing::postgres_admin_url();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let name = format!("herd_cli_{tag}_{}_{nanos}", std::process::id());
+        let url = runtime()
+            .block_on(herd_store::testing::create_postgres_database(&admin, &name))
+            .unwrap_or_else(|e| panic!("creating a database ({NEEDS_POSTGRES}): {e}"));
+        PgDatabase { admin, name, url }
+    }
+
+    fn pending_migrations(&self) -> usize {
+        runtime().block_on(async {
+            let store = herd_store::Store::open(&self.url).await.expect("open");
+            let pending = store.pending_migrations().await.expect("schema version");
+            store.close().await;
+            pending
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let dropped = runtime().block_on(herd_store::testing::drop_postgres_database(
+            &self.admin,
+            &self.name,
+        ));
+        if let Err(e) = dropped {
+            eprintln!("dropping test database {}: {e}", self.name);
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+fn serve_without_migrating_refuses_a_postgres_schema_that_is_behind() {
+    let db = PgDatabase::create("behind");
+    let out = herd()
+        .args(["serve", "--migrate=false", "--listen", "127.0.0.1:0"])
+        // As the Kubernetes manifests configure it: from the environment.
+        .env("HERD_DATABASE", &db.url)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("migration(s) behind: run `herd migrate` first"),
+        "{stderr}"
+    );
+    assert_eq!(db.pending_migrations(), herd_store::MIGRATIONS.len());
+}
+
+/// A retried migration Job, or two operators at once: both `herd migrate` processes
+/// succeed, and every migration is applied exactly once between them (PostgreSQL's
+/// advisory lock serialises them; the second finds nothing to do).
+#[test]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+fn two_herd_migrate_processes_at_once_apply_each_migration_once() {
+    let db = PgDatabase::create("race");
+    let runs: Vec<Child> = (0..2)
+        .map(|_| {
+            herd()
+                .args(["--log-format", "json", "migrate"])
+                .env("HERD_DATABASE", &db.url)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn herd migrate")
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for run in runs {
+        let out = run.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "herd migrate failed: {stderr}");
+        let done = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["fields"]["message"] == "migrations are up to date")
+            .unwrap_or_else(|| panic!("no 'up to date' line: {stderr}"));
+        applied.push(done["fields"]["applied"].as_u64().expect("applied count"));
+    }
+    applied.sort_unstable();
+    assert_eq!(
+        applied,
+        [0, herd_store::MIGRATIONS.len() as u64],
+        "one run applies every migration, the other none"
+    );
+    assert_eq!(db.pending_migrations(), 0);
+
+    // And a replica that refuses to migrate now starts.
+    let mut replica = herd()
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--migrate=false",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("HERD_DATABASE", &db.url)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herd serve");
+    let stderr = replica.stderr.take().expect("stderr");
+    let listen = common::listen_address(&mut BufReader::new(stderr).lines(), "herd is serving");
+    assert!(!listen.is_empty());
+    common::stop(&mut replica, Duration::from_secs(10));
 }

@@ -50,6 +50,9 @@ pub(crate) async fn handle(
         ),
         (["replicas"], Method::POST) => match cluster.add() {
             Ok(view) => json(StatusCode::CREATED, &view),
+            Err(e @ crate::LabError::FixedUpstreams) => {
+                problem(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             Err(e) => {
                 tracing::error!("adding a replica: {e}");
                 problem(

@@ -193,7 +193,7 @@ async fn proxy_upgrade(
         let Some(target) = cluster.pick(affinity.as_deref(), excluded.as_deref()) else {
             return no_replica();
         };
-        let connect = TcpStream::connect(("127.0.0.1", target.port));
+        let connect = TcpStream::connect(target.addr);
         match tokio::time::timeout(Duration::from_secs(2), connect).await {
             Ok(Ok(stream)) => break (target, stream),
             _ if excluded.is_none() => {
@@ -256,7 +256,7 @@ fn outgoing(parts: &Parts, target: &Target, body: ProxyBody) -> Request<ProxyBod
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = format!("http://127.0.0.1:{}{path}", target.port)
+    *request.uri_mut() = format!("http://{}{path}", target.addr)
         .parse()
         .unwrap_or_default();
     *request.headers_mut() = parts.headers.clone();

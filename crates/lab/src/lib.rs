@@ -10,7 +10,9 @@
 //! [`Policy::Sticky`], pins a browser to a replica with the `herd_affinity` cookie) over
 //! the replicas whose `/readyz` passed in the last half-second, retries once on another
 //! replica a request that never reached one, and proxies WebSocket upgrades. Production
-//! puts nginx or a cloud balancer in front of herd instead.
+//! puts nginx or a cloud balancer in front of herd instead. [`balance`] runs the same
+//! balancer in front of replicas started elsewhere (`herd balance --upstream ...`), for a
+//! lab spread over hosts.
 //!
 //! Layout:
 //! - `replicas.rs`: the replica table, child processes (spawn, log forwarding, exit,
@@ -103,6 +105,45 @@ pub enum LabError {
     },
     #[error("reading the balancer's address: {0}")]
     Listener(std::io::Error),
+    #[error("this balancer proxies to replicas started elsewhere (--upstream); it starts none")]
+    FixedUpstreams,
+}
+
+/// `herd balance`: the balancer alone, in front of replicas started elsewhere.
+#[derive(Debug, Clone)]
+pub struct BalanceConfig {
+    /// The replicas' addresses; each is an id in `/_cluster/replicas`.
+    pub upstreams: Vec<std::net::SocketAddr>,
+    pub policy: Policy,
+    /// How often each replica's `/readyz` is asked.
+    pub health_interval: Duration,
+    /// Serve `/_cluster/replicas` to any client, not only loopback ones.
+    pub admin_public: bool,
+}
+
+/// Balances `listener`'s connections over replicas that run elsewhere (other hosts,
+/// other network namespaces) until `shutdown` resolves: the same proxying, retry and
+/// active `/readyz` checks as [`run`], with no process of its own to start or stop.
+pub async fn balance(
+    config: BalanceConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LabError> {
+    let local = listener.local_addr().map_err(LabError::Listener)?;
+    let mut cluster = ClusterConfig::new(PathBuf::new(), Vec::new(), 0);
+    cluster.policy = config.policy;
+    cluster.health_interval = config.health_interval;
+    cluster.admin_public = config.admin_public;
+    let cluster = replicas::Cluster::fixed(cluster, &config.upstreams);
+    tracing::info!(
+        listen = %local,
+        upstreams = config.upstreams.len(),
+        policy = config.policy.as_str(),
+        "balancer is serving"
+    );
+    balancer::serve(cluster, listener, shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Runs the cluster until `shutdown` resolves: starts the replicas, balances `listener`'s

@@ -4,6 +4,7 @@
 //! and, with `respawn`, come back under the same id on a new port: the `generation`
 //! tells the tasks of a dead incarnation (its health checks) that they are stale.
 
+use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,7 +51,7 @@ pub struct ReplicaView {
 struct Slot {
     id: String,
     state: State,
-    port: Option<u16>,
+    addr: Option<SocketAddr>,
     pid: Option<u32>,
     served: u64,
     generation: u64,
@@ -62,7 +63,7 @@ impl Slot {
         ReplicaView {
             id: self.id.clone(),
             state: self.state,
-            port: self.port,
+            port: self.addr.map(|a| a.port()),
             pid: self.pid,
             requests_served: self.served,
         }
@@ -73,7 +74,7 @@ impl Slot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
     pub id: String,
-    pub port: u16,
+    pub addr: SocketAddr,
     pub generation: u64,
 }
 
@@ -98,6 +99,8 @@ pub(crate) struct Cluster {
     turn: AtomicUsize,
     stopping: AtomicBool,
     exited: Notify,
+    /// The replicas were started elsewhere ([`crate::balance`]): none is spawned here.
+    fixed: bool,
     pub client: Client<HttpConnector, ProxyBody>,
 }
 
@@ -116,8 +119,33 @@ impl Cluster {
             turn: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             exited: Notify::new(),
+            fixed: false,
             client,
         }
+    }
+
+    /// A balancer over replicas started elsewhere, at `upstreams`: each is health-checked
+    /// and proxied to like a spawned one, under its address as its id, and nothing is
+    /// spawned, killed or drained.
+    pub fn fixed(config: ClusterConfig, upstreams: &[SocketAddr]) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            fixed: true,
+            ..Cluster::new(config)
+        });
+        for &addr in upstreams {
+            let id = addr.to_string();
+            cluster.slots().push(Slot {
+                id: id.clone(),
+                state: State::Starting,
+                addr: Some(addr),
+                pid: None,
+                served: 0,
+                generation: 1,
+                drained: false,
+            });
+            tokio::spawn(cluster.clone().check_health(id, 1, addr));
+        }
+        cluster
     }
 
     fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
@@ -132,11 +160,14 @@ impl Cluster {
 
     /// Adds a replica with the next id and starts it.
     pub fn add(self: &Arc<Self>) -> Result<ReplicaView, LabError> {
+        if self.fixed {
+            return Err(LabError::FixedUpstreams);
+        }
         let id = format!("r{}", self.numbers.fetch_add(1, Ordering::Relaxed) + 1);
         self.slots().push(Slot {
             id: id.clone(),
             state: State::Starting,
-            port: None,
+            addr: None,
             pid: None,
             served: 0,
             generation: 0,
@@ -167,7 +198,7 @@ impl Cluster {
                 return Ok(());
             };
             slot.generation += 1;
-            slot.port = None;
+            slot.addr = None;
             match &mut child {
                 Ok(child) => {
                     slot.pid = child.id();
@@ -190,14 +221,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Forwards the child's log lines to ours, prefixed with its id, and learns its port
-    /// from the line that announces it.
+    /// Forwards the child's log lines to ours, prefixed with its id, and learns its
+    /// address from the line that announces it.
     async fn read_log(self: Arc<Self>, id: String, generation: u64, stderr: ChildStderr) {
         let mut lines = BufReader::new(stderr).lines();
         let mut announced = false;
         while let Ok(Some(line)) = lines.next_line().await {
             if !announced {
-                if let Some(port) = announced_port(&line) {
+                if let Some(addr) = announced_addr(&line) {
                     announced = true;
                     let current = {
                         let mut slots = self.slots();
@@ -206,14 +237,14 @@ impl Cluster {
                             .find(|s| s.id == id && s.generation == generation)
                         {
                             Some(slot) => {
-                                slot.port = Some(port);
+                                slot.addr = Some(addr);
                                 true
                             }
                             None => false,
                         }
                     };
                     if current {
-                        tokio::spawn(self.clone().check_health(id.clone(), generation, port));
+                        tokio::spawn(self.clone().check_health(id.clone(), generation, addr));
                     }
                 }
             }
@@ -261,12 +292,12 @@ impl Cluster {
     }
 
     /// Asks the replica's `/readyz` every `health_interval` while this incarnation lives.
-    async fn check_health(self: Arc<Self>, id: String, generation: u64, port: u16) {
+    async fn check_health(self: Arc<Self>, id: String, generation: u64, addr: SocketAddr) {
         let mut interval = tokio::time::interval(self.config.health_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let ready = self.ready(port).await;
+            let ready = self.ready(addr).await;
             let mut slots = self.slots();
             let Some(slot) = slots
                 .iter_mut()
@@ -278,20 +309,20 @@ impl Cluster {
                 (State::Dead | State::Draining, _) => return,
                 (State::Starting | State::Down, true) => {
                     slot.state = State::Up;
-                    tracing::info!(replica = %id, port, "replica is up");
+                    tracing::info!(replica = %id, %addr, "replica is up");
                 }
                 (State::Up, false) => {
                     slot.state = State::Down;
-                    tracing::warn!(replica = %id, port, "replica failed its readiness check");
+                    tracing::warn!(replica = %id, %addr, "replica failed its readiness check");
                 }
                 _ => {}
             }
         }
     }
 
-    async fn ready(&self, port: u16) -> bool {
-        let request = hyper::Request::get(format!("http://127.0.0.1:{port}/readyz"))
-            .body(crate::balancer::empty());
+    async fn ready(&self, addr: SocketAddr) -> bool {
+        let request =
+            hyper::Request::get(format!("http://{addr}/readyz")).body(crate::balancer::empty());
         let Ok(request) = request else {
             return false;
         };
@@ -304,11 +335,11 @@ impl Cluster {
     pub fn pick(&self, affinity: Option<&str>, exclude: Option<&str>) -> Option<Target> {
         let slots = self.slots();
         let usable =
-            |s: &&Slot| s.state == State::Up && s.port.is_some() && Some(s.id.as_str()) != exclude;
+            |s: &&Slot| s.state == State::Up && s.addr.is_some() && Some(s.id.as_str()) != exclude;
         let target = |s: &Slot| {
-            s.port.map(|port| Target {
+            s.addr.map(|addr| Target {
                 id: s.id.clone(),
-                port,
+                addr,
                 generation: s.generation,
             })
         };
@@ -425,15 +456,14 @@ impl Cluster {
     }
 }
 
-/// The port in a child's `"herd is serving"` JSON log line, if this is that line.
-fn announced_port(line: &str) -> Option<u16> {
+/// The address in a child's `"herd is serving"` JSON log line, if this is that line.
+fn announced_addr(line: &str) -> Option<SocketAddr> {
     let entry: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = &entry["fields"];
     if fields["message"] != "herd is serving" {
         return None;
     }
-    let listen: std::net::SocketAddr = fields["listen"].as_str()?.parse().ok()?;
-    Some(listen.port())
+    fields["listen"].as_str()?.parse().ok()
 }
 
 fn describe(status: std::io::Result<ExitStatus>) -> String {
@@ -473,9 +503,12 @@ mod tests {
     #[test]
     fn the_port_is_read_from_the_serving_line_only() {
         let line = r#"{"timestamp":"x","level":"INFO","fields":{"message":"herd is serving","listen":"127.0.0.1:40123","replica":"r1"},"target":"herd"}"#;
-        assert_eq!(announced_port(line), Some(40123));
+        assert_eq!(
+            announced_addr(line),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40123)))
+        );
         let other = r#"{"fields":{"message":"migrations are up to date","listen":"127.0.0.1:1"}}"#;
-        assert_eq!(announced_port(other), None);
-        assert_eq!(announced_port("not json"), None);
+        assert_eq!(announced_addr(other), None);
+        assert_eq!(announced_addr("not json"), None);
     }
 }

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiError, ApiResult, Code, Problem};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -46,16 +46,23 @@ pub struct Ready {
     pub bus: &'static str,
 }
 
-/// Ready when the store, and the session store if there is one, answer within a second.
+/// Ready when the store, and the session store if there is one, answer within a second,
+/// and the replica is not draining.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready to serve.", body = Ready),
         (status = 503, description = "`unavailable`: the store or the session store did not \
-            answer within a second; take this replica out of rotation.",
+            answer within a second, or the replica is draining; take it out of rotation.",
             body = Problem, content_type = "application/problem+json"),
     ),
 )]
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Ready>> {
+    if state.is_draining() {
+        return Err(ApiError::new(
+            Code::Unavailable,
+            "this replica is shutting down; send requests to another",
+        ));
+    }
     match tokio::time::timeout(Duration::from_secs(1), state.auth.ready()).await {
         // The bus only speeds news up (the store has it all), so a bus that is down is
         // reported but does not take the replica out of rotation.

@@ -39,6 +39,7 @@ pub mod wellknown;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,9 @@ pub struct AppState {
     config: Arc<ServerConfig>,
     bus: Bus,
     pub(crate) chat: Arc<ChatState>,
+    /// Set once the replica has been told to stop: `/readyz` fails from then on, so
+    /// balancers that check it stop sending requests before the listener closes.
+    draining: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -115,7 +119,20 @@ impl AppState {
             // Without a bus of its own a replica still delivers live chat to its own
             // connections; a cluster gives it one that reaches the others.
             bus: Bus::in_process(),
+            draining: Arc::default(),
         })
+    }
+
+    /// From now on `/readyz` answers 503: the replica is about to stop. It keeps
+    /// serving every other request until its shutdown future resolves.
+    pub fn start_draining(&self) {
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            tracing::info!("draining: /readyz fails from now on");
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Relays identity's news to other replicas over `bus`, and theirs to this one.
