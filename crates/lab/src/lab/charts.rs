@@ -298,7 +298,7 @@ store.</p>
 <dt>ok</dt><dd>authenticated requests (me, history, send, join) answered 2xx; logins are counted apart.</dd>
 <dt>re-logins</dt><dd>401s to authenticated requests: each sends the user back to the login.</dd>
 <dt>logged out by crash</dt><dd>users holding a session from before the kill that a request started after the kill found gone.</dd>
-<dt>failed</dt><dd>5xx answers, connection errors and timeouts; "after kill" counts only requests started after the kill.</dd>
+<dt>failed</dt><dd>5xx answers, connection errors and timeouts; "after kill" counts only requests started after the killed process had exited (as seen within 50 ms), not those in flight when it died.</dd>
 <dt>ok/s before crash, after add</dt><dd>mean ok requests per second from the end of the warm-up to the kill, and from the added replica's first passed health check to the stop.</dd>
 <dt>add→first served</dt><dd>from the add to the first workload request the new replica answered; "never" when no user was sent to it.</dd>
 </dl>

@@ -70,7 +70,9 @@ struct Inner {
     seconds: Vec<Second>,
     total: Histogram<u64>,
     kill: Option<Duration>,
-    /// Requests that started after the kill and failed.
+    /// When the timeline saw the killed process reaped: its sockets are closed by then.
+    gone: Option<Duration>,
+    /// Requests that started after the killed process was gone and failed.
     failed_after_kill: u64,
     /// Users with a session from before the kill that a request after it found gone.
     logged_out_by_crash: HashSet<usize>,
@@ -102,6 +104,7 @@ impl Recorder {
                 seconds: Vec::new(),
                 total: histogram(),
                 kill: None,
+                gone: None,
                 failed_after_kill: 0,
                 logged_out_by_crash: HashSet::new(),
                 served_users: HashSet::new(),
@@ -145,6 +148,7 @@ impl Recorder {
         let latency = u64::try_from((now - started).as_micros()).unwrap_or(u64::MAX);
         let mut inner = self.inner();
         let after_kill = inner.kill.is_some_and(|kill| started >= kill);
+        let after_exit = inner.gone.is_some_and(|gone| started >= gone);
         let steady = started >= inner.warmup && inner.kill.is_none();
         let second = second(&mut inner.seconds, now);
         match outcome {
@@ -171,7 +175,7 @@ impl Recorder {
                     inner.logged_out_by_crash.insert(user);
                 }
             }
-            Outcome::Failed if after_kill => inner.failed_after_kill += 1,
+            Outcome::Failed if after_exit => inner.failed_after_kill += 1,
             _ => {}
         }
         if steady && matches!(outcome, Outcome::Ok | Outcome::LoggedOut) {
@@ -204,13 +208,13 @@ impl Recorder {
     pub fn side_request_failed(&self, outcome: Outcome, started: Duration) {
         let now = self.now();
         let mut inner = self.inner();
-        let after_kill = inner.kill.is_some_and(|kill| started >= kill);
+        let after_exit = inner.gone.is_some_and(|gone| started >= gone);
         let second = second(&mut inner.seconds, now);
         match outcome {
             Outcome::Throttled => second.throttled += 1,
             Outcome::Failed => {
                 second.failed += 1;
-                if after_kill {
+                if after_exit {
                     inner.failed_after_kill += 1;
                 }
             }
@@ -237,6 +241,13 @@ impl Recorder {
         let mut inner = self.inner();
         inner.kill = Some(now);
         (now, in_flight)
+    }
+
+    /// The killed process was seen reaped now.
+    pub fn gone(&self) -> Duration {
+        let now = self.now();
+        self.inner().gone = Some(now);
+        now
     }
 
     pub fn added(&self, id: &str) -> Duration {
@@ -305,12 +316,16 @@ mod tests {
     }
 
     #[test]
-    fn only_failures_of_requests_started_after_the_kill_count_against_it() {
+    fn only_failures_of_requests_started_after_the_process_was_gone_count_against_it() {
         let recorder = Recorder::new(Instant::now(), Duration::ZERO);
         let in_flight = recorder.begin();
         let (_, counted) = recorder.killed();
         assert_eq!(counted, 1);
+        // Sent between the signal and the process's exit: it may have reached it.
+        let racing = recorder.begin();
+        recorder.gone();
         recorder.end(1, in_flight, Outcome::Failed, None, None);
+        recorder.end(1, racing, Outcome::Failed, None, None);
         let t = recorder.begin();
         recorder.end(1, t, Outcome::Failed, None, None);
         let recorded = recorder.finish();

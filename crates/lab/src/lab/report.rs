@@ -9,8 +9,9 @@
 //! - **logged out by the crash**: distinct users holding a session from before the kill
 //!   that a request started after the kill found gone (401).
 //! - **failed**: 5xx answers, connection errors and timeouts; **failed after kill**
-//!   counts only requests *started* after the kill, so those in flight when the replica
-//!   died are not in it.
+//!   counts only requests *started* after the killed process was seen reaped (within
+//!   one 50 ms tick of its exit), so those in flight when the replica died, or sent
+//!   to it while it was dying, are not in it.
 //! - **throughput before the crash**: ok/s over the whole seconds from the end of the
 //!   warm-up to the kill; **after the scale-out**: from the added replica's first
 //!   passed health check (or the add, if it never passed) to the stop.

@@ -169,10 +169,12 @@ async fn drive(
                 let everyone = recorder.served_users() >= config.users;
                 if t >= phases.kill && (everyone || t >= phases.kill + KILL_WAIT) {
                     timeline.users_served_at_kill = recorder.served_users();
-                    let (at, in_flight) = recorder.killed();
                     cluster
                         .kill(VICTIM)
                         .map_err(|e| LabError::Timeline(format!("killing {VICTIM}: {e:?}")))?;
+                    // After the signal: a request that starts from here on was sent
+                    // to a replica already told to die.
+                    let (at, in_flight) = recorder.killed();
                     timeline.kill = Some(at);
                     timeline.killed = VICTIM.to_owned();
                     timeline.in_flight_at_kill = in_flight;
@@ -184,7 +186,7 @@ async fn drive(
                     .iter()
                     .any(|r| r.id == VICTIM && r.state == State::Dead);
                 if reaped && timeline.reaped.is_none() {
-                    timeline.reaped = Some(t);
+                    timeline.reaped = Some(recorder.gone());
                 }
                 if reaped && t >= phases.add.max(kill + (phases.add - phases.kill)) {
                     let added = cluster.add()?;
