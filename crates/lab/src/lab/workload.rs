@@ -330,8 +330,14 @@ pub(crate) async fn user(shared: Arc<Shared>, index: usize, mut stop: watch::Rec
                 Outcome::Ok => {
                     let now = recorder.now();
                     session = answer.ok().and_then(|a| session_from(&a.body, now, now));
-                    recorder.logged_in();
-                    Duration::ZERO
+                    if session.is_some() {
+                        recorder.logged_in();
+                        Duration::ZERO
+                    } else {
+                        // A 200 without a token: counted, and not retried in a hot loop.
+                        recorder.side_request_failed(Outcome::Unexpected, started);
+                        rng.around(shared.think)
+                    }
                 }
                 Outcome::Throttled => {
                     recorder.side_request_failed(Outcome::Throttled, started);
