@@ -204,6 +204,9 @@ async fn drive(
                     timeline.added_up = Some(t);
                 }
                 if t >= phases.stop.max(add + (phases.stop - phases.add)) {
+                    // The stop is when the users are told; what they had in flight
+                    // then still finishes, and counts.
+                    timeline.stop = Some(recorder.now());
                     break Ok(());
                 }
             }
@@ -226,7 +229,6 @@ async fn drive(
             }
         }
     }
-    timeline.stop = Some(recorder.now());
     outcome?;
     drop(shared);
     let recorder = Arc::try_unwrap(recorder)
