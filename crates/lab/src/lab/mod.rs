@@ -198,7 +198,13 @@ pub async fn run(
             .map_err(|e| LabError::Environment(format!("preparing {}: {e}", scenario.name)))?;
         let bar = bars.add(timeline::bar(scenario, &config));
         let result = timeline::run(scenario, cluster, &config, &bar).await;
-        bar.finish();
+        match &result {
+            Ok(r) => bar.finish_with_message(format!(
+                "done: ok {}  re-logins {}  logged out by the crash {}  failed {}",
+                r.requests_ok, r.forced_relogins, r.logged_out_by_crash, r.failed
+            )),
+            Err(_) => bar.abandon_with_message("failed"),
+        }
         let released = env.release(scenario).await;
         let result = result?;
         released
