@@ -89,9 +89,20 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             .context("creating a directory for the scenarios' SQLite files")?,
         current: None,
     };
-    let report = herd_lab::lab::run(config, scenarios, &mut stores)
-        .await
-        .context("running the lab")?;
+    let report = tokio::select! {
+        report = herd_lab::lab::run(config, scenarios, &mut stores) => report,
+        () = crate::shutdown_signal() => {
+            // The scenario's replicas are killed as the runtime drops their tasks (they
+            // are spawned with kill_on_drop); its database would outlive us.
+            if let Some(scenario) = stores.current.clone() {
+                if let Some(admin) = &stores.postgres {
+                    let _ = herd_store::testing::drop_postgres_database(admin, &scenario).await;
+                }
+            }
+            anyhow::bail!("interrupted: no report written");
+        }
+    };
+    let report = report.context("running the lab")?;
     print_report(&report);
     Ok(())
 }

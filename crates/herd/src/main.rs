@@ -179,7 +179,7 @@ pub(crate) async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Store
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
