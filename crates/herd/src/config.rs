@@ -356,7 +356,7 @@ pub struct LabArgs {
     pub stop_at: Duration,
 
     /// Replicas each scenario's cluster starts with.
-    #[arg(long, env = "HERD_CLUSTER_REPLICAS", default_value_t = 3)]
+    #[arg(long, env = "HERD_LAB_REPLICAS", default_value_t = 3)]
     pub replicas: usize,
 
     /// Chat rooms the users are spread over [default: one per 10 users].
@@ -375,7 +375,9 @@ pub struct LabArgs {
     /// The store: each scenario gets a fresh one. Without it, a new SQLite file in a
     /// temporary directory; with postgres://... (a server the lab may create databases
     /// on), a new database per scenario, dropped after it.
-    #[arg(long, env = "HERD_DATABASE")]
+    // Not HERD_DATABASE: that names the one store of `serve` or `cluster`, often a
+    // SQLite file, which the lab must not take as its server for throw-away databases.
+    #[arg(long, env = "HERD_LAB_DATABASE")]
     pub database: Option<String>,
 
     /// Redis for the bus and the shared scenario's sessions; without it the replicas
