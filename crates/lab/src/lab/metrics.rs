@@ -227,7 +227,8 @@ impl Recorder {
         self.inner().served_users.len()
     }
 
-    pub fn ok_so_far(&self) -> (u64, u64, u64) {
+    /// Ok requests, forced re-logins and failed requests so far.
+    pub fn totals(&self) -> (u64, u64, u64) {
         let inner = self.inner();
         inner.seconds.iter().fold((0, 0, 0), |(o, r, f), s| {
             (o + s.ok, r + s.relogins, f + s.failed)

@@ -152,7 +152,7 @@ async fn drive(
     let outcome = loop {
         ticks.tick().await;
         let t = recorder.now();
-        let (ok, relogins, failed) = recorder.ok_so_far();
+        let (ok, relogins, failed) = recorder.totals();
         let phase = match (timeline.kill, timeline.add) {
             (None, _) if t < phases.warmup => "warm-up",
             (None, _) => "before the kill",

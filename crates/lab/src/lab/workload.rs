@@ -183,7 +183,7 @@ pub(crate) async fn setup(
     let mut names: Vec<String> = (0..users).map(username).collect();
     names.push("labhost".to_owned());
     for chunk in names.chunks(8) {
-        let results = futures_join_all(chunk.iter().cloned().map(signup).collect::<Vec<_>>()).await;
+        let results = join_all(chunk.iter().cloned().map(signup).collect::<Vec<_>>()).await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
     }
 
@@ -240,9 +240,7 @@ pub(crate) async fn setup(
 
 /// Runs the futures concurrently and returns their outputs in order (a tiny
 /// `join_all`, to spare a dependency for one call).
-async fn futures_join_all<F: std::future::Future + Send + 'static>(
-    futures: Vec<F>,
-) -> Vec<F::Output>
+async fn join_all<F: std::future::Future + Send + 'static>(futures: Vec<F>) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {
