@@ -324,3 +324,60 @@ store.</p>
     page.push_str("</body></html>\n");
     page
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::metrics::{Outcome, Recorder};
+    use super::super::report::Timeline;
+    use super::super::{scenarios, LabConfig, Phases};
+    use super::*;
+
+    #[test]
+    fn the_page_holds_every_chart_inline_with_the_events_marked() {
+        let s = Duration::from_secs;
+        let config = LabConfig {
+            users: 2,
+            think: Duration::from_millis(100),
+            seed: 1,
+            phases: Phases {
+                warmup: s(0),
+                kill: s(1),
+                add: s(2),
+                stop: s(3),
+            },
+            replicas: 3,
+            rooms: 1,
+            out_dir: "unused".into(),
+            progress: false,
+            setup_timeout: s(1),
+            store: "SQLite <test>".into(),
+        };
+        let timeline = Timeline {
+            kill: Some(s(1)),
+            killed: "r1".into(),
+            add: Some(s(2)),
+            added: "r4".into(),
+            stop: Some(s(3)),
+            ..Timeline::default()
+        };
+        let results: Vec<ScenarioResult> = scenarios(false)
+            .iter()
+            .map(|scenario| {
+                let recorded = Recorder::new(Instant::now(), Duration::ZERO);
+                let t = recorded.begin();
+                recorded.end(0, t, Outcome::Ok, None, Some("r2"));
+                ScenarioResult::new(scenario, &config, timeline.clone(), recorded.finish())
+            })
+            .collect();
+        let report = Report::new(config, results);
+        let page = html(&report);
+        assert_eq!(page.matches("<svg").count(), 2 + 4);
+        assert!(!page.contains("could not be drawn"), "{page}");
+        assert!(page.contains("kill r1") && page.contains("add r4"));
+        // Text from the run is escaped, not taken for markup.
+        assert!(page.contains("SQLite &lt;test&gt;"));
+        assert!(!page.contains("<script"), "the page needs no script");
+    }
+}
