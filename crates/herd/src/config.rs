@@ -55,6 +55,13 @@ pub enum Command {
     /// balancer as `herd cluster`'s, for a lab spread over hosts; production puts nginx,
     /// a cloud balancer or a Kubernetes Service in front of the replicas.
     Balance(BalanceArgs),
+    /// Measure the session designs side by side: for each of memory + round-robin,
+    /// memory + sticky, shared + round-robin and token + round-robin, a fresh cluster
+    /// and store, the same seeded workload of virtual users, one replica SIGKILLed
+    /// and one added under load. Prints a table and writes results.json and
+    /// report.html (charts, viewable offline) to --out. docs/lab.md explains the report.
+    #[command(verbatim_doc_comment)]
+    Lab(Box<LabArgs>),
     /// Apply pending database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -332,31 +339,14 @@ impl ClusterArgs {
             SessionsArg::Shared => "shared",
             SessionsArg::Memory => "memory",
         };
-        let mut args: Vec<String> = [
-            "--log-format",
-            "json",
-            "serve",
-            "--database",
+        // One issuer for all, the address clients reach them at.
+        let args = replica_args(
             &self.database,
-            // One issuer for all, the address clients reach them at.
-            "--issuer",
-            &format!("http://{listen}"),
-            // The balancer speaks plain http on localhost.
-            "--insecure-cookies",
-            // ... and connects from it: believe its X-Forwarded-For, so logins are
-            // throttled by the client's address, not all as the balancer's.
-            "--trusted-proxy",
-            "127.0.0.1,::1",
-            "--sessions",
+            self.redis_url.as_deref(),
             sessions,
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        match &self.redis_url {
-            Some(url) => args.extend(["--bus", "redis", "--redis-url", url].map(str::to_owned)),
-            None => args.extend(["--bus", "sql"].map(str::to_owned)),
-        }
-        args.extend(self.serve_flags.iter().cloned());
+            &format!("http://{listen}"),
+            &self.serve_flags,
+        );
         let mut config = herd_lab::ClusterConfig::new(program, args, self.replicas);
         config.policy = if self.sticky {
             herd_lab::Policy::Sticky
@@ -421,6 +411,189 @@ impl BalanceArgs {
             admin_public: self.admin_public,
         })
     }
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Virtual users per scenario.
+    #[arg(long, env = "HERD_LAB_USERS", default_value_t = 100)]
+    pub users: usize,
+
+    /// Mean think time between a user's requests (each is uniform in half to one and
+    /// a half times it).
+    #[arg(long, env = "HERD_LAB_THINK", default_value = "200ms", value_parser = parse_duration)]
+    pub think: Duration,
+
+    /// Seed of the users' random think times and request mix; the same in every
+    /// scenario.
+    #[arg(long, env = "HERD_LAB_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    /// End of the warm-up: throughput before the crash is measured from here.
+    #[arg(long, env = "HERD_LAB_WARMUP", default_value = "3s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// When one replica is SIGKILLed (t1), once every user has been served.
+    #[arg(long, env = "HERD_LAB_KILL_AT", default_value = "8s", value_parser = parse_duration)]
+    pub kill_at: Duration,
+
+    /// When a replica is added (t2).
+    #[arg(long, env = "HERD_LAB_ADD_AT", default_value = "13s", value_parser = parse_duration)]
+    pub add_at: Duration,
+
+    /// When the users stop (t3).
+    #[arg(long, env = "HERD_LAB_STOP_AT", default_value = "20s", value_parser = parse_duration)]
+    pub stop_at: Duration,
+
+    /// Replicas each scenario's cluster starts with.
+    #[arg(long, env = "HERD_LAB_REPLICAS", default_value_t = 3)]
+    pub replicas: usize,
+
+    /// Chat rooms the users are spread over [default: one per 10 users].
+    #[arg(long, env = "HERD_LAB_ROOMS")]
+    pub rooms: Option<usize>,
+
+    /// Run only these scenarios (repeat, or separate with commas): memory-rr,
+    /// memory-sticky, shared-rr, token-rr.
+    #[arg(long = "scenario", env = "HERD_LAB_SCENARIOS", value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+
+    /// Where results.json, report.html and each scenario's replica log go.
+    #[arg(long, env = "HERD_LAB_OUT", default_value = "lab-results")]
+    pub out: std::path::PathBuf,
+
+    /// The store: each scenario gets a fresh one. Without it, a new SQLite file in a
+    /// temporary directory; with postgres://... (a server the lab may create databases
+    /// on), a new database per scenario, dropped after it.
+    // Not HERD_DATABASE: that names the one store of `serve` or `cluster`, often a
+    // SQLite file, which the lab must not take as its server for throw-away databases.
+    #[arg(long, env = "HERD_LAB_DATABASE")]
+    pub database: Option<String>,
+
+    /// Redis for the bus and the shared scenario's sessions; without it the replicas
+    /// hear each other through the database and shared sessions live in it.
+    #[arg(long, env = "HERD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Draw no progress bars (they are drawn only on a terminal anyway).
+    #[arg(long, env = "HERD_LAB_NO_PROGRESS")]
+    pub no_progress: bool,
+
+    /// More `herd serve` flags for every replica, after `--`
+    /// (e.g. `-- --argon2-memory-kib 64`).
+    #[arg(last = true, value_name = "SERVE_FLAGS")]
+    pub serve_flags: Vec<String>,
+}
+
+impl LabArgs {
+    /// The lab these flags describe and its scenarios, or which flag is wrong and why.
+    pub fn lab_config(
+        &self,
+    ) -> anyhow::Result<(herd_lab::lab::LabConfig, Vec<herd_lab::lab::Scenario>)> {
+        use herd_lab::lab::{scenarios, LabConfig, Phases};
+        if self.users == 0 {
+            bail!("--users must be at least 1");
+        }
+        if self.think.is_zero() {
+            bail!("--think must be more than 0");
+        }
+        if self.replicas < 2 {
+            bail!("--replicas must be at least 2: the lab kills one");
+        }
+        if self.rooms == Some(0) {
+            bail!("--rooms must be at least 1");
+        }
+        if let Some(url) = &self.database {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                bail!("--database must be postgres://... (without it each scenario gets a fresh SQLite file)");
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            if !url.starts_with("redis://") {
+                bail!("--redis-url must start with redis://");
+            }
+        }
+        let phases = Phases {
+            warmup: self.warmup,
+            kill: self.kill_at,
+            add: self.add_at,
+            stop: self.stop_at,
+        };
+        phases
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--warmup/--kill-at/--add-at/--stop-at: {e}"))?;
+        let all = scenarios(self.redis_url.is_some());
+        let chosen: Vec<_> = if self.scenarios.is_empty() {
+            all
+        } else {
+            for name in &self.scenarios {
+                if !all.iter().any(|s| &s.name == name) {
+                    let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+                    bail!("--scenario {name:?} is not one of {}", known.join(", "));
+                }
+            }
+            all.into_iter()
+                .filter(|s| self.scenarios.contains(&s.name))
+                .collect()
+        };
+        let store = match (&self.database, &self.redis_url) {
+            (Some(_), Some(_)) => {
+                "PostgreSQL (a database per scenario), bus and shared sessions in Redis"
+            }
+            (Some(_), None) => "PostgreSQL (a database per scenario), bus over the database",
+            (None, Some(_)) => "SQLite (a file per scenario), bus and shared sessions in Redis",
+            (None, None) => "SQLite (a file per scenario), bus over the database",
+        };
+        let config = LabConfig {
+            users: self.users,
+            think: self.think,
+            seed: self.seed,
+            phases,
+            replicas: self.replicas,
+            rooms: self.rooms.unwrap_or(self.users.div_ceil(10)),
+            out_dir: self.out.clone(),
+            progress: !self.no_progress,
+            setup_timeout: Duration::from_secs(120),
+            store: store.to_owned(),
+        };
+        Ok((config, chosen))
+    }
+}
+
+/// The `herd serve` arguments of a replica in a cluster: one database, one issuer and
+/// one bus for all (`herd cluster` and `herd lab` alike).
+pub fn replica_args(
+    database: &str,
+    redis_url: Option<&str>,
+    sessions: &str,
+    issuer: &str,
+    serve_flags: &[String],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--log-format",
+        "json",
+        "serve",
+        "--database",
+        database,
+        "--issuer",
+        issuer,
+        // The balancer speaks plain http on localhost.
+        "--insecure-cookies",
+        // ... and connects from it: believe its X-Forwarded-For, so logins are
+        // throttled by the client's address, not all as the balancer's.
+        "--trusted-proxy",
+        "127.0.0.1,::1",
+        "--sessions",
+        sessions,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    match redis_url {
+        Some(url) => args.extend(["--bus", "redis", "--redis-url", url].map(str::to_owned)),
+        None => args.extend(["--bus", "sql"].map(str::to_owned)),
+    }
+    args.extend(serve_flags.iter().cloned());
+    args
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

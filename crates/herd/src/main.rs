@@ -2,6 +2,7 @@
 //! library crates.
 
 mod config;
+mod lab;
 #[cfg(test)]
 mod manifests;
 
@@ -22,7 +23,14 @@ use crate::config::{BusArg, Cli, ClusterArgs, Command, KeysCommand, LogFormat, S
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The lab reports what happens in its results; its replicas' lines go to a log file
+    // per scenario, and its own (a replica killed, a connection refused: the point of
+    // the exercise) would only scroll the progress bars away.
+    let default_filter = match cli.command {
+        Command::Lab(_) => "error",
+        _ => "info,sqlx=warn",
+    };
+    init_logging(cli.log_format, default_filter);
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -45,6 +53,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("running the balancer")
         }
+        Command::Lab(args) => lab::run(*args).await,
         Command::Keys { command } => {
             let (KeysCommand::List(identity) | KeysCommand::Rotate(identity)) = &command;
             let config = identity.auth_config()?;
@@ -180,7 +189,7 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Store> {
+pub(crate) async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Store> {
     let store = Store::open(url)
         .await
         .with_context(|| format!("opening --database {url}"))?;
@@ -199,7 +208,7 @@ async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Store> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
@@ -229,9 +238,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

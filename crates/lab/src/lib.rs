@@ -21,9 +21,12 @@
 //!   WebSocket upgrades.
 //! - `admin.rs`: `/_cluster/...`, loopback-only unless told otherwise.
 //! - `problem.rs`: RFC 9457 problem+json answers the balancer gives itself.
+//! - `lab/`: `herd lab`, the load generator that runs the session designs side by side
+//!   on clusters like this one, kills and adds replicas under load, and reports.
 
 mod admin;
 mod balancer;
+pub mod lab;
 mod problem;
 mod replicas;
 
@@ -78,6 +81,11 @@ pub struct ClusterConfig {
     pub health_interval: Duration,
     /// How long replicas get to stop after SIGTERM before they are killed.
     pub stop_timeout: Duration,
+    /// Where the replicas' log lines go, prefixed with their id: this file (appended
+    /// to) when set, else our stderr.
+    pub replica_log: Option<PathBuf>,
+    /// Environment variables every replica gets on top of ours.
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterConfig {
@@ -91,6 +99,8 @@ impl ClusterConfig {
             admin_public: false,
             health_interval: Duration::from_millis(500),
             stop_timeout: Duration::from_secs(10),
+            replica_log: None,
+            env: Vec::new(),
         }
     }
 }
@@ -105,6 +115,18 @@ pub enum LabError {
     },
     #[error("reading the balancer's address: {0}")]
     Listener(std::io::Error),
+    #[error("opening the replica log {0}: {1}")]
+    ReplicaLog(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error("setting up the scenario: {0}")]
+    Setup(String),
+    #[error("running the scenario: {0}")]
+    Timeline(String),
+    #[error("{0}")]
+    Environment(String),
+    #[error("writing {0}: {1}")]
+    Output(PathBuf, std::io::Error),
     #[error("this balancer proxies to replicas started elsewhere (--upstream); it starts none")]
     FixedUpstreams,
 }
@@ -134,7 +156,7 @@ pub async fn balance(
     cluster.policy = config.policy;
     cluster.health_interval = config.health_interval;
     cluster.admin_public = config.admin_public;
-    let cluster = replicas::Cluster::fixed(cluster, &config.upstreams);
+    let cluster = replicas::Cluster::fixed(cluster, &config.upstreams)?;
     tracing::info!(
         listen = %local,
         upstreams = config.upstreams.len(),
@@ -156,7 +178,7 @@ pub async fn run(
 ) -> Result<(), LabError> {
     let local = listener.local_addr().map_err(LabError::Listener)?;
     let count = config.replicas;
-    let cluster = Arc::new(replicas::Cluster::new(config));
+    let cluster = Arc::new(replicas::Cluster::new(config)?);
     let started = (0..count).try_for_each(|_| cluster.add().map(drop));
     if let Err(e) = started {
         cluster.stop_all().await;

@@ -102,17 +102,29 @@ pub(crate) struct Cluster {
     /// The replicas were started elsewhere ([`crate::balance`]): none is spawned here.
     fixed: bool,
     pub client: Client<HttpConnector, ProxyBody>,
+    /// The file the replicas' log lines go to, when not our stderr.
+    log: Option<Mutex<std::fs::File>>,
 }
 
 impl Cluster {
-    pub fn new(config: ClusterConfig) -> Cluster {
+    pub fn new(config: ClusterConfig) -> Result<Cluster, LabError> {
+        let log = match &config.replica_log {
+            Some(path) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| LabError::ReplicaLog(path.clone(), e))?,
+            )),
+            None => None,
+        };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Cluster {
+        Ok(Cluster {
             config,
             slots: Mutex::new(Vec::new()),
             numbers: AtomicUsize::new(0),
@@ -121,16 +133,20 @@ impl Cluster {
             exited: Notify::new(),
             fixed: false,
             client,
-        }
+            log,
+        })
     }
 
     /// A balancer over replicas started elsewhere, at `upstreams`: each is health-checked
     /// and proxied to like a spawned one, under its address as its id, and nothing is
     /// spawned, killed or drained.
-    pub fn fixed(config: ClusterConfig, upstreams: &[SocketAddr]) -> Arc<Cluster> {
+    pub fn fixed(
+        config: ClusterConfig,
+        upstreams: &[SocketAddr],
+    ) -> Result<Arc<Cluster>, LabError> {
         let cluster = Arc::new(Cluster {
             fixed: true,
-            ..Cluster::new(config)
+            ..Cluster::new(config)?
         });
         for &addr in upstreams {
             let id = addr.to_string();
@@ -145,7 +161,7 @@ impl Cluster {
             });
             tokio::spawn(cluster.clone().check_health(id, 1, addr));
         }
-        cluster
+        Ok(cluster)
     }
 
     fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
@@ -187,6 +203,7 @@ impl Cluster {
         let mut child = Command::new(&self.config.program)
             .args(&self.config.args)
             .args(["--listen", "127.0.0.1:0", "--replica-id", id])
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             // A safety net: should the lab itself fail, its children go with it.
@@ -248,7 +265,15 @@ impl Cluster {
                     }
                 }
             }
-            eprintln!("[{id}] {line}");
+            match &self.log {
+                Some(file) => {
+                    use std::io::Write as _;
+                    let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+                    // A full disk loses log lines, not the cluster.
+                    let _ = writeln!(file, "[{id}] {line}");
+                }
+                None => eprintln!("[{id}] {line}"),
+            }
         }
     }
 

@@ -1,0 +1,383 @@
+//! `report.html`: one self-contained page (no script, no external file) with the table
+//! and the charts, drawn by plotters' SVG backend and embedded inline, so it opens
+//! offline in any browser.
+
+use std::fmt::Write as _;
+
+use plotters::prelude::*;
+
+use super::report::{Report, ScenarioResult};
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A colour per scenario, in the order the report lists them.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(214, 39, 40),
+    RGBColor(255, 127, 14),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+const KILL: RGBColor = RGBColor(200, 0, 0);
+const ADD: RGBColor = RGBColor(0, 140, 0);
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Draws into an SVG string; a chart that fails to draw becomes a line saying so, not a
+/// missing report.
+fn svg(size: (u32, u32), draw: impl FnOnce(&mut String) -> DrawResult) -> String {
+    let mut out = String::new();
+    match draw(&mut out) {
+        Ok(()) => out,
+        Err(e) => {
+            format!(
+                "<p class=\"error\">This chart could not be drawn: {}</p>",
+                escape(&e.to_string())
+            ) + &format!("<!-- {}x{} -->", size.0, size.1)
+        }
+    }
+}
+
+/// The whole seconds before the stop, as (middle of the second, value) points.
+fn series(r: &ScenarioResult, value: impl Fn(&super::report::SecondRow) -> f64) -> Vec<(f64, f64)> {
+    let end = r.timeline.stop.map_or(u64::MAX, |s| s.as_secs());
+    r.seconds
+        .iter()
+        .filter(|s| s.t < end)
+        .map(|s| (s.t as f64 + 0.5, value(s)))
+        .collect()
+}
+
+fn x_max(report: &Report) -> f64 {
+    report
+        .scenarios
+        .iter()
+        .filter_map(|r| r.timeline.stop)
+        .map(|s| s.as_secs_f64())
+        .fold(1.0, f64::max)
+}
+
+/// ok/s, re-logins/s and failed/s of one scenario, with its kill and add marked.
+fn timeline_chart(r: &ScenarioResult, x_end: f64) -> String {
+    const SIZE: (u32, u32) = (720, 280);
+    svg(SIZE, |out| {
+        let ok = series(r, |s| s.ok as f64);
+        let relogins = series(r, |s| s.relogins as f64);
+        let failed = series(r, |s| s.failed as f64);
+        let y_end = ok
+            .iter()
+            .chain(&relogins)
+            .chain(&failed)
+            .map(|p| p.1)
+            .fold(1.0, f64::max)
+            * 1.1;
+        let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: requests per second", r.scenario.name),
+                ("sans-serif", 16),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..x_end, 0f64..y_end)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the users started")
+            .y_desc("per second")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .light_line_style(WHITE)
+            .draw()?;
+        let lines = [
+            ("ok", ok, PALETTE[2]),
+            ("forced re-logins", relogins, PALETTE[1]),
+            ("failed", failed, BLACK),
+        ];
+        for (label, points, colour) in lines {
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+        }
+        let marks = [
+            (r.timeline.kill, format!("kill {}", r.timeline.killed), KILL),
+            (r.timeline.add, format!("add {}", r.timeline.added), ADD),
+        ];
+        for (at, label, colour) in marks {
+            let Some(at) = at else { continue };
+            let x = at.as_secs_f64();
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x, 0.0), (x, y_end)],
+                colour.stroke_width(2),
+            )))?;
+            chart.draw_series(std::iter::once(Text::new(
+                label,
+                (x + x_end * 0.005, y_end * 0.97),
+                ("sans-serif", 12).into_font().color(&colour),
+            )))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::MiddleRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })
+}
+
+/// ok/s of every scenario on one chart.
+fn throughput_chart(report: &Report, x_end: f64) -> String {
+    const SIZE: (u32, u32) = (720, 300);
+    svg(SIZE, |out| {
+        let all: Vec<Vec<(f64, f64)>> = report
+            .scenarios
+            .iter()
+            .map(|r| series(r, |s| s.ok as f64))
+            .collect();
+        let y_end = all.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+        let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("ok requests per second, every scenario", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..x_end, 0f64..y_end)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the users started")
+            .y_desc("ok/s")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .light_line_style(WHITE)
+            .draw()?;
+        for (i, (r, points)) in report.scenarios.iter().zip(all).enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+                .label(r.scenario.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+            for at in [r.timeline.kill, r.timeline.add].into_iter().flatten() {
+                let x = at.as_secs_f64();
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x, 0.0), (x, y_end)],
+                    colour.mix(0.5).stroke_width(1),
+                )))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })
+}
+
+/// The latency distribution of ok requests: latency at each percentile, the x axis in
+/// "nines" (90%, 99%, 99.9%, ...), as HdrHistogram plots it.
+fn latency_chart(report: &Report) -> String {
+    const SIZE: (u32, u32) = (720, 320);
+    svg(SIZE, |out| {
+        let nines = |p: f64| -(1.0 - p / 100.0).max(1e-6).log10();
+        let y_end = report
+            .scenarios
+            .iter()
+            .flat_map(|r| r.latency.iter().map(|p| p.ms))
+            .fold(1.0, f64::max)
+            * 1.1;
+        let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("latency distribution of ok requests", ("sans-serif", 16))
+            .margin(10)
+            .margin_right(30)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..4f64, 0f64..y_end)?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("milliseconds")
+            .x_labels(5)
+            .x_label_formatter(&|x| match x.round() as i64 {
+                0 => "0%".to_owned(),
+                1 => "90%".to_owned(),
+                2 => "99%".to_owned(),
+                3 => "99.9%".to_owned(),
+                _ => "99.99%".to_owned(),
+            })
+            .light_line_style(WHITE)
+            .draw()?;
+        for (i, r) in report.scenarios.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            let points: Vec<(f64, f64)> = r
+                .latency
+                .iter()
+                .map(|p| (nines(p.percentile), p.ms))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+                .label(r.scenario.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })
+}
+
+/// The report page.
+pub(crate) fn html(report: &Report) -> String {
+    let c = &report.config;
+    let x_end = x_max(report);
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>herd lab report</title>
+<style>
+body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+figure {{ margin: 1.5em 0; }} .error {{ color: #a00; }} dt {{ font-weight: bold; }}
+</style></head><body>
+<h1>herd lab report</h1>
+<p>{users} virtual users, mean think time {think} ms, seed {seed}; {replicas} replicas per
+scenario; store: {store}; {cores} cores. Timeline: warm-up until {warm} s, kill at {kill} s,
+add at {add} s, stop at {stop} s (each event also waits for what it depends on; the
+actual times are marked on the charts). Each scenario ran on a fresh cluster and a fresh
+store.</p>
+"#,
+        users = c.users,
+        think = c.think.as_millis(),
+        seed = c.seed,
+        replicas = c.replicas,
+        store = escape(&c.store),
+        cores = report.cores,
+        warm = c.phases.warmup.as_secs_f64(),
+        kill = c.phases.kill.as_secs_f64(),
+        add = c.phases.add.as_secs_f64(),
+        stop = c.phases.stop.as_secs_f64(),
+    );
+    page.push_str("<h2>Summary</h2>\n<table>\n");
+    for (i, row) in report.rows().iter().enumerate() {
+        let tag = if i == 0 { "th" } else { "td" };
+        page.push_str("<tr>");
+        for cell in row {
+            let _ = write!(page, "<{tag}>{}</{tag}>", escape(cell));
+        }
+        page.push_str("</tr>\n");
+    }
+    page.push_str("</table>\n");
+    page.push_str(
+        r#"<dl>
+<dt>ok</dt><dd>authenticated requests (me, history, send, join) answered 2xx; logins are counted apart.</dd>
+<dt>re-logins</dt><dd>401s to authenticated requests: each sends the user back to the login.</dd>
+<dt>logged out by crash</dt><dd>users holding a session from before the kill that a request started after the kill found gone.</dd>
+<dt>failed</dt><dd>5xx answers, connection errors and timeouts; "after kill" counts only requests started after the killed process had exited (as seen within 50 ms), not those in flight when it died.</dd>
+<dt>ok/s before crash, after add</dt><dd>mean ok requests per second from the end of the warm-up to the kill, and from the added replica's first passed health check to the stop.</dd>
+<dt>add→first served</dt><dd>from the add to the first workload request the new replica answered; "never" when no user was sent to it.</dd>
+</dl>
+"#,
+    );
+    page.push_str("<h2>Throughput</h2>\n<figure>");
+    page.push_str(&throughput_chart(report, x_end));
+    page.push_str("</figure>\n<h2>Latency</h2>\n<figure>");
+    page.push_str(&latency_chart(report));
+    page.push_str("</figure>\n<h2>Each scenario</h2>\n");
+    for r in &report.scenarios {
+        let _ = write!(
+            page,
+            "<h3>{name}</h3><p>sessions: {sessions}, kept in {store}; balancer: {policy}.</p>\n<figure>",
+            name = escape(&r.scenario.name),
+            sessions = r.scenario.sessions.as_str(),
+            store = escape(&r.scenario.session_store),
+            policy = r.scenario.policy.as_str(),
+        );
+        page.push_str(&timeline_chart(r, x_end));
+        page.push_str("</figure>\n");
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::metrics::{Outcome, Recorder};
+    use super::super::report::Timeline;
+    use super::super::{scenarios, LabConfig, Phases};
+    use super::*;
+
+    #[test]
+    fn the_page_holds_every_chart_inline_with_the_events_marked() {
+        let s = Duration::from_secs;
+        let config = LabConfig {
+            users: 2,
+            think: Duration::from_millis(100),
+            seed: 1,
+            phases: Phases {
+                warmup: s(0),
+                kill: s(1),
+                add: s(2),
+                stop: s(3),
+            },
+            replicas: 3,
+            rooms: 1,
+            out_dir: "unused".into(),
+            progress: false,
+            setup_timeout: s(1),
+            store: "SQLite <test>".into(),
+        };
+        let timeline = Timeline {
+            kill: Some(s(1)),
+            killed: "r1".into(),
+            add: Some(s(2)),
+            added: "r4".into(),
+            stop: Some(s(3)),
+            ..Timeline::default()
+        };
+        let results: Vec<ScenarioResult> = scenarios(false)
+            .iter()
+            .map(|scenario| {
+                let recorded = Recorder::new(Instant::now(), Duration::ZERO);
+                let t = recorded.begin();
+                recorded.end(0, t, Outcome::Ok, None, Some("r2"));
+                ScenarioResult::new(scenario, &config, timeline.clone(), recorded.finish())
+            })
+            .collect();
+        let report = Report::new(config, results);
+        let page = html(&report);
+        assert_eq!(page.matches("<svg").count(), 2 + 4);
+        assert!(!page.contains("could not be drawn"), "{page}");
+        assert!(page.contains("kill r1") && page.contains("add r4"));
+        // Text from the run is escaped, not taken for markup.
+        assert!(page.contains("SQLite &lt;test&gt;"));
+        assert!(!page.contains("<script"), "the page needs no script");
+    }
+}
