@@ -20,8 +20,14 @@ export CARGO_TARGET_DIR="$PWD/fuzz/target"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
-# The lock file is committed; refuse to run if the build would change it.
-cargo metadata --manifest-path fuzz/Cargo.toml --locked --format-version 1 >/dev/null
+# The lock file is committed; refuse to run if the build would change it. It goes stale
+# whenever a dependency of the herd crates the targets use changes.
+if ! cargo metadata --manifest-path fuzz/Cargo.toml --locked --format-version 1 >/dev/null; then
+    echo "fuzz/Cargo.lock is behind the herd crates' dependencies: run" >&2
+    echo "  cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null" >&2
+    echo "and commit fuzz/Cargo.lock" >&2
+    exit 1
+fi
 
 # New inputs the runs find go to a scratch directory; the committed corpus is only read.
 scratch=$(mktemp -d)
