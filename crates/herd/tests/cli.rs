@@ -118,7 +118,7 @@ impl Replica {
             .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
             .args(["--replica-id", id, "--database", database])
             // Cheap hashing: these tests are about processes, not passwords.
-            .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+            .args(common::CHEAP_HASH)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()

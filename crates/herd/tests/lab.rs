@@ -30,13 +30,8 @@ fn run_lab(out: &Path, flags: &[&str]) -> (Output, Value) {
         ])
         .args(["--out", out.to_str().expect("utf-8 path")])
         .args(flags)
-        .args([
-            "--",
-            "--argon2-memory-kib",
-            "64",
-            "--argon2-iterations",
-            "1",
-        ])
+        .args(["--"])
+        .args(common::CHEAP_HASH)
         .output()
         .expect("run herd lab");
     assert!(

@@ -124,7 +124,7 @@ impl Replica {
             .args(["--bus", "sql", "--bus-poll-interval", "10ms"])
             .args(["--issuer", issuer, "--insecure-cookies"])
             // Cheap hashing: these tests are about processes, not passwords.
-            .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+            .args(common::CHEAP_HASH)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn herd serve");

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 /// The `herd` executable, with no `HERD_*` variable from the environment running the
 /// tests: only the flags a test passes count.
+/// `herd serve` flags for a cheap argon2id: tests log in many times and test nothing
+/// about the hash's cost.
+pub const CHEAP_HASH: [&str; 4] = ["--argon2-memory-kib", "64", "--argon2-iterations", "1"];
+
 pub fn herd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
     for (key, _) in std::env::vars() {
@@ -89,13 +93,8 @@ pub fn spawn_cluster_serving(
         .args(["--log-format", "json", "cluster", "--replicas", "2"])
         .args(["--listen", "127.0.0.1:0", "--database", &database(dir)])
         .args(flags)
-        .args([
-            "--",
-            "--argon2-memory-kib",
-            "64",
-            "--argon2-iterations",
-            "1",
-        ])
+        .args(["--"])
+        .args(CHEAP_HASH)
         .args(serve_flags)
         .stderr(Stdio::piped())
         .spawn()

@@ -35,7 +35,7 @@ impl Replica {
         let mut child = common::herd()
             .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
             .args(["--replica-id", id, "--database", database])
-            .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+            .args(common::CHEAP_HASH)
             .args(flags)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
