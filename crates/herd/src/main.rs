@@ -73,7 +73,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     let done = auth
                         .revoke_key(&kid)
                         .await
-                        .with_context(|| format!("revoking the signing key {kid}"))?;
+                        .context("revoking a signing key")?;
                     print_revoked(&done);
                     done.keys
                 }
