@@ -35,7 +35,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run one replica: accounts and stateless tokens over HTTP.
     Serve(Box<ServeArgs>),
-    /// Inspect or rotate the signing keys every replica shares.
+    /// Inspect, rotate or revoke the signing keys every replica shares.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -76,6 +76,18 @@ pub enum KeysCommand {
     /// Add a key that is published now and signs after --key-publish-delay; delete
     /// keys that have retired.
     Rotate(IdentityArgs),
+    /// Withdraw a compromised key at once: delete it from the store, so every replica
+    /// refuses the tokens it signed (reason unknown_key) at its next upkeep and drops it
+    /// from JWKS. If it is the key signing now, first add a key that signs at once,
+    /// ignoring --key-publish-delay: verifiers whose JWKS cache lacks the new key refuse
+    /// its tokens until their cache expires, which beats accepting tokens signed with a
+    /// leaked key. Sessions survive: clients refresh and get tokens from the new key.
+    Revoke {
+        /// The id of the key to withdraw, as `herd keys list` shows it.
+        kid: String,
+        #[command(flatten)]
+        identity: IdentityArgs,
+    },
 }
 
 #[derive(Debug, Args)]

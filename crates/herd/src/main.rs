@@ -55,7 +55,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Lab(args) => lab::run(*args).await,
         Command::Keys { command } => {
-            let (KeysCommand::List(identity) | KeysCommand::Rotate(identity)) = &command;
+            let (KeysCommand::List(identity)
+            | KeysCommand::Rotate(identity)
+            | KeysCommand::Revoke { identity, .. }) = &command;
             let config = identity.auth_config()?;
             let store = open_store(&identity.database.database, true).await?;
             let auth = Auth::start(store, Arc::new(SystemClock), config)
@@ -67,6 +69,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .rotate_keys()
                     .await
                     .context("rotating the signing keys")?,
+                KeysCommand::Revoke { kid, .. } => {
+                    let done = auth
+                        .revoke_key(&kid)
+                        .await
+                        .context("revoking a signing key")?;
+                    print_revoked(&done);
+                    done.keys
+                }
             };
             print_keys(&keys);
             Ok(())
@@ -249,6 +259,18 @@ fn init_logging(format: LogFormat, default_filter: &str) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_revoked(done: &herd_identity::KeyRevoked) {
+    if let Some(added) = &done.added {
+        println!("added {added}: it signs now, in place of the revoked key");
+    }
+    println!(
+        "revoked {}: every replica refuses its tokens after its next upkeep",
+        done.revoked
+    );
+    println!();
 }
 
 #[allow(clippy::print_stdout)]

@@ -105,6 +105,67 @@ fn keys_rotate_adds_a_pending_key_beside_the_active_one() {
     assert_eq!(states, ["active", "pending"], "{list}");
 }
 
+#[test]
+fn keys_revoke_replaces_the_signing_key_and_refuses_an_unknown_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    let kids_and_states = |db: &str| -> Vec<(String, String)> {
+        let out = herd()
+            .args(["keys", "list", "--database", db])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let mut words = l.split_whitespace().map(str::to_owned);
+                (words.next().expect("kid"), words.next().expect("state"))
+            })
+            .collect()
+    };
+    let before = kids_and_states(&db);
+    let [(leaked, state)] = before.as_slice() else {
+        panic!("one key on a new database: {before:?}");
+    };
+    assert_eq!(state, "active");
+
+    let out = herd()
+        .args(["keys", "revoke", leaked, "--database", &db])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = kids_and_states(&db);
+    let [(added, state)] = after.as_slice() else {
+        panic!("only the added key is left: {after:?}");
+    };
+    assert_eq!(state, "active", "the added key signs at once");
+    assert_ne!(added, leaked);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("added {added}")), "{stdout}");
+    assert!(stdout.contains(&format!("revoked {leaked}")), "{stdout}");
+
+    let out = herd()
+        .args(["keys", "revoke", leaked, "--database", &db])
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "a key revoked twice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("no signing key has the id {leaked}")),
+        "{stderr}"
+    );
+    assert_eq!(kids_and_states(&db), after, "nothing changed");
+}
+
 /// A `herd serve` child process on a port of its own, its log lines still to read.
 struct Replica {
     child: Child,

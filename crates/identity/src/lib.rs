@@ -38,8 +38,8 @@ pub use jwt::{AccessClaims, Rejection};
 pub use keyring::{KeyInfo, KeyState};
 pub use password::{HashError, HashParams};
 pub use service::{
-    random_id, random_token_bytes, Auth, AuthConfig, AuthError, AuthnError, NewAccount, Notice,
-    Principal, RefreshFailure, TokenPair,
+    random_id, random_token_bytes, Auth, AuthConfig, AuthError, AuthnError, KeyRevoked, NewAccount,
+    Notice, Principal, RefreshFailure, TokenPair,
 };
 pub use sessions::{SessionData, SessionTimeouts, Strategy, Unavailable};
 pub use throttle::{Rate, ThrottleConfig};

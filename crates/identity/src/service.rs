@@ -101,6 +101,8 @@ pub enum AuthError {
     InvalidRefresh(RefreshFailure),
     #[error("no signing key is active")]
     NoSigningKey,
+    #[error("no signing key has the id {0}; `herd keys list` shows them")]
+    UnknownKey(String),
     #[error("refresh tokens exist only under the token strategy; this replica runs {0}")]
     RefreshNotSupported(&'static str),
     #[error(transparent)]
@@ -254,6 +256,17 @@ struct Inner {
 
 /// The least time between two prunes of the store by one replica, in seconds.
 pub const PRUNE_EVERY: i64 = 60;
+
+/// What [`Auth::revoke_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRevoked {
+    /// The key removed from the store.
+    pub revoked: String,
+    /// The key added to sign in its place, when the revoked key was the one signing.
+    pub added: Option<String>,
+    /// The ring as it stands after.
+    pub keys: Vec<KeyInfo>,
+}
 
 /// Something other replicas should hear about now rather than at their next upkeep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -751,6 +764,58 @@ impl Auth {
         self.reload_keys().await?;
         let _ = self.inner.notices.send(Notice::KeysChanged);
         self.keys().await
+    }
+
+    /// Withdraws key `kid` at once: an emergency for a key that leaked. If it is the key
+    /// signing now, a new key that signs at once is added first, so the ring always has
+    /// a signer. Returns what was done.
+    ///
+    /// The row is deleted rather than marked revoked. A revoked-but-kept row would need a
+    /// state every reader of the ring must skip (building the ring, choosing the signer,
+    /// `keys list`) and would keep the leaked secret in the store; deleting it reuses the
+    /// path a retired key already takes out of the ring. Deleting shifts one thing: a
+    /// key's retirement is timed from when the next key began signing, so an older key
+    /// still retiring now retires `retire_after` after the new key started instead. That
+    /// only keeps an honest key published a little longer. Keys already retired are
+    /// deleted here too, as at a rotation, so that none comes back into the ring.
+    ///
+    /// Replicas drop the key at their next ring reload (upkeep, or the bus notice sent
+    /// here) and clear their token caches, so every token it signed is then refused as
+    /// `unknown_key`. Refresh tokens are not signed, so sessions survive: a client
+    /// refreshes and gets a token signed by the new key.
+    pub async fn revoke_key(&self, kid: &str) -> Result<KeyRevoked, AuthError> {
+        let before = self.keys().await?;
+        let Some(target) = before.iter().find(|k| k.kid == kid) else {
+            return Err(AuthError::UnknownKey(kid.to_owned()));
+        };
+        let now = self.now();
+        let added = if target.state == crate::keyring::KeyState::Active {
+            // No publish delay: while verifiers' JWKS caches lack the new key they refuse
+            // its tokens for a while, which beats tokens signed with a leaked key.
+            let key = SigningKey::generate();
+            self.inner
+                .store
+                .insert_signing_key(&key.to_record(now, now))
+                .await?;
+            tracing::warn!(kid = %key.kid(), "added a signing key that signs at once, replacing a revoked one");
+            Some(key.kid().to_owned())
+        } else {
+            None
+        };
+        for info in &before {
+            if info.state == crate::keyring::KeyState::Retired && info.kid != kid {
+                self.inner.store.delete_signing_key(&info.kid).await?;
+            }
+        }
+        self.inner.store.delete_signing_key(kid).await?;
+        tracing::warn!(%kid, "revoked a signing key");
+        self.reload_keys().await?;
+        let _ = self.inner.notices.send(Notice::KeysChanged);
+        Ok(KeyRevoked {
+            revoked: kid.to_owned(),
+            added,
+            keys: self.keys().await?,
+        })
     }
 
     /// Every stored key with its state now.

@@ -1,10 +1,15 @@
 //! The shared key ring: JWKS, discovery, rotation with a publish delay, retirement, and
-//! a replica meeting a key another replica rotated in.
+//! a replica meeting a key another replica rotated in, and the emergency revocation of a
+//! leaked key.
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_with, Options};
+use herd_identity::AuthError;
+
+use crate::helpers::{metric, spawn_app, spawn_with, Options};
+
+const UNKNOWN_KEY: &str = r#"herd_auth_failures_total{kind="access_token",reason="unknown_key"}"#;
 
 fn kid_of(token: &str) -> String {
     use base64::Engine as _;
@@ -135,4 +140,103 @@ async fn a_replica_started_before_a_rotation_accepts_tokens_signed_with_the_new_
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-herd-replica"], "test-b");
     assert!(jwks_kids(&b).await.contains(&new_kid));
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_every_replica_after_upkeep_and_sessions_survive() {
+    let a = spawn_app().await; // publishes rotated keys 60 s before they sign
+    let b = a.spawn_peer("test-b").await;
+    let dave = a.user("dave").await;
+    let leaked = kid_of(&dave.access);
+    assert_eq!(b.me(&dave.access).await.status(), StatusCode::OK);
+
+    // The leaked key is the only one that signs: a key that signs at once replaces it,
+    // the publish delay notwithstanding.
+    let done = a.auth.revoke_key(&leaked).await.expect("revoke");
+    assert_eq!(done.revoked, leaked);
+    let added = done.added.expect("a signer was added first");
+    let ring: Vec<(String, String)> = done
+        .keys
+        .iter()
+        .map(|k| (k.kid.clone(), k.state.to_string()))
+        .collect();
+    assert_eq!(ring, [(added.clone(), "active".to_owned())]);
+
+    // The replica that revoked it refuses its tokens at once.
+    let response = a.me(&dave.access).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(metric(&a.metrics().await, UNKNOWN_KEY), 1);
+    assert_eq!(jwks_kids(&a).await, std::slice::from_ref(&added));
+
+    // Another replica, after one upkeep, even for a token it had verified and cached.
+    b.auth.maintain().await.expect("upkeep");
+    let response = b.me(&dave.access).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(metric(&b.metrics().await, UNKNOWN_KEY), 1);
+    assert_eq!(jwks_kids(&b).await, std::slice::from_ref(&added));
+
+    // The session survives: its refresh token yields a token signed by the new key.
+    let response = b.refresh(&dave.refresh).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    let fresh = crate::helpers::TestApp::tokens_of(&body);
+    assert_eq!(kid_of(&fresh.access), added);
+    assert_eq!(a.me(&fresh.access).await.status(), StatusCode::OK);
+    assert_eq!(b.me(&fresh.access).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn revoking_the_signer_never_hands_signing_back_to_an_older_key() {
+    let app = spawn_with(Options {
+        key_publish_delay: 0,
+        ..Options::default()
+    })
+    .await;
+    let first = app.user("erin").await;
+    let old = kid_of(&first.access);
+    // Keys that start signing in the same second are ordered by kid, so each step here
+    // happens a second after the last.
+    app.clock.advance(1);
+    app.auth.rotate_keys().await.expect("rotate");
+    let second = app.login("erin").await;
+    let signer = kid_of(&second.access);
+    assert_ne!(signer, old);
+    app.clock.advance(1);
+
+    // Without a new key, the retiring one would be the newest started key again.
+    let done = app.auth.revoke_key(&signer).await.expect("revoke signer");
+    let added = done.added.expect("a signer was added first");
+    assert_eq!(kid_of(&app.login("erin").await.access), added);
+    assert_eq!(jwks_kids(&app).await, [old.clone(), added.clone()]);
+    assert_eq!(app.me(&first.access).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.me(&second.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A key that no longer signs is removed with nothing added.
+    let done = app.auth.revoke_key(&old).await.expect("revoke retiring");
+    assert_eq!(done.added, None);
+    assert_eq!(jwks_kids(&app).await, std::slice::from_ref(&added));
+    assert_eq!(
+        app.me(&first.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(metric(&app.metrics().await, UNKNOWN_KEY), 2);
+}
+
+#[tokio::test]
+async fn revoking_an_unknown_key_is_an_error_and_changes_nothing() {
+    let app = spawn_app().await;
+    let before = app.auth.keys().await.expect("keys");
+    let err = app
+        .auth
+        .revoke_key("not-a-key")
+        .await
+        .expect_err("an unknown kid");
+    assert!(
+        matches!(&err, AuthError::UnknownKey(kid) if kid == "not-a-key"),
+        "{err:?}"
+    );
+    assert_eq!(app.auth.keys().await.expect("keys"), before);
 }
