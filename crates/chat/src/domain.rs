@@ -1,0 +1,351 @@
+//! Values parsed at the edge: once built, a [`RoomName`], [`MessageBody`] or
+//! [`ClientId`] is valid, and an id of one kind cannot be passed where another is wanted.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused; the message says what to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("must be 1 to 64 characters long")]
+    RoomNameLength,
+    #[error("may not contain control characters")]
+    RoomNameControl,
+    #[error("must be 1 to 4000 characters long")]
+    BodyLength,
+    #[error("must be 1 to 64 printable ASCII characters")]
+    ClientId,
+    #[error("must be 0 or more")]
+    NegativeSeq,
+    #[error("must be from 1 to 500")]
+    PageSize,
+}
+
+/// The common face of the string newtypes: read-only access, `Display`, and
+/// serialisation as a plain string.
+macro_rules! string_type {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+    };
+}
+
+/// A room's name: 1 to 64 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RoomName(String);
+string_type!(RoomName);
+
+impl RoomName {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<RoomName, Invalid> {
+        let name = raw.trim();
+        let len = name.chars().count();
+        if len == 0 || len > Self::MAX_CHARS {
+            return Err(Invalid::RoomNameLength);
+        }
+        if name.chars().any(char::is_control) {
+            return Err(Invalid::RoomNameControl);
+        }
+        Ok(RoomName(name.to_owned()))
+    }
+}
+
+impl TryFrom<String> for RoomName {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<RoomName, Invalid> {
+        RoomName::parse(&raw)
+    }
+}
+
+/// A message's text: 1 to 4000 characters, kept exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MessageBody(String);
+string_type!(MessageBody);
+
+impl MessageBody {
+    pub const MAX_CHARS: usize = 4000;
+
+    pub fn parse(raw: &str) -> Result<MessageBody, Invalid> {
+        let len = raw.chars().count();
+        if len == 0 || len > Self::MAX_CHARS {
+            return Err(Invalid::BodyLength);
+        }
+        Ok(MessageBody(raw.to_owned()))
+    }
+}
+
+impl TryFrom<String> for MessageBody {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<MessageBody, Invalid> {
+        MessageBody::parse(&raw)
+    }
+}
+
+/// The id a client chooses for a message, which makes a retried post idempotent: 1 to
+/// 64 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ClientId(String);
+string_type!(ClientId);
+
+impl ClientId {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<ClientId, Invalid> {
+        if raw.is_empty()
+            || raw.len() > Self::MAX_CHARS
+            || !raw.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Invalid::ClientId);
+        }
+        Ok(ClientId(raw.to_owned()))
+    }
+}
+
+impl TryFrom<String> for ClientId {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<ClientId, Invalid> {
+        ClientId::parse(&raw)
+    }
+}
+
+/// A room's id. Rooms get random ones; a client may name any, and one that no room has
+/// is simply not found, so every text is one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct RoomId(String);
+string_type!(RoomId);
+
+impl RoomId {
+    /// The id a client names a room by (a path segment, a frame's field).
+    pub fn new(id: impl Into<String>) -> RoomId {
+        RoomId(id.into())
+    }
+
+    pub(crate) fn random() -> RoomId {
+        RoomId(random_uuid())
+    }
+}
+
+/// A message's id, unique across rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(String);
+string_type!(MessageId);
+
+impl MessageId {
+    pub(crate) fn random() -> MessageId {
+        MessageId(random_uuid())
+    }
+}
+
+/// A user's id, as whoever authenticated the caller established it: chat trusts it and
+/// knows nothing of how it was proven.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+string_type!(UserId);
+
+impl UserId {
+    pub fn new(id: impl Into<String>) -> UserId {
+        UserId(id.into())
+    }
+}
+
+/// A message's place in its room: 1 for the first, then one more for each, with no
+/// holes. 0 is the place before the first, where a whole history starts.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Seq(i64);
+
+impl Seq {
+    /// Before the first message.
+    pub const ZERO: Seq = Seq(0);
+
+    pub fn new(seq: i64) -> Result<Seq, Invalid> {
+        if seq < 0 {
+            return Err(Invalid::NegativeSeq);
+        }
+        Ok(Seq(seq))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The place right after this one.
+    pub(crate) fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How many messages one page of history holds: 1 to 500.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(i64);
+
+impl PageSize {
+    pub const MAX: PageSize = PageSize(500);
+    pub const DEFAULT: PageSize = PageSize(100);
+
+    pub fn new(size: i64) -> Result<PageSize, Invalid> {
+        if !(1..=Self::MAX.0).contains(&size) {
+            return Err(Invalid::PageSize);
+        }
+        Ok(PageSize(size))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl Default for PageSize {
+    fn default() -> PageSize {
+        PageSize::DEFAULT
+    }
+}
+
+/// Values read back from the store, which only ever held parsed ones.
+pub(crate) mod stored {
+    use super::*;
+
+    pub fn room_name(s: String) -> RoomName {
+        RoomName(s)
+    }
+    pub fn body(s: String) -> MessageBody {
+        MessageBody(s)
+    }
+    pub fn client_id(s: String) -> ClientId {
+        ClientId(s)
+    }
+    pub fn room_id(s: String) -> RoomId {
+        RoomId(s)
+    }
+    pub fn message_id(s: String) -> MessageId {
+        MessageId(s)
+    }
+    pub fn seq(s: i64) -> Seq {
+        Seq(s)
+    }
+}
+
+/// A random (version 4) UUID, the shape of every id herd makes.
+fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    #[allow(clippy::expect_used)]
+    getrandom::getrandom(&mut b).expect("the operating system's random generator failed");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex(0..4),
+        hex(4..6),
+        hex(6..8),
+        hex(8..10),
+        hex(10..16)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_are_trimmed_and_bounded_by_characters_not_bytes() {
+        assert_eq!(
+            RoomName::parse("  general ").map(|n| n.into_string()),
+            Ok("general".into())
+        );
+        assert_eq!(RoomName::parse("   "), Err(Invalid::RoomNameLength));
+        assert!(RoomName::parse(&"é".repeat(64)).is_ok());
+        assert_eq!(
+            RoomName::parse(&"é".repeat(65)),
+            Err(Invalid::RoomNameLength)
+        );
+        assert_eq!(RoomName::parse("a\u{7}b"), Err(Invalid::RoomNameControl));
+    }
+
+    #[test]
+    fn bodies_and_client_ids_have_their_own_rules() {
+        assert!(MessageBody::parse(&"é".repeat(4000)).is_ok());
+        assert_eq!(
+            MessageBody::parse(&"a".repeat(4001)),
+            Err(Invalid::BodyLength)
+        );
+        assert_eq!(MessageBody::parse(""), Err(Invalid::BodyLength));
+        // Bodies keep their spaces; a client id has none.
+        assert_eq!(
+            MessageBody::parse(" hi ").map(|b| b.into_string()),
+            Ok(" hi ".into())
+        );
+        assert_eq!(ClientId::parse("c 1"), Err(Invalid::ClientId));
+        assert_eq!(ClientId::parse("é"), Err(Invalid::ClientId));
+        assert_eq!(ClientId::parse(&"c".repeat(65)), Err(Invalid::ClientId));
+        assert!(ClientId::parse(&"c".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn seqs_and_page_sizes_are_in_range() {
+        assert_eq!(Seq::new(-1), Err(Invalid::NegativeSeq));
+        assert_eq!(Seq::new(0), Ok(Seq::ZERO));
+        assert_eq!(PageSize::new(0), Err(Invalid::PageSize));
+        assert_eq!(PageSize::new(501), Err(Invalid::PageSize));
+        assert_eq!(PageSize::new(500), Ok(PageSize::MAX));
+    }
+
+    #[test]
+    fn a_parsed_value_deserialises_only_if_it_parses() {
+        let body: Result<MessageBody, _> = serde_json::from_str("\"\"");
+        assert!(body.is_err());
+        let name: RoomName = serde_json::from_str("\" general \"").expect("a name");
+        assert_eq!(name.as_str(), "general");
+    }
+
+    #[test]
+    fn ids_are_version_4_uuids() {
+        let id = RoomId::random();
+        let id = id.as_str();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(RoomId::random().as_str(), id);
+    }
+}

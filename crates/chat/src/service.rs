@@ -1,0 +1,299 @@
+//! [`Chat`], the use cases, and the values they answer with.
+
+use std::fmt;
+use std::sync::Arc;
+
+use herd_bus::Bus;
+use herd_store::{MessageRecord, RoomRecord, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    stored, ClientId, MessageBody, MessageId, PageSize, RoomId, RoomName, Seq, UserId,
+};
+use crate::follow::Follow;
+
+/// What time it is, in unix seconds. Chat reads no clock of its own: whoever builds it
+/// decides what time it is (herd passes identity's, so tests can move it).
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> i64;
+}
+
+impl<F: Fn() -> i64 + Send + Sync + 'static> Clock for F {
+    fn now(&self) -> i64 {
+        self()
+    }
+}
+
+/// Why a chat operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("no such room")]
+    NoSuchRoom,
+    #[error("join the room first")]
+    NotAMember,
+    /// The store could not be reached; nothing was acknowledged, so a retry is safe.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] StoreError),
+    #[error("the store failed: {0}")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> ChatError {
+        match e {
+            StoreError::NotFound => ChatError::NoSuchRoom,
+            e if e.is_unavailable() => ChatError::Unavailable(e),
+            e => ChatError::Store(e),
+        }
+    }
+}
+
+pub type Result<T, E = ChatError> = std::result::Result<T, E>;
+
+/// A room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: RoomName,
+    pub created_by: UserId,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The seq of its newest message, [`Seq::ZERO`] before the first.
+    pub last_seq: Seq,
+}
+
+impl From<RoomRecord> for Room {
+    fn from(r: RoomRecord) -> Room {
+        Room {
+            id: stored::room_id(r.id),
+            name: stored::room_name(r.name),
+            created_by: UserId::new(r.created_by),
+            created_at: r.created_at,
+            last_seq: stored::seq(r.last_seq),
+        }
+    }
+}
+
+/// A stored message. Its JSON is what the bus carries between replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub room: RoomId,
+    pub seq: Seq,
+    pub id: MessageId,
+    /// The author's username.
+    pub author: String,
+    pub author_id: UserId,
+    pub body: MessageBody,
+    pub client_id: ClientId,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl From<MessageRecord> for Message {
+    fn from(m: MessageRecord) -> Message {
+        Message {
+            room: stored::room_id(m.room_id),
+            seq: stored::seq(m.seq),
+            id: stored::message_id(m.id),
+            author: m.author,
+            author_id: UserId::new(m.author_id),
+            body: stored::body(m.body),
+            client_id: stored::client_id(m.client_id),
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// What a post did: the stored message, and whether it was stored before (a retried
+/// post, whose body may differ from the retry's; the original is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+/// A page of a room's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Ascending by seq.
+    pub messages: Vec<Message>,
+    /// Where the next page starts: the last seq returned, or where this one started
+    /// when it is empty.
+    pub next_after: Seq,
+}
+
+/// Rooms, membership and messages, over the store (the truth) and the bus (the news).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Chat {
+    store: Store,
+    bus: Bus,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Chat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chat")
+            .field("store", &self.store)
+            .field("bus", &self.bus)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bus topic that carries a room's new messages.
+pub(crate) fn topic(room: &RoomId) -> String {
+    format!("room:{room}")
+}
+
+impl Chat {
+    pub fn new(store: Store, bus: Bus, clock: impl Clock) -> Chat {
+        Chat {
+            store,
+            bus,
+            clock: Arc::new(clock),
+        }
+    }
+
+    /// The same chat, announcing and following over `bus` instead.
+    pub fn with_bus(self, bus: Bus) -> Chat {
+        Chat { bus, ..self }
+    }
+
+    /// Creates a room; its creator is its first member.
+    pub async fn create_room(&self, creator: &UserId, name: RoomName) -> Result<Room> {
+        let id = RoomId::random();
+        let record = self
+            .store
+            .create_room(
+                id.as_str(),
+                name.as_str(),
+                creator.as_str(),
+                self.clock.now(),
+            )
+            .await?;
+        Ok(Room::from(record))
+    }
+
+    /// The rooms `member` is in, by name then id.
+    pub async fn rooms_of(&self, member: &UserId) -> Result<Vec<Room>> {
+        let records = self.store.rooms_of(member.as_str()).await?;
+        Ok(records.into_iter().map(Room::from).collect())
+    }
+
+    /// Makes `user` a member of `room`: true when newly joined, false when a member
+    /// already.
+    pub async fn join(&self, user: &UserId, room: &RoomId) -> Result<bool> {
+        let joined = self
+            .store
+            .join_room(room.as_str(), user.as_str(), self.clock.now())
+            .await?;
+        Ok(joined)
+    }
+
+    /// Ends `user`'s membership of `room`: true when it was a member, false when not.
+    pub async fn leave(&self, user: &UserId, room: &RoomId) -> Result<bool> {
+        if self.store.room(room.as_str()).await?.is_none() {
+            return Err(ChatError::NoSuchRoom);
+        }
+        Ok(self.store.leave_room(room.as_str(), user.as_str()).await?)
+    }
+
+    /// Refuses anyone but a member of an existing room.
+    pub async fn require_member(&self, user: &UserId, room: &RoomId) -> Result<()> {
+        if self.store.is_member(room.as_str(), user.as_str()).await? {
+            return Ok(());
+        }
+        if self.store.room(room.as_str()).await?.is_none() {
+            return Err(ChatError::NoSuchRoom);
+        }
+        Err(ChatError::NotAMember)
+    }
+
+    /// Posts a message: committed with the room's next seq before this returns, then
+    /// announced on the bus. The same `client_id` from the same author again returns the
+    /// message stored the first time and announces nothing.
+    pub async fn post(
+        &self,
+        author: &UserId,
+        room: &RoomId,
+        body: MessageBody,
+        client_id: ClientId,
+    ) -> Result<Posted> {
+        self.require_member(author, room).await?;
+        let id = MessageId::random();
+        let posted = self
+            .store
+            .post_message(
+                room.as_str(),
+                id.as_str(),
+                author.as_str(),
+                body.as_str(),
+                client_id.as_str(),
+                self.clock.now(),
+            )
+            .await?;
+        let duplicate = matches!(posted, herd_store::Posted::Existing(_));
+        let message = Message::from(posted.into_message());
+        if !duplicate {
+            self.announce(&message).await;
+        }
+        Ok(Posted { message, duplicate })
+    }
+
+    /// Publishes a stored message for live delivery. A failure loses nothing: followers
+    /// notice the hole in seqs, or get a bus `Gap`, and read the store.
+    async fn announce(&self, message: &Message) {
+        let payload = match serde_json::to_vec(message) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::warn!(room = %message.room, seq = %message.seq, error = %e, "could not encode a message");
+                return;
+            }
+        };
+        if let Err(e) = self.bus.publish(&topic(&message.room), &payload).await {
+            tracing::warn!(room = %message.room, seq = %message.seq, error = %e, "could not announce a message");
+        }
+    }
+
+    /// At most `limit` messages of `room` after `after`, ascending; members only.
+    pub async fn history(
+        &self,
+        reader: &UserId,
+        room: &RoomId,
+        after: Seq,
+        limit: PageSize,
+    ) -> Result<HistoryPage> {
+        self.require_member(reader, room).await?;
+        let messages = read_after(&self.store, room, after, limit).await?;
+        let next_after = messages.last().map_or(after, |m| m.seq);
+        Ok(HistoryPage {
+            messages,
+            next_after,
+        })
+    }
+
+    /// Follows `room` from `since` for a member: every message after it, in order,
+    /// exactly once, then the live ones (see [`Follow`]).
+    pub async fn follow(&self, reader: &UserId, room: &RoomId, since: Seq) -> Result<Follow> {
+        self.require_member(reader, room).await?;
+        Ok(Follow::new(
+            self.store.clone(),
+            self.bus.clone(),
+            room.clone(),
+            since,
+        ))
+    }
+}
+
+/// At most `limit` stored messages of `room` after `after`, ascending.
+pub(crate) async fn read_after(
+    store: &Store,
+    room: &RoomId,
+    after: Seq,
+    limit: PageSize,
+) -> Result<Vec<Message>> {
+    let records = store
+        .messages_after(room.as_str(), after.get(), limit.get())
+        .await?;
+    Ok(records.into_iter().map(Message::from).collect())
+}
