@@ -1,15 +1,17 @@
-//! Live chat over WebSocket (`/v1/ws`), the protocol in `docs/protocol.md`.
+//! Live chat over WebSocket (`/v1/ws`), the protocol in `docs/protocol.md`: a transport
+//! over [`herd_chat::Chat`], which holds the rules.
 //!
 //! A connection is stateful by nature, but nothing in it is needed after it ends: every
 //! message is in the store with its room sequence number, so a client that reconnects to
 //! any replica and subscribes `since` the last seq it saw misses nothing and gets nothing
-//! twice. Each subscription subscribes to the bus first, then reads the store from
-//! `since`, then goes live, dropping what it has already sent by seq and filling any hole
-//! in the sequence (or a bus `Gap`) from the store.
+//! twice. Each subscription is a task draining a [`herd_chat::Follow`] (bus first, then
+//! the store from `since`, then live, each message once) into the connection's queue.
 //!
-//! One connection is a reader (this module's loop: frames in, sends, subscriptions,
-//! identity) and a writer task, with a bounded queue between them; a subscription that
-//! finds the queue full closes the socket with [`close::SLOW_CONSUMER`].
+//! One connection is a reader, the `Handler` (its state in one value: the principal, the
+//! subscriptions, when to ask for a fresh token; `run` is the loop, one method per kind
+//! of frame), and a writer task, with a bounded queue between them; a subscription whose
+//! live message finds the queue full closes the socket with [`close::SLOW_CONSUMER`].
+//! Refused frames get an `error` frame whose code comes from `error.rs`'s table.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,11 +24,12 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
-use herd_bus::Delivery;
+use herd_chat::{ClientId, Event, Follow, MessageBody, Posted, RoomId, Seq, UserId};
 use herd_identity::{AuthnError, Principal};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
@@ -231,14 +234,14 @@ async fn upgrade(
     } else {
         None
     };
-    let Ok(permit) = state.chat.connections.clone().try_acquire_owned() else {
+    let Ok(permit) = state.live.connections.clone().try_acquire_owned() else {
         return ApiError::new(
             Code::Unavailable,
             "this replica has as many connections as it takes; try another",
         )
         .into_response();
     };
-    let limits = &state.chat.limits;
+    let limits = &state.live.limits;
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(4 * 1024)
@@ -246,31 +249,50 @@ async fn upgrade(
         .on_upgrade(move |socket| connection(state, socket, principal, permit))
 }
 
+/// A close code and its reason, as the connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Close(u16, &'static str);
+
+impl Close {
+    const RESTART: Close = Close(
+        close::SERVICE_RESTART,
+        "server restarting: reconnect and resume",
+    );
+    const TOO_BIG: Close = Close(close::TOO_BIG, "frame over the size limit");
+    const REVOKED: Close = Close(close::REVOKED, "session logged out or revoked");
+    const EXPIRED: Close = Close(
+        close::TOKEN_EXPIRED,
+        "the access token expired without a reauth",
+    );
+    const SLOW: Close = Close(close::SLOW_CONSUMER, "too slow: resume from your last seq");
+    const STORE_FAILED: Close = Close(close::INTERNAL, "store unavailable: resume later");
+}
+
 /// What the reader sends the writer.
 enum Out {
     Frame(Utf8Bytes),
-    Close(u16, &'static str),
+    Close(Close),
 }
 
-/// The shared state of one connection's subscriptions.
+/// The sending half of a connection, shared by its reader and its subscriptions.
 #[derive(Clone)]
-struct Conn {
-    state: AppState,
+struct Outbox {
     out: mpsc::Sender<Out>,
-    /// Set by a subscription that cannot go on: the reader then closes with this code.
-    abort: watch::Sender<Option<(u16, &'static str)>>,
+    /// Set by a subscription that cannot go on: the reader then closes with this.
+    abort: watch::Sender<Option<Close>>,
 }
 
-impl Conn {
+impl Outbox {
     /// Queues a frame whose fate the caller need not know: a full queue already ends
     /// the connection.
     fn say(&self, frame: ServerFrame) {
         let _ = self.push(frame);
     }
 
-    /// Queues a history frame, waiting for room: history is in the store, so a client
-    /// reading it slowly only slows its own catch-up. False once the connection is gone.
-    async fn push_history(&self, frame: ServerFrame) -> bool {
+    /// Queues a frame read from the store, waiting for room: the store keeps it, so a
+    /// client reading slowly only slows its own catch-up. False once the connection is
+    /// gone.
+    async fn push_stored(&self, frame: ServerFrame) -> bool {
         self.out.send(Out::Frame(frame.text())).await.is_ok()
     }
 
@@ -279,17 +301,21 @@ impl Conn {
         match self.out.try_send(Out::Frame(frame.text())) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.abort.send_replace(Some((
-                    close::SLOW_CONSUMER,
-                    "too slow: resume from your last seq",
-                )));
+                self.end(Close::SLOW);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
+
+    /// Asks the reader to close the connection.
+    fn end(&self, close: Close) {
+        self.abort.send_replace(Some(close));
+    }
 }
 
+/// One connection, from the upgrade to the close: the writer task, authentication, then
+/// the [`Handler`] until something ends it.
 async fn connection(
     state: AppState,
     socket: WebSocket,
@@ -297,130 +323,79 @@ async fn connection(
     permit: OwnedSemaphorePermit,
 ) {
     let _permit = permit;
-    let (mut sink, mut stream) = socket.split();
-    let (out, mut rx) = mpsc::channel::<Out>(state.chat.limits.outbound_queue);
-    let writer = tokio::spawn(async move {
-        while let Some(item) = rx.recv().await {
-            match item {
-                Out::Frame(text) => {
-                    if sink.send(Frame::Text(text)).await.is_err() {
-                        break;
-                    }
-                }
-                Out::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    };
-                    let _ = sink.send(Frame::Close(Some(frame))).await;
+    let (sink, mut stream) = socket.split();
+    let (out, rx) = mpsc::channel::<Out>(state.live.limits.outbound_queue);
+    let writer = tokio::spawn(write(sink, rx));
+    let (abort, aborted) = watch::channel(None);
+    let outbox = Outbox { out, abort };
+    let principal = match principal {
+        Some(p) => Ok(p),
+        None => first_frame_auth(&state, &mut stream).await,
+    };
+    let close = match principal {
+        Ok(principal) => {
+            let mut handler = Handler::new(state, principal, stream, outbox.clone(), aborted);
+            handler.run().await
+        }
+        Err(close) => Some(close),
+    };
+    if let Some(close) = close {
+        let _ = outbox.out.send(Out::Close(close)).await;
+    }
+    // The writer ends once every sender is gone: the handler's went with it.
+    drop(outbox);
+    let _ = writer.await;
+}
+
+/// Writes the reader's frames to the socket, in order, until a close or an error.
+async fn write(mut sink: SplitSink<WebSocket, Frame>, mut rx: mpsc::Receiver<Out>) {
+    while let Some(item) = rx.recv().await {
+        match item {
+            Out::Frame(text) => {
+                if sink.send(Frame::Text(text)).await.is_err() {
                     break;
                 }
             }
-        }
-    });
-    let (abort, mut aborted) = watch::channel(None);
-    let conn = Conn {
-        state: state.clone(),
-        out: out.clone(),
-        abort,
-    };
-    let mut shutdown = state.chat.shutdown.subscribe();
-    let mut revocations = state.auth.revocations();
-
-    let code = 'session: {
-        // Authenticate: from the upgrade request, or a first `auth` frame.
-        let mut principal = match principal {
-            Some(p) => p,
-            None => {
-                let first =
-                    tokio::time::timeout(state.chat.limits.auth_timeout, stream.next()).await;
-                let Ok(Some(Ok(Frame::Text(text)))) = first else {
-                    break 'session (close::UNAUTHENTICATED, "send an auth frame first");
+            Out::Close(Close(code, reason)) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
                 };
-                let Ok(ClientFrame::Auth { token }) = decode_client_frame(&text) else {
-                    break 'session (close::UNAUTHENTICATED, "the first frame must be auth");
-                };
-                match authenticate(&state, &token).await {
-                    Ok(p) => p,
-                    Err(_) => break 'session (close::UNAUTHENTICATED, "invalid credentials"),
-                }
-            }
-        };
-        conn.say(ServerFrame::Ready {
-            user_id: principal.user_id().to_owned(),
-            session_id: principal.session_id().to_owned(),
-            replica: state.replica.to_string(),
-        });
-
-        let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
-        let mut reauth = Reauth::new(&state, &principal);
-
-        let code = loop {
-            tokio::select! {
-                frame = stream.next() => {
-                    let text = match frame {
-                        Some(Ok(Frame::Text(text))) => text,
-                        Some(Ok(Frame::Binary(_))) => {
-                            conn.say(error("bad-frame", "frames are JSON text", None));
-                            continue;
-                        }
-                        Some(Ok(Frame::Close(_))) | None => break None,
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => {
-                            let too_big = e.to_string().contains("too long") || e.to_string().contains("too big");
-                            break too_big.then_some((close::TOO_BIG, "frame over the size limit"));
-                        }
-                    };
-                    match decode_client_frame(&text) {
-                        Ok(frame) => {
-                            if let Some(code) = handle(&conn, &mut principal, &mut subscriptions, &mut reauth, frame).await {
-                                break Some(code);
-                            }
-                        }
-                        Err(e) => {
-                            conn.say(error("bad-frame", &format!("not a frame of this protocol: {e}"), None));
-                        }
-                    }
-                }
-                _ = shutdown.changed() => break Some((close::SERVICE_RESTART, "server restarting: reconnect and resume")),
-                revoked = revocations.recv() => match revoked {
-                    Ok(sid) if sid == principal.session_id() => break Some((close::REVOKED, "session logged out or revoked")),
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if state.auth.is_revoked(principal.session_id()) {
-                            break Some((close::REVOKED, "session logged out or revoked"));
-                        }
-                    }
-                    Err(_) => {}
-                },
-                _ = aborted.changed() => break *aborted.borrow(),
-                _ = reauth.next() => {
-                    match reauth.fire() {
-                        Step::Ask(expires_at) => {
-                            conn.say(ServerFrame::Reauth { expires_at });
-                        }
-                        Step::Expired => break Some((close::TOKEN_EXPIRED, "the access token expired without a reauth")),
-                    }
-                }
-            }
-        };
-        for (_, task) in subscriptions.drain() {
-            task.abort();
-        }
-        match code {
-            Some(code) => code,
-            None => {
-                drop(out);
-                drop(conn);
-                let _ = writer.await;
-                return;
+                let _ = sink.send(Frame::Close(Some(frame))).await;
+                break;
             }
         }
+    }
+}
+
+/// The principal of a connection whose upgrade carried no credentials: its first frame
+/// must be an `auth` with a valid token, within the time allowed.
+async fn first_frame_auth(
+    state: &AppState,
+    stream: &mut SplitStream<WebSocket>,
+) -> Result<Principal, Close> {
+    let unauthenticated = |why| Close(close::UNAUTHENTICATED, why);
+    let first = tokio::time::timeout(state.live.limits.auth_timeout, stream.next()).await;
+    let Ok(Some(Ok(Frame::Text(text)))) = first else {
+        return Err(unauthenticated("send an auth frame first"));
     };
-    let _ = out.send(Out::Close(code.0, code.1)).await;
-    drop(out);
-    drop(conn);
-    let _ = writer.await;
+    let Ok(ClientFrame::Auth { token }) = decode_client_frame(&text) else {
+        return Err(unauthenticated("the first frame must be auth"));
+    };
+    authenticate(state, &token)
+        .await
+        .map_err(|()| unauthenticated("invalid credentials"))
+}
+
+/// Whether a read failed because a frame or message was over the size limit.
+fn over_the_limit(error: axum::Error) -> bool {
+    matches!(
+        error
+            .into_inner()
+            .downcast::<tungstenite::Error>()
+            .as_deref(),
+        Ok(tungstenite::Error::Capacity(_))
+    )
 }
 
 async fn authenticate(state: &AppState, token: &str) -> Result<Principal, ()> {
@@ -434,184 +409,264 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Principal, ()> {
     }
 }
 
-fn error(code: &str, message: &str, client_id: Option<&str>) -> ServerFrame {
+/// An `error` frame with a code from the problem table.
+fn error(code: Code, message: &str, client_id: Option<&str>) -> ServerFrame {
     ServerFrame::Error {
-        code: code.to_owned(),
+        code: code.as_str().to_owned(),
         message: message.to_owned(),
         client_id: client_id.map(str::to_owned),
     }
 }
 
-/// Handles one client frame; returns a close code when the connection must end.
-async fn handle(
-    conn: &Conn,
-    principal: &mut Principal,
-    subscriptions: &mut HashMap<String, JoinHandle<()>>,
-    reauth: &mut Reauth,
-    frame: ClientFrame,
-) -> Option<(u16, &'static str)> {
-    let state = &conn.state;
-    match frame {
-        ClientFrame::Auth { .. } => {
-            conn.say(error(
-                "bad-frame",
-                "already authenticated; use reauth",
-                None,
-            ));
+/// An authenticated connection's reader: its state, the loop that waits on everything
+/// that can happen to it, and one method per kind of client frame.
+struct Handler {
+    state: AppState,
+    principal: Principal,
+    /// The chat user `principal` is; changes with it only in name (a reauth keeps the
+    /// user).
+    user: UserId,
+    stream: SplitStream<WebSocket>,
+    outbox: Outbox,
+    /// Each followed room's task, which forwards its messages to `outbox`.
+    subscriptions: HashMap<RoomId, JoinHandle<()>>,
+    reauth: Reauth,
+    aborted: watch::Receiver<Option<Close>>,
+    shutdown: watch::Receiver<bool>,
+    revocations: broadcast::Receiver<String>,
+}
+
+impl Handler {
+    fn new(
+        state: AppState,
+        principal: Principal,
+        stream: SplitStream<WebSocket>,
+        outbox: Outbox,
+        aborted: watch::Receiver<Option<Close>>,
+    ) -> Handler {
+        Handler {
+            user: rooms::user(&principal),
+            reauth: Reauth::new(&state, &principal),
+            shutdown: state.live.shutdown.subscribe(),
+            revocations: state.auth.revocations(),
+            subscriptions: HashMap::new(),
+            state,
+            principal,
+            stream,
+            outbox,
+            aborted,
         }
-        ClientFrame::Reauth { token } => match authenticate(state, &token).await {
-            Ok(fresh) if fresh.user_id() == principal.user_id() => {
-                *principal = fresh;
-                *reauth = Reauth::new(state, principal);
-                conn.say(ServerFrame::Reauthed {
-                    expires_at: principal.expires_at(),
-                });
-            }
-            Ok(_) => conn.say(error("reauth-failed", "the token is another user's", None)),
-            Err(()) => conn.say(error("reauth-failed", "the token is not valid", None)),
-        },
-        ClientFrame::Subscribe { room, since } => {
-            if since < 0 {
-                conn.say(error("bad-frame", "since must be 0 or more", None));
-            } else if subscriptions.contains_key(&room) {
-                conn.say(error(
-                    "already-subscribed",
-                    "unsubscribe first to change since",
-                    None,
-                ));
-            } else if subscriptions.len() >= state.chat.limits.max_subscriptions {
-                conn.say(error(
-                    "too-many-subscriptions",
-                    "unsubscribe from a room first",
-                    None,
-                ));
-            } else {
-                match rooms::require_member(state, &room, principal.user_id()).await {
-                    Ok(()) => {
-                        let task = tokio::spawn(follow(conn.clone(), room.clone(), since));
-                        subscriptions.insert(room, task);
+    }
+
+    /// Serves the connection until the client leaves (`None`) or something closes it.
+    async fn run(&mut self) -> Option<Close> {
+        self.outbox.say(ServerFrame::Ready {
+            user_id: self.principal.user_id().to_owned(),
+            session_id: self.principal.session_id().to_owned(),
+            replica: self.state.replica.to_string(),
+        });
+        let close = loop {
+            let ended = tokio::select! {
+                frame = self.stream.next() => match frame {
+                    Some(Ok(Frame::Text(text))) => self.on_text(&text).await,
+                    Some(Ok(Frame::Binary(_))) => {
+                        self.outbox.say(error(Code::BadFrame, "frames are JSON text", None));
+                        None
                     }
-                    Err(e) => conn.say(error(
-                        e.code().describe().0,
-                        "cannot subscribe to that room",
-                        None,
-                    )),
-                }
-            }
-        }
-        ClientFrame::Unsubscribe { room } => {
-            if let Some(task) = subscriptions.remove(&room) {
-                task.abort();
-            }
-            conn.say(ServerFrame::Unsubscribed { room });
-        }
-        ClientFrame::Send {
-            room,
-            body,
-            client_id,
-        } => {
-            let cid = client_id.clone();
-            let checked = rooms::message_body(&body)
-                .and_then(|b| rooms::client_id(&client_id).map(|c| (b, c)));
-            let (body, client_id) = match checked {
-                Ok(v) => v,
-                Err(e) => {
-                    conn.say(error("validation-failed", e.0, Some(&cid)));
-                    return None;
-                }
+                    Some(Ok(Frame::Close(_))) | None => break None,
+                    // Pings are answered by the socket itself.
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => break over_the_limit(e).then_some(Close::TOO_BIG),
+                },
+                _ = self.shutdown.changed() => Some(Close::RESTART),
+                revoked = self.revocations.recv() => self.on_revocation(revoked),
+                _ = self.aborted.changed() => *self.aborted.borrow(),
+                _ = self.reauth.next() => self.on_reauth_due(),
             };
-            if !state.chat.user_may_send(principal.user_id()) {
-                conn.say(error(
-                    "rate-limited",
-                    "too many sends per second; retry with the same client_id",
-                    Some(&client_id),
-                ));
+            if let Some(close) = ended {
+                break Some(close);
+            }
+        };
+        for (_, task) in self.subscriptions.drain() {
+            task.abort();
+        }
+        close
+    }
+
+    /// A text frame; returns a close when the connection must end.
+    async fn on_text(&mut self, text: &str) -> Option<Close> {
+        let frame = match decode_client_frame(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let message = format!("not a frame of this protocol: {e}");
+                self.outbox.say(error(Code::BadFrame, &message, None));
                 return None;
             }
-            match rooms::send_message(state, &room, principal.user_id(), &body, &client_id).await {
-                Ok((m, duplicate)) => {
-                    conn.say(ServerFrame::Ack {
-                        client_id,
-                        room: m.room,
-                        seq: m.seq,
-                        id: m.id,
-                        duplicate,
-                    });
+        };
+        match frame {
+            ClientFrame::Auth { .. } => self.outbox.say(error(
+                Code::BadFrame,
+                "already authenticated; use reauth",
+                None,
+            )),
+            ClientFrame::Reauth { token } => self.on_reauth(&token).await,
+            ClientFrame::Subscribe { room, since } => self.on_subscribe(room, since).await,
+            ClientFrame::Unsubscribe { room } => self.on_unsubscribe(room),
+            ClientFrame::Send {
+                room,
+                body,
+                client_id,
+            } => self.on_send(room, &body, &client_id).await,
+        }
+        None
+    }
+
+    async fn on_reauth(&mut self, token: &str) {
+        match authenticate(&self.state, token).await {
+            Ok(fresh) if fresh.user_id() == self.principal.user_id() => {
+                self.reauth = Reauth::new(&self.state, &fresh);
+                self.principal = fresh;
+                self.outbox.say(ServerFrame::Reauthed {
+                    expires_at: self.principal.expires_at(),
+                });
+            }
+            Ok(_) => self.outbox.say(error(
+                Code::ReauthFailed,
+                "the token is another user's",
+                None,
+            )),
+            Err(()) => self
+                .outbox
+                .say(error(Code::ReauthFailed, "the token is not valid", None)),
+        }
+    }
+
+    async fn on_subscribe(&mut self, room: String, since: i64) {
+        let Ok(since) = Seq::new(since) else {
+            self.outbox
+                .say(error(Code::BadFrame, "since must be 0 or more", None));
+            return;
+        };
+        let room = RoomId::new(room);
+        if self.subscriptions.contains_key(&room) {
+            self.outbox.say(error(
+                Code::AlreadySubscribed,
+                "unsubscribe first to change since",
+                None,
+            ));
+        } else if self.subscriptions.len() >= self.state.live.limits.max_subscriptions {
+            self.outbox.say(error(
+                Code::TooManySubscriptions,
+                "unsubscribe from a room first",
+                None,
+            ));
+        } else {
+            match self.state.chat.follow(&self.user, &room, since).await {
+                Ok(follow) => {
+                    let task = tokio::spawn(forward(follow, self.outbox.clone()));
+                    self.subscriptions.insert(room, task);
                 }
-                Err(e) => conn.say(error(
-                    e.code().describe().0,
-                    "not sent; retry with the same client_id",
-                    Some(&client_id),
+                Err(e) => self.outbox.say(error(
+                    ApiError::from(e).code(),
+                    "cannot subscribe to that room",
+                    None,
                 )),
             }
         }
     }
-    None
-}
 
-/// One subscription: bus first, then the store from `since`, then live, each message
-/// exactly once and in order.
-async fn follow(conn: Conn, room: String, since: i64) {
-    let mut live = conn.state.bus().subscribe(&rooms::topic(&room)).await;
-    let mut last = since;
-    if !catch_up(&conn, &room, &mut last).await {
-        return;
+    fn on_unsubscribe(&mut self, room: String) {
+        if let Some(task) = self.subscriptions.remove(&RoomId::new(room.as_str())) {
+            task.abort();
+        }
+        self.outbox.say(ServerFrame::Unsubscribed { room });
     }
-    conn.push(ServerFrame::Subscribed {
-        room: room.clone(),
-        last_seq: last,
-    });
-    while let Some(delivery) = live.recv().await {
-        let ok = match delivery {
-            Delivery::Message { payload, .. } => {
-                match serde_json::from_slice::<Message>(&payload) {
-                    Ok(m) if m.seq <= last => true,
-                    Ok(m) if m.seq == last + 1 => {
-                        last = m.seq;
-                        conn.push(ServerFrame::Message(m))
-                    }
-                    // A hole: an announcement was lost or overtaken; the store has it all.
-                    Ok(_) => catch_up(&conn, &room, &mut last).await,
-                    Err(_) => true,
-                }
+
+    async fn on_send(&mut self, room: String, body: &str, client_id: &str) {
+        let checked = MessageBody::parse(body).and_then(|b| Ok((b, ClientId::parse(client_id)?)));
+        let (body, client_id) = match checked {
+            Ok(fields) => fields,
+            Err(e) => {
+                let message = e.to_string();
+                self.outbox
+                    .say(error(Code::ValidationFailed, &message, Some(client_id)));
+                return;
             }
-            Delivery::Gap => catch_up(&conn, &room, &mut last).await,
         };
-        if !ok {
+        if !self.state.live.user_may_send(self.principal.user_id()) {
+            self.outbox.say(error(
+                Code::RateLimited,
+                "too many sends per second; retry with the same client_id",
+                Some(client_id.as_str()),
+            ));
             return;
         }
+        let room = RoomId::new(room);
+        match self
+            .state
+            .chat
+            .post(&self.user, &room, body, client_id.clone())
+            .await
+        {
+            Ok(Posted { message, duplicate }) => self.outbox.say(ServerFrame::Ack {
+                client_id: client_id.into_string(),
+                room: message.room.into_string(),
+                seq: message.seq.get(),
+                id: message.id.into_string(),
+                duplicate,
+            }),
+            Err(e) => self.outbox.say(error(
+                ApiError::from(e).code(),
+                "not sent; retry with the same client_id",
+                Some(client_id.as_str()),
+            )),
+        }
+    }
+
+    /// A session was revoked somewhere; this connection ends if it was its own.
+    fn on_revocation(&self, revoked: Result<String, broadcast::error::RecvError>) -> Option<Close> {
+        let own = match revoked {
+            Ok(sid) => sid == self.principal.session_id(),
+            // Some notices were missed: ask the revocation set instead.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.state.auth.is_revoked(self.principal.session_id())
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        };
+        own.then_some(Close::REVOKED)
+    }
+
+    /// The token is about to expire (ask for a fresh one) or has (close).
+    fn on_reauth_due(&mut self) -> Option<Close> {
+        match self.reauth.fire() {
+            Step::Ask(expires_at) => {
+                self.outbox.say(ServerFrame::Reauth { expires_at });
+                None
+            }
+            Step::Expired => Some(Close::EXPIRED),
+        }
     }
 }
 
-/// Sends every stored message after `last`, advancing it. False when the connection
-/// must end (it is gone, or the store failed and the socket was told to close).
-async fn catch_up(conn: &Conn, room: &str, last: &mut i64) -> bool {
-    loop {
-        let page = match conn
-            .state
-            .auth
-            .store()
-            .messages_after(room, *last, rooms::MAX_PAGE)
-            .await
-        {
-            Ok(page) => page,
+/// One subscription's task: the room's messages from [`Follow`] to the connection,
+/// history at the client's pace, live ones at once or the connection is too slow.
+async fn forward(mut follow: Follow, outbox: Outbox) {
+    while let Some(event) = follow.next().await {
+        let delivered = match event {
+            Ok(Event::Stored(m)) => outbox.push_stored(ServerFrame::Message(m.into())).await,
+            Ok(Event::CaughtUp { last_seq }) => outbox.push(ServerFrame::Subscribed {
+                room: follow.room().to_string(),
+                last_seq: last_seq.get(),
+            }),
+            Ok(Event::Live(m)) => outbox.push(ServerFrame::Message(m.into())),
             Err(e) => {
-                tracing::warn!(room, error = %e, "could not read history for a subscription");
-                conn.abort
-                    .send_replace(Some((close::INTERNAL, "store unavailable: resume later")));
-                return false;
+                tracing::warn!(room = %follow.room(), error = %e, "could not read history for a subscription");
+                outbox.end(Close::STORE_FAILED);
+                false
             }
         };
-        let full = page.len() as i64 == rooms::MAX_PAGE;
-        for m in page {
-            let m = Message::from(m);
-            *last = m.seq;
-            if !conn.push_history(ServerFrame::Message(m)).await {
-                return false;
-            }
-        }
-        if !full {
-            return true;
+        if !delivered {
+            return;
         }
     }
 }
@@ -637,7 +692,7 @@ impl Reauth {
             return Reauth { next: None, grace };
         };
         let left = Duration::from_secs((expires_at - state.auth.now()).max(0).unsigned_abs());
-        let ask_in = left.saturating_sub(state.chat.limits.reauth_before);
+        let ask_in = left.saturating_sub(state.live.limits.reauth_before);
         Reauth {
             next: Some((tokio::time::Instant::now() + ask_in, Step::Ask(expires_at))),
             grace: left - ask_in + grace,

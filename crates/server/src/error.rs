@@ -1,5 +1,5 @@
 //! The one error type of the HTTP layer, rendered as RFC 9457 problem+json from one table
-//! of stable codes.
+//! of stable codes. The WebSocket's `error` frames take their codes from the same table.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,6 +8,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// A stable error code: its `type` URI, HTTP status and title never change meaning.
+///
+/// Over HTTP a code is the end of a problem's `type`; over the WebSocket it is an `error`
+/// frame's `code` (`docs/protocol.md`). A few codes only a WebSocket sends; their status
+/// is what the same refusal would be over HTTP, and is never sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     MalformedJson,
@@ -27,6 +31,16 @@ pub enum Code {
     NotAWebSocket,
     Unavailable,
     Internal,
+    /// WebSocket only: the frame is not one of the protocol's.
+    BadFrame,
+    /// WebSocket only: the room is followed already.
+    AlreadySubscribed,
+    /// WebSocket only: the connection follows as many rooms as it may.
+    TooManySubscriptions,
+    /// WebSocket only: the user sends faster than a replica takes.
+    RateLimited,
+    /// WebSocket only: the fresh token of a `reauth` was refused.
+    ReauthFailed,
 }
 
 impl Code {
@@ -115,7 +129,37 @@ impl Code {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal server error",
             ),
+            BadFrame => (
+                "bad-frame",
+                StatusCode::BAD_REQUEST,
+                "The frame is not one of this protocol",
+            ),
+            AlreadySubscribed => (
+                "already-subscribed",
+                StatusCode::CONFLICT,
+                "The room is followed already",
+            ),
+            TooManySubscriptions => (
+                "too-many-subscriptions",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many rooms followed on one connection",
+            ),
+            RateLimited => (
+                "rate-limited",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many messages sent",
+            ),
+            ReauthFailed => (
+                "reauth-failed",
+                StatusCode::UNAUTHORIZED,
+                "The fresh access token was refused",
+            ),
         }
+    }
+
+    /// The code alone, as clients match on it (`not-found`).
+    pub const fn as_str(self) -> &'static str {
+        self.describe().0
     }
 
     pub fn type_uri(self) -> String {
@@ -301,12 +345,14 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl From<herd_store::StoreError> for ApiError {
-    fn from(e: herd_store::StoreError) -> ApiError {
+impl From<herd_chat::ChatError> for ApiError {
+    fn from(e: herd_chat::ChatError) -> ApiError {
+        use herd_chat::ChatError;
         match e {
-            herd_store::StoreError::NotFound => ApiError::new(Code::NotFound, "no such room"),
-            e if e.is_unavailable() => ApiError::unavailable(e),
-            e => ApiError::internal(e),
+            ChatError::NoSuchRoom => ApiError::new(Code::NotFound, "no such room"),
+            ChatError::NotAMember => ApiError::new(Code::NotAMember, "join the room first"),
+            ChatError::Unavailable(e) => ApiError::unavailable(e),
+            ChatError::Store(e) => ApiError::internal(e),
         }
     }
 }

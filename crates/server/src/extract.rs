@@ -1,12 +1,14 @@
 //! Extractors: a JSON object body whose every failure is a clear problem, and the
 //! [`Identity`] of the caller, taken from the bearer token with no I/O.
 
+use std::fmt;
+
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::Json;
-use herd_identity::{AuthnError, Invalid, Principal, Rejection};
+use herd_identity::{AuthnError, Principal, Rejection};
 use serde_json::{Map, Value};
 
 use crate::cookies;
@@ -108,16 +110,17 @@ impl JsonObject {
         self.invalid::<()>(field, message);
     }
 
-    /// A required string field parsed into a domain type.
-    pub fn parse<T>(
+    /// A required string field parsed into a domain type; the parse error's text says
+    /// what is wrong with the field.
+    pub fn parse<T, E: fmt::Display>(
         &mut self,
         field: &str,
-        parse: impl FnOnce(&str) -> Result<T, Invalid>,
+        parse: impl FnOnce(&str) -> Result<T, E>,
     ) -> Option<T> {
         let raw = self.string(field)?;
         match parse(&raw) {
             Ok(value) => Some(value),
-            Err(Invalid(why)) => self.invalid(field, why),
+            Err(why) => self.invalid(field, &why.to_string()),
         }
     }
 

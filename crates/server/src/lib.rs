@@ -6,8 +6,10 @@
 //!
 //! Layout, one module a feature, each with its own `router()`:
 //! - `auth.rs`: signup, login, refresh, logout, `GET /v1/me`.
-//! - `rooms.rs`: rooms and message history over HTTP (stateless).
-//! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica.
+//! - `rooms.rs`: rooms and message history over HTTP (stateless), a thin transport over
+//!   [`herd_chat::Chat`].
+//! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica: a
+//!   connection is a `Handler` value over the same `Chat`.
 //! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
 //! - `web.rs`: the web page at `/` and the API reference at `/docs/api` (HTML, CSS and
@@ -51,6 +53,7 @@ use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt as _;
 use axum::Router;
 use herd_bus::Bus;
+use herd_chat::Chat;
 use herd_identity::{Auth, Rejection};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -94,7 +97,10 @@ pub struct AppState {
     replica_header: HeaderValue,
     config: Arc<ServerConfig>,
     bus: Bus,
-    pub(crate) chat: Arc<ChatState>,
+    /// Rooms and messages: what both chat transports (REST and WebSocket) stand on.
+    pub(crate) chat: Chat,
+    /// The WebSocket's per-replica state: limits, open connections, shutdown.
+    pub(crate) live: Arc<ChatState>,
     /// Set once the replica has been told to stop: `/readyz` fails from then on, so
     /// balancers that check it stop sending requests before the listener closes.
     draining: Arc<AtomicBool>,
@@ -109,16 +115,21 @@ impl AppState {
                 config.replica_id
             )
         })?;
+        // Without a bus of its own a replica still delivers live chat to its own
+        // connections; a cluster gives it one that reaches the others.
+        let bus = Bus::in_process();
+        // Identity decides what time it is, for chat's timestamps too.
+        let clock = auth.clone();
+        let chat = Chat::new(auth.store().clone(), bus.clone(), move || clock.now());
         Ok(AppState {
             auth,
             replica: config.replica_id.as_str().into(),
             metrics: Arc::default(),
             replica_header,
-            chat: Arc::new(ChatState::new(config.chat.clone())),
+            chat,
+            live: Arc::new(ChatState::new(config.chat.clone())),
             config: Arc::new(config),
-            // Without a bus of its own a replica still delivers live chat to its own
-            // connections; a cluster gives it one that reaches the others.
-            bus: Bus::in_process(),
+            bus,
             draining: Arc::default(),
         })
     }
@@ -135,8 +146,10 @@ impl AppState {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Relays identity's news to other replicas over `bus`, and theirs to this one.
+    /// Relays identity's news to other replicas over `bus`, and theirs to this one;
+    /// chat announces and follows messages over it too.
     pub fn with_bus(mut self, bus: Bus) -> AppState {
+        self.chat = self.chat.with_bus(bus.clone());
         self.bus = bus;
         self
     }
@@ -147,7 +160,7 @@ impl AppState {
 
     /// Open WebSocket connections on this replica.
     pub fn open_connections(&self) -> usize {
-        self.chat.open_connections()
+        self.live.open_connections()
     }
 
     pub fn cookies(&self) -> &CookiePolicy {
@@ -244,12 +257,12 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(upkeep(state.auth.clone(), state.config.upkeep_interval));
     news::relay(state.auth.clone(), state.bus.clone(), &mut tasks).await;
-    let chat = state.chat.clone();
+    let live = state.live.clone();
     let shutdown = async move {
         shutdown.await;
         // WebSockets are not requests axum waits for: tell them to move elsewhere (1012)
         // once their in-flight send is acknowledged, and give them a moment to.
-        chat.close_all(Duration::from_secs(10)).await;
+        live.close_all(Duration::from_secs(10)).await;
     };
     // Small frames (an ack, a chat message) must leave at once, not wait for Nagle to
     // coalesce them with the next one (measured: acks waited up to the 40 ms delayed-ACK

@@ -1,4 +1,5 @@
-//! Rooms and message history over HTTP: stateless, any replica.
+//! Rooms and message history over HTTP: stateless, any replica. A thin transport over
+//! [`herd_chat::Chat`], which holds the rules.
 //!
 //! A message is durable (committed, with its room sequence number) before it is
 //! acknowledged, then announced on the bus for live delivery. A retried send with the
@@ -9,20 +10,14 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
-use herd_store::{MessageRecord, Posted, RoomRecord};
+use herd_chat::{ClientId, MessageBody, PageSize, RoomId, RoomName, Seq, UserId};
+use herd_identity::Principal;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, ApiResult, Code, FieldError, Problem};
+use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::extract::{Identity, JsonObject};
 use crate::AppState;
-
-/// The most messages one history page returns.
-pub const MAX_PAGE: i64 = 500;
-pub const DEFAULT_PAGE: i64 = 100;
-pub const MAX_BODY_CHARS: usize = 4000;
-pub const MAX_CLIENT_ID_CHARS: usize = 64;
-pub const MAX_ROOM_NAME_CHARS: usize = 64;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,14 +37,14 @@ pub struct Room {
     pub last_seq: i64,
 }
 
-impl From<RoomRecord> for Room {
-    fn from(r: RoomRecord) -> Room {
+impl From<herd_chat::Room> for Room {
+    fn from(r: herd_chat::Room) -> Room {
         Room {
-            id: r.id,
-            name: r.name,
-            created_by: r.created_by,
+            id: r.id.into_string(),
+            name: r.name.into_string(),
+            created_by: r.created_by.into_string(),
             created_at: r.created_at,
-            last_seq: r.last_seq,
+            last_seq: r.last_seq.get(),
         }
     }
 }
@@ -78,24 +73,45 @@ pub struct Message {
 pub struct CreateRoom {
     /// 1 to 64 characters after trimming, no control characters.
     #[schema(
+        value_type = String,
         min_length = 1,
         max_length = 64,
         pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
         example = "general"
     )]
-    pub name: String,
+    pub name: RoomName,
+}
+
+impl CreateRoom {
+    /// Reads `POST /v1/rooms`'s body field by field: a 422 names every invalid one.
+    pub fn read(mut body: JsonObject) -> ApiResult<CreateRoom> {
+        let name = body.parse("name", RoomName::parse);
+        let name = body.finish(name)?;
+        Ok(CreateRoom { name })
+    }
 }
 
 /// A message to post.
 #[derive(Debug, ToSchema)]
 pub struct SendMessage {
     /// 1 to 4000 characters.
-    #[schema(min_length = 1, max_length = 4000, example = "hello")]
-    pub body: String,
+    #[schema(value_type = String, min_length = 1, max_length = 4000, example = "hello")]
+    pub body: MessageBody,
     /// Chosen by the client, 1 to 64 printable ASCII characters: the same one again
     /// returns the stored message instead of posting a copy.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[!-~]+$", example = "c-1")]
-    pub client_id: String,
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = "^[!-~]+$", example = "c-1")]
+    pub client_id: ClientId,
+}
+
+impl SendMessage {
+    /// Reads `POST /v1/rooms/{id}/messages`'s body field by field: a 422 names every
+    /// invalid one.
+    pub fn read(mut body: JsonObject) -> ApiResult<SendMessage> {
+        let text = body.parse("body", MessageBody::parse);
+        let client_id = body.parse("client_id", ClientId::parse);
+        let (body, client_id) = body.finish((text, client_id))?;
+        Ok(SendMessage { body, client_id })
+    }
 }
 
 /// The rooms the caller is a member of.
@@ -132,69 +148,66 @@ pub struct MessagePage {
 /// Where a page of history starts and how long it is.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query string `page` reads by hand, field by field.
 pub struct PageQuery {
     /// Return messages with `seq` above this; 0 (the default) is the whole history.
-    #[param(minimum = 0)]
-    pub after: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 0)]
+    pub after: Seq,
     /// At most this many, 1 to 500 (default 100).
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
+    pub limit: PageSize,
 }
 
-impl From<MessageRecord> for Message {
-    fn from(m: MessageRecord) -> Message {
+impl PageQuery {
+    /// Reads `after` and `limit` from `GET /v1/rooms/{id}/messages`'s query string; a
+    /// 422 names every invalid one.
+    /// Other parameters are ignored.
+    pub fn read(query: &str) -> ApiResult<PageQuery> {
+        let mut page = PageQuery {
+            after: Seq::ZERO,
+            limit: PageSize::DEFAULT,
+        };
+        let mut errors = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = value.parse::<i64>().ok();
+            match key {
+                "after" => match number.and_then(|n| Seq::new(n).ok()) {
+                    Some(after) => page.after = after,
+                    None => errors.push(field("after", "must be a whole number, 0 or more")),
+                },
+                "limit" => match number.and_then(|n| PageSize::new(n).ok()) {
+                    Some(limit) => page.limit = limit,
+                    None => errors.push(field("limit", "must be a whole number from 1 to 500")),
+                },
+                _ => {}
+            }
+        }
+        if errors.is_empty() {
+            Ok(page)
+        } else {
+            Err(ApiError::validation(errors))
+        }
+    }
+}
+
+impl From<herd_chat::Message> for Message {
+    fn from(m: herd_chat::Message) -> Message {
         Message {
-            room: m.room_id,
-            seq: m.seq,
-            id: m.id,
+            room: m.room.into_string(),
+            seq: m.seq.get(),
+            id: m.id.into_string(),
             author: m.author,
-            author_id: m.author_id,
-            body: m.body,
-            client_id: m.client_id,
+            author_id: m.author_id.into_string(),
+            body: m.body.into_string(),
+            client_id: m.client_id.into_string(),
             created_at: m.created_at,
         }
     }
 }
 
-/// The bus topic carrying a room's new messages.
-pub fn topic(room_id: &str) -> String {
-    format!("room:{room_id}")
-}
-
-/// A room name: 1 to 64 characters after trimming, no control characters.
-pub fn room_name(raw: &str) -> Result<String, herd_identity::Invalid> {
-    let name = raw.trim();
-    let len = name.chars().count();
-    if len == 0 || len > MAX_ROOM_NAME_CHARS {
-        return Err(herd_identity::Invalid("must be 1 to 64 characters long"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(herd_identity::Invalid("may not contain control characters"));
-    }
-    Ok(name.to_owned())
-}
-
-/// A message body: 1 to 4000 characters.
-pub fn message_body(raw: &str) -> Result<String, herd_identity::Invalid> {
-    let len = raw.chars().count();
-    if len == 0 || len > MAX_BODY_CHARS {
-        return Err(herd_identity::Invalid("must be 1 to 4000 characters long"));
-    }
-    Ok(raw.to_owned())
-}
-
-/// A client-chosen id making a send idempotent: 1 to 64 printable ASCII characters.
-pub fn client_id(raw: &str) -> Result<String, herd_identity::Invalid> {
-    if raw.is_empty()
-        || raw.len() > MAX_CLIENT_ID_CHARS
-        || !raw.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(herd_identity::Invalid(
-            "must be 1 to 64 printable ASCII characters",
-        ));
-    }
-    Ok(raw.to_owned())
+/// The chat user a principal is: identity proved who it is, chat needs only the id.
+pub(crate) fn user(principal: &Principal) -> UserId {
+    UserId::new(principal.user_id())
 }
 
 /// Creates a room; the creator is its first member.
@@ -206,17 +219,10 @@ pub fn client_id(raw: &str) -> Result<String, herd_identity::Invalid> {
 async fn create(
     State(state): State<AppState>,
     Identity(who): Identity,
-    mut body: JsonObject,
+    body: JsonObject,
 ) -> ApiResult<impl IntoResponse> {
-    let name = body.parse("name", room_name);
-    let name = body.finish(name)?;
-    let now = state.auth.now();
-    let id = herd_identity::random_id();
-    let room = state
-        .auth
-        .store()
-        .create_room(&id, &name, who.user_id(), now)
-        .await?;
+    let CreateRoom { name } = CreateRoom::read(body)?;
+    let room = state.chat.create_room(&user(&who), name).await?;
     Ok((StatusCode::CREATED, Json(Room::from(room))))
 }
 
@@ -229,7 +235,7 @@ async fn mine(
     State(state): State<AppState>,
     Identity(who): Identity,
 ) -> ApiResult<impl IntoResponse> {
-    let rooms = state.auth.store().rooms_of(who.user_id()).await?;
+    let rooms = state.chat.rooms_of(&user(&who)).await?;
     let rooms: Vec<Room> = rooms.into_iter().map(Room::from).collect();
     Ok(Json(RoomList { rooms }))
 }
@@ -247,9 +253,8 @@ async fn join(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let joined = state
-        .auth
-        .store()
-        .join_room(&id, who.user_id(), state.auth.now())
+        .chat
+        .join(&user(&who), &RoomId::new(id.as_str()))
         .await?;
     Ok(Json(Joined { room: id, joined }))
 }
@@ -266,60 +271,11 @@ async fn leave(
     Identity(who): Identity,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let store = state.auth.store();
-    if store.room(&id).await?.is_none() {
-        return Err(ApiError::new(Code::NotFound, "no such room"));
-    }
-    let left = store.leave_room(&id, who.user_id()).await?;
-    Ok(Json(Left { room: id, left }))
-}
-
-/// Refuses anyone but a member of an existing room.
-pub async fn require_member(state: &AppState, room_id: &str, user_id: &str) -> ApiResult<()> {
-    let store = state.auth.store();
-    if store.is_member(room_id, user_id).await? {
-        return Ok(());
-    }
-    if store.room(room_id).await?.is_none() {
-        return Err(ApiError::new(Code::NotFound, "no such room"));
-    }
-    Err(ApiError::new(Code::NotAMember, "join the room first"))
-}
-
-/// Stores a message (durably, before anything is acknowledged) and announces it on the
-/// bus. Returns it, and whether it was already there (a retried send).
-pub async fn send_message(
-    state: &AppState,
-    room_id: &str,
-    author_id: &str,
-    body: &str,
-    client_id: &str,
-) -> ApiResult<(Message, bool)> {
-    require_member(state, room_id, author_id).await?;
-    let id = herd_identity::random_id();
-    let posted = state
-        .auth
-        .store()
-        .post_message(room_id, &id, author_id, body, client_id, state.auth.now())
+    let left = state
+        .chat
+        .leave(&user(&who), &RoomId::new(id.as_str()))
         .await?;
-    let (message, existed) = match posted {
-        Posted::New(m) => (Message::from(m), false),
-        Posted::Existing(m) => (Message::from(m), true),
-    };
-    if !existed {
-        announce(state, &message).await;
-    }
-    Ok((message, existed))
-}
-
-/// Publishes a stored message for live delivery. A failure loses nothing: subscribers
-/// notice the gap in sequence numbers, or get a bus `Gap`, and read the store.
-async fn announce(state: &AppState, message: &Message) {
-    let bus = state.bus();
-    let payload = serde_json::to_vec(message).unwrap_or_default();
-    if let Err(e) = bus.publish(&topic(&message.room), &payload).await {
-        tracing::warn!(room = %message.room, seq = message.seq, error = %e, "could not announce a message");
-    }
+    Ok(Json(Left { room: id, left }))
 }
 
 /// Posts a message. It is durable (committed with its `seq`) before the answer, then
@@ -342,18 +298,19 @@ async fn send(
     State(state): State<AppState>,
     Identity(who): Identity,
     Path(id): Path<String>,
-    mut body: JsonObject,
+    body: JsonObject,
 ) -> ApiResult<impl IntoResponse> {
-    let text = body.parse("body", message_body);
-    let cid = body.parse("client_id", client_id);
-    let (text, cid) = body.finish((text, cid))?;
-    let (message, existed) = send_message(&state, &id, who.user_id(), &text, &cid).await?;
-    let status = if existed {
+    let SendMessage { body, client_id } = SendMessage::read(body)?;
+    let posted = state
+        .chat
+        .post(&user(&who), &RoomId::new(id), body, client_id)
+        .await?;
+    let status = if posted.duplicate {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(message)))
+    Ok((status, Json(Message::from(posted.message))))
 }
 
 /// A page of a room's history, ascending; follow `next_after` for the next.
@@ -376,39 +333,15 @@ async fn history(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    let (after, limit) = page(query.as_deref().unwrap_or(""))?;
-    require_member(&state, &id, who.user_id()).await?;
-    let messages = state.auth.store().messages_after(&id, after, limit).await?;
-    let messages: Vec<Message> = messages.into_iter().map(Message::from).collect();
-    // The cursor for the next page: the last seq returned, or the one given.
-    let next_after = messages.last().map_or(after, |m| m.seq);
+    let PageQuery { after, limit } = PageQuery::read(query.as_deref().unwrap_or(""))?;
+    let page = state
+        .chat
+        .history(&user(&who), &RoomId::new(id), after, limit)
+        .await?;
     Ok(Json(MessagePage {
-        messages,
-        next_after,
+        messages: page.messages.into_iter().map(Message::from).collect(),
+        next_after: page.next_after.get(),
     }))
-}
-
-/// `after` (default 0) and `limit` (default 100, at most 500) from a query string.
-fn page(query: &str) -> ApiResult<(i64, i64)> {
-    let mut after = 0;
-    let mut limit = DEFAULT_PAGE;
-    let mut errors = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let parsed = value.parse::<i64>();
-        match (key, parsed) {
-            ("after", Ok(v)) if v >= 0 => after = v,
-            ("after", _) => errors.push(field("after", "must be a whole number, 0 or more")),
-            ("limit", Ok(v)) if (1..=MAX_PAGE).contains(&v) => limit = v,
-            ("limit", _) => errors.push(field("limit", "must be a whole number from 1 to 500")),
-            _ => {}
-        }
-    }
-    if errors.is_empty() {
-        Ok((after, limit))
-    } else {
-        Err(ApiError::validation(errors))
-    }
 }
 
 fn field(name: &str, message: &str) -> FieldError {
