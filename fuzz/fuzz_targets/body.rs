@@ -61,14 +61,7 @@ fuzz_target!(|data: &[u8]| {
         b.finish(Some(token)).map(drop)
     });
     // POST /v1/rooms
-    endpoint(data, |mut b| {
-        let name = b.parse("name", rooms::room_name);
-        b.finish(name).map(drop)
-    });
+    endpoint(data, |b| rooms::CreateRoom::read(b).map(drop));
     // POST /v1/rooms/{id}/messages
-    endpoint(data, |mut b| {
-        let text = b.parse("body", rooms::message_body);
-        let cid = b.parse("client_id", rooms::client_id);
-        b.finish((text, cid)).map(drop)
-    });
+    endpoint(data, |b| rooms::SendMessage::read(b).map(drop));
 });

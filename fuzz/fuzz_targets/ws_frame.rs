@@ -4,8 +4,8 @@
 
 #![no_main]
 
+use herd_chat::{ClientId, MessageBody};
 use herd_server::chat::{decode_client_frame, ClientFrame};
-use herd_server::rooms;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,8 +22,8 @@ fuzz_target!(|data: &[u8]| {
                 body, client_id, ..
             } = frame
             {
-                let _ = rooms::message_body(&body);
-                let _ = rooms::client_id(&client_id);
+                let _ = MessageBody::parse(&body);
+                let _ = ClientId::parse(&client_id);
             }
         }
         // The error's text goes back to the client in an error frame.
