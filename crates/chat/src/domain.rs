@@ -56,11 +56,25 @@ macro_rules! string_type {
     };
 }
 
+/// Deserialising goes through `parse`, so a value read from JSON (a bus announcement)
+/// is as valid as one parsed at the edge.
+macro_rules! parsed_from_string {
+    ($name:ident) => {
+        impl TryFrom<String> for $name {
+            type Error = Invalid;
+            fn try_from(raw: String) -> Result<$name, Invalid> {
+                $name::parse(&raw)
+            }
+        }
+    };
+}
+
 /// A room's name: 1 to 64 characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct RoomName(String);
 string_type!(RoomName);
+parsed_from_string!(RoomName);
 
 impl RoomName {
     pub const MAX_CHARS: usize = 64;
@@ -78,18 +92,12 @@ impl RoomName {
     }
 }
 
-impl TryFrom<String> for RoomName {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<RoomName, Invalid> {
-        RoomName::parse(&raw)
-    }
-}
-
 /// A message's text: 1 to 4000 characters, kept exactly as sent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct MessageBody(String);
 string_type!(MessageBody);
+parsed_from_string!(MessageBody);
 
 impl MessageBody {
     pub const MAX_CHARS: usize = 4000;
@@ -103,19 +111,13 @@ impl MessageBody {
     }
 }
 
-impl TryFrom<String> for MessageBody {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<MessageBody, Invalid> {
-        MessageBody::parse(&raw)
-    }
-}
-
 /// The id a client chooses for a message, which makes a retried post idempotent: 1 to
 /// 64 printable ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ClientId(String);
 string_type!(ClientId);
+parsed_from_string!(ClientId);
 
 impl ClientId {
     pub const MAX_CHARS: usize = 64;
@@ -128,13 +130,6 @@ impl ClientId {
             return Err(Invalid::ClientId);
         }
         Ok(ClientId(raw.to_owned()))
-    }
-}
-
-impl TryFrom<String> for ClientId {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<ClientId, Invalid> {
-        ClientId::parse(&raw)
     }
 }
 

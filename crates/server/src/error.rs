@@ -358,3 +358,40 @@ impl From<herd_chat::ChatError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    /// The codes `docs/protocol.md` says an `error` frame carries are the table's, spelled
+    /// the same: the WebSocket has no codes of its own.
+    #[test]
+    fn the_websocket_error_codes_the_protocol_lists_are_the_tables() {
+        let protocol = include_str!("../../../docs/protocol.md");
+        let row = protocol
+            .lines()
+            .find(|l| l.starts_with(r#"| `{"type":"error""#))
+            .expect("the error frame's row");
+        // `a`, `b` (a note naming `a_field`), `c`: the first code span of each item.
+        let listed: Vec<&str> = row
+            .split("Codes:")
+            .nth(1)
+            .expect("the row lists codes")
+            .split(", ")
+            .filter_map(|item| item.split('`').nth(1))
+            .collect();
+        let sent = [
+            Code::BadFrame,
+            Code::ValidationFailed,
+            Code::NotFound,
+            Code::NotAMember,
+            Code::AlreadySubscribed,
+            Code::TooManySubscriptions,
+            Code::RateLimited,
+            Code::ReauthFailed,
+            Code::Unavailable,
+        ];
+        let sent: Vec<&str> = sent.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, sent);
+    }
+}

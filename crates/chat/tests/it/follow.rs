@@ -1,7 +1,7 @@
 //! Following a room from a seq: history from the store, then live from the bus, each
 //! message exactly once and in order, holes and bus gaps filled from the store.
 
-use herd_chat::{Event, Follow, Message, Seq};
+use herd_chat::{Event, Follow, Message, RoomId, Seq, UserId};
 
 use crate::harness::{post, TestChat};
 
@@ -12,6 +12,14 @@ async fn next(follow: &mut Follow) -> Event {
         .await
         .expect("the follow goes on")
         .expect("no store error")
+}
+
+/// A follow of a room from its start that has said it is caught up: what comes next
+/// is news.
+async fn caught_up(t: &TestChat, user: &UserId, room: &RoomId) -> Follow {
+    let mut follow = t.chat.follow(user, room, Seq::ZERO).await.expect("follow");
+    assert!(matches!(next(&mut follow).await, Event::CaughtUp { .. }));
+    follow
 }
 
 fn stored(event: Event) -> Message {
@@ -124,12 +132,7 @@ async fn a_hole_in_the_live_sequence_is_filled_from_the_store() {
     let t = TestChat::start().await;
     let ada = t.user("ada").await;
     let room = t.room(&ada, "general").await;
-    let mut follow = t
-        .chat
-        .follow(&ada, &room.id, Seq::ZERO)
-        .await
-        .expect("follow");
-    assert!(matches!(next(&mut follow).await, Event::CaughtUp { .. }));
+    let mut follow = caught_up(&t, &ada, &room.id).await;
     // Stored, but its announcement never reaches this follower's bus.
     let lost = post(&t.unheard(), &ada, &room.id, "lost", "c1")
         .await
@@ -146,12 +149,7 @@ async fn a_bus_gap_is_filled_from_the_store() {
     let t = TestChat::start().await;
     let ada = t.user("ada").await;
     let room = t.room(&ada, "general").await;
-    let mut follow = t
-        .chat
-        .follow(&ada, &room.id, Seq::ZERO)
-        .await
-        .expect("follow");
-    assert!(matches!(next(&mut follow).await, Event::CaughtUp { .. }));
+    let mut follow = caught_up(&t, &ada, &room.id).await;
     let missed = post(&t.unheard(), &ada, &room.id, "missed", "c1")
         .await
         .message;
@@ -176,12 +174,7 @@ async fn following_again_from_the_last_seq_resumes_exactly_there() {
     let t = TestChat::start().await;
     let ada = t.user("ada").await;
     let room = t.room(&ada, "general").await;
-    let mut follow = t
-        .chat
-        .follow(&ada, &room.id, Seq::ZERO)
-        .await
-        .expect("follow");
-    assert!(matches!(next(&mut follow).await, Event::CaughtUp { .. }));
+    let mut follow = caught_up(&t, &ada, &room.id).await;
     let seen = t.post(&ada, &room.id, "seen", "c1").await.message;
     assert_eq!(live(next(&mut follow).await), seen);
     drop(follow);
