@@ -468,7 +468,10 @@ impl Handler {
         let close = loop {
             let ended = tokio::select! {
                 frame = self.stream.next() => match frame {
-                    Some(Ok(Frame::Text(text))) => self.on_text(&text).await,
+                    Some(Ok(Frame::Text(text))) => {
+                        self.on_text(&text).await;
+                        None
+                    }
                     Some(Ok(Frame::Binary(_))) => {
                         self.outbox.say(error(Code::BadFrame, "frames are JSON text", None));
                         None
@@ -493,14 +496,15 @@ impl Handler {
         close
     }
 
-    /// A text frame; returns a close when the connection must end.
-    async fn on_text(&mut self, text: &str) -> Option<Close> {
+    /// A text frame: one of the protocol's, or a `bad-frame` error. No frame a client
+    /// sends ends the connection (a close frame aside).
+    async fn on_text(&mut self, text: &str) {
         let frame = match decode_client_frame(text) {
             Ok(frame) => frame,
             Err(e) => {
                 let message = format!("not a frame of this protocol: {e}");
                 self.outbox.say(error(Code::BadFrame, &message, None));
-                return None;
+                return;
             }
         };
         match frame {
@@ -518,7 +522,6 @@ impl Handler {
                 client_id,
             } => self.on_send(room, &body, &client_id).await,
         }
-        None
     }
 
     async fn on_reauth(&mut self, token: &str) {
