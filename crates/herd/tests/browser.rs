@@ -48,8 +48,13 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(&["--sessions", "token"])
+    }
+
+    /// `flags` for `herd cluster` itself.
+    fn start_with(flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (child, listen, log) = common::spawn_cluster(&dir, &["--sessions", "token"]);
+        let (child, listen, log) = common::spawn_cluster(&dir, flags);
         Cluster {
             child,
             listen,
@@ -667,9 +672,9 @@ async fn on_a_phone_the_page_shows_the_crash_and_the_added_replica() {
         .await;
     page.wait_for(
         "the page, its cluster panel and its guide",
-        "document.readyState === 'complete' && !document.getElementById('cluster').hidden \
+        "document.readyState === 'complete' && document.getElementById('cluster')?.hidden === false \
          && document.querySelectorAll('#cluster-replicas tr').length === 2 \
-         && document.getElementById('guide').dataset.sessions === 'token'",
+         && document.getElementById('guide')?.dataset.sessions === 'token'",
     )
     .await;
     let guide = page
@@ -961,5 +966,91 @@ async fn on_a_phone_the_page_shows_the_crash_and_the_added_replica() {
         "the page reported problems: {:#?}\nchromium: {}",
         page.problems,
         tail(&browser.log, 20)
+    );
+}
+
+/// Under the design herd argues against, the guide says beforehand what a Kill will do,
+/// and the page then does it: logged out, with the reason, in the notice and the log.
+#[tokio::test]
+#[ignore = "needs chromium: set HERD_TEST_CHROMIUM=/usr/bin/chromium"]
+async fn under_memory_sessions_the_guide_warns_and_the_kill_logs_out() {
+    let program = std::env::var("HERD_TEST_CHROMIUM").unwrap_or_else(|_| {
+        panic!(
+            "set HERD_TEST_CHROMIUM to a Chromium executable, \
+             e.g. HERD_TEST_CHROMIUM=/usr/bin/chromium"
+        )
+    });
+    let cluster = Cluster::start_with(&["--sessions", "memory", "--sticky"]);
+    let browser = Chromium::launch(&program);
+    let mut page = Page::attach(&browser).await;
+    page.call("Page.navigate", json!({ "url": cluster.url("/") }))
+        .await;
+    page.wait_for(
+        "the guide for memory sessions",
+        "document.getElementById('guide')?.dataset.sessions === 'memory' \
+         && document.getElementById('guide')?.dataset.policy === 'sticky'",
+    )
+    .await;
+    let kill = page
+        .eval("document.getElementById('guide-kill').textContent")
+        .await;
+    assert!(
+        kill.as_str()
+            .is_some_and(|t| t.contains("you are logged out")),
+        "{kill}"
+    );
+
+    page.eval(
+        "document.getElementById('signup-username').value = 'erin';\
+         document.getElementById('signup-password').value = 'correct horse battery';\
+         document.getElementById('signup-form').requestSubmit(); true",
+    )
+    .await;
+    page.wait_for(
+        "logged in as erin",
+        "document.getElementById('auth').hidden \
+         && document.querySelector('#me[data-username=\"erin\"]')?.dataset.session",
+    )
+    .await;
+    // Sticky: the replica holding the session is the one serving the page.
+    let holder = page
+        .wait_for(
+            "the replica serving erin",
+            "document.getElementById('me').dataset.replica",
+        )
+        .await;
+    let holder = holder.as_str().expect("replica").to_owned();
+    page.wait_for(
+        "the Kill button of that replica",
+        &format!(
+            "Boolean(document.querySelector('#cluster .kill[data-id=' + JSON.stringify({}) + ']'))",
+            js(&holder)
+        ),
+    )
+    .await;
+    page.eval(&format!(
+        "document.querySelector('#cluster .kill[data-id=' + JSON.stringify({}) + ']').click(); true",
+        js(&holder)
+    ))
+    .await;
+    let out = page
+        .wait_for(
+            "logged out, saying why",
+            "(() => { const n = document.getElementById('notice');\
+               const e = document.querySelector('#log li[data-event=\"logged-out\"]');\
+               return !document.getElementById('auth').hidden && !n.hidden && e\
+                 && { notice: n.textContent, log: e.textContent }; })()",
+        )
+        .await;
+    assert!(
+        out["notice"]
+            .as_str()
+            .is_some_and(|t| t.contains("replica holding your session died")),
+        "{out}"
+    );
+    assert!(
+        page.problems.is_empty(),
+        "the page reported problems: {:#?}",
+        page.problems
     );
 }

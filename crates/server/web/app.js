@@ -101,6 +101,8 @@
     lastKillAt: 0,
     cluster: false,
     clusterTimer: null,
+    // The admin API's last answer.
+    clusterBody: null,
     heartbeatTimer: null,
     lastReplica: null,
     // The design the cluster runs, from its admin API: {sessions, policy}.
@@ -597,8 +599,10 @@
 
   function wsStatus(stateName, text) {
     const el = $('ws-status');
+    const moved = el.dataset.replica !== (state.wsReplica || '');
     el.dataset.state = stateName;
     el.dataset.replica = state.wsReplica || '';
+    if (moved) rerenderCluster();
     el.textContent = text;
     el.classList.toggle('live', stateName === 'live');
     el.classList.toggle('down', stateName === 'waiting');
@@ -830,7 +834,16 @@
       renderLog();
     }
     $('cluster-status').textContent = ok ? '' : '(balancer unreachable)';
-    if (ok) renderCluster(body);
+    if (ok) {
+      state.clusterBody = body;
+      renderCluster(body);
+    }
+  }
+
+  // The marks "my socket" and "last request" follow the page at once, not at the next
+  // poll.
+  function rerenderCluster() {
+    if (state.clusterBody) renderCluster(state.clusterBody);
   }
 
   // What each session design keeps, and what a Kill of your replica does to you under
@@ -869,11 +882,26 @@
         'while you only chat).';
   }
 
+  // A command as <code>, each word unbroken: a line may end between words, never
+  // inside "--sticky".
+  function command(text) {
+    const code = document.createElement('code');
+    text.split(' ').forEach((word, i) => {
+      const span = document.createElement('span');
+      span.textContent = word;
+      code.append(...(i ? [' ', span] : [span]));
+    });
+    return code;
+  }
+
+  // The other side, as words and the command to run.
   function compareWith(sessions) {
     if (sessions === 'memory') {
-      return 'Compare: herd cluster (stateless tokens), where the same Kill logs nobody out.';
+      return ['Compare: ', command('herd cluster'),
+        ' (stateless tokens), where the same Kill logs nobody out.'];
     }
-    return 'Compare: herd cluster --sessions memory --sticky, where the same Kill logs you out.';
+    return ['Compare: ', command('herd cluster --sessions memory --sticky'),
+      ', where the same Kill logs you out.'];
   }
 
   function renderGuide() {
@@ -888,7 +916,7 @@
     $('guide-kill').textContent = killOutcome(d.sessions, d.policy);
     $('guide-add').textContent = addOutcome(d.policy);
     $('guide-steps').hidden = false;
-    $('guide-design').textContent = compareWith(d.sessions);
+    $('guide-design').replaceChildren(...compareWith(d.sessions));
     $('guide-design').hidden = false;
   }
 
