@@ -856,6 +856,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn serve_issues_tokens_as_the_address_it_listens_on() {
+        let at = |a: &str| issuer_at(a.parse().expect("addr"));
+        assert_eq!(at("127.0.0.1:9000"), "http://127.0.0.1:9000");
+        assert_eq!(at("0.0.0.0:9000"), "http://127.0.0.1:9000");
+        assert_eq!(at("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(at("192.168.1.5:80"), "http://192.168.1.5:80");
+        let cli =
+            Cli::try_parse_from(["herd", "serve", "--listen", "127.0.0.1:9000"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            args.identity.issuer, None,
+            "no fixed default to shadow --listen"
+        );
+        let cli = Cli::try_parse_from(["herd", "serve", "--issuer", "https://auth.example"])
+            .expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            args.auth_config().expect("valid").issuer,
+            "https://auth.example"
+        );
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
