@@ -100,6 +100,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr().context("reading the bound address")?;
     if args.identity.issuer.is_none() {
         auth_config.issuer = config::issuer_at(local);
+        tracing::info!(
+            issuer = %auth_config.issuer,
+            "no --issuer: tokens name this replica's address; replicas that share a database must share one --issuer"
+        );
     }
     let replica_id = args
         .replica_id

@@ -355,7 +355,16 @@ async fn a_replica_killed_mid_flood_costs_its_subscribers_nothing() {
     const N: i64 = 200;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = database(&dir);
-    let bus = ["--bus", "sql", "--bus-poll-interval", "10ms"];
+    // Replicas that accept each other's tokens share one issuer; without --issuer each
+    // would issue as its own address.
+    let bus = [
+        "--bus",
+        "sql",
+        "--bus-poll-interval",
+        "10ms",
+        "--issuer",
+        "http://herd.test",
+    ];
     let mut a = Replica::start("a", &db, &bus);
     let b = Replica::start("b", &db, &bus);
     let client = reqwest::Client::new();
