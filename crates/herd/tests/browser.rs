@@ -3,7 +3,10 @@
 //! replica holding its WebSocket from the cluster panel, and is still logged in and
 //! receiving messages afterwards. A screenshot of the end state is kept in
 //! `target/test-artifacts/browser-cluster.png` (`browser-cluster-failure.png` when a
-//! wait times out).
+//! wait times out). The same flow on a 390 px phone screen checks what the page tells
+//! (the guide, the reconnect event and its counts, traffic on an added replica, a
+//! drained replica apart from a killed one) and keeps `browser-phone-after-kill.png`,
+//! `browser-desktop-after-kill.png` and `browser-phone-after-drain.png`.
 //!
 //! Ignored unless asked for; it needs Chromium:
 //!
@@ -653,7 +656,8 @@ const RECONNECT: &str = r#"(() => {
 /// characters and refuses (rather than cuts) a long message and one of spaces; Kill is
 /// on screen; the crash shows in the log as a reconnect with its counts worked out
 /// from the seqs received; an added replica shows traffic; a drained replica is shown
-/// as drained, not as a crash. Screenshots after the Kill, phone and desktop.
+/// as drained, not as a crash; a refused message offers Retry and Dismiss. Screenshots
+/// after the Kill, phone and desktop, and after the drain.
 #[tokio::test]
 #[ignore = "needs chromium: set HERD_TEST_CHROMIUM=/usr/bin/chromium"]
 async fn on_a_phone_the_page_shows_the_crash_and_the_added_replica() {
@@ -961,6 +965,31 @@ async fn on_a_phone_the_page_shows_the_crash_and_the_added_replica() {
     .await;
     let shot = screenshot_as_shown(&mut page, "browser-phone-after-drain.png").await;
     eprintln!("screenshot: {}", shot.display());
+
+    // A message the server refuses (carol left the room meanwhile, from another tab)
+    // stays with the reason and a Retry and a Dismiss; Dismiss takes it away.
+    let left = page
+        .eval(&format!(
+            "fetch('/v1/rooms/' + {} + '/leave', {{ method: 'POST', credentials: 'same-origin',               headers: {{ 'x-csrf-token': sessionStorage.getItem('herd.csrf') }} }})               .then((r) => r.status)",
+            js(&room)
+        ))
+        .await;
+    assert_eq!(left, 200, "leaving the room");
+    send_from_page(&mut page, "after leaving").await;
+    page.wait_for(
+        "the refused message with Retry and Dismiss",
+        "(() => { const li = document.querySelector('#messages li.failed');\
+           return Boolean(li && li.querySelector('.ack').textContent.startsWith('not sent')\
+             && li.querySelector('button.retry') && li.querySelector('button.dismiss')); })()",
+    )
+    .await;
+    page.eval("document.querySelector('#messages li.failed button.dismiss').click(); true")
+        .await;
+    page.wait_for(
+        "the refused message dismissed",
+        "!document.querySelector('#messages li.failed')",
+    )
+    .await;
     assert!(
         page.problems.is_empty(),
         "the page reported problems: {:#?}\nchromium: {}",

@@ -447,7 +447,7 @@
 
   function time(unix) {
     const d = unix ? new Date(unix * 1000) : new Date();
-    return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+    return d.toLocaleTimeString([], { hourCycle: 'h23', hour: '2-digit', minute: '2-digit', second: '2-digit' });
   }
 
   function fillMessage(li, m) {
