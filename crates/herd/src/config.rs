@@ -103,9 +103,10 @@ pub struct IdentityArgs {
     pub database: DatabaseArgs,
 
     /// The `iss` of every token; every replica must share it. Set it to the public URL
-    /// clients reach herd at.
-    #[arg(long, env = "HERD_ISSUER", default_value = "http://127.0.0.1:8080")]
-    pub issuer: String,
+    /// clients reach herd at [default: `herd serve`'s own address, http://LISTEN;
+    /// otherwise http://127.0.0.1:8080].
+    #[arg(long, env = "HERD_ISSUER")]
+    pub issuer: Option<String>,
 
     /// The `aud` of every token.
     #[arg(long, env = "HERD_AUDIENCE", default_value = "herd")]
@@ -367,6 +368,7 @@ impl ClusterArgs {
         };
         config.respawn = self.respawn;
         config.admin_public = self.admin_public;
+        config.sessions = Some(sessions.to_owned());
         Ok(config)
     }
 }
@@ -624,11 +626,31 @@ pub enum SessionsArg {
     Memory,
 }
 
+/// The issuer of commands that serve nothing themselves (`herd keys`): `herd serve`'s
+/// default address.
+const DEFAULT_ISSUER: &str = "http://127.0.0.1:8080";
+
+/// The issuer `herd serve` publishes when `--issuer` is not given: the address it
+/// listens on, as `herd cluster` does for its balancer, so that the discovery
+/// document's `jwks_uri` points where something answers. An unspecified address
+/// (0.0.0.0) is named by loopback, which answers on this host at least.
+pub fn issuer_at(listening: SocketAddr) -> String {
+    let mut reachable = listening;
+    if reachable.ip().is_unspecified() {
+        reachable.set_ip(match reachable {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{reachable}")
+}
+
 impl IdentityArgs {
     /// The identity settings these flags describe, or which flag is wrong and why.
     pub fn auth_config(&self) -> anyhow::Result<AuthConfig> {
-        let mut config = AuthConfig::new(self.issuer.clone(), self.audience.clone());
-        if self.issuer.trim().is_empty() {
+        let issuer = self.issuer.as_deref().unwrap_or(DEFAULT_ISSUER);
+        let mut config = AuthConfig::new(issuer.to_owned(), self.audience.clone());
+        if issuer.trim().is_empty() {
             bail!("--issuer must not be empty");
         }
         if self.audience.trim().is_empty() {
@@ -832,6 +854,33 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_issues_tokens_as_the_address_it_listens_on() {
+        let at = |a: &str| issuer_at(a.parse().expect("addr"));
+        assert_eq!(at("127.0.0.1:9000"), "http://127.0.0.1:9000");
+        assert_eq!(at("0.0.0.0:9000"), "http://127.0.0.1:9000");
+        assert_eq!(at("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(at("192.168.1.5:80"), "http://192.168.1.5:80");
+        let cli =
+            Cli::try_parse_from(["herd", "serve", "--listen", "127.0.0.1:9000"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            args.identity.issuer, None,
+            "no fixed default to shadow --listen"
+        );
+        let cli = Cli::try_parse_from(["herd", "serve", "--issuer", "https://auth.example"])
+            .expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            args.auth_config().expect("valid").issuer,
+            "https://auth.example"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -93,11 +93,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let auth_config = args.auth_config()?;
+    let mut auth_config = args.auth_config()?;
     let store = open_store(&args.identity.database.database, args.migrate).await?;
     let listener =
         bind(args.listen).with_context(|| format!("binding --listen {}", args.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    if args.identity.issuer.is_none() {
+        auth_config.issuer = config::issuer_at(local);
+        tracing::info!(
+            issuer = %auth_config.issuer,
+            "no --issuer: tokens name this replica's address; replicas that share a database must share one --issuer"
+        );
+    }
     let replica_id = args
         .replica_id
         .clone()

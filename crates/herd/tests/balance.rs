@@ -47,6 +47,9 @@ fn replica(db: &str, id: &str) -> (Process, String) {
             db,
             "--bus",
             "sql",
+            // One issuer for both: without it each issues as its own address.
+            "--issuer",
+            "http://herd.test",
             "--argon2-memory-kib",
             "64",
             "--argon2-iterations",

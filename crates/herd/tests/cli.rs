@@ -355,7 +355,16 @@ async fn a_replica_killed_mid_flood_costs_its_subscribers_nothing() {
     const N: i64 = 200;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = database(&dir);
-    let bus = ["--bus", "sql", "--bus-poll-interval", "10ms"];
+    // Replicas that accept each other's tokens share one issuer; without --issuer each
+    // would issue as its own address.
+    let bus = [
+        "--bus",
+        "sql",
+        "--bus-poll-interval",
+        "10ms",
+        "--issuer",
+        "http://herd.test",
+    ];
     let mut a = Replica::start("a", &db, &bus);
     let b = Replica::start("b", &db, &bus);
     let client = reqwest::Client::new();
@@ -536,4 +545,57 @@ fn two_herd_migrate_processes_at_once_apply_each_migration_once() {
     let listen = common::listen_address(&mut BufReader::new(stderr).lines(), "herd is serving");
     assert!(!listen.is_empty());
     common::stop(&mut replica, Duration::from_secs(10));
+}
+
+/// A JWKS client pointed at the discovery document must find the keys where the replica
+/// answers: without `--issuer`, `issuer` and `jwks_uri` name the address `herd serve`
+/// listens on (port 0 here, so the address it bound), not a default nobody serves.
+#[tokio::test]
+async fn serve_publishes_its_own_address_as_issuer_unless_told_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = Replica::start("issuer-1", &database(&dir), &[]);
+    let discovery: Value = reqwest::get(replica.url("/.well-known/openid-configuration"))
+        .await
+        .expect("discovery")
+        .json()
+        .await
+        .expect("json");
+    let own = format!("http://{}", replica.listen);
+    assert_eq!(discovery["issuer"], own.as_str(), "{discovery}");
+    let jwks_uri = discovery["jwks_uri"].as_str().expect("jwks_uri");
+    assert!(jwks_uri.starts_with(&own), "{discovery}");
+    let keys: Value = reqwest::get(jwks_uri)
+        .await
+        .expect("the jwks_uri answers")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        keys["keys"].as_array().is_some_and(|k| !k.is_empty()),
+        "{keys}"
+    );
+    drop(replica);
+
+    // An explicit --issuer (the public URL behind a proxy) still wins.
+    let replica = Replica::start(
+        "issuer-2",
+        &database(&dir),
+        &["--issuer", "https://auth.example.test"],
+    );
+    let discovery: Value = reqwest::get(replica.url("/.well-known/openid-configuration"))
+        .await
+        .expect("discovery")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        discovery["issuer"], "https://auth.example.test",
+        "{discovery}"
+    );
+    assert!(
+        discovery["jwks_uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://auth.example.test/")),
+        "{discovery}"
+    );
 }

@@ -495,3 +495,111 @@ async fn replicas_sharing_redis_throttle_an_account_together() {
     }
     assert_eq!(refused_on.len(), 2, "both replicas refuse: {refused_on:?}");
 }
+
+/// What the page's cluster panel draws from: the session design the replicas run, each
+/// replica's requests per second over the last seconds (every client's), and how a dead
+/// replica ended, so that a drain is not shown as a crash.
+#[tokio::test]
+async fn the_admin_api_counts_recent_traffic_and_tells_a_drain_from_a_kill() {
+    let cluster = Cluster::start(&[]);
+    let table = cluster.wait_for("two replicas up", all_up(2)).await;
+    assert_eq!(table["sessions"], "token", "{table}");
+    let window = table["traffic_seconds"].as_u64().expect("traffic_seconds");
+    assert!(window >= 10, "{table}");
+
+    for _ in 0..6 {
+        let response = cluster
+            .client
+            .get(cluster.url("/healthz"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+    }
+    let table = cluster.replicas().await;
+    for replica in table["replicas"].as_array().expect("replicas") {
+        let recent = replica["recent_requests"].as_array().expect("recent");
+        assert_eq!(recent.len() as u64, window, "{table}");
+        let sum: u64 = recent.iter().filter_map(Value::as_u64).sum();
+        assert!(sum >= 3, "round-robin sent each replica 3 of 6: {table}");
+        assert!(replica["ended"].is_null(), "{table}");
+    }
+
+    assert_eq!(
+        cluster.admin("/_cluster/replicas/r1/drain").await.status(),
+        202
+    );
+    assert_eq!(
+        cluster.admin("/_cluster/replicas/r2/kill").await.status(),
+        202
+    );
+    let table = cluster
+        .wait_for("both dead", |r| {
+            state_of(r, "r1") == Some("dead") && state_of(r, "r2") == Some("dead")
+        })
+        .await;
+    let ended = |id: &str| {
+        table["replicas"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["id"] == id))
+            .map(|r| r["ended"].clone())
+    };
+    assert_eq!(ended("r1"), Some(json!("drained")), "{table}");
+    assert_eq!(ended("r2"), Some(json!("killed")), "{table}");
+}
+
+/// Waits for `child` to exit, at most `limit`; its status, or `None` if it still runs.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A bad flag after `--` kills every replica at start. The cluster used to answer 503
+/// for ever; it now stops with the replica's own error and a failing status, with and
+/// without --respawn (which would otherwise restart the same mistake for ever).
+#[test]
+fn a_cluster_whose_replicas_all_die_at_start_exits_with_their_error() {
+    for flags in [&[][..], &["--respawn"][..]] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = common::herd()
+            .args(["cluster", "--replicas", "2", "--listen", "127.0.0.1:0"])
+            .args(["--database", &common::database(&dir)])
+            .args(flags)
+            .args(["--", "--no-such-flag"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn herd cluster");
+        let stderr = child.stderr.take().expect("stderr");
+        let reader =
+            std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let status = exit_within(&mut child, Duration::from_secs(60));
+        if status.is_none() {
+            common::stop(&mut child, Duration::from_secs(15));
+        }
+        let stderr = reader.join().expect("stderr reader");
+        let status = status.unwrap_or_else(|| panic!("still running with {flags:?}:\n{stderr}"));
+        assert!(!status.success(), "{flags:?}: {status}\n{stderr}");
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("herd: "))
+            .unwrap_or_default();
+        assert!(
+            last.contains("every replica exited before it was ready"),
+            "{flags:?}: the reason, last:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("unexpected argument '--no-such-flag'"),
+            "{flags:?}: the replica's own words:\n{stderr}"
+        );
+    }
+}

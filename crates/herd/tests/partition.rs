@@ -313,6 +313,9 @@ impl Net {
                     &format!("redis://{REDIS_ADDR}:6379"),
                     "--bus",
                     "redis",
+                    // One issuer for both: without it each issues as its own address.
+                    "--issuer",
+                    "http://herd.test",
                     "--migrate=false",
                     "--access-ttl",
                     "1h",

@@ -2,7 +2,9 @@
 //! It can kill processes, so it answers loopback clients only unless the cluster runs
 //! with `admin_public`.
 //!
-//! - `GET /_cluster/replicas`: `{"replicas": [...], "policy": "round-robin"|"sticky"}`
+//! - `GET /_cluster/replicas`: `{"replicas": [...], "policy": "round-robin"|"sticky",
+//!   "sessions": "token"|"shared"|"memory"|null, "traffic_seconds": 30}`; each replica
+//!   with its requests per second over the last `traffic_seconds` (every client's).
 //! - `POST /_cluster/replicas`: add a replica (201, the replica)
 //! - `POST /_cluster/replicas/{id}/kill`: SIGKILL, a crash (202)
 //! - `POST /_cluster/replicas/{id}/drain`: no new requests, then SIGTERM (202)
@@ -46,7 +48,12 @@ pub(crate) async fn handle(
     match (segments.as_slice(), method) {
         (["replicas"], Method::GET) => json(
             StatusCode::OK,
-            &json!({ "replicas": cluster.views(), "policy": cluster.config.policy }),
+            &json!({
+                "replicas": cluster.views(),
+                "policy": cluster.config.policy,
+                "sessions": cluster.config.sessions,
+                "traffic_seconds": crate::replicas::TRAFFIC_SECONDS,
+            }),
         ),
         (["replicas"], Method::POST) => match cluster.add() {
             Ok(view) => json(StatusCode::CREATED, &view),

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-pub use replicas::{ReplicaView, State};
+pub use replicas::{Ended, ReplicaView, State, TRAFFIC_SECONDS};
 
 /// How the balancer picks a replica for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -86,6 +86,10 @@ pub struct ClusterConfig {
     pub replica_log: Option<PathBuf>,
     /// Environment variables every replica gets on top of ours.
     pub env: Vec<(String, String)>,
+    /// The session strategy the replicas run (`token`, `shared`, `memory`), shown by
+    /// the admin API so that the page can say what a crash will do; the lab passes it
+    /// on and knows nothing of what it means.
+    pub sessions: Option<String>,
 }
 
 impl ClusterConfig {
@@ -101,6 +105,7 @@ impl ClusterConfig {
             stop_timeout: Duration::from_secs(10),
             replica_log: None,
             env: Vec::new(),
+            sessions: None,
         }
     }
 }
@@ -129,6 +134,8 @@ pub enum LabError {
     Output(PathBuf, std::io::Error),
     #[error("this balancer proxies to replicas started elsewhere (--upstream); it starts none")]
     FixedUpstreams,
+    #[error("every replica exited before it was ready, so nothing would ever answer; {0}")]
+    StartFailed(String),
 }
 
 /// `herd balance`: the balancer alone, in front of replicas started elsewhere.
@@ -170,7 +177,8 @@ pub async fn balance(
 
 /// Runs the cluster until `shutdown` resolves: starts the replicas, balances `listener`'s
 /// connections over them, then stops every replica (SIGTERM, then SIGKILL after
-/// `stop_timeout`).
+/// `stop_timeout`). Fails with [`LabError::StartFailed`] when every replica exits before
+/// it is ever ready (the rule is `Cluster::failed_at_start`'s).
 pub async fn run(
     config: ClusterConfig,
     listener: TcpListener,
@@ -191,9 +199,15 @@ pub async fn run(
         policy = cluster.config.policy.as_str(),
         "cluster is serving"
     );
-    balancer::serve(cluster.clone(), listener, shutdown).await;
+    let failed = tokio::select! {
+        () = balancer::serve(cluster.clone(), listener, shutdown) => None,
+        failure = cluster.failed_at_start() => Some(failure),
+    };
     tracing::info!("stopping the replicas");
     cluster.stop_all().await;
+    if let Some(failure) = failed {
+        return Err(LabError::StartFailed(failure));
+    }
     tracing::info!("stopped");
     Ok(())
 }

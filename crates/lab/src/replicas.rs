@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -37,6 +37,23 @@ pub enum State {
     Dead,
 }
 
+/// How a replica's process ended, so that a drain is not mistaken for a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ended {
+    /// SIGKILLed through the admin API.
+    Killed,
+    /// Drained through the admin API: it stopped on its own after SIGTERM.
+    Drained,
+    /// It exited without being asked to.
+    Crashed,
+    /// The cluster was stopping.
+    Stopped,
+}
+
+/// How many seconds of per-replica traffic the admin API shows.
+pub const TRAFFIC_SECONDS: usize = 30;
+
 /// One replica as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplicaView {
@@ -44,7 +61,54 @@ pub struct ReplicaView {
     pub state: State,
     pub port: Option<u16>,
     pub pid: Option<u32>,
+    /// Requests the balancer sent it since it was added, from every client.
     pub requests_served: u64,
+    /// Requests the balancer sent it in each of the last [`TRAFFIC_SECONDS`] seconds,
+    /// from every client, oldest first; the last entry is the second in progress.
+    pub recent_requests: Vec<u32>,
+    /// How its process ended, while it is dead; `None` while it runs.
+    pub ended: Option<Ended>,
+}
+
+/// Requests counted per second over a sliding window of [`TRAFFIC_SECONDS`].
+#[derive(Debug, Clone)]
+struct Traffic {
+    counts: [u32; TRAFFIC_SECONDS],
+    /// The second (since the cluster started) the last entry of `counts` is for.
+    latest: u64,
+}
+
+impl Traffic {
+    fn new() -> Traffic {
+        Traffic {
+            counts: [0; TRAFFIC_SECONDS],
+            latest: 0,
+        }
+    }
+
+    /// Moves the window so that its last entry is second `now`.
+    fn advance(&mut self, now: u64) {
+        if now <= self.latest {
+            return;
+        }
+        let shift =
+            usize::try_from(now - self.latest).map_or(TRAFFIC_SECONDS, |s| s.min(TRAFFIC_SECONDS));
+        self.counts.rotate_left(shift);
+        self.counts[TRAFFIC_SECONDS - shift..].fill(0);
+        self.latest = now;
+    }
+
+    fn count(&mut self, now: u64) {
+        self.advance(now);
+        let last = &mut self.counts[TRAFFIC_SECONDS - 1];
+        *last = last.saturating_add(1);
+    }
+
+    fn recent(&self, now: u64) -> Vec<u32> {
+        let mut window = self.clone();
+        window.advance(now);
+        window.counts.to_vec()
+    }
 }
 
 #[derive(Debug)]
@@ -54,18 +118,43 @@ struct Slot {
     addr: Option<SocketAddr>,
     pid: Option<u32>,
     served: u64,
+    traffic: Traffic,
     generation: u64,
     drained: bool,
+    /// This incarnation was SIGKILLed through the admin API.
+    killed: bool,
+    ended: Option<Ended>,
+    /// Why this slot's last incarnation exited before it was ever ready, when it did:
+    /// its exit status and what it wrote on stderr.
+    start_failure: Option<String>,
 }
 
 impl Slot {
-    fn view(&self) -> ReplicaView {
+    fn new(id: String, addr: Option<SocketAddr>, generation: u64) -> Slot {
+        Slot {
+            id,
+            state: State::Starting,
+            addr,
+            pid: None,
+            served: 0,
+            traffic: Traffic::new(),
+            generation,
+            drained: false,
+            killed: false,
+            ended: None,
+            start_failure: None,
+        }
+    }
+
+    fn view(&self, now: u64) -> ReplicaView {
         ReplicaView {
             id: self.id.clone(),
             state: self.state,
             port: self.addr.map(|a| a.port()),
             pid: self.pid,
             requests_served: self.served,
+            recent_requests: self.traffic.recent(now),
+            ended: self.ended,
         }
     }
 }
@@ -98,7 +187,11 @@ pub(crate) struct Cluster {
     numbers: AtomicUsize,
     turn: AtomicUsize,
     stopping: AtomicBool,
+    /// Some replica has passed a readiness check since the cluster started.
+    ever_up: AtomicBool,
     exited: Notify,
+    /// When the cluster started: traffic is counted in whole seconds since.
+    epoch: Instant,
     /// The replicas were started elsewhere ([`crate::balance`]): none is spawned here.
     fixed: bool,
     pub client: Client<HttpConnector, ProxyBody>,
@@ -130,7 +223,9 @@ impl Cluster {
             numbers: AtomicUsize::new(0),
             turn: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            ever_up: AtomicBool::new(false),
             exited: Notify::new(),
+            epoch: Instant::now(),
             fixed: false,
             client,
             log,
@@ -150,15 +245,7 @@ impl Cluster {
         });
         for &addr in upstreams {
             let id = addr.to_string();
-            cluster.slots().push(Slot {
-                id: id.clone(),
-                state: State::Starting,
-                addr: Some(addr),
-                pid: None,
-                served: 0,
-                generation: 1,
-                drained: false,
-            });
+            cluster.slots().push(Slot::new(id.clone(), Some(addr), 1));
             tokio::spawn(cluster.clone().check_health(id, 1, addr));
         }
         Ok(cluster)
@@ -171,7 +258,13 @@ impl Cluster {
     }
 
     pub fn views(&self) -> Vec<ReplicaView> {
-        self.slots().iter().map(Slot::view).collect()
+        let now = self.second();
+        self.slots().iter().map(|s| s.view(now)).collect()
+    }
+
+    /// Whole seconds since the cluster started, the clock of the traffic window.
+    fn second(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
     }
 
     /// Adds a replica with the next id and starts it.
@@ -180,17 +273,14 @@ impl Cluster {
             return Err(LabError::FixedUpstreams);
         }
         let id = format!("r{}", self.numbers.fetch_add(1, Ordering::Relaxed) + 1);
-        self.slots().push(Slot {
-            id: id.clone(),
-            state: State::Starting,
-            addr: None,
-            pid: None,
-            served: 0,
-            generation: 0,
-            drained: false,
-        });
+        self.slots().push(Slot::new(id.clone(), None, 0));
         self.start(&id)?;
-        let view = self.slots().iter().find(|s| s.id == id).map(Slot::view);
+        let now = self.second();
+        let view = self
+            .slots()
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.view(now));
         view.ok_or_else(|| LabError::Spawn {
             id,
             program: self.config.program.display().to_string(),
@@ -216,6 +306,8 @@ impl Cluster {
             };
             slot.generation += 1;
             slot.addr = None;
+            slot.killed = false;
+            slot.ended = None;
             match &mut child {
                 Ok(child) => {
                     slot.pid = child.id();
@@ -231,19 +323,33 @@ impl Cluster {
             source,
         })?;
         tracing::info!(replica = id, pid = child.id(), "replica starting");
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(self.clone().read_log(id.to_owned(), generation, stderr));
-        }
-        tokio::spawn(self.clone().supervise(id.to_owned(), generation, child));
+        let log = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(self.clone().read_log(id.to_owned(), generation, stderr)));
+        tokio::spawn(
+            self.clone()
+                .supervise(id.to_owned(), generation, child, log),
+        );
         Ok(())
     }
 
     /// Forwards the child's log lines to ours, prefixed with its id, and learns its
-    /// address from the line that announces it.
-    async fn read_log(self: Arc<Self>, id: String, generation: u64, stderr: ChildStderr) {
+    /// address from the line that announces it. Returns what the child wrote before
+    /// that line (at most [`EARLY_LINES`] lines), which says why when it never came.
+    async fn read_log(
+        self: Arc<Self>,
+        id: String,
+        generation: u64,
+        stderr: ChildStderr,
+    ) -> Vec<String> {
         let mut lines = BufReader::new(stderr).lines();
         let mut announced = false;
+        let mut early = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
+            if !announced && early.len() < EARLY_LINES {
+                early.push(line.clone());
+            }
             if !announced {
                 if let Some(addr) = announced_addr(&line) {
                     announced = true;
@@ -275,11 +381,33 @@ impl Cluster {
                 None => eprintln!("[{id}] {line}"),
             }
         }
+        if announced {
+            early.clear();
+        }
+        early
     }
 
     /// Waits for the child to exit, records it, and respawns it when asked to.
-    async fn supervise(self: Arc<Self>, id: String, generation: u64, mut child: Child) {
-        let status = child.wait().await;
+    async fn supervise(
+        self: Arc<Self>,
+        id: String,
+        generation: u64,
+        mut child: Child,
+        log: Option<tokio::task::JoinHandle<Vec<String>>>,
+    ) {
+        let status = describe(child.wait().await);
+        // The log reader ends at the pipe's end, which the exit brings; what it kept
+        // says why a replica that never became ready died. A grandchild holding the
+        // pipe open must not hold up the bookkeeping, hence the bound.
+        let early = match log {
+            Some(log) => tokio::time::timeout(Duration::from_secs(2), log)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let stopping = self.stopping.load(Ordering::SeqCst);
         let drained = {
             let mut slots = self.slots();
             let slot = slots
@@ -287,6 +415,19 @@ impl Cluster {
                 .find(|s| s.id == id && s.generation == generation);
             match slot {
                 Some(slot) => {
+                    let never_ready = slot.state == State::Starting;
+                    slot.ended = Some(if slot.drained {
+                        Ended::Drained
+                    } else if slot.killed {
+                        Ended::Killed
+                    } else if stopping {
+                        Ended::Stopped
+                    } else {
+                        Ended::Crashed
+                    });
+                    if never_ready && slot.ended == Some(Ended::Crashed) {
+                        slot.start_failure = Some(start_failure(&status, &early));
+                    }
                     slot.state = State::Dead;
                     slot.pid = None;
                     slot.drained
@@ -295,8 +436,6 @@ impl Cluster {
             }
         };
         self.exited.notify_waiters();
-        let stopping = self.stopping.load(Ordering::SeqCst);
-        let status = describe(status);
         if stopping || drained {
             tracing::info!(replica = %id, status = %status, "replica exited");
             return;
@@ -334,6 +473,8 @@ impl Cluster {
                 (State::Dead | State::Draining, _) => return,
                 (State::Starting | State::Down, true) => {
                     slot.state = State::Up;
+                    slot.start_failure = None;
+                    self.ever_up.store(true, Ordering::SeqCst);
                     tracing::info!(replica = %id, %addr, "replica is up");
                 }
                 (State::Up, false) => {
@@ -396,14 +537,50 @@ impl Cluster {
     }
 
     pub fn served(&self, target: &Target) {
+        let now = self.second();
         if let Some(slot) = self.slots().iter_mut().find(|s| s.id == target.id) {
             slot.served += 1;
+            slot.traffic.count(now);
+        }
+    }
+
+    /// Resolves, with the first replica's reason, once every replica the cluster has
+    /// started died at start (under respawn: at least once) and none was ever ready: then nothing will ever answer
+    /// (a bad flag in the replicas' arguments, a database they cannot open), and
+    /// waiting would only turn every request into a 503.
+    ///
+    /// A replica "died at start" when its process exited on its own before its first
+    /// readiness check passed; one killed or drained through the admin API did not.
+    /// Once any replica has been ready, the cluster never gives up: every replica can
+    /// then be killed and a new one added, as the page's demo does.
+    pub async fn failed_at_start(&self) -> String {
+        loop {
+            let exited = self.exited.notified();
+            tokio::pin!(exited);
+            exited.as_mut().enable();
+            if !self.ever_up.load(Ordering::SeqCst) {
+                let slots = self.slots();
+                // A respawned replica that is starting again still counts as failed:
+                // under --respawn the replicas would otherwise fail in turn for ever.
+                let all_failed =
+                    !slots.is_empty() && slots.iter().all(|s| s.start_failure.is_some());
+                if all_failed {
+                    let first = &slots[0];
+                    return format!(
+                        "replica {} {}",
+                        first.id,
+                        first.start_failure.as_deref().unwrap_or_default()
+                    );
+                }
+            }
+            exited.await;
         }
     }
 
     /// SIGKILL: a crash, not a shutdown.
     pub fn kill(&self, id: &str) -> Result<ReplicaView, ActionError> {
         self.act(id, |slot| {
+            slot.killed = true;
             tracing::info!(replica = %slot.id, "killing replica (SIGKILL)");
             Signal::Kill
         })
@@ -425,6 +602,7 @@ impl Cluster {
         id: &str,
         action: impl FnOnce(&mut Slot) -> Signal,
     ) -> Result<ReplicaView, ActionError> {
+        let now = self.second();
         let mut slots = self.slots();
         let slot = slots
             .iter_mut()
@@ -438,7 +616,7 @@ impl Cluster {
         // Sent under the lock: the supervisor clears `pid` under it when the process is
         // reaped, so the pid cannot belong to some other process by now.
         send(pid, signal);
-        Ok(slot.view())
+        Ok(slot.view(now))
     }
 
     /// SIGTERM to every replica, then SIGKILL to those still running after
@@ -491,6 +669,38 @@ fn announced_addr(line: &str) -> Option<SocketAddr> {
     fields["listen"].as_str()?.parse().ok()
 }
 
+/// Lines of a replica's stderr kept from before it announced its address.
+const EARLY_LINES: usize = 40;
+
+/// Why a replica died before it was ready, from its exit status and what it wrote
+/// before: its plain lines (a command-line error, `herd: ...`) or, when there are none,
+/// the messages of its JSON error lines.
+fn start_failure(status: &str, early: &[String]) -> String {
+    let plain: Vec<&str> = early
+        .iter()
+        .map(|l| l.trim_end())
+        .filter(|l| !l.is_empty() && serde_json::from_str::<serde_json::Value>(l).is_err())
+        .collect();
+    let said: Vec<String> = if plain.is_empty() {
+        early
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|entry| entry["level"] == "ERROR")
+            .filter_map(|entry| entry["fields"]["message"].as_str().map(str::to_owned))
+            .collect()
+    } else {
+        plain.into_iter().map(str::to_owned).collect()
+    };
+    if said.is_empty() {
+        format!("exited ({status}) before it was ready, saying nothing")
+    } else {
+        format!(
+            "exited ({status}) before it was ready:\n{}",
+            said.join("\n")
+        )
+    }
+}
+
 fn describe(status: std::io::Result<ExitStatus>) -> String {
     match status {
         Ok(status) => status.to_string(),
@@ -524,6 +734,48 @@ fn send(pid: u32, signal: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traffic_counts_per_second_and_forgets_what_left_the_window() {
+        let mut traffic = Traffic::new();
+        traffic.count(0);
+        traffic.count(0);
+        traffic.count(2);
+        let recent = traffic.recent(2);
+        assert_eq!(recent.len(), TRAFFIC_SECONDS);
+        assert_eq!(recent[TRAFFIC_SECONDS - 3..], [2, 0, 1]);
+        assert_eq!(recent.iter().sum::<u32>(), 3);
+        let later = traffic.recent(2 + TRAFFIC_SECONDS as u64 - 1);
+        assert_eq!(later[0], 1, "second 2 is the oldest one kept");
+        assert_eq!(later.iter().sum::<u32>(), 1);
+        assert!(traffic.recent(1000).iter().all(|&n| n == 0));
+        // Reading does not move the window that counting uses.
+        traffic.count(3);
+        assert_eq!(traffic.recent(3)[TRAFFIC_SECONDS - 2..], [1, 1]);
+    }
+
+    #[test]
+    fn a_start_failure_says_what_the_replica_said() {
+        let clap = [
+            "error: unexpected argument '--bogus' found".to_owned(),
+            String::new(),
+            "Usage: herd serve [OPTIONS]".to_owned(),
+        ];
+        let said = start_failure("exit status: 2", &clap);
+        assert!(said.contains("exit status: 2"), "{said}");
+        assert!(said.contains("unexpected argument '--bogus'"), "{said}");
+        let json = [
+            r#"{"level":"INFO","fields":{"message":"opening"}}"#.to_owned(),
+            r#"{"level":"ERROR","fields":{"message":"opening --database x: no such file"}}"#
+                .to_owned(),
+        ];
+        let said = start_failure("exit status: 1", &json);
+        assert!(
+            said.ends_with("opening --database x: no such file"),
+            "{said}"
+        );
+        assert!(!said.contains("INFO"), "{said}");
+    }
 
     #[test]
     fn the_port_is_read_from_the_serving_line_only() {

@@ -41,7 +41,7 @@ use crate::{auth, chat, error, health, metrics, rooms, web, wellknown, AppState}
         chat::upgrade,
         wellknown::jwks, wellknown::openid_configuration,
         health::healthz, health::readyz, metrics::metrics,
-        web::index, web::app_js, web::style_css,
+        web::index, web::app_js, web::style_css, web::favicon,
         web::api_reference, web::api_reference_js, web::api_reference_css,
         openapi_json,
     ),

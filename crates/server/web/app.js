@@ -6,6 +6,8 @@
 // addEventListener and every text is set with textContent, never parsed as markup.
 //
 // Stable ids and selectors, for browser tests:
+//   #guide         "what you are looking at": #guide-steps, #guide-kill and #guide-add say
+//                  what to expect under the design the cluster runs ([data-sessions])
 //   #signup-form #signup-username #signup-password #signup-submit #signup-error
 //   #login-form  #login-username  #login-password  #login-submit  #login-error
 //   #me            who I am: [data-username], [data-session], [data-replica] once logged in
@@ -14,19 +16,31 @@
 //   #auth          the log-in/sign-up section (hidden when logged in)
 //   #chat          rooms and messages (hidden when logged out)
 //   #rooms         my rooms: li[data-room-id] > button (aria-current="true" on the one picked)
-//   #room-name #room-create          create a room (the form is #room-create-form)
-//   #room-join-id #room-join         join a room by id (the form is #room-join-form)
+//   #room-name #room-create          create a room (the form is #room-create-form),
+//                                    its error in #room-create-error
+//   #room-join-id #room-join         join a room by id (the form is #room-join-form),
+//                                    its error in #room-join-error
 //   #room-title #room-id             the room picked
 //   #ws-status     the live connection: [data-state] = offline|connecting|live|waiting,
 //                  [data-replica] = the replica the socket is on
 //   #messages      li[data-seq] for stored messages (data-client-id too), li.pending
-//                  for a send not yet acknowledged; .ack inside shows the ack
-//   #message-body #message-send      send a message (the form is #message-form)
+//                  for a send not yet acknowledged; .ack inside shows the ack; li.failed
+//                  for a refused one, with .retry and .dismiss buttons
+//   #message-body #message-send      send a message (the form is #message-form);
+//                  #message-count counts characters, #message-error says why not sent
 //   #cluster       the cluster panel, hidden unless GET /_cluster/replicas answers JSON
-//   #cluster-replicas tr[data-id]    one row a replica; tr.here served my last request,
-//                                    tr.socket holds my WebSocket
+//   #cluster-replicas tr[data-id]    one row a replica, [data-state] as the API says and
+//                                    [data-ended] once dead (killed|drained|crashed|stopped),
+//                                    [data-traffic] its requests in the window (all users);
+//                                    tr.here served my last request, tr.socket holds my
+//                                    WebSocket; only the last GONE_SHOWN dead ones get a
+//                                    row, the earlier ones are named in #cluster-gone
 //   #cluster .kill[data-id] #cluster .drain[data-id] #cluster-add
-//   #served-by     li a recent request: [data-replica] [data-path] [data-status]
+//   #log           what happened, newest first: li[data-kind="request"] [data-replica]
+//                  [data-path] [data-status] [data-count] (repeats merge into one line),
+//                  li[data-kind="event"] [data-event] (reconnect, kill, add, drain, ...);
+//                  a reconnect carries [data-from] [data-to] [data-since] [data-missed]
+//                  [data-duplicated]
 //
 // How the session works: login asks for cookies, so the credentials live in HttpOnly
 // cookies the page never sees; the body's csrf_token is kept in sessionStorage and sent
@@ -39,7 +53,13 @@
 // same origin (behind the balancer: any replica) with backoff and subscribes `since` that
 // seq; messages at or below it are dropped, so there is no gap and no duplicate. Sends
 // not yet acknowledged are sent again with the same client_id, which the server makes
-// idempotent.
+// idempotent. The log shows each reconnect as an event whose counts of missed and
+// duplicated messages are worked out from the seqs the page received after it.
+//
+// Behind `herd cluster` the page asks GET /v1/me every HEARTBEAT_MS while logged in: the
+// header's "served by" stays current, a session that died with its replica is noticed at
+// once, and the traffic view shows the page's own requests spreading over the replicas
+// (an added one included) even while chat runs over its one socket.
 
 'use strict';
 
@@ -47,7 +67,12 @@
   const $ = (id) => document.getElementById(id);
 
   const CSRF_KEY = 'herd.csrf';
-  const SERVED_KEEP = 20;
+  const LOG_KEEP = 30;
+  const HEARTBEAT_MS = 2000;
+  // Dead replicas that keep a row of their own; earlier ones are only named.
+  const GONE_SHOWN = 2;
+  // The server's limit on a message body, in characters (Unicode scalar values).
+  const MAX_BODY_CHARS = 4000;
   // A 401 this soon after the page killed a replica is most likely that kill's doing.
   const KILL_BLAME_MS = 10000;
   const HISTORY_SHOWN = 200;
@@ -72,11 +97,21 @@
     // My sends shown before their message came back with a seq: client_id -> li.
     placeholders: new Map(),
     refreshing: null,
-    served: [],
+    log: [],
     lastKillAt: 0,
     cluster: false,
     clusterTimer: null,
+    // The admin API's last answer.
+    clusterBody: null,
+    heartbeatTimer: null,
     lastReplica: null,
+    // The design the cluster runs, from its admin API: {sessions, policy}.
+    design: null,
+    // The socket that closed on its own and is being replaced: {replica, code, at, attempts}.
+    lostSocket: null,
+    // The reconnect event counting what came after it: {entry, since, expected, received,
+    // missed, duplicated}.
+    resume: null,
   };
 
   function cookie(name) {
@@ -123,17 +158,48 @@
 
   // ---- HTTP ----------------------------------------------------------------------
 
-  // Records which replica served a request (the x-herd-replica header).
-  function served(method, path, status, replica) {
-    state.served.unshift({ at: new Date(), method, path, status, replica });
-    state.served.length = Math.min(state.served.length, SERVED_KEEP);
-    if (replica) state.lastReplica = replica;
-    renderServed();
+  // Records a request in the log, with the replica that served it (x-herd-replica).
+  // `expected` marks a refusal that is not a failure (the first load asking whether a
+  // session survived). The same request answered the same way again merges into the
+  // line before, which counts it and lists every replica that served it.
+  function served(method, path, status, replica, expected) {
+    if (replica) {
+      state.lastReplica = replica;
+      renderServedBy();
+    }
+    const last = state.log[0];
+    if (last && last.kind === 'request' && last.method === method && last.path === path
+        && last.status === status) {
+      last.count += 1;
+      last.at = new Date();
+      last.replica = replica;
+      if (replica && !last.replicas.includes(replica)) last.replicas.push(replica);
+    } else {
+      addLog({
+        kind: 'request', method, path, status, replica, expected, count: 1,
+        replicas: replica ? [replica] : [],
+      });
+    }
+    renderLog();
+  }
+
+  // Adds an entry to the log, newest first, and returns it (events are updated in
+  // place as what follows them comes in).
+  function addLog(entry) {
+    entry.at = entry.at || new Date();
+    state.log.unshift(entry);
+    state.log.length = Math.min(state.log.length, LOG_KEEP);
+    renderLog();
+    return entry;
+  }
+
+  function logEvent(event, text, bad, extra) {
+    return addLog({ kind: 'event', event, text, bad: Boolean(bad), ...extra });
   }
 
   // One request. Resolves to {status, ok, body, replica}; status 0 when the network
   // failed. A 401 gets one refresh and one retry unless `retry` is false.
-  async function api(method, path, body, { retry = true } = {}) {
+  async function api(method, path, body, { retry = true, expected = false } = {}) {
     const headers = {};
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (method !== 'GET' && state.csrf) headers['x-csrf-token'] = state.csrf;
@@ -147,11 +213,11 @@
         cache: 'no-store',
       });
     } catch (e) {
-      served(method, path, 0, null);
+      served(method, path, 0, null, false);
       return { status: 0, ok: false, body: null, replica: null };
     }
     const replica = response.headers.get('x-herd-replica');
-    served(method, path, response.status, replica);
+    served(method, path, response.status, replica, expected && response.status === 401);
     let parsed = null;
     const type = response.headers.get('content-type') || '';
     if (type.includes('json')) {
@@ -168,10 +234,10 @@
   // Trades the refresh cookie for new cookies. One refresh at a time: requests that fail
   // together wait for the same one (a second use of a spent refresh token is treated as
   // theft after a grace window).
-  function refresh() {
+  function refresh(expected = false) {
     if (!state.refreshing) {
       state.refreshing = (async () => {
-        const res = await api('POST', '/v1/auth/refresh', {}, { retry: false });
+        const res = await api('POST', '/v1/auth/refresh', {}, { retry: false, expected });
         if (res.ok && res.body && res.body.csrf_token) {
           setCsrf(res.body.csrf_token);
           return true;
@@ -218,6 +284,21 @@
     $('logout').hidden = false;
     loadRooms();
     connect();
+    startHeartbeat();
+  }
+
+  // See the top of the file: behind a cluster only, and only while the page is seen.
+  function startHeartbeat() {
+    stopHeartbeat();
+    if (!state.cluster || !state.me) return;
+    state.heartbeatTimer = setInterval(() => {
+      if (state.me && document.visibilityState === 'visible') whoAmI();
+    }, HEARTBEAT_MS);
+  }
+
+  function stopHeartbeat() {
+    clearInterval(state.heartbeatTimer);
+    state.heartbeatTimer = null;
   }
 
   function renderMe(replica) {
@@ -230,18 +311,32 @@
     }
     el.dataset.username = state.me.username;
     el.dataset.session = state.me.session_id;
-    el.dataset.replica = replica || state.me.replica || '';
+    el.dataset.replica = replica || state.lastReplica || state.me.replica || '';
     const name = document.createElement('strong');
     name.textContent = state.me.username;
+    const by = document.createElement('span');
+    by.className = 'served-by';
+    by.textContent = el.dataset.replica || '?';
+    by.title = 'the replica that answered this page\'s last request';
     el.append('Logged in as ', name,
       ` · session ${String(state.me.session_id).slice(0, 8)}…`,
-      ` · served by ${el.dataset.replica || '?'}`);
+      ' · last request served by ', by);
+  }
+
+  // Keeps the header's "served by" on the replica that answered last.
+  function renderServedBy() {
+    const el = $('me');
+    if (!state.me || !state.lastReplica) return;
+    el.dataset.replica = state.lastReplica;
+    const by = el.querySelector('.served-by');
+    if (by) by.textContent = state.lastReplica;
   }
 
   // Forgets everything about the session; `why` is shown when given.
   function loggedOut(why) {
     const wasIn = Boolean(state.me);
     state.me = null;
+    state.lostSocket = null;
     setCsrf(null);
     disconnect('logout');
     state.pending.clear();
@@ -252,7 +347,11 @@
     $('auth').hidden = false;
     $('chat').hidden = true;
     $('logout').hidden = true;
-    if (why && wasIn) notice(why, true);
+    stopHeartbeat();
+    if (why && wasIn) {
+      notice(why, true);
+      logEvent('logged-out', `logged out: ${why}`, true);
+    }
   }
 
   async function whoAmI() {
@@ -272,6 +371,7 @@
       if (res.status !== 401) showError('rooms-error', problemText(res));
       return;
     }
+    showError('rooms-error', '');
     state.rooms = res.body.rooms || [];
     renderRooms();
     if (!state.room && state.rooms.length) pickRoom(state.rooms[0]);
@@ -304,6 +404,7 @@
       sendFrame({ type: 'unsubscribe', room: room.id });
     }
     state.room = null;
+    state.resume = null;
     state.roomGeneration += 1;
     state.placeholders.clear();
     $('messages').replaceChildren();
@@ -346,7 +447,7 @@
 
   function time(unix) {
     const d = unix ? new Date(unix * 1000) : new Date();
-    return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+    return d.toLocaleTimeString([], { hourCycle: 'h23', hour: '2-digit', minute: '2-digit', second: '2-digit' });
   }
 
   function fillMessage(li, m) {
@@ -369,7 +470,9 @@
   // Shows a stored message once: one at or below the last seq shown is a duplicate.
   function showMessage(m) {
     const room = state.room;
-    if (!room || m.room !== room.id || m.seq <= room.lastSeq) return;
+    if (!room || m.room !== room.id) return;
+    countResumed(m.seq);
+    if (m.seq <= room.lastSeq) return;
     room.lastSeq = m.seq;
     const list = $('messages');
     const mine = Boolean(state.me && m.author_id === state.me.user_id);
@@ -397,10 +500,35 @@
     if (stick) list.scrollTop = list.scrollHeight;
   }
 
-  function send(bodyText) {
+  // Characters as the server counts them: Unicode scalar values, not UTF-16 units.
+  function charCount(text) {
+    return [...text].length;
+  }
+
+  function renderCount() {
+    const n = charCount($('message-body').value);
+    const el = $('message-count');
+    el.textContent = `${n.toLocaleString('en')} / ${MAX_BODY_CHARS.toLocaleString('en')}`;
+    el.classList.toggle('over', n > MAX_BODY_CHARS);
+  }
+
+  // Why `text` cannot be sent, or null.
+  function refusal(text) {
+    if (!text.length) return 'Type a message first.';
+    if (!text.trim()) return 'A message of only spaces is not sent: type something to say.';
+    const n = charCount(text);
+    if (n > MAX_BODY_CHARS) {
+      return `This message is ${n.toLocaleString('en')} characters; the limit is ` +
+        `${MAX_BODY_CHARS.toLocaleString('en')}. Shorten it by ` +
+        `${(n - MAX_BODY_CHARS).toLocaleString('en')} (nothing was cut).`;
+    }
+    return null;
+  }
+
+  function send(bodyText, reuseId) {
     const room = state.room;
     if (!room) return;
-    const clientId = crypto.randomUUID();
+    const clientId = reuseId || crypto.randomUUID();
     const li = document.createElement('li');
     fillMessage(li, { body: bodyText });
     li.className = 'pending placeholder mine';
@@ -451,14 +579,30 @@
     p.li.classList.remove('pending', 'placeholder');
     p.li.classList.add('failed');
     p.li.querySelector('.ack').textContent = `not sent: ${frame.message}`;
+    const retry = document.createElement('button');
+    retry.type = 'button';
+    retry.className = 'retry secondary small';
+    retry.textContent = 'Retry';
+    retry.addEventListener('click', () => {
+      p.li.remove();
+      if (state.room && state.room.id === p.room) send(p.body, frame.client_id);
+    });
+    const dismiss = document.createElement('button');
+    dismiss.type = 'button';
+    dismiss.className = 'dismiss secondary small';
+    dismiss.textContent = 'Dismiss';
+    dismiss.addEventListener('click', () => p.li.remove());
+    p.li.append(' ', retry, ' ', dismiss);
   }
 
   // ---- the live connection -------------------------------------------------------
 
   function wsStatus(stateName, text) {
     const el = $('ws-status');
+    const moved = el.dataset.replica !== (state.wsReplica || '');
     el.dataset.state = stateName;
     el.dataset.replica = state.wsReplica || '';
+    if (moved) rerenderCluster();
     el.textContent = text;
     el.classList.toggle('live', stateName === 'live');
     el.classList.toggle('down', stateName === 'waiting');
@@ -518,6 +662,48 @@
     if (!room.loaded) return;
     sendFrame({ type: 'subscribe', room: room.id, since: room.lastSeq });
     room.subscribed = true;
+    if (state.lostSocket) resumed(room.lastSeq);
+  }
+
+  // The socket that closed on its own is replaced and the room subscribed again from
+  // `since`: one event in the log, whose counts grow as messages come.
+  function resumed(since) {
+    const lost = state.lostSocket;
+    state.lostSocket = null;
+    const entry = logEvent('reconnect', '', false, {
+      from: lost.replica || '?', code: lost.code, to: state.wsReplica || '?', since,
+      missed: 0, duplicated: 0, received: 0, attempts: lost.attempts,
+    });
+    state.resume = { entry, expected: since + 1 };
+    describeResume(entry);
+    renderLog();
+    wsStatus('live', `live on replica ${state.wsReplica} · resumed from #${since} after ` +
+      `${lost.replica || 'the old replica'} closed the socket (${lost.code})`);
+  }
+
+  function describeResume(e) {
+    const tries = e.attempts > 1 ? ` after ${e.attempts} attempts` : '';
+    const since = e.received ? ` (${e.received} received since)` : '';
+    e.text = `socket on ${e.from} closed (${e.code}) → resumed on ${e.to} from #${e.since}` +
+      `${tries}: ${e.missed} missed, ${e.duplicated} duplicated${since}`;
+    e.bad = e.missed > 0 || e.duplicated > 0;
+  }
+
+  // Checks one seq that came after a resume against the one expected next: lower is a
+  // duplicate, higher means the ones between were missed.
+  function countResumed(seq) {
+    const r = state.resume;
+    if (!r) return;
+    const e = r.entry;
+    e.received += 1;
+    if (seq < r.expected) {
+      e.duplicated += 1;
+    } else {
+      e.missed += seq - r.expected;
+      r.expected = seq + 1;
+    }
+    describeResume(e);
+    renderLog();
   }
 
   function onFrame(frame) {
@@ -528,6 +714,13 @@
         state.reconnectAttempts = 0;
         wsStatus('live', `live on replica ${frame.replica}`);
         subscribe();
+        if (state.lostSocket && !state.room) {
+          const lost = state.lostSocket;
+          state.lostSocket = null;
+          logEvent('reconnect', `socket on ${lost.replica || '?'} closed (${lost.code}) → ` +
+            `reconnected to ${frame.replica} (no room to resume)`, false,
+          { from: lost.replica || '?', code: lost.code, to: frame.replica });
+        }
         for (const clientId of state.pending.keys()) sendPending(clientId);
         break;
       case 'message':
@@ -563,6 +756,7 @@
 
   async function onClose(code, reason) {
     const ours = state.closingFor;
+    const lostOn = state.wsReplica;
     state.closingFor = null;
     state.wsReplica = null;
     if (ours === 'logout' || !state.me) return;
@@ -587,8 +781,12 @@
       return;
     }
     // 1012 (replica restarting), 4008 (too slow), 1011, and 1006 (the replica died, or
-    // refused the upgrade): reconnect, to whichever replica the origin leads to.
-    const why = `closed with ${code}${reason ? ` (${reason})` : ''}`;
+    // refused the upgrade): reconnect, to whichever replica the origin leads to. The
+    // first socket lost is the one the log's reconnect event names; attempts that fail
+    // on the way are counted in it.
+    if (state.lostSocket) state.lostSocket.attempts += 1;
+    else state.lostSocket = { replica: lostOn, code, at: new Date(), attempts: 1 };
+    const why = `socket ${lostOn ? `on ${lostOn} ` : ''}closed with ${code}${reason ? ` (${reason})` : ''}`;
     scheduleReconnect(code === 1012 && state.reconnectAttempts === 0, why);
   }
 
@@ -632,29 +830,163 @@
       state.cluster = true;
       $('cluster').hidden = false;
       state.clusterTimer = setInterval(pollCluster, 1000);
+      if (state.me) startHeartbeat();
+      renderLog();
     }
     $('cluster-status').textContent = ok ? '' : '(balancer unreachable)';
-    if (ok) renderCluster(body);
+    if (ok) {
+      state.clusterBody = body;
+      renderCluster(body);
+    }
   }
 
+  // The marks "my socket" and "last request" follow the page at once, not at the next
+  // poll.
+  function rerenderCluster() {
+    if (state.clusterBody) renderCluster(state.clusterBody);
+  }
+
+  // What each session design keeps, and what a Kill of your replica does to you under
+  // it: the guide's words, picked by what the cluster says it runs.
+  const SESSIONS_WHAT = {
+    token: 'a signed token that any replica checks on its own: no replica holds it',
+    shared: 'a session id that every replica looks up in a shared store on every request',
+    memory: 'a session id held in the memory of one replica, and nowhere else',
+  };
+
+  function killOutcome(sessions, policy) {
+    switch (sessions) {
+      case 'token':
+        return 'Expect: you stay logged in. The chat moves to another replica and the log ' +
+          'says "socket on rN closed (1006) → resumed on rM from #S: 0 missed, 0 duplicated".';
+      case 'shared':
+        return 'Expect: you stay logged in (the session is in the shared store) and the log ' +
+          'says "resumed … 0 missed, 0 duplicated"; the price is a lookup per request.';
+      case 'memory':
+        return policy === 'sticky'
+          ? 'Expect: you are logged out. Your session lived in that replica\'s memory and ' +
+            'died with it; the replica you land on next has never heard of you.'
+          : 'Expect: trouble before any Kill: round-robin sends you to replicas that never ' +
+            'saw your login, so you are logged out at once (memory needs --sticky).';
+      default:
+        return 'Expect: whatever the session design allows; this cluster does not say which.';
+    }
+  }
+
+  function addOutcome(policy) {
+    return policy === 'sticky'
+      ? 'Expect: it takes new clients within seconds; you stay pinned to yours (sticky), so ' +
+        'its traffic bars grow with other users\' requests.'
+      : 'Expect: within seconds its traffic bars grow with its share of every request ' +
+        `(this page asks GET /v1/me every ${HEARTBEAT_MS / 1000} s, so there is traffic ` +
+        'while you only chat).';
+  }
+
+  // A command as <code>, each word unbroken: a line may end between words, never
+  // inside "--sticky".
+  function command(text) {
+    const code = document.createElement('code');
+    text.split(' ').forEach((word, i) => {
+      const span = document.createElement('span');
+      span.textContent = word;
+      code.append(...(i ? [' ', span] : [span]));
+    });
+    return code;
+  }
+
+  // The other side, as words and the command to run.
+  function compareWith(sessions) {
+    if (sessions === 'memory') {
+      return ['Compare: ', command('herd cluster'),
+        ' (stateless tokens), where the same Kill logs nobody out.'];
+    }
+    return ['Compare: ', command('herd cluster --sessions memory --sticky'),
+      ', where the same Kill logs you out.'];
+  }
+
+  function renderGuide() {
+    const d = state.design;
+    if (!d) return;
+    const guide = $('guide');
+    guide.dataset.sessions = d.sessions || '';
+    guide.dataset.policy = d.policy || '';
+    const what = SESSIONS_WHAT[d.sessions] || 'a design this cluster does not name';
+    $('guide-intro').textContent = 'Replicas behind a balancer ' +
+      `(${d.policy || 'policy unknown'}); your login is ${what}. Try:`;
+    $('guide-kill').textContent = killOutcome(d.sessions, d.policy);
+    $('guide-add').textContent = addOutcome(d.policy);
+    $('guide-steps').hidden = false;
+    $('guide-design').replaceChildren(...compareWith(d.sessions));
+    $('guide-design').hidden = false;
+  }
+
+  // How a replica is shown: a dead one by how it ended, so a drain is not a crash.
+  function stateLabel(r) {
+    const s = String(r.state);
+    if (s === 'dead') {
+      switch (r.ended) {
+        case 'killed': return { text: 'killed', cls: 'state-killed' };
+        case 'crashed': return { text: 'crashed', cls: 'state-dead' };
+        case 'drained': return { text: 'drained', cls: 'state-drained' };
+        case 'stopped': return { text: 'stopped', cls: 'state-drained' };
+        default: return { text: 'dead', cls: 'state-dead' };
+      }
+    }
+    if (s === 'down') return { text: 'down: failing /readyz', cls: 'state-down' };
+    return { text: s, cls: `state-${s}` };
+  }
+
+  // When the page first saw each replica dead, so that the latest ones keep their rows.
+  const deadSince = new Map();
+
   function renderCluster(body) {
+    state.design = { sessions: body.sessions || null, policy: body.policy || null };
+    renderGuide();
     $('cluster-policy').textContent = body.policy || '-';
+    $('cluster-sessions').textContent = body.sessions || 'unknown';
+    const seconds = body.traffic_seconds || 30;
+    $('cluster-window').textContent = String(seconds);
+
+    const replicas = body.replicas.map((r) => ({ ...r, id: String(r.id) }));
+    let order = 0;
+    for (const r of replicas) {
+      order += 1;
+      if (r.state !== 'dead') deadSince.delete(r.id);
+      else if (!deadSince.has(r.id)) deadSince.set(r.id, Date.now() * 1000 + order);
+    }
+    const gone = replicas.filter((r) => r.state === 'dead')
+      .sort((a, b) => deadSince.get(b.id) - deadSince.get(a.id));
+    const shownGone = new Set(gone.slice(0, GONE_SHOWN).map((r) => r.id));
+    const earlier = gone.slice(GONE_SHOWN);
+    $('cluster-gone').hidden = earlier.length === 0;
+    $('cluster-gone').textContent = earlier.length
+      ? `Gone earlier: ${earlier.map((r) => `${r.id} (${stateLabel(r).text})`).join(', ')}.`
+      : '';
+
+    // One scale for every replica's bars, so that they compare.
+    const peak = Math.max(1, ...replicas.flatMap((r) => r.recent_requests || []));
+
     const tbody = $('cluster-replicas');
     const focused = document.activeElement;
     const focusKey = focused && focused.dataset && focused.dataset.id !== undefined
       ? `${focused.className}|${focused.dataset.id}` : null;
     tbody.replaceChildren();
-    for (const r of body.replicas) {
-      const id = String(r.id);
+    for (const r of replicas) {
+      const dead = r.state === 'dead';
+      if (dead && !shownGone.has(r.id)) continue;
       const tr = document.createElement('tr');
-      tr.dataset.id = id;
-      const cells = [id, r.state, r.port, r.pid, r.requests_served];
-      cells.forEach((value, i) => {
-        const td = document.createElement('td');
-        td.textContent = value === undefined || value === null ? '-' : String(value);
-        if (i === 1) td.className = `state-${String(r.state).toLowerCase()}`;
-        tr.append(td);
-      });
+      tr.dataset.id = r.id;
+      tr.dataset.state = r.state;
+      if (dead) {
+        tr.dataset.ended = r.ended || '';
+        tr.classList.add('gone');
+      }
+      const recent = r.recent_requests || [];
+      const total = recent.reduce((a, b) => a + b, 0);
+      tr.dataset.traffic = String(total);
+
+      const idCell = cell('Replica', r.id);
+      idCell.className = 'id';
       const marks = [];
       if (names(r, state.lastReplica)) {
         tr.classList.add('here');
@@ -668,16 +1000,29 @@
         const mark = document.createElement('span');
         mark.className = 'mark';
         mark.textContent = ` (${marks.join(', ')})`;
-        tr.firstChild.append(mark);
+        idCell.append(mark);
       }
-      const actions = document.createElement('td');
-      actions.className = 'actions';
-      const gone = String(r.state).toLowerCase() === 'dead';
-      actions.append(
-        actionButton('Kill', 'kill danger', id, gone, () => killReplica(id)),
-        actionButton('Drain', 'drain secondary', id, gone, () => clusterPost(`/_cluster/replicas/${encodeURIComponent(id)}/drain`)),
-      );
-      tr.append(actions);
+      const label = stateLabel(r);
+      const stateCell = cell('State', label.text);
+      stateCell.classList.add('state', label.cls);
+      const trafficCell = cell('Requests/s (all users)', '');
+      trafficCell.classList.add('traffic');
+      trafficCell.append(trafficChart(recent, peak, seconds),
+        ` ${total} in ${seconds} s`);
+      const servedCell = cell('Served (all users)', String(r.requests_served ?? '-'));
+      servedCell.classList.add('served');
+      const where = cell('Process', dead ? `port ${r.port ?? '-'}, exited`
+        : `port ${r.port ?? '-'} · pid ${r.pid ?? '-'}`);
+      where.classList.add('where');
+      const actions = cell('Actions', '');
+      actions.classList.add('actions');
+      if (!dead) {
+        actions.append(
+          actionButton('Kill', 'kill danger', r.id, () => killReplica(r.id)),
+          actionButton('Drain', 'drain secondary', r.id, () => drainReplica(r.id)),
+        );
+      }
+      tr.append(idCell, stateCell, trafficCell, servedCell, where, actions);
       tbody.append(tr);
     }
     // Rows are rebuilt every second: keep the keyboard where it was.
@@ -688,13 +1033,60 @@
     }
   }
 
-  function actionButton(label, className, id, disabled, onClick) {
+  // A table cell; `label` names it where the narrow layout shows rows as cards.
+  function cell(label, text) {
+    const td = document.createElement('td');
+    td.dataset.label = label;
+    td.textContent = text;
+    return td;
+  }
+
+  // Requests per second as bars, drawn with SVG attributes (never a style attribute,
+  // which the Content-Security-Policy forbids); the newest second on the right.
+  function trafficChart(counts, peak, seconds) {
+    const NS = 'http://www.w3.org/2000/svg';
+    const width = Math.max(1, counts.length) * 4;
+    const height = 24;
+    const svg = document.createElementNS(NS, 'svg');
+    svg.setAttribute('class', 'chart');
+    svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+    svg.setAttribute('width', String(width));
+    svg.setAttribute('height', String(height));
+    svg.setAttribute('role', 'img');
+    // Stretched to the cell's width where the narrow layout gives it the whole row.
+    svg.setAttribute('preserveAspectRatio', 'none');
+    const total = counts.reduce((a, b) => a + b, 0);
+    svg.setAttribute('aria-label', `${total} requests in the last ${seconds} seconds`);
+    const base = document.createElementNS(NS, 'rect');
+    base.setAttribute('class', 'base');
+    base.setAttribute('x', '0');
+    base.setAttribute('y', String(height - 1));
+    base.setAttribute('width', String(width));
+    base.setAttribute('height', '1');
+    svg.append(base);
+    counts.forEach((n, i) => {
+      if (!n) return;
+      const h = Math.max(2, Math.round((n / peak) * (height - 2)));
+      const bar = document.createElementNS(NS, 'rect');
+      bar.setAttribute('class', 'bar');
+      bar.setAttribute('x', String(i * 4));
+      bar.setAttribute('y', String(height - h));
+      bar.setAttribute('width', '3');
+      bar.setAttribute('height', String(h));
+      const title = document.createElementNS(NS, 'title');
+      title.textContent = `${n} request${n === 1 ? '' : 's'}, ${counts.length - 1 - i} s ago`;
+      bar.append(title);
+      svg.append(bar);
+    });
+    return svg;
+  }
+
+  function actionButton(label, className, id, onClick) {
     const b = document.createElement('button');
     b.type = 'button';
     b.className = className;
     b.dataset.id = id;
     b.textContent = label;
-    b.disabled = disabled;
     b.setAttribute('aria-label', `${label} replica ${id}`);
     b.addEventListener('click', onClick);
     return b;
@@ -707,33 +1099,76 @@
     return seen === String(r.id) || (r.port !== undefined && seen.endsWith(`:${r.port}`));
   }
 
+  // A cluster action; its refusal shows under the cluster's buttons until the next one.
   async function clusterPost(path) {
+    showError('cluster-error', '');
     const res = await api('POST', path, undefined, { retry: false });
-    if (!res.ok) notice(`${path}: ${problemText(res)}`, true);
+    if (!res.ok) {
+      showError('cluster-error', `${path}: ${problemText(res)}`);
+      logEvent('refused', `${path} refused: ${problemText(res)}`, true);
+    }
     pollCluster();
     return res;
   }
 
   async function killReplica(id) {
     state.lastKillAt = Date.now();
-    await clusterPost(`/_cluster/replicas/${encodeURIComponent(id)}/kill`);
+    const res = await clusterPost(`/_cluster/replicas/${encodeURIComponent(id)}/kill`);
+    if (res.ok) logEvent('kill', `killed ${id} (SIGKILL: a crash, nothing is finished)`, false, { replica: id });
     // Ask at once whether the session survived, rather than at the next click: under
     // token sessions it does; under server-memory sessions held by that replica it
     // does not, and the notice says why.
     if (state.me) setTimeout(() => { if (state.me) whoAmI(); }, 500);
   }
 
-  function renderServed() {
-    const list = $('served-by');
+  async function drainReplica(id) {
+    const res = await clusterPost(`/_cluster/replicas/${encodeURIComponent(id)}/drain`);
+    if (res.ok) {
+      logEvent('drain', `draining ${id} (SIGTERM: it finishes what it has; its sockets ` +
+        'close with 1012 and move)', false, { replica: id });
+    }
+  }
+
+  async function addReplica() {
+    const res = await clusterPost('/_cluster/replicas');
+    if (res.ok && res.body) {
+      logEvent('add', `added ${res.body.id}: starting, it takes requests once its /readyz ` +
+        'passes', false, { replica: String(res.body.id) });
+    }
+  }
+
+  function renderLog() {
+    const list = $('log');
     if (!state.cluster) return;
     list.replaceChildren();
-    for (const s of state.served) {
+    for (const e of state.log) {
       const li = document.createElement('li');
-      li.dataset.replica = s.replica || '';
-      li.dataset.path = s.path;
-      li.dataset.status = s.status;
-      li.textContent = `${s.at.toLocaleTimeString()} ${s.method} ${s.path} → ${s.status || 'network error'} by ${s.replica || '(none)'}`;
-      if (!s.status || s.status >= 400) li.classList.add('bad');
+      li.dataset.kind = e.kind;
+      const at = document.createElement('span');
+      at.className = 'at';
+      at.textContent = e.at.toLocaleTimeString([], { hourCycle: 'h23', hour: '2-digit', minute: '2-digit', second: '2-digit' });
+      li.append(at, ' ');
+      if (e.kind === 'event') {
+        li.dataset.event = e.event;
+        for (const key of ['from', 'to', 'since', 'missed', 'duplicated', 'received', 'replica']) {
+          if (e[key] !== undefined) li.dataset[key] = String(e[key]);
+        }
+        li.append(e.text);
+        li.classList.add(e.bad ? 'bad' : 'event');
+      } else {
+        li.dataset.replica = e.replica || '';
+        li.dataset.path = e.path;
+        li.dataset.status = e.status;
+        li.dataset.count = e.count;
+        const who = e.path.startsWith('/_cluster/') ? 'the balancer'
+          : e.replicas.length ? e.replicas.join(', ') : 'no replica';
+        const status = e.status ? String(e.status) : 'no answer';
+        const times = e.count > 1 ? ` ×${e.count}` : '';
+        const note = e.expected ? ' (no session yet: expected)' : '';
+        li.append(`${e.method} ${e.path} → ${status}${times} · ${who}${note}`);
+        if (e.expected) li.classList.add('expected');
+        else if (!e.status || e.status >= 400) li.classList.add('bad');
+      }
       list.append(li);
     }
   }
@@ -752,6 +1187,11 @@
         buttons.forEach((b) => { b.disabled = false; });
       }
     });
+  }
+
+  // An error belongs to its form: it goes when the form is used again.
+  function clearOnInput(inputId, errorId) {
+    $(inputId).addEventListener('input', () => showError(errorId, ''));
   }
 
   onSubmit('login-form', async () => {
@@ -782,10 +1222,10 @@
   });
 
   onSubmit('room-create-form', async () => {
-    showError('rooms-error', '');
+    showError('room-create-error', '');
     const res = await api('POST', '/v1/rooms', { name: $('room-name').value });
     if (!res.ok) {
-      showError('rooms-error', problemText(res));
+      showError('room-create-error', problemText(res));
       return;
     }
     $('room-name').value = '';
@@ -793,13 +1233,14 @@
     renderRooms();
     pickRoom(res.body);
   });
+  clearOnInput('room-name', 'room-create-error');
 
   onSubmit('room-join-form', async () => {
-    showError('rooms-error', '');
+    showError('room-join-error', '');
     const id = $('room-join-id').value.trim();
     const res = await api('POST', `/v1/rooms/${encodeURIComponent(id)}/join`);
     if (!res.ok) {
-      showError('rooms-error', problemText(res));
+      showError('room-join-error', problemText(res));
       return;
     }
     $('room-join-id').value = '';
@@ -811,27 +1252,40 @@
       if (room) pickRoom(room);
     }
   });
+  clearOnInput('room-join-id', 'room-join-error');
 
-  $('cluster-add').addEventListener('click', () => clusterPost('/_cluster/replicas'));
+  $('cluster-add').addEventListener('click', addReplica);
+
+  $('message-body').addEventListener('input', () => {
+    renderCount();
+    showError('message-error', '');
+  });
 
   $('message-form').addEventListener('submit', (event) => {
     event.preventDefault();
     const input = $('message-body');
     const text = input.value;
-    if (!text.trim()) return;
+    const why = refusal(text);
+    showError('message-error', why);
+    if (why) {
+      input.focus();
+      return;
+    }
     input.value = '';
+    renderCount();
     send(text);
     input.focus();
   });
 
   // On load: a session that survived a reload (its cookies are still there) resumes.
+  // Asking is how the page finds out, so a 401 here is an answer, not a failure.
   async function start() {
     pollCluster();
-    const res = await api('GET', '/v1/me', undefined, { retry: false });
+    const res = await api('GET', '/v1/me', undefined, { retry: false, expected: true });
     if (res.ok) {
       loggedIn(res.body, res.replica);
-    } else if (res.status === 401 && state.csrf && await refresh()) {
-      const again = await api('GET', '/v1/me', undefined, { retry: false });
+    } else if (res.status === 401 && state.csrf && await refresh(true)) {
+      const again = await api('GET', '/v1/me', undefined, { retry: false, expected: true });
       if (again.ok) loggedIn(again.body, again.replica);
     }
   }

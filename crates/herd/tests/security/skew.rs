@@ -21,6 +21,9 @@ struct Pair {
     _dir: tempfile::TempDir,
 }
 
+/// The issuer every replica of a test shares.
+const SHARED_ISSUER: &str = "http://herd.test";
+
 fn pair(offset: &str, flags: &[&str]) -> Pair {
     let library = required_env("HERD_TEST_FAKETIME", IGNORED);
     assert!(
@@ -40,6 +43,10 @@ fn pair(offset: &str, flags: &[&str]) -> Pair {
     // now; a replica whose clock is behind that cannot sign (login answers 503) until
     // its clock gets there. So the replica furthest behind starts first, as it would be
     // in production where the key was created long ago.
+    // One issuer for both: without --issuer each would issue as its own address, and
+    // neither would accept the other's tokens whatever the clocks say.
+    let flags = [&["--issuer", SHARED_ISSUER][..], flags].concat();
+    let flags = flags.as_slice();
     let (sane, skewed) = if offset.starts_with('-') {
         let skewed = Replica::start("skewed", &database, flags, &fake);
         (Replica::start("sane", &database, flags, &[]), skewed)
@@ -201,11 +208,12 @@ async fn a_replica_behind_a_new_keys_start_cannot_sign_until_its_clock_gets_ther
     let library = required_env("HERD_TEST_FAKETIME", IGNORED);
     let dir = tempfile::tempdir().expect("tempdir");
     let database = crate::common::database(&dir);
-    let sane = Replica::start("sane", &database, &["--leeway", "30s"], &[]);
+    let flags = ["--leeway", "30s", "--issuer", SHARED_ISSUER];
+    let sane = Replica::start("sane", &database, &flags, &[]);
     let behind = Replica::start(
         "behind",
         &database,
-        &["--leeway", "30s"],
+        &flags,
         &[
             ("LD_PRELOAD", library.as_str()),
             ("FAKETIME", "-30"),

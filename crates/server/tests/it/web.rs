@@ -251,3 +251,18 @@ async fn api_responses_are_not_sniffed_framed_or_active() {
         "tokens are never cached"
     );
 }
+
+/// Browsers ask for `/favicon.ico` on their own: an embedded icon answers, not a 404
+/// in every developer console, and the page names it so nothing else is asked for.
+#[tokio::test]
+async fn the_favicon_is_served_from_the_binary() {
+    let app = spawn_app().await;
+    let response = app.get("/favicon.ico").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "content-type"), "image/x-icon");
+    assert_eq!(header(&response, "x-content-type-options"), "nosniff");
+    let icon = response.bytes().await.expect("body");
+    assert_eq!(&icon[..4], &[0, 0, 1, 0], "an ICO header");
+    let html = text_of("/").await;
+    assert!(html.contains(r#"<link rel="icon" href="/favicon.ico">"#));
+}
