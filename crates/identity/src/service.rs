@@ -239,6 +239,8 @@ struct Inner {
     hasher: PasswordHasher,
     /// Replaced whole on reload, so a verification never waits for one.
     ring: ArcSwap<KeyRing>,
+    /// The last key-ring generation handed out.
+    ring_generations: std::sync::atomic::AtomicU64,
     revoked: RevocationSet,
     cache: TokenCache,
     /// Successor refresh tokens are an HMAC of their predecessor under this secret, so
@@ -299,6 +301,7 @@ impl Auth {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.leeway,
+            max_lifetime: config.access_ttl + config.leeway,
         };
         let redis = match &config.redis_url {
             Some(url) => Some(Arc::new(
@@ -325,6 +328,7 @@ impl Auth {
                 expect,
                 hasher,
                 ring: ArcSwap::from_pointee(KeyRing::default()),
+                ring_generations: std::sync::atomic::AtomicU64::new(0),
                 revoked: RevocationSet::default(),
                 refresh_secret,
                 last_kid_reload: Mutex::new(None),
@@ -561,7 +565,7 @@ impl Auth {
 
     /// Applies a revocation another replica announced.
     pub fn apply_revocation(&self, session_id: &str, until: i64) {
-        if until > self.now() {
+        if until >= self.now() {
             self.inner.revoked.insert(session_id, until);
             let _ = self.inner.revoked_tx.send(session_id.to_owned());
         }
@@ -653,17 +657,27 @@ impl Auth {
         if token.len() > jwt::MAX_TOKEN_BYTES {
             return Err(Rejection::TooLarge);
         }
+        let ring = self.inner.ring.load_full();
+        self.verify_with_ring(token, &ring)
+    }
+
+    /// Verifies with `ring`, which may have been replaced since it was loaded (a
+    /// verification in flight while a key is revoked): the cache entry it leaves is
+    /// tagged with that ring's generation, so it never counts under a later ring.
+    fn verify_with_ring(&self, token: &str, ring: &KeyRing) -> Result<Arc<AccessClaims>, Rejection> {
         let now = self.now();
         let key = cache::digest(token);
-        let claims = match self.inner.cache.get(&key) {
+        let generation = self.inner.ring.load().generation();
+        let claims = match self.inner.cache.get(&key, generation) {
             Some(claims) => {
                 jwt::check_claims(&claims, &self.inner.expect, now)?;
                 claims
             }
             None => {
-                let ring = self.inner.ring.load();
-                let claims = Arc::new(jwt::verify(token, &ring, &self.inner.expect, now)?);
-                self.inner.cache.insert(key, claims.clone(), now);
+                let claims = Arc::new(jwt::verify(token, ring, &self.inner.expect, now)?);
+                self.inner
+                    .cache
+                    .insert(key, claims.clone(), ring.generation(), now);
                 claims
             }
         };
@@ -694,7 +708,17 @@ impl Auth {
         let ring = KeyRing::build(&records, self.now(), self.inner.config.retire_after());
         let old = self.inner.ring.load();
         let changed = !old.kids().eq(ring.kids());
-        self.inner.ring.store(Arc::new(ring));
+        // Numbers come from one counter, so two reloads racing never give different
+        // rings the same generation.
+        let generation = if changed {
+            self.inner
+                .ring_generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1
+        } else {
+            old.generation()
+        };
+        self.inner.ring.store(Arc::new(ring.with_generation(generation)));
         if changed {
             // A key gone from the ring must stop verifying at once, cached or not.
             self.inner.cache.clear();
@@ -868,9 +892,13 @@ impl Auth {
         })
     }
 
-    /// When every access token of a session revoked at `now` will have expired.
+    /// The last second at which an access token of a session revoked at `now` can still
+    /// pass verification anywhere: a token is accepted up to `exp + leeway` inclusive,
+    /// and the replica that issued it may have a clock up to the leeway ahead of this
+    /// one, so its `exp` may be as late as `now + access_ttl + leeway`. The revocation
+    /// is kept through that second.
     fn revocation_expiry(&self, now: i64) -> i64 {
-        now + self.inner.config.access_ttl + self.inner.config.leeway
+        now + self.inner.config.access_ttl + 2 * self.inner.config.leeway
     }
 
     fn successor_of(&self, presented: &[u8; 32]) -> [u8; 32] {
@@ -918,4 +946,60 @@ pub fn random_id() -> String {
         h(8..10),
         h(10..16)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    async fn auth_on_temp_store(dir: &tempfile::TempDir) -> Auth {
+        let url = format!("sqlite://{}", dir.path().join("herd.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let mut config = AuthConfig::new("http://herd.test", "herd");
+        config.hash = HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        Auth::start(store, Arc::new(ManualClock::starting_now()), config)
+            .await
+            .expect("auth")
+    }
+
+    /// The interleaving a race would need, made deterministic: a verification loads the
+    /// ring, the key is revoked (the ring swapped, the cache cleared), then the
+    /// verification finishes and caches its token.
+    #[tokio::test]
+    async fn a_verification_in_flight_during_a_key_revocation_cannot_cache_the_revoked_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = auth_on_temp_store(&dir).await;
+        let before = auth.inner.ring.load_full();
+        let now = auth.now();
+        let key = before.signer(now).expect("a signer").clone();
+        let claims = AccessClaims {
+            iss: "http://herd.test".into(),
+            aud: "herd".into(),
+            sub: "u1".into(),
+            sid: "s1".into(),
+            jti: random_id(),
+            iat: now.unsigned_abs(),
+            exp: (now + 300).unsigned_abs(),
+            nbf: None,
+            preferred_username: "mallory".into(),
+            client_id: "herd".into(),
+        };
+        let forged = jwt::sign(&claims, &key);
+
+        auth.revoke_key(key.kid()).await.expect("revoke");
+        assert!(
+            auth.verify_with_ring(&forged, &before).is_ok(),
+            "the verification in flight used the ring it loaded"
+        );
+        assert_eq!(
+            auth.verify_now(&forged).map(|_| ()),
+            Err(Rejection::UnknownKey),
+            "what it cached does not outlive the key"
+        );
+    }
 }

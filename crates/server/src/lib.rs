@@ -229,7 +229,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .or_insert(HeaderValue::from_static("no-referrer"));
     state
         .metrics
-        .record_request(method.as_str(), &route, status.as_u16(), started.elapsed());
+        .record_request(&method, &route, status.as_u16(), started.elapsed());
     tracing::debug!(%method, route, status = status.as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "served");
     response
 }

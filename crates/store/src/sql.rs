@@ -222,7 +222,7 @@ where
     ) -> Result<Vec<Revocation>> {
         let select = sqlx::query(
             "SELECT id, session_id, expires_at FROM revocations \
-             WHERE id > $1 AND expires_at > $2 ORDER BY id",
+             WHERE id > $1 AND expires_at >= $2 ORDER BY id",
         )
         .bind(after_id)
         .bind(now);
@@ -247,7 +247,7 @@ where
 
     pub(crate) async fn prune(&self, now: i64) -> Result<u64> {
         let mut tx = DB::begin(&self.pool).await?;
-        let revocations = sqlx::query("DELETE FROM revocations WHERE expires_at <= $1").bind(now);
+        let revocations = sqlx::query("DELETE FROM revocations WHERE expires_at < $1").bind(now);
         let revocations = DB::rows_affected(&tx.execute(revocations).await?);
         let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1").bind(now);
         let tokens = DB::rows_affected(&tx.execute(tokens).await?);
