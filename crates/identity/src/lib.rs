@@ -38,6 +38,7 @@ pub use jwt::{AccessClaims, Rejection};
 pub use keyring::{KeyInfo, KeyState};
 pub use password::{HashError, HashParams};
 pub use service::{
+    DEVICE_TTL,
     random_id, random_token_bytes, Auth, AuthConfig, AuthError, AuthnError, KeyRevoked, NewAccount,
     Notice, Principal, RefreshFailure, TokenPair,
 };

@@ -24,7 +24,7 @@ use crate::sessions::{
     MemorySessions, RedisPool, RedisSessions, SessionData, SessionStore, SessionTimeouts, Strategy,
     Unavailable,
 };
-use crate::throttle::{Throttle, ThrottleConfig, Throttled};
+use crate::throttle::{LoginAttempt, Throttle, ThrottleConfig, Throttled};
 
 /// How identity behaves. Durations are in seconds.
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct AuthConfig {
     pub key_publish_delay: i64,
     pub hash: HashParams,
     pub hash_concurrency: usize,
+    /// How long a signup or login waits for a password-hashing slot before it is
+    /// answered "busy, retry" instead.
+    pub hash_permit_wait: Duration,
     /// Verified tokens kept per replica; 0 turns the cache off.
     pub cache_capacity: usize,
     /// The least time between two key-ring reloads caused by an unknown `kid`.
@@ -73,6 +76,7 @@ impl AuthConfig {
             key_publish_delay: 60,
             hash: HashParams::default(),
             hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            hash_permit_wait: Duration::from_secs(5),
             cache_capacity: 100_000,
             unknown_kid_reload_interval: Duration::from_secs(1),
             strategy: Strategy::Token,
@@ -97,6 +101,11 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("too many login attempts; try again in {retry_after}s")]
     Throttled { retry_after: u64 },
+    #[error("too many signups from this address; try again in {retry_after}s")]
+    SignupThrottled { retry_after: u64 },
+    /// Every password-hashing slot stayed busy for the configured wait.
+    #[error("password hashing is busy; try again in {retry_after}s")]
+    Busy { retry_after: u64 },
     #[error("the refresh token is {0}")]
     InvalidRefresh(RefreshFailure),
     #[error("no signing key is active")]
@@ -159,6 +168,9 @@ pub struct TokenPair {
     pub expires_in: i64,
     pub refresh_token: Option<String>,
     pub session_id: String,
+    /// Given by a login: proof that this browser logged in to the account, which
+    /// exempts it from the account's ceiling on failed logins (see `throttle`).
+    pub device_token: Option<String>,
 }
 
 /// Why a presented credential did not identify anyone.
@@ -246,6 +258,8 @@ struct Inner {
     /// Successor refresh tokens are an HMAC of their predecessor under this secret, so
     /// a replayed token's successor can be handed out again without storing it.
     refresh_secret: Vec<u8>,
+    /// Device tokens are an HMAC of the account and the time under this secret.
+    device_secret: Vec<u8>,
     last_kid_reload: Mutex<Option<Instant>>,
     /// Where `memory` and `shared` sessions live; `None` under `token`.
     sessions: Option<SessionStore>,
@@ -255,6 +269,10 @@ struct Inner {
     /// When the store was last pruned, in clock seconds.
     last_prune: std::sync::atomic::AtomicI64,
 }
+
+/// How long a device token exempts its browser from the per-account login ceiling, in
+/// seconds; every successful login issues a fresh one.
+pub const DEVICE_TTL: i64 = 90 * 86_400;
 
 /// The least time between two prunes of the store by one replica, in seconds.
 pub const PRUNE_EVERY: i64 = 60;
@@ -285,7 +303,11 @@ impl Auth {
         clock: Arc<dyn Clock>,
         config: AuthConfig,
     ) -> Result<Auth, AuthError> {
-        let hasher = PasswordHasher::new(config.hash, config.hash_concurrency)?;
+        let hasher = PasswordHasher::new(
+            config.hash,
+            config.hash_concurrency,
+            config.hash_permit_wait,
+        )?;
         let now = clock.now();
         if store.signing_keys().await?.is_empty() {
             let key = SigningKey::generate();
@@ -297,6 +319,7 @@ impl Auth {
             }
         }
         let refresh_secret = store.secret("refresh_hmac", &random_bytes::<32>()).await?;
+        let device_secret = store.secret("device_hmac", &random_bytes::<32>()).await?;
         let expect = Expectations {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -331,6 +354,7 @@ impl Auth {
                 ring_generations: std::sync::atomic::AtomicU64::new(0),
                 revoked: RevocationSet::default(),
                 refresh_secret,
+                device_secret,
                 last_kid_reload: Mutex::new(None),
                 notices: broadcast::channel(1024).0,
                 revoked_tx: broadcast::channel(1024).0,
@@ -355,12 +379,25 @@ impl Auth {
         self.inner.clock.now()
     }
 
+    /// Creates an account, for a caller at `client` (when known), whose address is
+    /// metered: past its signup limit the request is refused before any hashing.
     pub async fn signup(
         &self,
         username: &Username,
         password: &Password,
+        client: Option<IpAddr>,
     ) -> Result<NewAccount, AuthError> {
-        let hash = self.inner.hasher.hash(password).await?;
+        self.inner
+            .throttle
+            .acquire_signup(client, self.now())
+            .await
+            .map_err(|Throttled { retry_after }| AuthError::SignupThrottled { retry_after })?;
+        let hash = self
+            .inner
+            .hasher
+            .hash_for_signup(password)
+            .await
+            .map_err(|e| self.hash_error(e))?;
         let user = UserRecord {
             id: random_id(),
             username: username.as_str().to_owned(),
@@ -377,20 +414,45 @@ impl Auth {
         }
     }
 
-    /// Logs in `username` from `client` (the caller's address, when known). An unknown
-    /// user, a malformed username and a wrong password all cost one argon2 verification
-    /// and fail alike. Past the throttle's limits the attempt is refused before any
-    /// hashing, with how long to wait. A password stored under weaker argon2 parameters
-    /// than the configured ones is rehashed with them on success.
+    fn hash_error(&self, e: HashError) -> AuthError {
+        match e {
+            HashError::Busy => AuthError::Busy {
+                retry_after: self.inner.config.hash_permit_wait.as_secs().max(1),
+            },
+            e => e.into(),
+        }
+    }
+
+    /// Holds every signup hashing slot until the guard is dropped: for tests of what a
+    /// signup meets when they are all taken.
+    #[doc(hidden)]
+    pub async fn hold_signup_slots(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.inner.hasher.hold_signup_slots().await
+    }
+
+    /// Logs in `username` from `client` (the caller's address, when known), with the
+    /// device token this browser was given at an earlier login, if any. An unknown
+    /// user, a malformed username and a wrong password all cost one argon2
+    /// verification and fail alike. Past the throttle's limits the attempt is refused
+    /// before any hashing, with how long to wait. A password stored under weaker argon2
+    /// parameters than the configured ones is rehashed with them on success.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         client: Option<IpAddr>,
+        device: Option<&str>,
     ) -> Result<TokenPair, AuthError> {
+        let now = self.now();
+        let device = device.and_then(|token| self.device_of(token, username, now));
+        let metered = LoginAttempt {
+            username,
+            client,
+            device: device.as_deref(),
+        };
         self.inner
             .throttle
-            .acquire(username, client, self.now())
+            .acquire_login(metered, now)
             .await
             .map_err(|Throttled { retry_after }| AuthError::Throttled { retry_after })?;
         let attempt = Password::attempt(password);
@@ -402,14 +464,22 @@ impl Auth {
             .inner
             .hasher
             .verify(&attempt, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await?;
+            .await
+            .map_err(|e| self.hash_error(e))?;
         let user = match user {
             Some(user) if matched => user,
             _ => return Err(AuthError::InvalidCredentials),
         };
-        self.inner.throttle.forgive(username).await;
+        self.inner.throttle.forgive_login(metered).await;
         self.upgrade_hash(&user, &attempt).await;
-        let now = self.now();
+        let device_token = Some(self.device_token(&user.username, now));
+        let mut pair = self.open_session(user, now).await?;
+        pair.device_token = device_token;
+        Ok(pair)
+    }
+
+    /// Opens a login session for `user`, by this replica's strategy.
+    async fn open_session(&self, user: UserRecord, now: i64) -> Result<TokenPair, AuthError> {
         if let Some(sessions) = &self.inner.sessions {
             let credential = random_bytes::<32>();
             let credential = URL_SAFE_NO_PAD.encode(credential);
@@ -426,6 +496,7 @@ impl Auth {
                 expires_in: timeouts.idle,
                 refresh_token: None,
                 session_id: id,
+                device_token: None,
             });
         }
         let session_id = random_id();
@@ -889,6 +960,7 @@ impl Auth {
             expires_in: config.access_ttl,
             refresh_token: Some(URL_SAFE_NO_PAD.encode(refresh)),
             session_id: session_id.to_owned(),
+            device_token: None,
         })
     }
 
@@ -901,6 +973,46 @@ impl Auth {
         now + self.inner.config.access_ttl + 2 * self.inner.config.leeway
     }
 
+    /// A device token for `username` (as stored), issued at `now`: the account and the
+    /// time, with an HMAC of both.
+    fn device_token(&self, username: &str, now: i64) -> String {
+        let payload = format!("{username}|{now}");
+        let mac = hmac_of(&self.inner.device_secret, payload.as_bytes());
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(payload),
+            URL_SAFE_NO_PAD.encode(&mac[..16])
+        )
+    }
+
+    /// What the throttle meters a device under: a digest of `token`, when it is a
+    /// device token this deployment issued for `username` within [`DEVICE_TTL`].
+    fn device_of(&self, token: &str, username: &str, now: i64) -> Option<String> {
+        if token.len() > 200 {
+            return None;
+        }
+        let (payload_b64, mac_b64) = token.split_once('.')?;
+        let payload = URL_SAFE_NO_PAD.decode(payload_b64).ok()?;
+        let mac = URL_SAFE_NO_PAD.decode(mac_b64).ok()?;
+        if mac.len() != 16 {
+            return None;
+        }
+        #[allow(clippy::expect_used)]
+        let mut check = Hmac::<Sha256>::new_from_slice(&self.inner.device_secret)
+            .expect("HMAC takes a key of any length");
+        check.update(&payload);
+        check.verify_truncated_left(&mac).ok()?;
+        let payload = String::from_utf8(payload).ok()?;
+        let (name, issued) = payload.rsplit_once('|')?;
+        let issued: i64 = issued.parse().ok()?;
+        let username = Username::parse(username).ok()?;
+        if name != username.as_str() || issued > now || now - issued > DEVICE_TTL {
+            return None;
+        }
+        let digest = Sha256::digest(token.as_bytes());
+        Some(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     fn successor_of(&self, presented: &[u8; 32]) -> [u8; 32] {
         #[allow(clippy::expect_used)]
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.inner.refresh_secret)
@@ -908,6 +1020,13 @@ impl Auth {
         mac.update(presented);
         mac.finalize().into_bytes().into()
     }
+}
+
+fn hmac_of(key: &[u8], message: &[u8]) -> [u8; 32] {
+    #[allow(clippy::expect_used)]
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 /// What a stateful session is stored under: the SHA-256 of the id the client holds.
