@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use herd_store::{NewRefresh, Rotation, Store, StoreError, UserRecord};
+use herd_store::{NewRefresh, RefreshLimit, Rotation, Store, StoreError, UserRecord};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
@@ -101,6 +101,8 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("too many login attempts; try again in {retry_after}s")]
     Throttled { retry_after: u64 },
+    #[error("this session refreshed too often; try again in {retry_after}s")]
+    RefreshThrottled { retry_after: u64 },
     #[error("too many signups from this address; try again in {retry_after}s")]
     SignupThrottled { retry_after: u64 },
     /// Every password-hashing slot stayed busy for the configured wait.
@@ -260,6 +262,8 @@ struct Inner {
     refresh_secret: Vec<u8>,
     /// Device tokens are an HMAC of the account and the time under this secret.
     device_secret: Vec<u8>,
+    /// What [`Auth::session_binding`] is an HMAC under.
+    binding_secret: Vec<u8>,
     last_kid_reload: Mutex<Option<Instant>>,
     /// Where `memory` and `shared` sessions live; `None` under `token`.
     sessions: Option<SessionStore>,
@@ -320,6 +324,7 @@ impl Auth {
         }
         let refresh_secret = store.secret("refresh_hmac", &random_bytes::<32>()).await?;
         let device_secret = store.secret("device_hmac", &random_bytes::<32>()).await?;
+        let binding_secret = store.secret("session_binding_hmac", &random_bytes::<32>()).await?;
         let expect = Expectations {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -355,6 +360,7 @@ impl Auth {
                 revoked: RevocationSet::default(),
                 refresh_secret,
                 device_secret,
+                binding_secret,
                 last_kid_reload: Mutex::new(None),
                 notices: broadcast::channel(1024).0,
                 revoked_tx: broadcast::channel(1024).0,
@@ -549,6 +555,26 @@ impl Auth {
         }
     }
 
+    /// A value only this deployment can compute from `session_id`, the same on every
+    /// replica: what the server binds a session's CSRF token to.
+    pub fn session_binding(&self, session_id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(hmac_of(&self.inner.binding_secret, session_id.as_bytes()))
+    }
+
+    /// The login session a refresh token belongs to, spent or not, without spending it:
+    /// what a browser's refresh is checked against before it is made. `None` for a
+    /// token that is malformed or unknown.
+    pub async fn refresh_session(&self, refresh_token: &str) -> Result<Option<String>, AuthError> {
+        let Some(presented) = decode_refresh(refresh_token) else {
+            return Ok(None);
+        };
+        Ok(self
+            .inner
+            .store
+            .refresh_token_session(&sha256(&presented))
+            .await?)
+    }
+
     /// Trades a refresh token for a new pair, spending it.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
         if self.inner.config.strategy != Strategy::Token {
@@ -573,6 +599,13 @@ impl Auth {
                 now,
                 config.refresh_grace,
                 self.revocation_expiry(now),
+                config.throttle.refresh.map(|rate| {
+                    let (interval, tolerance) = rate.in_seconds();
+                    RefreshLimit {
+                        interval,
+                        tolerance,
+                    }
+                }),
             )
             .await?;
         match rotation {
@@ -591,6 +624,9 @@ impl Auth {
                 Err(AuthError::InvalidRefresh(RefreshFailure::Reused))
             }
             Rotation::SessionRevoked => Err(AuthError::InvalidRefresh(RefreshFailure::Revoked)),
+            Rotation::Throttled { retry_after } => Err(AuthError::RefreshThrottled {
+                retry_after: u64::try_from(retry_after).unwrap_or(1).max(1),
+            }),
             Rotation::Expired => Err(AuthError::InvalidRefresh(RefreshFailure::Expired)),
             Rotation::Unknown => Err(AuthError::InvalidRefresh(RefreshFailure::Unknown)),
         }

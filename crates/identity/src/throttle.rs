@@ -67,6 +67,13 @@ impl Rate {
 
     pub const MAX_PERIOD_SECS: i64 = 365 * 86_400;
 
+    /// The same meter in whole seconds, as the store keeps it: one refill every
+    /// `interval` (at least a second), a burst of `attempts`.
+    pub fn in_seconds(&self) -> (i64, i64) {
+        let interval = (self.period_secs / i64::from(self.attempts.max(1))).max(1);
+        (interval, interval * i64::from(self.attempts.max(1)))
+    }
+
     /// `attempts` per `period_secs`, as written on the command line (`N/PERIOD`).
     pub fn new(attempts: u32, period_secs: i64) -> Result<Rate, String> {
         if attempts == 0 {
@@ -110,6 +117,10 @@ pub struct ThrottleConfig {
     pub address: Option<Rate>,
     /// Signups per client address. Default 20 an hour.
     pub signup: Option<Rate>,
+    /// Refreshes per login session, rotations and grace-window replays alike, counted
+    /// in the store's session row. Default 10 per 5 minutes: an honest client refreshes
+    /// about once per access-token lifetime.
+    pub refresh: Option<Rate>,
     /// Keys the in-memory meters hold at most; past it, the emptiest are forgotten.
     pub capacity: usize,
 }
@@ -133,6 +144,10 @@ impl Default for ThrottleConfig {
                 attempts: 20,
                 period_secs: 3600,
             }),
+            refresh: Some(Rate {
+                attempts: 10,
+                period_secs: 300,
+            }),
             capacity: 100_000,
         }
     }
@@ -146,6 +161,7 @@ impl ThrottleConfig {
             account_address: None,
             address: None,
             signup: None,
+            refresh: None,
             ..ThrottleConfig::default()
         }
     }
@@ -503,6 +519,7 @@ mod tests {
                 account_address: None,
                 address,
                 signup: None,
+                refresh: None,
                 capacity: 1000,
             },
             None,
@@ -562,6 +579,7 @@ mod tests {
                 account_address: Some(FIVE_PER_15M),
                 address: None,
                 signup: None,
+                refresh: None,
                 capacity: 1000,
             },
             None,

@@ -57,7 +57,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::chat::{ChatLimits, ChatState};
 use crate::client::TrustedProxies;
-use crate::cookies::CookiePolicy;
+use crate::cookies::{CookiePolicy, Cookies};
 use crate::error::{ApiError, Code, InternalError};
 use crate::metrics::Metrics;
 
@@ -98,6 +98,8 @@ pub struct AppState {
     /// Set once the replica has been told to stop: `/readyz` fails from then on, so
     /// balancers that check it stop sending requests before the listener closes.
     draining: Arc<AtomicBool>,
+    /// The cookie policy with this deployment's public origin and CSRF binding.
+    cookies: Arc<Cookies>,
 }
 
 impl AppState {
@@ -109,7 +111,9 @@ impl AppState {
                 config.replica_id
             )
         })?;
+        let cookies = Arc::new(Cookies::new(config.cookies.clone(), auth.clone()));
         Ok(AppState {
+            cookies,
             auth,
             replica: config.replica_id.as_str().into(),
             metrics: Arc::default(),
@@ -150,8 +154,8 @@ impl AppState {
         self.chat.open_connections()
     }
 
-    pub fn cookies(&self) -> &CookiePolicy {
-        &self.config.cookies
+    pub fn cookies(&self) -> &Cookies {
+        &self.cookies
     }
 
     pub fn trusted_proxies(&self) -> &TrustedProxies {

@@ -70,6 +70,7 @@ async fn revoking_twice_logs_once(db: TestDb) {
             NOW + 2,
             30,
             NOW + 302,
+            None,
         )
         .await
         .expect("rotate refresh");
@@ -169,7 +170,7 @@ async fn prune_deletes_what_can_no_longer_matter(db: TestDb) {
                 expires_at: NOW + 3600,
             };
             store
-                .rotate_refresh(token.as_bytes(), next, NOW + 1, 30, NOW + 300)
+                .rotate_refresh(token.as_bytes(), next, NOW + 1, 30, NOW + 300, None)
                 .await
                 .expect("rotate refresh")
         }

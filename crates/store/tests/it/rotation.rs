@@ -30,7 +30,7 @@ fn next(hash: &[u8]) -> NewRefresh<'_> {
 
 async fn rotate(store: &Store, presented: &[u8], successor: &[u8], now: i64) -> Rotation {
     store
-        .rotate_refresh(presented, next(successor), now, GRACE, ACCESS_EXPIRY)
+        .rotate_refresh(presented, next(successor), now, GRACE, ACCESS_EXPIRY, None)
         .await
         .expect("rotating")
 }
@@ -191,7 +191,7 @@ async fn racing_rotations_of_one_token_have_exactly_one_winner(db: TestDb) {
                 tokio::spawn(async move {
                     barrier.wait().await;
                     let outcome = store
-                        .rotate_refresh(&token, next(&successor), NOW, GRACE, ACCESS_EXPIRY)
+                        .rotate_refresh(&token, next(&successor), NOW, GRACE, ACCESS_EXPIRY, None)
                         .await;
                     (successor, outcome)
                 })
