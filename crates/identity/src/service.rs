@@ -476,7 +476,7 @@ impl Auth {
             Some(user) if matched => user,
             _ => return Err(AuthError::InvalidCredentials),
         };
-        self.inner.throttle.forgive_login(metered).await;
+        self.inner.throttle.forgive_login(metered, now).await;
         self.upgrade_hash(&user, &attempt).await;
         let device_token = Some(self.device_token(&user.username, now));
         let mut pair = self.open_session(user, now).await?;

@@ -216,6 +216,21 @@ end
 return 0
 ";
 
+/// Gives one attempt back to the meter `KEYS[1]`: its TAT moves back by one interval
+/// (`ARGV[2]`), and a meter that is then full (TAT at or before now, `ARGV[1]`) is
+/// deleted.
+const REFUND_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+tat = tat - tonumber(ARGV[2])
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], tat, 'PX', tat - now)
+end
+return 0
+";
+
 /// The login throttle of one replica.
 #[derive(Debug)]
 pub(crate) struct Throttle {
@@ -310,10 +325,14 @@ impl Throttle {
     }
 
     /// A successful login: the failures charged to this (account, address) and to this
-    /// device are forgiven. The per-account ceiling is not: it counts strangers' guesses,
-    /// which the owner's success does not make any less suspicious.
-    pub(crate) async fn forgive_login(&self, attempt: LoginAttempt<'_>) {
+    /// device are forgiven. The per-account ceiling only gets back the one attempt this
+    /// login took from it: it counts strangers' guesses, which the owner's success does
+    /// not make any less suspicious.
+    pub(crate) async fn forgive_login(&self, attempt: LoginAttempt<'_>, now: i64) {
         let account = account_key(attempt.username);
+        if let (None, Some(rate)) = (attempt.device, self.config.account) {
+            self.refund(&account, rate, now).await;
+        }
         let mut keys = Vec::with_capacity(2);
         if self.config.account_address.is_some() {
             if let Some(ip) = attempt.client {
@@ -339,6 +358,26 @@ impl Throttle {
         for key in &keys {
             self.local.forget(key);
         }
+    }
+
+    /// Gives one attempt back to the meter `key`.
+    async fn refund(&self, key: &str, rate: Rate, now: i64) {
+        let now_ms = now.saturating_mul(1000);
+        if let Some(redis) = self.redis_if_up() {
+            let mut p = redis::pipe();
+            p.cmd("EVAL")
+                .arg(REFUND_SCRIPT)
+                .arg(1)
+                .arg(format!("{KEY_PREFIX}{key}"))
+                .arg(now_ms)
+                .arg(rate.interval_ms())
+                .ignore();
+            match redis.run::<()>(&p).await {
+                Ok(()) => return,
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        self.local.refund(key, rate, now_ms);
     }
 
     fn redis_if_up(&self) -> Option<&RedisPool> {
@@ -490,6 +529,16 @@ impl LocalMeters {
         }
     }
 
+    fn refund(&self, key: &str, rate: Rate, now_ms: i64) {
+        let mut tats = self.tats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tat) = tats.get_mut(key) {
+            *tat -= rate.interval_ms();
+            if *tat <= now_ms {
+                tats.remove(key);
+            }
+        }
+    }
+
     fn forget(&self, key: &str) {
         self.tats
             .lock()
@@ -589,7 +638,7 @@ mod tests {
             login(&t, "alice", Some(ip), 0).await.expect("in the burst");
         }
         assert!(login(&t, "alice", Some(ip), 0).await.is_err(), "pair");
-        t.forgive_login(attempt("alice", Some(ip))).await;
+        t.forgive_login(attempt("alice", Some(ip)), 0).await;
         login(&t, "alice", Some(ip), 0).await.expect("forgiven");
         login(&t, "alice", Some(ip), 0).await.expect("forgiven");
         assert!(
