@@ -65,10 +65,10 @@ impl Environment for Stores {
             "--signup-limit-address",
             "off",
         ]
-            .map(str::to_owned)
-            .into_iter()
-            .chain(self.serve_flags.iter().cloned())
-            .collect();
+        .map(str::to_owned)
+        .into_iter()
+        .chain(self.serve_flags.iter().cloned())
+        .collect();
         let args = replica_args(
             &url,
             self.redis_url.as_deref(),

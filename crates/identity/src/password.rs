@@ -307,7 +307,10 @@ mod tests {
             hasher.hash_for_signup(&password).await,
             Err(HashError::Busy)
         ));
-        let stored = hasher.hash(&password).await.expect("a login's slot is free");
+        let stored = hasher
+            .hash(&password)
+            .await
+            .expect("a login's slot is free");
         assert!(hasher
             .verify(&password, Some(&stored))
             .await

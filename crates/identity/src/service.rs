@@ -324,7 +324,9 @@ impl Auth {
         }
         let refresh_secret = store.secret("refresh_hmac", &random_bytes::<32>()).await?;
         let device_secret = store.secret("device_hmac", &random_bytes::<32>()).await?;
-        let binding_secret = store.secret("session_binding_hmac", &random_bytes::<32>()).await?;
+        let binding_secret = store
+            .secret("session_binding_hmac", &random_bytes::<32>())
+            .await?;
         let expect = Expectations {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -771,7 +773,11 @@ impl Auth {
     /// Verifies with `ring`, which may have been replaced since it was loaded (a
     /// verification in flight while a key is revoked): the cache entry it leaves is
     /// tagged with that ring's generation, so it never counts under a later ring.
-    fn verify_with_ring(&self, token: &str, ring: &KeyRing) -> Result<Arc<AccessClaims>, Rejection> {
+    fn verify_with_ring(
+        &self,
+        token: &str,
+        ring: &KeyRing,
+    ) -> Result<Arc<AccessClaims>, Rejection> {
         let now = self.now();
         let key = cache::digest(token);
         let generation = self.inner.ring.load().generation();
@@ -825,7 +831,9 @@ impl Auth {
         } else {
             old.generation()
         };
-        self.inner.ring.store(Arc::new(ring.with_generation(generation)));
+        self.inner
+            .ring
+            .store(Arc::new(ring.with_generation(generation)));
         if changed {
             // A key gone from the ring must stop verifying at once, cached or not.
             self.inner.cache.clear();

@@ -270,7 +270,11 @@ impl Throttle {
     ) -> Result<(), Throttled> {
         let account = account_key(attempt.username);
         let mut meters = Vec::with_capacity(3);
-        match (attempt.device, self.config.account_address, self.config.account) {
+        match (
+            attempt.device,
+            self.config.account_address,
+            self.config.account,
+        ) {
             (Some(device), Some(rate), _) => meters.push((format!("device:{device}"), rate)),
             (Some(_), None, _) => {}
             (None, _, Some(rate)) => meters.push((account.clone(), rate)),

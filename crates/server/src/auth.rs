@@ -262,11 +262,9 @@ async fn refresh(
             // first; an unknown token needs no check, its refresh fails anyway.
             state.cookies().check_origin(&headers)?;
             if let Some(session_id) = state.auth.refresh_session(cookie).await? {
-                state.cookies().check_csrf(
-                    &axum::http::Method::POST,
-                    &headers,
-                    &session_id,
-                )?;
+                state
+                    .cookies()
+                    .check_csrf(&axum::http::Method::POST, &headers, &session_id)?;
             }
             (cookie.to_owned(), true)
         }

@@ -95,7 +95,9 @@ impl Cookies {
     /// `https` unless cookies are set for plain http.
     fn scheme(&self) -> &str {
         match &self.public_origin {
-            Some(origin) => origin.split_once("://").map_or("https", |(scheme, _)| scheme),
+            Some(origin) => origin
+                .split_once("://")
+                .map_or("https", |(scheme, _)| scheme),
             None if self.policy.insecure => "http",
             None => "https",
         }

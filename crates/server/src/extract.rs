@@ -179,10 +179,7 @@ impl FromRequestParts<AppState> for Identity {
                 Some(token) => {
                     // The origin first: a cross-site request learns nothing, not even
                     // whether its cookie is still good.
-                    if !matches!(
-                        parts.method,
-                        Method::GET | Method::HEAD | Method::OPTIONS
-                    ) {
+                    if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
                         state.cookies().check_origin(&parts.headers)?;
                     }
                     (token, true)
@@ -199,11 +196,9 @@ impl FromRequestParts<AppState> for Identity {
         if via_cookie {
             // The token must be this session's: one read from another session (say, the
             // attacker's own login) does not pass.
-            state.cookies().check_csrf(
-                &parts.method,
-                &parts.headers,
-                principal.session_id(),
-            )?;
+            state
+                .cookies()
+                .check_csrf(&parts.method, &parts.headers, principal.session_id())?;
         }
         Ok(Identity(principal))
     }

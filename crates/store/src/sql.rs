@@ -16,8 +16,8 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Tran
 use crate::dialect::{Dialect, Lock};
 use crate::migrate;
 use crate::{
-    Event, NewRefresh, RefreshLimit, Result, Revocation, Rotation, SessionOwner, SigningKeyRecord, StoreError,
-    UserRecord,
+    Event, NewRefresh, RefreshLimit, Result, Revocation, Rotation, SessionOwner, SigningKeyRecord,
+    StoreError, UserRecord,
 };
 
 /// A pool of one backend, with the store's operations on it.
@@ -217,7 +217,8 @@ where
     }
 
     pub(crate) async fn refresh_token_session(&self, hash: &[u8]) -> Result<Option<String>> {
-        let select = sqlx::query("SELECT session_id FROM refresh_tokens WHERE hash = $1").bind(hash);
+        let select =
+            sqlx::query("SELECT session_id FROM refresh_tokens WHERE hash = $1").bind(hash);
         Ok(self.pool.fetch_optional(select).await?.map(|r| r.get(0)))
     }
 
@@ -484,7 +485,9 @@ where
     }
     let select = sqlx::query("SELECT refresh_tat FROM sessions WHERE id = $1").bind(session_id);
     let tat: i64 = tx.fetch_one(select).await?.get(0);
-    Ok(Some((tat.max(now) + limit.interval - limit.tolerance - now).max(1)))
+    Ok(Some(
+        (tat.max(now) + limit.interval - limit.tolerance - now).max(1),
+    ))
 }
 
 async fn revoke_in<DB>(

@@ -53,7 +53,12 @@ impl Browser {
         assert_eq!(body["token_type"], "cookie");
         let csrf = body["csrf_token"].as_str().expect("csrf").to_owned();
         let mut cookies = Vec::new();
-        for name in ["herd_access", "herd_refresh", "herd_csrf", "__Host-herd_csrf"] {
+        for name in [
+            "herd_access",
+            "herd_refresh",
+            "herd_csrf",
+            "__Host-herd_csrf",
+        ] {
             if let Some(v) = cookie_value(&set, name) {
                 cookies.push((name.to_owned(), v));
             }

@@ -104,7 +104,10 @@ async fn lockout_an_attacker_from_one_address_cannot_lock_the_owner_out() {
     // The owner, from home, with no device cookie: first try.
     let (status, device) = login_from(&app, "198.51.100.7", "alice", PASSWORD, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(device.is_some(), "a successful login hands out a device cookie");
+    assert!(
+        device.is_some(),
+        "a successful login hands out a device cookie"
+    );
     // The owner's success forgave nothing of the attacker's.
     assert_eq!(
         login_from(&app, "203.0.113.66", "alice", PASSWORD, None)
@@ -115,8 +118,8 @@ async fn lockout_an_attacker_from_one_address_cannot_lock_the_owner_out() {
 }
 
 #[tokio::test]
-async fn lockout_an_attacker_from_fifty_addresses_cannot_lock_out_a_browser_that_logged_in_before(
-) {
+async fn lockout_an_attacker_from_fifty_addresses_cannot_lock_out_a_browser_that_logged_in_before()
+{
     let app = behind_proxy(ThrottleConfig::default(), None).await;
     signup(&app, "alice").await;
     signup(&app, "mallory").await;
@@ -138,7 +141,11 @@ async fn lockout_an_attacker_from_fifty_addresses_cannot_lock_out_a_browser_that
 
     // The owner's browser, from an address it never used: first try.
     let (status, _) = login_from(&app, "198.51.100.8", "alice", PASSWORD, Some(&device)).await;
-    assert_eq!(status, StatusCode::OK, "the device cookie exempts the owner");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the device cookie exempts the owner"
+    );
     // The limit that remains, as docs/security.md says: a browser that never logged in
     // to the account waits for the ceiling to refill.
     assert_eq!(
@@ -196,7 +203,13 @@ async fn lockout_with_redis_fifty_addresses_on_two_replicas_meet_one_ceiling() {
     let (on_a, _) = hammer(&a, &attackers[..25], 4, &user, None).await;
     let (on_b, _) = hammer(&b, &attackers[25..], 4, &user, None).await;
     assert_eq!(on_a + on_b, 40, "one ceiling for both replicas");
-    let (status, _) =
-        login_from(&b, &format!("fd03:{run}::1"), &user, PASSWORD, Some(&device)).await;
+    let (status, _) = login_from(
+        &b,
+        &format!("fd03:{run}::1"),
+        &user,
+        PASSWORD,
+        Some(&device),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "the owner's browser gets in");
 }
