@@ -202,7 +202,8 @@ pub struct RefreshLimit {
 pub struct Revocation {
     pub id: i64,
     pub session_id: String,
-    /// When the last access token of the session expires; after it the line is moot.
+    /// The last second at which an access token of the session may still pass
+    /// verification (its expiry plus the leeway); after it the line is moot.
     pub expires_at: i64,
 }
 
