@@ -237,8 +237,13 @@ async fn login(
             revoked; log in again.",
             body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`csrf-failed`: the refresh token came from the cookie \
-            without the page's `X-CSRF-Token` or from another origin.",
+            without this session's `X-CSRF-Token` or from another origin.",
             body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too-many-refreshes`: this login session refreshed \
+            (or replayed a spent token) more often than its limit allows; wait for the \
+            time in `Retry-After`. Nothing was spent.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
     ),
 )]
 async fn refresh(
