@@ -123,3 +123,5 @@ printf '%d addresses x %d wrong passwords: %d checked, %d refused (429) in %ds\n
     "$ADDRESSES" "$PER_ADDRESS" "$checked" "$refused" $((SECONDS - t0))
 printf '  owner from a new address with its device cookie, first try: %s\n' "$owner_device"
 printf '  owner from a new address without it (a new browser):       %s\n' "$owner_bare"
+# The promise: the owner got in at the first try, both times.
+[[ $owner_new == 200 && $owner_device == 200 ]] || die "the owner was locked out"
