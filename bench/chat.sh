@@ -182,6 +182,7 @@ start_replica() { # name herd-serve-flags...
         --issuer http://127.0.0.1 \
         --argon2-memory-kib 64 --argon2-iterations 1 \
         --access-ttl 1h \
+        --signup-limit-address off \
         --ws-sends-per-second 1000000 \
         --ws-max-connections $((IDLE_CONNECTIONS + 2000)) \
         "$@" >"${LOGFILE[$name]}" 2>&1 &

@@ -248,12 +248,22 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_SESSION_TOUCH_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub session_touch_interval: Duration,
 
-    /// Failed logins allowed per account, as N/PERIOD (e.g. 5/15m): N at once, then one
-    /// more every PERIOD/N; a successful login clears the count. `off` disables it.
-    /// With --redis-url every replica shares the count; without it each replica counts
-    /// on its own, so N replicas allow N times as many. Past it: 429 with Retry-After.
-    #[arg(long, env = "HERD_LOGIN_LIMIT_ACCOUNT", default_value = "5/15m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
+    /// Failed logins allowed per account from all addresses together, as N/PERIOD:
+    /// N at once, then one more every PERIOD/N. The ceiling against guessing from many
+    /// addresses; a browser holding the account's device cookie (given by a successful
+    /// login) is not counted by it, so strangers cannot lock the owner out. `off`
+    /// disables it. With --redis-url every replica shares the count; without it each
+    /// replica counts on its own, so N replicas allow N times as many. Past it: 429
+    /// with Retry-After.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_ACCOUNT", default_value = "100/15m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
     pub login_limit_account: LoginLimit,
+
+    /// Failed logins allowed per account from one client address, and per device
+    /// cookie, as N/PERIOD; a successful login from that address clears it. `off`
+    /// disables it. Shared through --redis-url or per replica, like
+    /// --login-limit-account.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_ACCOUNT_ADDRESS", default_value = "5/15m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
+    pub login_limit_account_address: LoginLimit,
 
     /// Login attempts, failed or not, allowed per client address, as N/PERIOD (e.g.
     /// 100/1m); an IPv6 client counts by its /64. `off` disables it, as a load test
@@ -261,6 +271,17 @@ pub struct ServeArgs {
     /// like --login-limit-account.
     #[arg(long, env = "HERD_LOGIN_LIMIT_ADDRESS", default_value = "100/1m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
     pub login_limit_address: LoginLimit,
+
+    /// Signups allowed per client address, as N/PERIOD, or `off`. Shared through
+    /// --redis-url or per replica. Past it: 429 with Retry-After.
+    #[arg(long, env = "HERD_SIGNUP_LIMIT_ADDRESS", default_value = "20/1h", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
+    pub signup_limit_address: LoginLimit,
+
+    /// Refreshes allowed per login session (grace-window replays included), as
+    /// N/PERIOD in whole seconds, or `off`; counted in the store, so every replica
+    /// shares it. Past it: 429 with Retry-After.
+    #[arg(long, env = "HERD_REFRESH_LIMIT_SESSION", default_value = "10/5m", value_parser = parse_limit, value_name = "N/PERIOD|off", verbatim_doc_comment)]
+    pub refresh_limit_session: LoginLimit,
 
     /// A proxy or balancer whose X-Forwarded-For is believed: an address or CIDR block
     /// (repeat the flag, or separate with commas). For a request from one, the client is
@@ -694,7 +715,10 @@ impl ServeArgs {
         config.cache_capacity = self.token_cache;
         config.throttle = ThrottleConfig {
             account: self.login_limit_account.0,
+            account_address: self.login_limit_account_address.0,
             address: self.login_limit_address.0,
+            signup: self.signup_limit_address.0,
+            refresh: self.refresh_limit_session.0,
             ..ThrottleConfig::default()
         };
         config.strategy = match self.sessions {
@@ -951,8 +975,21 @@ mod tests {
         };
         let config = args.auth_config().expect("valid");
         assert_eq!(
-            config.throttle.account.map(|r| r.to_string()),
+            config.throttle.account_address.map(|r| r.to_string()),
             Some("5/900s".into())
+        );
+        assert_eq!(
+            config.throttle.account.map(|r| r.to_string()),
+            Some("100/900s".into()),
+            "the ceiling over all addresses is far above one address's limit"
+        );
+        assert_eq!(
+            config.throttle.signup.map(|r| r.to_string()),
+            Some("20/3600s".into())
+        );
+        assert_eq!(
+            config.throttle.refresh.map(|r| r.to_string()),
+            Some("10/300s".into())
         );
         assert_eq!(
             config.throttle.address.map(|r| r.to_string()),

@@ -55,14 +55,20 @@ impl Environment for Stores {
         };
         // Migrated once here rather than by three replicas racing at start.
         crate::open_store(&url, true).await?.close().await;
-        // Every virtual user comes from this machine's one address, which login
-        // throttling would take for one client hammering the login; the lab measures the
-        // session designs, so that limit is off (flags after `--` can set it again).
-        let serve_flags: Vec<String> = ["--login-limit-address", "off"]
-            .map(str::to_owned)
-            .into_iter()
-            .chain(self.serve_flags.iter().cloned())
-            .collect();
+        // Every virtual user comes from this machine's one address, which login and
+        // signup throttling would take for one client hammering them; the lab measures
+        // the session designs, so those limits are off (flags after `--` can set them
+        // again).
+        let serve_flags: Vec<String> = [
+            "--login-limit-address",
+            "off",
+            "--signup-limit-address",
+            "off",
+        ]
+        .map(str::to_owned)
+        .into_iter()
+        .chain(self.serve_flags.iter().cloned())
+        .collect();
         let args = replica_args(
             &url,
             self.redis_url.as_deref(),

@@ -29,9 +29,9 @@ fn tokens(c: &mut Criterion) {
     let pair = rt.block_on(async {
         let name = herd_identity::Username::parse("bench").expect("name");
         let pw = herd_identity::Password::parse("bench-password").expect("pw");
-        cached.signup(&name, &pw).await.expect("signup");
+        cached.signup(&name, &pw, None).await.expect("signup");
         cached
-            .login("bench", "bench-password", None)
+            .login("bench", "bench-password", None, None)
             .await
             .expect("login")
     });

@@ -3,6 +3,8 @@
 //! Keyed by the SHA-256 of the token, so a hit means the very same bytes were verified
 //! before. Claims are still checked for expiry and revocation on every use; only the
 //! signature check is skipped. It is derived state: losing it costs one verification.
+//! Each entry carries the key-ring generation it was verified under and misses once the
+//! ring has changed, so a key removed from the ring (a revocation) cannot live on here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ pub fn digest(token: &str) -> TokenDigest {
 
 #[derive(Debug)]
 pub struct TokenCache {
-    map: Mutex<HashMap<TokenDigest, Arc<AccessClaims>>>,
+    map: Mutex<HashMap<TokenDigest, (Arc<AccessClaims>, u64)>>,
     capacity: usize,
 }
 
@@ -32,7 +34,8 @@ impl TokenCache {
         }
     }
 
-    pub fn get(&self, key: &TokenDigest) -> Option<Arc<AccessClaims>> {
+    /// The claims of a token verified under key-ring `generation`, the current one.
+    pub fn get(&self, key: &TokenDigest, generation: u64) -> Option<Arc<AccessClaims>> {
         if self.capacity == 0 {
             return None;
         }
@@ -40,10 +43,12 @@ impl TokenCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
-            .cloned()
+            .filter(|(_, verified_under)| *verified_under == generation)
+            .map(|(claims, _)| claims.clone())
     }
 
-    pub fn insert(&self, key: TokenDigest, claims: Arc<AccessClaims>, now: i64) {
+    /// Remembers a token verified under key-ring `generation`.
+    pub fn insert(&self, key: TokenDigest, claims: Arc<AccessClaims>, generation: u64, now: i64) {
         if self.capacity == 0 {
             return;
         }
@@ -51,12 +56,12 @@ impl TokenCache {
         if map.len() >= self.capacity {
             // Expired entries go first; if the cache is still full, every entry goes:
             // cheaper than tracking recency, and a miss only costs a verification.
-            map.retain(|_, c| i64::try_from(c.exp).is_ok_and(|exp| exp > now));
+            map.retain(|_, (c, _)| i64::try_from(c.exp).is_ok_and(|exp| exp > now));
             if map.len() >= self.capacity {
                 map.clear();
             }
         }
-        map.insert(key, claims);
+        map.insert(key, (claims, generation));
     }
 
     pub fn clear(&self) {

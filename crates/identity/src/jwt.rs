@@ -94,6 +94,9 @@ pub enum Rejection {
     NotYetValid,
     #[error("the token was issued in the future")]
     IssuedInFuture,
+    /// `exp - iat` is longer than this deployment ever issues: a forged token.
+    #[error("the token lives longer than this issuer's access tokens do")]
+    LifetimeTooLong,
     #[error("the token's session was revoked")]
     Revoked,
     /// For the stateful strategies: no such session, or it expired or was logged out.
@@ -102,7 +105,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 17] = [
+    pub const ALL: [Rejection; 18] = [
         Rejection::Missing,
         Rejection::TooLarge,
         Rejection::Malformed,
@@ -118,6 +121,7 @@ impl Rejection {
         Rejection::Expired,
         Rejection::NotYetValid,
         Rejection::IssuedInFuture,
+        Rejection::LifetimeTooLong,
         Rejection::Revoked,
         Rejection::UnknownSession,
     ];
@@ -140,6 +144,7 @@ impl Rejection {
             Rejection::Expired => "expired",
             Rejection::NotYetValid => "not_yet_valid",
             Rejection::IssuedInFuture => "issued_in_future",
+            Rejection::LifetimeTooLong => "lifetime_too_long",
             Rejection::Revoked => "revoked",
             Rejection::UnknownSession => "unknown_session",
         }
@@ -153,6 +158,10 @@ pub struct Expectations {
     pub audience: String,
     /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
     pub leeway: i64,
+    /// The longest `exp - iat` accepted: the access TTL plus the leeway. A token signed
+    /// with a leaked key could otherwise be made to live for years, outliving the key's
+    /// revocation in any verifier that caches it.
+    pub max_lifetime: i64,
 }
 
 /// Signs `claims` with `key` into a compact JWT.
@@ -265,6 +274,9 @@ pub fn check_claims(
     if iat > now.saturating_add(expect.leeway) {
         return Err(Rejection::IssuedInFuture);
     }
+    if exp.saturating_sub(iat) > expect.max_lifetime {
+        return Err(Rejection::LifetimeTooLong);
+    }
     Ok(())
 }
 
@@ -322,6 +334,7 @@ mod tests {
                 issuer: "https://herd.test".into(),
                 audience: "herd".into(),
                 leeway: 5,
+                max_lifetime: 305,
             },
         }
     }
@@ -526,6 +539,14 @@ mod tests {
         assert_eq!(at("nbf", NOW + 6), Err(Rejection::NotYetValid));
         assert_eq!(at("iat", NOW + 5), Ok(()));
         assert_eq!(at("iat", NOW + 3600), Err(Rejection::IssuedInFuture));
+        // iat is NOW - 10: a lifetime of 305 s (the TTL plus the leeway) passes, 306 not.
+        assert_eq!(at("exp", NOW + 295), Ok(()));
+        assert_eq!(at("exp", NOW + 296), Err(Rejection::LifetimeTooLong));
+        assert_eq!(
+            at("exp", NOW + 10 * 365 * 86_400),
+            Err(Rejection::LifetimeTooLong),
+            "a forged token cannot live for years"
+        );
     }
 
     #[test]

@@ -147,6 +147,11 @@ pub struct KeyRing {
     /// Published keys (pending, active, retiring) with the time each may start signing.
     keys: Vec<(i64, Arc<SigningKey>)>,
     verifying: HashMap<String, VerifyingKey>,
+    /// Counts the changes of the set of keys a replica has swapped in. A cached
+    /// verification remembers the generation it was made under, and counts only while
+    /// that generation is current: a key that left the ring takes its tokens with it,
+    /// even one a verification in flight cached after the ring changed.
+    generation: u64,
 }
 
 impl KeyRing {
@@ -188,6 +193,16 @@ impl KeyRing {
 
     pub fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
         self.verifying.get(kid)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// This ring, numbered `generation`.
+    pub fn with_generation(mut self, generation: u64) -> KeyRing {
+        self.generation = generation;
+        self
     }
 
     pub fn kids(&self) -> impl Iterator<Item = &str> {

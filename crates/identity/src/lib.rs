@@ -39,7 +39,7 @@ pub use keyring::{KeyInfo, KeyState};
 pub use password::{HashError, HashParams};
 pub use service::{
     random_id, random_token_bytes, Auth, AuthConfig, AuthError, AuthnError, KeyRevoked, NewAccount,
-    Notice, Principal, RefreshFailure, TokenPair,
+    Notice, Principal, RefreshFailure, TokenPair, DEVICE_TTL,
 };
 pub use sessions::{SessionData, SessionTimeouts, Strategy, Unavailable};
 pub use throttle::{Rate, ThrottleConfig};

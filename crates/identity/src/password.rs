@@ -44,30 +44,47 @@ pub enum HashError {
     Params(String),
     #[error("hashing failed: {0}")]
     Failed(String),
+    /// No hashing slot came free within the configured wait.
+    #[error("every password-hashing slot is busy")]
+    Busy,
 }
 
 /// Hashes and verifies passwords on the blocking pool, at most `concurrency` at a time,
 /// so a burst of logins cannot starve the async workers or exhaust memory.
+///
+/// A request waits at most `permit_wait` for a slot, then gives up with
+/// [`HashError::Busy`] instead of queueing without bound. Signups hash through their own
+/// gate of half the slots (at least one), so a flood of signups leaves the other half to
+/// logins, and logins never queue behind more than half a pool of signups.
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     argon: Argon2<'static>,
     params: HashParams,
     permits: Arc<Semaphore>,
+    signup_permits: Arc<Semaphore>,
+    permit_wait: std::time::Duration,
     /// A hash of nothing anyone knows, verified against for unknown users so that they
     /// cost the same time as a wrong password.
     dummy: Arc<str>,
 }
 
 impl PasswordHasher {
-    pub fn new(params: HashParams, concurrency: usize) -> Result<PasswordHasher, HashError> {
+    pub fn new(
+        params: HashParams,
+        concurrency: usize,
+        permit_wait: std::time::Duration,
+    ) -> Result<PasswordHasher, HashError> {
         let argon = params
             .argon2()
             .map_err(|e| HashError::Params(e.to_string()))?;
         let dummy = hash_with(&argon, &random_bytes::<16>())?;
+        let concurrency = concurrency.max(1);
         Ok(PasswordHasher {
             argon,
             params,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            signup_permits: Arc::new(Semaphore::new((concurrency / 2).max(1))),
+            permit_wait,
             dummy: dummy.into(),
         })
     }
@@ -76,6 +93,36 @@ impl PasswordHasher {
         let secret = password.expose().as_bytes().to_vec();
         self.blocking(move |argon| hash_with(argon, &secret))
             .await?
+    }
+
+    /// Hashes a new account's password, through the signups' half of the slots.
+    pub async fn hash_for_signup(&self, password: &Password) -> Result<String, HashError> {
+        let _gate = self.permit(&self.signup_permits).await?;
+        self.hash(password).await
+    }
+
+    /// Holds every signup slot, so a test can show what a signup meets when they are
+    /// all taken. Not for use outside tests.
+    #[doc(hidden)]
+    pub async fn hold_signup_slots(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let n = u32::try_from(self.signup_permits.available_permits()).unwrap_or(u32::MAX);
+        #[allow(clippy::expect_used)]
+        self.signup_permits
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    async fn permit<'a>(
+        &self,
+        semaphore: &'a Semaphore,
+    ) -> Result<tokio::sync::SemaphorePermit<'a>, HashError> {
+        match tokio::time::timeout(self.permit_wait, semaphore.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(HashError::Failed("hasher closed".into())),
+            Err(_) => Err(HashError::Busy),
+        }
     }
 
     /// True when `password` matches `stored`. With `None`, verifies against the dummy
@@ -130,11 +177,7 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| HashError::Failed("hasher closed".into()))?;
+        let _permit = self.permit(&self.permits).await?;
         let argon = self.argon.clone();
         tokio::task::spawn_blocking(move || work(&argon))
             .await
@@ -172,6 +215,7 @@ mod tests {
                 parallelism: 1,
             },
             2,
+            std::time::Duration::from_secs(5),
         )
         .expect("valid params")
     }
@@ -211,6 +255,7 @@ mod tests {
                 parallelism: 1,
             },
             1,
+            std::time::Duration::from_secs(5),
         )
         .expect("valid params");
         assert!(
@@ -241,5 +286,39 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_signup_flood_leaves_logins_their_half_of_the_slots() {
+        // No wait for a slot: a request that finds none free is told so at once.
+        let hasher = PasswordHasher::new(
+            HashParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            2,
+            std::time::Duration::ZERO,
+        )
+        .expect("valid params");
+        let password = Password::parse("correct horse battery").expect("valid");
+        let held = hasher.hold_signup_slots().await;
+        assert!(matches!(
+            hasher.hash_for_signup(&password).await,
+            Err(HashError::Busy)
+        ));
+        let stored = hasher
+            .hash(&password)
+            .await
+            .expect("a login's slot is free");
+        assert!(hasher
+            .verify(&password, Some(&stored))
+            .await
+            .expect("verify"));
+        drop(held);
+        hasher
+            .hash_for_signup(&password)
+            .await
+            .expect("a signup once a slot is free");
     }
 }

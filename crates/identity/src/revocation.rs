@@ -5,8 +5,8 @@ use std::sync::RwLock;
 
 use herd_store::Revocation;
 
-/// Session ids whose access tokens must be refused, each until the last of its access
-/// tokens has expired anyway. Losing it is safe: it is rebuilt from the store.
+/// Session ids whose access tokens must be refused, each through the last second at
+/// which one of its access tokens could still pass (its `exp` plus the leeway). Losing it is safe: it is rebuilt from the store.
 #[derive(Debug, Default)]
 pub struct RevocationSet {
     inner: RwLock<Inner>,
@@ -52,10 +52,11 @@ impl RevocationSet {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).last_id
     }
 
-    /// Forgets sessions whose every access token has expired by `now`.
+    /// Forgets sessions whose every access token has stopped passing before `now`: a
+    /// revocation is kept through its `until` second, when a token may still pass.
     pub fn prune(&self, now: i64) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        inner.sessions.retain(|_, until| *until > now);
+        inner.sessions.retain(|_, until| *until >= now);
     }
 
     #[allow(clippy::len_without_is_empty)]
@@ -83,9 +84,9 @@ mod tests {
         assert!(set.contains("s1"));
         assert!(!set.contains("s2"));
         assert_eq!(set.last_id(), 7);
-        set.prune(99);
-        assert!(set.contains("s1"));
         set.prune(100);
+        assert!(set.contains("s1"), "kept through its last second");
+        set.prune(101);
         assert!(!set.contains("s1"));
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use herd_store::{NewRefresh, Rotation, Store, StoreError, UserRecord};
+use herd_store::{NewRefresh, RefreshLimit, Rotation, Store, StoreError, UserRecord};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
@@ -24,7 +24,7 @@ use crate::sessions::{
     MemorySessions, RedisPool, RedisSessions, SessionData, SessionStore, SessionTimeouts, Strategy,
     Unavailable,
 };
-use crate::throttle::{Throttle, ThrottleConfig, Throttled};
+use crate::throttle::{LoginAttempt, Throttle, ThrottleConfig, Throttled};
 
 /// How identity behaves. Durations are in seconds.
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct AuthConfig {
     pub key_publish_delay: i64,
     pub hash: HashParams,
     pub hash_concurrency: usize,
+    /// How long a signup or login waits for a password-hashing slot before it is
+    /// answered "busy, retry" instead.
+    pub hash_permit_wait: Duration,
     /// Verified tokens kept per replica; 0 turns the cache off.
     pub cache_capacity: usize,
     /// The least time between two key-ring reloads caused by an unknown `kid`.
@@ -73,6 +76,7 @@ impl AuthConfig {
             key_publish_delay: 60,
             hash: HashParams::default(),
             hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            hash_permit_wait: Duration::from_secs(5),
             cache_capacity: 100_000,
             unknown_kid_reload_interval: Duration::from_secs(1),
             strategy: Strategy::Token,
@@ -97,6 +101,13 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("too many login attempts; try again in {retry_after}s")]
     Throttled { retry_after: u64 },
+    #[error("this session refreshed too often; try again in {retry_after}s")]
+    RefreshThrottled { retry_after: u64 },
+    #[error("too many signups from this address; try again in {retry_after}s")]
+    SignupThrottled { retry_after: u64 },
+    /// Every password-hashing slot stayed busy for the configured wait.
+    #[error("password hashing is busy; try again in {retry_after}s")]
+    Busy { retry_after: u64 },
     #[error("the refresh token is {0}")]
     InvalidRefresh(RefreshFailure),
     #[error("no signing key is active")]
@@ -159,6 +170,9 @@ pub struct TokenPair {
     pub expires_in: i64,
     pub refresh_token: Option<String>,
     pub session_id: String,
+    /// Given by a login: proof that this browser logged in to the account, which
+    /// exempts it from the account's ceiling on failed logins (see `throttle`).
+    pub device_token: Option<String>,
 }
 
 /// Why a presented credential did not identify anyone.
@@ -239,11 +253,17 @@ struct Inner {
     hasher: PasswordHasher,
     /// Replaced whole on reload, so a verification never waits for one.
     ring: ArcSwap<KeyRing>,
+    /// The last key-ring generation handed out.
+    ring_generations: std::sync::atomic::AtomicU64,
     revoked: RevocationSet,
     cache: TokenCache,
     /// Successor refresh tokens are an HMAC of their predecessor under this secret, so
     /// a replayed token's successor can be handed out again without storing it.
     refresh_secret: Vec<u8>,
+    /// Device tokens are an HMAC of the account and the time under this secret.
+    device_secret: Vec<u8>,
+    /// What [`Auth::session_binding`] is an HMAC under.
+    binding_secret: Vec<u8>,
     last_kid_reload: Mutex<Option<Instant>>,
     /// Where `memory` and `shared` sessions live; `None` under `token`.
     sessions: Option<SessionStore>,
@@ -253,6 +273,10 @@ struct Inner {
     /// When the store was last pruned, in clock seconds.
     last_prune: std::sync::atomic::AtomicI64,
 }
+
+/// How long a device token exempts its browser from the per-account login ceiling, in
+/// seconds; every successful login issues a fresh one.
+pub const DEVICE_TTL: i64 = 90 * 86_400;
 
 /// The least time between two prunes of the store by one replica, in seconds.
 pub const PRUNE_EVERY: i64 = 60;
@@ -283,7 +307,11 @@ impl Auth {
         clock: Arc<dyn Clock>,
         config: AuthConfig,
     ) -> Result<Auth, AuthError> {
-        let hasher = PasswordHasher::new(config.hash, config.hash_concurrency)?;
+        let hasher = PasswordHasher::new(
+            config.hash,
+            config.hash_concurrency,
+            config.hash_permit_wait,
+        )?;
         let now = clock.now();
         if store.signing_keys().await?.is_empty() {
             let key = SigningKey::generate();
@@ -295,10 +323,15 @@ impl Auth {
             }
         }
         let refresh_secret = store.secret("refresh_hmac", &random_bytes::<32>()).await?;
+        let device_secret = store.secret("device_hmac", &random_bytes::<32>()).await?;
+        let binding_secret = store
+            .secret("session_binding_hmac", &random_bytes::<32>())
+            .await?;
         let expect = Expectations {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.leeway,
+            max_lifetime: config.access_ttl + config.leeway,
         };
         let redis = match &config.redis_url {
             Some(url) => Some(Arc::new(
@@ -325,8 +358,11 @@ impl Auth {
                 expect,
                 hasher,
                 ring: ArcSwap::from_pointee(KeyRing::default()),
+                ring_generations: std::sync::atomic::AtomicU64::new(0),
                 revoked: RevocationSet::default(),
                 refresh_secret,
+                device_secret,
+                binding_secret,
                 last_kid_reload: Mutex::new(None),
                 notices: broadcast::channel(1024).0,
                 revoked_tx: broadcast::channel(1024).0,
@@ -351,12 +387,25 @@ impl Auth {
         self.inner.clock.now()
     }
 
+    /// Creates an account, for a caller at `client` (when known), whose address is
+    /// metered: past its signup limit the request is refused before any hashing.
     pub async fn signup(
         &self,
         username: &Username,
         password: &Password,
+        client: Option<IpAddr>,
     ) -> Result<NewAccount, AuthError> {
-        let hash = self.inner.hasher.hash(password).await?;
+        self.inner
+            .throttle
+            .acquire_signup(client, self.now())
+            .await
+            .map_err(|Throttled { retry_after }| AuthError::SignupThrottled { retry_after })?;
+        let hash = self
+            .inner
+            .hasher
+            .hash_for_signup(password)
+            .await
+            .map_err(|e| self.hash_error(e))?;
         let user = UserRecord {
             id: random_id(),
             username: username.as_str().to_owned(),
@@ -373,20 +422,45 @@ impl Auth {
         }
     }
 
-    /// Logs in `username` from `client` (the caller's address, when known). An unknown
-    /// user, a malformed username and a wrong password all cost one argon2 verification
-    /// and fail alike. Past the throttle's limits the attempt is refused before any
-    /// hashing, with how long to wait. A password stored under weaker argon2 parameters
-    /// than the configured ones is rehashed with them on success.
+    fn hash_error(&self, e: HashError) -> AuthError {
+        match e {
+            HashError::Busy => AuthError::Busy {
+                retry_after: self.inner.config.hash_permit_wait.as_secs().max(1),
+            },
+            e => e.into(),
+        }
+    }
+
+    /// Holds every signup hashing slot until the guard is dropped: for tests of what a
+    /// signup meets when they are all taken.
+    #[doc(hidden)]
+    pub async fn hold_signup_slots(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.inner.hasher.hold_signup_slots().await
+    }
+
+    /// Logs in `username` from `client` (the caller's address, when known), with the
+    /// device token this browser was given at an earlier login, if any. An unknown
+    /// user, a malformed username and a wrong password all cost one argon2
+    /// verification and fail alike. Past the throttle's limits the attempt is refused
+    /// before any hashing, with how long to wait. A password stored under weaker argon2
+    /// parameters than the configured ones is rehashed with them on success.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         client: Option<IpAddr>,
+        device: Option<&str>,
     ) -> Result<TokenPair, AuthError> {
+        let now = self.now();
+        let device = device.and_then(|token| self.device_of(token, username, now));
+        let metered = LoginAttempt {
+            username,
+            client,
+            device: device.as_deref(),
+        };
         self.inner
             .throttle
-            .acquire(username, client, self.now())
+            .acquire_login(metered, now)
             .await
             .map_err(|Throttled { retry_after }| AuthError::Throttled { retry_after })?;
         let attempt = Password::attempt(password);
@@ -398,14 +472,22 @@ impl Auth {
             .inner
             .hasher
             .verify(&attempt, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await?;
+            .await
+            .map_err(|e| self.hash_error(e))?;
         let user = match user {
             Some(user) if matched => user,
             _ => return Err(AuthError::InvalidCredentials),
         };
-        self.inner.throttle.forgive(username).await;
+        self.inner.throttle.forgive_login(metered, now).await;
         self.upgrade_hash(&user, &attempt).await;
-        let now = self.now();
+        let device_token = Some(self.device_token(&user.username, now));
+        let mut pair = self.open_session(user, now).await?;
+        pair.device_token = device_token;
+        Ok(pair)
+    }
+
+    /// Opens a login session for `user`, by this replica's strategy.
+    async fn open_session(&self, user: UserRecord, now: i64) -> Result<TokenPair, AuthError> {
         if let Some(sessions) = &self.inner.sessions {
             let credential = random_bytes::<32>();
             let credential = URL_SAFE_NO_PAD.encode(credential);
@@ -422,6 +504,7 @@ impl Auth {
                 expires_in: timeouts.idle,
                 refresh_token: None,
                 session_id: id,
+                device_token: None,
             });
         }
         let session_id = random_id();
@@ -474,6 +557,26 @@ impl Auth {
         }
     }
 
+    /// A value only this deployment can compute from `session_id`, the same on every
+    /// replica: what the server binds a session's CSRF token to.
+    pub fn session_binding(&self, session_id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(hmac_of(&self.inner.binding_secret, session_id.as_bytes()))
+    }
+
+    /// The login session a refresh token belongs to, spent or not, without spending it:
+    /// what a browser's refresh is checked against before it is made. `None` for a
+    /// token that is malformed or unknown.
+    pub async fn refresh_session(&self, refresh_token: &str) -> Result<Option<String>, AuthError> {
+        let Some(presented) = decode_refresh(refresh_token) else {
+            return Ok(None);
+        };
+        Ok(self
+            .inner
+            .store
+            .refresh_token_session(&sha256(&presented))
+            .await?)
+    }
+
     /// Trades a refresh token for a new pair, spending it.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
         if self.inner.config.strategy != Strategy::Token {
@@ -498,6 +601,13 @@ impl Auth {
                 now,
                 config.refresh_grace,
                 self.revocation_expiry(now),
+                config.throttle.refresh.map(|rate| {
+                    let (interval, tolerance) = rate.in_seconds();
+                    RefreshLimit {
+                        interval,
+                        tolerance,
+                    }
+                }),
             )
             .await?;
         match rotation {
@@ -516,6 +626,9 @@ impl Auth {
                 Err(AuthError::InvalidRefresh(RefreshFailure::Reused))
             }
             Rotation::SessionRevoked => Err(AuthError::InvalidRefresh(RefreshFailure::Revoked)),
+            Rotation::Throttled { retry_after } => Err(AuthError::RefreshThrottled {
+                retry_after: u64::try_from(retry_after).unwrap_or(1).max(1),
+            }),
             Rotation::Expired => Err(AuthError::InvalidRefresh(RefreshFailure::Expired)),
             Rotation::Unknown => Err(AuthError::InvalidRefresh(RefreshFailure::Unknown)),
         }
@@ -561,7 +674,7 @@ impl Auth {
 
     /// Applies a revocation another replica announced.
     pub fn apply_revocation(&self, session_id: &str, until: i64) {
-        if until > self.now() {
+        if until >= self.now() {
             self.inner.revoked.insert(session_id, until);
             let _ = self.inner.revoked_tx.send(session_id.to_owned());
         }
@@ -653,17 +766,31 @@ impl Auth {
         if token.len() > jwt::MAX_TOKEN_BYTES {
             return Err(Rejection::TooLarge);
         }
+        let ring = self.inner.ring.load_full();
+        self.verify_with_ring(token, &ring)
+    }
+
+    /// Verifies with `ring`, which may have been replaced since it was loaded (a
+    /// verification in flight while a key is revoked): the cache entry it leaves is
+    /// tagged with that ring's generation, so it never counts under a later ring.
+    fn verify_with_ring(
+        &self,
+        token: &str,
+        ring: &KeyRing,
+    ) -> Result<Arc<AccessClaims>, Rejection> {
         let now = self.now();
         let key = cache::digest(token);
-        let claims = match self.inner.cache.get(&key) {
+        let generation = self.inner.ring.load().generation();
+        let claims = match self.inner.cache.get(&key, generation) {
             Some(claims) => {
                 jwt::check_claims(&claims, &self.inner.expect, now)?;
                 claims
             }
             None => {
-                let ring = self.inner.ring.load();
-                let claims = Arc::new(jwt::verify(token, &ring, &self.inner.expect, now)?);
-                self.inner.cache.insert(key, claims.clone(), now);
+                let claims = Arc::new(jwt::verify(token, ring, &self.inner.expect, now)?);
+                self.inner
+                    .cache
+                    .insert(key, claims.clone(), ring.generation(), now);
                 claims
             }
         };
@@ -694,7 +821,19 @@ impl Auth {
         let ring = KeyRing::build(&records, self.now(), self.inner.config.retire_after());
         let old = self.inner.ring.load();
         let changed = !old.kids().eq(ring.kids());
-        self.inner.ring.store(Arc::new(ring));
+        // Numbers come from one counter, so two reloads racing never give different
+        // rings the same generation.
+        let generation = if changed {
+            self.inner
+                .ring_generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1
+        } else {
+            old.generation()
+        };
+        self.inner
+            .ring
+            .store(Arc::new(ring.with_generation(generation)));
         if changed {
             // A key gone from the ring must stop verifying at once, cached or not.
             self.inner.cache.clear();
@@ -865,12 +1004,57 @@ impl Auth {
             expires_in: config.access_ttl,
             refresh_token: Some(URL_SAFE_NO_PAD.encode(refresh)),
             session_id: session_id.to_owned(),
+            device_token: None,
         })
     }
 
-    /// When every access token of a session revoked at `now` will have expired.
+    /// The last second at which an access token of a session revoked at `now` can still
+    /// pass verification anywhere: a token is accepted up to `exp + leeway` inclusive,
+    /// and the replica that issued it may have a clock up to the leeway ahead of this
+    /// one, so its `exp` may be as late as `now + access_ttl + leeway`. The revocation
+    /// is kept through that second.
     fn revocation_expiry(&self, now: i64) -> i64 {
-        now + self.inner.config.access_ttl + self.inner.config.leeway
+        now + self.inner.config.access_ttl + 2 * self.inner.config.leeway
+    }
+
+    /// A device token for `username` (as stored), issued at `now`: the account and the
+    /// time, with an HMAC of both.
+    fn device_token(&self, username: &str, now: i64) -> String {
+        let payload = format!("{username}|{now}");
+        let mac = hmac_of(&self.inner.device_secret, payload.as_bytes());
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(payload),
+            URL_SAFE_NO_PAD.encode(&mac[..16])
+        )
+    }
+
+    /// What the throttle meters a device under: a digest of `token`, when it is a
+    /// device token this deployment issued for `username` within [`DEVICE_TTL`].
+    fn device_of(&self, token: &str, username: &str, now: i64) -> Option<String> {
+        if token.len() > 200 {
+            return None;
+        }
+        let (payload_b64, mac_b64) = token.split_once('.')?;
+        let payload = URL_SAFE_NO_PAD.decode(payload_b64).ok()?;
+        let mac = URL_SAFE_NO_PAD.decode(mac_b64).ok()?;
+        if mac.len() != 16 {
+            return None;
+        }
+        #[allow(clippy::expect_used)]
+        let mut check = Hmac::<Sha256>::new_from_slice(&self.inner.device_secret)
+            .expect("HMAC takes a key of any length");
+        check.update(&payload);
+        check.verify_truncated_left(&mac).ok()?;
+        let payload = String::from_utf8(payload).ok()?;
+        let (name, issued) = payload.rsplit_once('|')?;
+        let issued: i64 = issued.parse().ok()?;
+        let username = Username::parse(username).ok()?;
+        if name != username.as_str() || issued > now || now - issued > DEVICE_TTL {
+            return None;
+        }
+        let digest = Sha256::digest(token.as_bytes());
+        Some(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
     }
 
     fn successor_of(&self, presented: &[u8; 32]) -> [u8; 32] {
@@ -880,6 +1064,13 @@ impl Auth {
         mac.update(presented);
         mac.finalize().into_bytes().into()
     }
+}
+
+fn hmac_of(key: &[u8], message: &[u8]) -> [u8; 32] {
+    #[allow(clippy::expect_used)]
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 /// What a stateful session is stored under: the SHA-256 of the id the client holds.
@@ -918,4 +1109,60 @@ pub fn random_id() -> String {
         h(8..10),
         h(10..16)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    async fn auth_on_temp_store(dir: &tempfile::TempDir) -> Auth {
+        let url = format!("sqlite://{}", dir.path().join("herd.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let mut config = AuthConfig::new("http://herd.test", "herd");
+        config.hash = HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        Auth::start(store, Arc::new(ManualClock::starting_now()), config)
+            .await
+            .expect("auth")
+    }
+
+    /// The interleaving a race would need, made deterministic: a verification loads the
+    /// ring, the key is revoked (the ring swapped, the cache cleared), then the
+    /// verification finishes and caches its token.
+    #[tokio::test]
+    async fn a_verification_in_flight_during_a_key_revocation_cannot_cache_the_revoked_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = auth_on_temp_store(&dir).await;
+        let before = auth.inner.ring.load_full();
+        let now = auth.now();
+        let key = before.signer(now).expect("a signer").clone();
+        let claims = AccessClaims {
+            iss: "http://herd.test".into(),
+            aud: "herd".into(),
+            sub: "u1".into(),
+            sid: "s1".into(),
+            jti: random_id(),
+            iat: now.unsigned_abs(),
+            exp: (now + 300).unsigned_abs(),
+            nbf: None,
+            preferred_username: "mallory".into(),
+            client_id: "herd".into(),
+        };
+        let forged = jwt::sign(&claims, &key);
+
+        auth.revoke_key(key.kid()).await.expect("revoke");
+        assert!(
+            auth.verify_with_ring(&forged, &before).is_ok(),
+            "the verification in flight used the ring it loaded"
+        );
+        assert_eq!(
+            auth.verify_now(&forged).map(|_| ()),
+            Err(Rejection::UnknownKey),
+            "what it cached does not outlive the key"
+        );
+    }
 }

@@ -1,23 +1,41 @@
-//! Login throttling: how many login attempts an account and a client address may make.
+//! Login and signup throttling: how many attempts an account, a client address and a
+//! device may make.
 //!
 //! Each limit is a GCRA (generic cell rate algorithm) meter: `N/PERIOD` allows a burst of
 //! N attempts, then one more every PERIOD/N. What a meter keeps is one number a key, its
-//! theoretical arrival time (TAT): when it would be empty again. Per account only failed
-//! attempts count (OWASP): a login takes one attempt from the account before the
-//! password is checked, so a flood of concurrent guesses cannot all slip past a check,
-//! and a successful login forgives the account's count. Per address every attempt counts.
-//! An attempt is let through only when every meter has room, and then it is taken from
-//! all of them; a refused attempt takes nothing.
+//! theoretical arrival time (TAT): when it would be empty again.
+//!
+//! A login is metered so that a stranger can slow an attacker but cannot lock the owner
+//! out (OWASP's advice), by four meters:
+//! - per (account, client address), failed attempts: the tight limit (5 per 15 minutes
+//!   by default). It is what a guesser from one address meets, and it is the guesser's
+//!   own: the owner, from any other address, is not charged for it.
+//! - per account, failed attempts from browsers without that account's device cookie:
+//!   a ceiling far above it (100 per 15 minutes), against guessing spread over many
+//!   addresses. Once it is spent, a browser that never logged in to the account waits;
+//!   one that did shows its device cookie and is not metered by it.
+//! - per device cookie, failed attempts: the tight limit again, so a stolen device cookie
+//!   buys no more guesses than one address has.
+//! - per client address, every attempt (100 a minute).
+//!
+//! The failed-attempt meters are taken before the password is checked, so a flood of
+//! concurrent guesses cannot all slip past a check; a successful login forgives the
+//! (account, address) and device meters it was charged, never the per-account ceiling,
+//! so an owner logging in does not hand the guessers a fresh allowance. An attempt is let
+//! through only when every meter has room, and then it is taken from all of them; a
+//! refused attempt takes nothing. Signups are metered per client address alone.
 //!
 //! With Redis the meters live there, under `herd:throttle:`, and every replica shares
-//! them: one Lua script checks and takes from both meters atomically, with the time
-//! passed in from identity's clock (so tests move it with `ManualClock`, and replicas
-//! whose clocks disagree by a second or two disagree by that much about refills).
-//! Without Redis the meters are in this process's memory and each replica counts on its
-//! own, so N replicas grant N times the attempts. When Redis fails, the throttle falls
-//! back to the in-memory meters for a few seconds rather than refuse logins (fail open to
-//! a per-replica limit, never to no limit) and logs it; a login never waits on Redis for
-//! longer than the pool's timeouts.
+//! them: one Lua script checks and takes from all of an attempt's meters atomically,
+//! with the time passed in from identity's clock (so tests move it with `ManualClock`,
+//! and replicas whose clocks disagree by a second or two disagree by that much about
+//! refills). Every key is written with an expiry at its TAT, the moment the meter is full
+//! again and the key means nothing, so Redis holds only meters that are in use.
+//! Without Redis the meters are in this process's memory, at most `capacity` keys, and
+//! each replica counts on its own, so N replicas grant N times the attempts. When Redis
+//! fails, the throttle falls back to the in-memory meters for a few seconds rather than
+//! refuse logins (fail open to a per-replica limit, never to no limit) and logs it; a
+//! login never waits on Redis for longer than the pool's timeouts.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,6 +67,13 @@ impl Rate {
 
     pub const MAX_PERIOD_SECS: i64 = 365 * 86_400;
 
+    /// The same meter in whole seconds, as the store keeps it: one refill every
+    /// `interval` (at least a second), a burst of `attempts`.
+    pub fn in_seconds(&self) -> (i64, i64) {
+        let interval = (self.period_secs / i64::from(self.attempts.max(1))).max(1);
+        (interval, interval * i64::from(self.attempts.max(1)))
+    }
+
     /// `attempts` per `period_secs`, as written on the command line (`N/PERIOD`).
     pub fn new(attempts: u32, period_secs: i64) -> Result<Rate, String> {
         if attempts == 0 {
@@ -77,15 +102,25 @@ impl std::fmt::Display for Rate {
     }
 }
 
-/// The login limits; `None` turns one off.
+/// The login and signup limits; `None` turns one off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Failed logins per account. Default 5 per 15 minutes: a burst of 5, then one
-    /// every 3 minutes.
+    /// Failed logins per account from browsers without its device cookie, whatever the
+    /// address: the ceiling against guessing from many addresses. Default 100 per 15
+    /// minutes.
     pub account: Option<Rate>,
+    /// Failed logins per (account, client address), and per device cookie. Default 5
+    /// per 15 minutes: a burst of 5, then one every 3 minutes.
+    pub account_address: Option<Rate>,
     /// Login attempts per client address (an IPv6 address counts by its /64). Default
     /// 100 a minute.
     pub address: Option<Rate>,
+    /// Signups per client address. Default 20 an hour.
+    pub signup: Option<Rate>,
+    /// Refreshes per login session, rotations and grace-window replays alike, counted
+    /// in the store's session row. Default 10 per 5 minutes: an honest client refreshes
+    /// about once per access-token lifetime.
+    pub refresh: Option<Rate>,
     /// Keys the in-memory meters hold at most; past it, the emptiest are forgotten.
     pub capacity: usize,
 }
@@ -94,12 +129,24 @@ impl Default for ThrottleConfig {
     fn default() -> Self {
         ThrottleConfig {
             account: Some(Rate {
+                attempts: 100,
+                period_secs: 15 * 60,
+            }),
+            account_address: Some(Rate {
                 attempts: 5,
                 period_secs: 15 * 60,
             }),
             address: Some(Rate {
                 attempts: 100,
                 period_secs: 60,
+            }),
+            signup: Some(Rate {
+                attempts: 20,
+                period_secs: 3600,
+            }),
+            refresh: Some(Rate {
+                attempts: 10,
+                period_secs: 300,
             }),
             capacity: 100_000,
         }
@@ -111,10 +158,24 @@ impl ThrottleConfig {
     pub fn off() -> ThrottleConfig {
         ThrottleConfig {
             account: None,
+            account_address: None,
             address: None,
+            signup: None,
+            refresh: None,
             ..ThrottleConfig::default()
         }
     }
+}
+
+/// Who is attempting a login, as far as the throttle cares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoginAttempt<'a> {
+    /// The username as typed.
+    pub username: &'a str,
+    pub client: Option<IpAddr>,
+    /// A digest of the device cookie, when the browser showed a valid one for this
+    /// account: it is then metered on its own instead of by the per-account ceiling.
+    pub device: Option<&'a str>,
 }
 
 /// A login refused by the throttle: try again after `retry_after` seconds.
@@ -155,6 +216,21 @@ end
 return 0
 ";
 
+/// Gives one attempt back to the meter `KEYS[1]`: its TAT moves back by one interval
+/// (`ARGV[2]`), and a meter that is then full (TAT at or before now, `ARGV[1]`) is
+/// deleted.
+const REFUND_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+tat = tat - tonumber(ARGV[2])
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], tat, 'PX', tat - now)
+end
+return 0
+";
+
 /// The login throttle of one replica.
 #[derive(Debug)]
 pub(crate) struct Throttle {
@@ -177,41 +253,69 @@ impl Throttle {
 
     /// Where the meters live: `redis`, `memory`, or `off`.
     pub(crate) fn backend(&self) -> &'static str {
-        match (&self.config.account, &self.config.address, &self.redis) {
-            (None, None, _) => "off",
-            (_, _, Some(_)) => "redis",
+        let c = &self.config;
+        let none = c.account.is_none() && c.account_address.is_none() && c.address.is_none();
+        match (none, &self.redis) {
+            (true, _) => "off",
+            (false, Some(_)) => "redis",
             _ => "memory",
         }
     }
 
-    /// Takes one attempt from the account `username` (as typed) and from `client`'s
-    /// address, or refuses with how long to wait.
-    pub(crate) async fn acquire(
+    /// Takes one attempt from every meter of a login, or refuses with how long to wait.
+    pub(crate) async fn acquire_login(
         &self,
-        username: &str,
+        attempt: LoginAttempt<'_>,
+        now: i64,
+    ) -> Result<(), Throttled> {
+        let account = account_key(attempt.username);
+        let mut meters = Vec::with_capacity(3);
+        match (
+            attempt.device,
+            self.config.account_address,
+            self.config.account,
+        ) {
+            (Some(device), Some(rate), _) => meters.push((format!("device:{device}"), rate)),
+            (Some(_), None, _) => {}
+            (None, _, Some(rate)) => meters.push((account.clone(), rate)),
+            (None, _, None) => {}
+        }
+        if let (Some(rate), Some(ip)) = (self.config.account_address, attempt.client) {
+            meters.push((pair_key(&account, ip), rate));
+        }
+        if let (Some(rate), Some(ip)) = (self.config.address, attempt.client) {
+            meters.push((address_key(ip), rate));
+        }
+        self.acquire(&meters, now).await
+    }
+
+    /// Takes one signup from `client`'s address, or refuses with how long to wait.
+    pub(crate) async fn acquire_signup(
+        &self,
         client: Option<IpAddr>,
         now: i64,
     ) -> Result<(), Throttled> {
-        let mut meters = Vec::with_capacity(2);
-        if let Some(rate) = self.config.account {
-            meters.push((account_key(username), rate));
+        let mut meters = Vec::with_capacity(1);
+        if let (Some(rate), Some(ip)) = (self.config.signup, client) {
+            meters.push((format!("signup:{}", address_key(ip)), rate));
         }
-        if let (Some(rate), Some(ip)) = (self.config.address, client) {
-            meters.push((address_key(ip), rate));
-        }
+        self.acquire(&meters, now).await
+    }
+
+    async fn acquire(&self, meters: &[(String, Rate)], now: i64) -> Result<(), Throttled> {
         if meters.is_empty() {
             return Ok(());
         }
         let now_ms = now.saturating_mul(1000);
         let wait_ms = match self.redis_if_up() {
-            Some(redis) => match self.acquire_in_redis(redis, &meters, now_ms).await {
+            Some(redis) => match self.acquire_in_redis(redis, meters, now_ms).await {
                 Ok(wait) => wait,
                 Err(e) => {
                     self.redis_failed(&e);
-                    self.local.acquire(&meters, now_ms)
+                    self.local.acquire(meters, now_ms)
                 }
             },
-            None => self.local.acquire(&meters, now_ms),
+            None => self.local.acquire(meters, now_ms),
         };
         if wait_ms <= 0 {
             Ok(())
@@ -224,21 +328,60 @@ impl Throttle {
         }
     }
 
-    /// A successful login: the account's failed attempts are forgiven.
-    pub(crate) async fn forgive(&self, username: &str) {
-        if self.config.account.is_none() {
+    /// A successful login: the failures charged to this (account, address) and to this
+    /// device are forgiven. The per-account ceiling only gets back the one attempt this
+    /// login took from it: it counts strangers' guesses, which the owner's success does
+    /// not make any less suspicious.
+    pub(crate) async fn forgive_login(&self, attempt: LoginAttempt<'_>, now: i64) {
+        let account = account_key(attempt.username);
+        if let (None, Some(rate)) = (attempt.device, self.config.account) {
+            self.refund(&account, rate, now).await;
+        }
+        let mut keys = Vec::with_capacity(2);
+        if self.config.account_address.is_some() {
+            if let Some(ip) = attempt.client {
+                keys.push(pair_key(&account, ip));
+            }
+            if let Some(device) = attempt.device {
+                keys.push(format!("device:{device}"));
+            }
+        }
+        if keys.is_empty() {
             return;
         }
-        let key = account_key(username);
         if let Some(redis) = self.redis_if_up() {
             let mut p = redis::pipe();
-            p.cmd("DEL").arg(format!("{KEY_PREFIX}{key}")).ignore();
+            for key in &keys {
+                p.cmd("DEL").arg(format!("{KEY_PREFIX}{key}")).ignore();
+            }
             if let Err(e) = redis.run::<()>(&p).await {
                 self.redis_failed(&e);
             }
         }
-        // Also here, in case this replica counted it while Redis was away.
-        self.local.forget(&key);
+        // Also here, in case this replica counted them while Redis was away.
+        for key in &keys {
+            self.local.forget(key);
+        }
+    }
+
+    /// Gives one attempt back to the meter `key`.
+    async fn refund(&self, key: &str, rate: Rate, now: i64) {
+        let now_ms = now.saturating_mul(1000);
+        if let Some(redis) = self.redis_if_up() {
+            let mut p = redis::pipe();
+            p.cmd("EVAL")
+                .arg(REFUND_SCRIPT)
+                .arg(1)
+                .arg(format!("{KEY_PREFIX}{key}"))
+                .arg(now_ms)
+                .arg(rate.interval_ms())
+                .ignore();
+            match redis.run::<()>(&p).await {
+                Ok(()) => return,
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        self.local.refund(key, rate, now_ms);
     }
 
     fn redis_if_up(&self) -> Option<&RedisPool> {
@@ -300,6 +443,11 @@ fn account_key(raw: &str) -> String {
             format!("account#{hex}")
         }
     }
+}
+
+/// The key of an (account, client address) pair.
+fn pair_key(account: &str, ip: IpAddr) -> String {
+    format!("{account}|{}", address_key(ip))
 }
 
 /// The key of a client address. An IPv6 client counts by its /64, the block one
@@ -385,6 +533,16 @@ impl LocalMeters {
         }
     }
 
+    fn refund(&self, key: &str, rate: Rate, now_ms: i64) {
+        let mut tats = self.tats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tat) = tats.get_mut(key) {
+            *tat -= rate.interval_ms();
+            if *tat <= now_ms {
+                tats.remove(key);
+            }
+        }
+    }
+
     fn forget(&self, key: &str) {
         self.tats
             .lock()
@@ -411,45 +569,96 @@ mod tests {
         Throttle::new(
             ThrottleConfig {
                 account,
+                account_address: None,
                 address,
+                signup: None,
+                refresh: None,
                 capacity: 1000,
             },
             None,
         )
     }
 
+    fn attempt<'a>(username: &'a str, client: Option<IpAddr>) -> LoginAttempt<'a> {
+        LoginAttempt {
+            username,
+            client,
+            device: None,
+        }
+    }
+
+    /// A login attempt by `username` from `client` without a device cookie.
+    async fn login(
+        t: &Throttle,
+        username: &str,
+        client: Option<IpAddr>,
+        now: i64,
+    ) -> Result<(), Throttled> {
+        t.acquire_login(attempt(username, client), now).await
+    }
+
     #[tokio::test]
     async fn an_account_gets_its_burst_then_one_attempt_per_interval() {
         let t = throttle(Some(FIVE_PER_15M), None);
         for _ in 0..5 {
-            t.acquire("alice", None, 1000).await.expect("in the burst");
+            login(&t, "alice", None, 1000).await.expect("in the burst");
         }
         assert_eq!(
-            t.acquire("alice", None, 1000).await,
+            login(&t, "alice", None, 1000).await,
             Err(Throttled { retry_after: 180 })
         );
         assert_eq!(
-            t.acquire("Alice", None, 1100).await,
+            login(&t, "Alice", None, 1100).await,
             Err(Throttled { retry_after: 80 }),
             "usernames are case-folded, and the wait shrinks as time passes"
         );
-        t.acquire("alice", None, 1180)
+        login(&t, "alice", None, 1180)
             .await
             .expect("one attempt refilled");
-        assert!(t.acquire("alice", None, 1180).await.is_err());
-        t.acquire("bob", None, 1180)
+        assert!(login(&t, "alice", None, 1180).await.is_err());
+        login(&t, "bob", None, 1180)
             .await
             .expect("other accounts are untouched");
     }
 
     #[tokio::test]
-    async fn a_successful_login_forgives_the_account() {
-        let t = throttle(Some(FIVE_PER_15M), None);
+    async fn a_successful_login_forgives_its_address_and_device_but_not_the_ceiling() {
+        let t = Throttle::new(
+            ThrottleConfig {
+                account: Some(Rate {
+                    attempts: 7,
+                    period_secs: 900,
+                }),
+                account_address: Some(FIVE_PER_15M),
+                address: None,
+                signup: None,
+                refresh: None,
+                capacity: 1000,
+            },
+            None,
+        );
+        let ip: IpAddr = "192.0.2.7".parse().expect("ip");
         for _ in 0..5 {
-            t.acquire("alice", None, 0).await.expect("in the burst");
+            login(&t, "alice", Some(ip), 0).await.expect("in the burst");
         }
-        t.forgive("alice").await;
-        t.acquire("alice", None, 0).await.expect("forgiven");
+        assert!(login(&t, "alice", Some(ip), 0).await.is_err(), "pair");
+        // As if the sixth attempt had been the owner's, and right: the pair is
+        // forgiven, and the ceiling gets back that one attempt, not the five before.
+        t.forgive_login(attempt("alice", Some(ip)), 0).await;
+        for _ in 0..3 {
+            login(&t, "alice", Some(ip), 0).await.expect("forgiven");
+        }
+        assert!(
+            login(&t, "alice", Some(ip), 0).await.is_err(),
+            "the ceiling of 7 was not forgiven"
+        );
+        let device = LoginAttempt {
+            device: Some("d1"),
+            ..attempt("alice", Some(ip))
+        };
+        t.acquire_login(device, 0)
+            .await
+            .expect("a device cookie is not metered by the ceiling");
     }
 
     #[tokio::test]
@@ -465,12 +674,12 @@ mod tests {
             }),
         );
         let ip: IpAddr = "192.0.2.7".parse().expect("ip");
-        t.acquire("alice", Some(ip), 0).await.expect("first");
-        assert!(t.acquire("alice", Some(ip), 0).await.is_err(), "account");
-        t.acquire("bob", Some(ip), 0)
+        login(&t, "alice", Some(ip), 0).await.expect("first");
+        assert!(login(&t, "alice", Some(ip), 0).await.is_err(), "account");
+        login(&t, "bob", Some(ip), 0)
             .await
             .expect("the refused attempt took nothing from the address");
-        assert!(t.acquire("carol", Some(ip), 0).await.is_err(), "address");
+        assert!(login(&t, "carol", Some(ip), 0).await.is_err(), "address");
     }
 
     #[tokio::test]
@@ -485,9 +694,9 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
         let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
-        t.acquire("x", Some(a), 0).await.expect("first");
-        assert!(t.acquire("y", Some(b), 0).await.is_err(), "same /64");
-        t.acquire("z", Some(c), 0).await.expect("another /64");
+        login(&t, "x", Some(a), 0).await.expect("first");
+        assert!(login(&t, "y", Some(b), 0).await.is_err(), "same /64");
+        login(&t, "z", Some(c), 0).await.expect("another /64");
         assert_eq!(
             address_key("::ffff:192.0.2.1".parse().expect("ip")),
             "address:192.0.2.1"

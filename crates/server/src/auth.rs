@@ -10,8 +10,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use herd_identity::{AuthError, Password, TokenPair, Username};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -134,16 +132,25 @@ pub struct CookieSession {
         (status = 201, description = "The account was created.", body = Account),
         (status = 409, description = "`username-taken`: choose another username.",
             body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too-many-signups`: too many signups from this \
+            address; wait for the time in `Retry-After`.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
+        (status = 503, description = "`busy`: no password-hashing slot came free in time; \
+            wait for the time in `Retry-After`.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
     ),
 )]
 async fn signup(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     mut body: JsonObject,
 ) -> ApiResult<impl IntoResponse> {
     let username = body.parse("username", Username::parse);
     let password = body.parse("password", Password::parse);
     let (username, password) = body.finish((username, password))?;
-    let account = state.auth.signup(&username, &password).await?;
+    let account = state.auth.signup(&username, &password, client).await?;
     Ok((
         StatusCode::CREATED,
         Json(Account {
@@ -163,7 +170,9 @@ async fn signup(
         (status = 401, description = "`invalid-credentials`: the username or password is wrong.",
             body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`too-many-attempts`: too many failed logins for this \
-            account or address; wait for the time in `Retry-After`.",
+            account from this address or browser, for this account from everywhere (a \
+            browser holding the account's `herd_device` cookie is exempt from that one), \
+            or from this address; wait for the time in `Retry-After`.",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
     ),
@@ -171,14 +180,30 @@ async fn signup(
 async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
     mut body: JsonObject,
 ) -> ApiResult<Response> {
     let username = body.string("username");
     let password = body.string("password");
     let want_cookies = body.flag("cookies");
     let (username, password) = body.finish((username, password))?;
-    match state.auth.login(&username, &password, client).await {
-        Ok(pair) => Ok(token_response(&state, pair, want_cookies)),
+    let device = cookies::cookie(&headers, cookies::DEVICE);
+    match state.auth.login(&username, &password, client, device).await {
+        Ok(pair) => {
+            let device = pair.device_token.clone();
+            let mut response = token_response(&state, pair, want_cookies);
+            if let Some(device) = device {
+                let cookie = state.cookies().set(
+                    cookies::DEVICE,
+                    &device,
+                    cookies::DEVICE_PATH,
+                    herd_identity::DEVICE_TTL,
+                    true,
+                );
+                response.headers_mut().append(SET_COOKIE, cookie);
+            }
+            Ok(response)
+        }
         Err(e) => {
             let reason = match &e {
                 AuthError::InvalidCredentials => Some("invalid_credentials"),
@@ -212,8 +237,13 @@ async fn login(
             revoked; log in again.",
             body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`csrf-failed`: the refresh token came from the cookie \
-            without the page's `X-CSRF-Token` or from another origin.",
+            without this session's `X-CSRF-Token` or from another origin.",
             body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too-many-refreshes`: this login session refreshed \
+            (or replayed a spent token) more often than its limit allows; wait for the \
+            time in `Retry-After`. Nothing was spent.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
     ),
 )]
 async fn refresh(
@@ -233,9 +263,14 @@ async fn refresh(
     let (token, via_cookie) = match (from_body, from_cookie) {
         (Some(token), _) => (token, false),
         (None, Some(cookie)) => {
-            state
-                .cookies()
-                .check_csrf(&axum::http::Method::POST, &headers)?;
+            // The CSRF token is bound to the session, so find the token's session
+            // first; an unknown token needs no check, its refresh fails anyway.
+            state.cookies().check_origin(&headers)?;
+            if let Some(session_id) = state.auth.refresh_session(cookie).await? {
+                state
+                    .cookies()
+                    .check_csrf(&axum::http::Method::POST, &headers, &session_id)?;
+            }
             (cookie.to_owned(), true)
         }
         (None, None) => {
@@ -301,7 +336,7 @@ fn token_response(state: &AppState, pair: TokenPair, as_cookies: bool) -> Respon
         return (no_store, Json(body)).into_response();
     }
     let policy = state.cookies();
-    let csrf = URL_SAFE_NO_PAD.encode(herd_identity::random_token_bytes());
+    let csrf = policy.csrf_token(&pair.session_id);
     let mut response = (
         no_store,
         Json(LoginResponse::Cookies(CookieSession {
@@ -332,7 +367,7 @@ fn token_response(state: &AppState, pair: TokenPair, as_cookies: bool) -> Respon
     headers.append(
         SET_COOKIE,
         policy.set(
-            cookies::CSRF,
+            policy.csrf_name(),
             &csrf,
             "/",
             state.auth.config().refresh_ttl,

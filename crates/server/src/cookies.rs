@@ -1,15 +1,26 @@
 //! The browser transport: credentials in HttpOnly, SameSite cookies, and CSRF protection
-//! for unsafe methods authenticated by a cookie (an Origin check plus a double-submit
-//! token that a cross-site page can neither read nor set).
+//! for unsafe methods authenticated by a cookie: an Origin check (scheme included) plus a
+//! token bound to the session (an HMAC of its id), which a cross-site page can neither
+//! read nor compute, and which no other session's token can stand in for.
 
 use axum::http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method};
+
+use herd_identity::Auth;
 
 use crate::error::{ApiError, Code};
 
 pub const ACCESS: &str = "herd_access";
 pub const REFRESH: &str = "herd_refresh";
 pub const CSRF: &str = "herd_csrf";
+/// The CSRF cookie's name where cookies are `Secure`: the `__Host-` prefix makes the
+/// browser refuse it unless it was set by this very host over HTTPS with `Path=/` and no
+/// `Domain`, so a sibling subdomain cannot plant one.
+pub const CSRF_HOST: &str = "__Host-herd_csrf";
+/// The device cookie: proof that this browser logged in to an account before, which
+/// exempts it from that account's ceiling on failed logins. Sent only to the login.
+pub const DEVICE: &str = "herd_device";
+pub const DEVICE_PATH: &str = "/v1/auth/login";
 /// The header a browser client echoes the CSRF cookie's value in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -43,26 +54,83 @@ impl CookiePolicy {
         HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// Appends the cookies that end a browser session.
+    /// The CSRF cookie's name: `__Host-` prefixed wherever cookies are `Secure`.
+    pub fn csrf_name(&self) -> &'static str {
+        if self.insecure {
+            CSRF
+        } else {
+            CSRF_HOST
+        }
+    }
+}
+
+/// The cookie policy as one replica applies it: with the origin its page is served from
+/// (the issuer's) and identity, which binds CSRF tokens to sessions.
+#[derive(Debug, Clone)]
+pub struct Cookies {
+    policy: CookiePolicy,
+    /// `scheme://host[:port]` of the issuer, when it is an http(s) URL.
+    public_origin: Option<String>,
+    auth: Auth,
+}
+
+impl std::ops::Deref for Cookies {
+    type Target = CookiePolicy;
+
+    fn deref(&self) -> &CookiePolicy {
+        &self.policy
+    }
+}
+
+impl Cookies {
+    pub fn new(policy: CookiePolicy, auth: Auth) -> Cookies {
+        Cookies {
+            public_origin: origin_of(&auth.config().issuer),
+            policy,
+            auth,
+        }
+    }
+
+    /// The scheme a browser reaches this replica's page by: the public origin's, else
+    /// `https` unless cookies are set for plain http.
+    fn scheme(&self) -> &str {
+        match &self.public_origin {
+            Some(origin) => origin
+                .split_once("://")
+                .map_or("https", |(scheme, _)| scheme),
+            None if self.policy.insecure => "http",
+            None => "https",
+        }
+    }
+
+    /// Appends the cookies that end a browser session. The device cookie stays: it
+    /// proves a past login, not a live session.
     pub fn clear_all(&self, headers: &mut HeaderMap) {
         headers.append(SET_COOKIE, self.set(ACCESS, "", "/", 0, true));
         headers.append(SET_COOKIE, self.set(REFRESH, "", "/v1/auth", 0, true));
-        headers.append(SET_COOKIE, self.set(CSRF, "", "/", 0, false));
+        headers.append(SET_COOKIE, self.set(self.csrf_name(), "", "/", 0, false));
     }
 
-    /// Refuses a request whose `Origin` (when it has one) is neither its own host nor
-    /// allowed: the check for cookie-authenticated writes and for WebSocket upgrades,
-    /// which browsers send cross-site with cookies attached.
+    /// The CSRF token of session `session_id`: an HMAC of it under a secret in the
+    /// store, so it is the same on every replica and useless for any other session.
+    pub fn csrf_token(&self, session_id: &str) -> String {
+        self.auth.session_binding(session_id)
+    }
+
+    /// Refuses a request whose `Origin` (when it has one) is neither this replica's own
+    /// origin, scheme included, nor the public origin, nor an allowed one: the check for
+    /// cookie-authenticated writes and for WebSocket upgrades, which browsers send
+    /// cross-site with cookies attached. The own origin is the `Host` under the public
+    /// origin's scheme, so a page served over plain http cannot write to the https site.
     pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         if let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
             let host = headers
                 .get(HOST)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let same_host = origin
-                .split_once("://")
-                .is_some_and(|(_, rest)| !host.is_empty() && rest == host);
-            if !same_host && !self.allowed_origins.iter().any(|o| o == origin) {
+            let own = !host.is_empty() && origin == format!("{}://{host}", self.scheme());
+            let public = self.public_origin.as_deref() == Some(origin);
+            if !own && !public && !self.policy.allowed_origins.iter().any(|o| o == origin) {
                 return Err(ApiError::new(
                     Code::CsrfFailed,
                     format!("origin {origin} may not send cookie-authenticated requests"),
@@ -72,27 +140,40 @@ impl CookiePolicy {
         Ok(())
     }
 
-    /// Refuses a cookie-authenticated unsafe request that did not come from an allowed
-    /// origin with the CSRF token.
-    pub fn check_csrf(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Refuses a cookie-authenticated unsafe request of session `session_id` that did
+    /// not come from an allowed origin with that session's CSRF token.
+    pub fn check_csrf(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        session_id: &str,
+    ) -> Result<(), ApiError> {
         if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
             return Ok(());
         }
         self.check_origin(headers)?;
-        let expected = cookie(headers, CSRF);
-        let presented = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-        match (expected, presented) {
-            (Some(expected), Some(presented))
-                if !expected.is_empty() && constant_time_eq(expected, presented) =>
-            {
-                Ok(())
-            }
+        let expected = self.csrf_token(session_id);
+        match headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(presented) if constant_time_eq(&expected, presented) => Ok(()),
             _ => Err(ApiError::new(
                 Code::CsrfFailed,
-                format!("send the {CSRF} cookie's value in the {CSRF_HEADER} header"),
+                format!(
+                    "send this session's CSRF token (the login's csrf_token, also in the {} cookie) in the {CSRF_HEADER} header",
+                    self.csrf_name()
+                ),
             )),
         }
     }
+}
+
+/// `scheme://host[:port]` of an http(s) URL, or `None` for anything else.
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    (!authority.is_empty()).then(|| format!("{scheme}://{authority}"))
 }
 
 /// The value of the cookie `name`, if the request sent it.
@@ -136,29 +217,13 @@ mod tests {
     }
 
     #[test]
-    fn csrf_needs_the_token_and_an_allowed_origin() {
-        let policy = CookiePolicy::default();
-        let post = Method::POST;
-        let good = headers(&[
-            ("host", "h:1"),
-            ("origin", "http://h:1"),
-            ("cookie", "herd_csrf=t"),
-            ("x-csrf-token", "t"),
-        ]);
-        assert!(policy.check_csrf(&post, &good).is_ok());
-        let cross = headers(&[
-            ("host", "h:1"),
-            ("origin", "http://evil"),
-            ("cookie", "herd_csrf=t"),
-            ("x-csrf-token", "t"),
-        ]);
-        assert!(policy.check_csrf(&post, &cross).is_err());
-        let no_token = headers(&[
-            ("host", "h:1"),
-            ("origin", "http://h:1"),
-            ("cookie", "herd_csrf=t"),
-        ]);
-        assert!(policy.check_csrf(&post, &no_token).is_err());
-        assert!(policy.check_csrf(&Method::GET, &no_token).is_ok());
+    fn the_public_origin_is_the_issuers_scheme_and_authority() {
+        assert_eq!(
+            origin_of("https://chat.example:8443/herd?x"),
+            Some("https://chat.example:8443".into())
+        );
+        assert_eq!(origin_of("http://h"), Some("http://h".into()));
+        assert_eq!(origin_of("urn:herd"), None);
+        assert_eq!(origin_of("https://"), None);
     }
 }

@@ -21,6 +21,9 @@ pub enum Code {
     InvalidToken,
     InvalidCredentials,
     TooManyAttempts,
+    TooManySignups,
+    TooManyRefreshes,
+    Busy,
     InvalidRefreshToken,
     UsernameTaken,
     CsrfFailed,
@@ -82,6 +85,21 @@ impl Code {
                 "too-many-attempts",
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many login attempts",
+            ),
+            TooManySignups => (
+                "too-many-signups",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many signups from this address",
+            ),
+            TooManyRefreshes => (
+                "too-many-refreshes",
+                StatusCode::TOO_MANY_REQUESTS,
+                "This session refreshed too often",
+            ),
+            Busy => (
+                "busy",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is busy",
             ),
             InvalidRefreshToken => (
                 "invalid-refresh-token",
@@ -258,6 +276,13 @@ impl ApiError {
         e
     }
 
+    /// A request refused for now: `code` with a `Retry-After` of `retry_after` seconds.
+    pub fn retry_later(code: Code, detail: String, retry_after: u64) -> ApiError {
+        let mut e = ApiError::new(code, detail);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn code(&self) -> Code {
         self.code
     }
@@ -327,6 +352,21 @@ impl From<AuthError> for ApiError {
                 ApiError::new(Code::InvalidCredentials, "check the username and password")
             }
             AuthError::Throttled { retry_after } => ApiError::too_many_attempts(retry_after),
+            AuthError::SignupThrottled { retry_after } => ApiError::retry_later(
+                Code::TooManySignups,
+                format!("too many signups from this address; try again in {retry_after} seconds"),
+                retry_after,
+            ),
+            AuthError::RefreshThrottled { retry_after } => ApiError::retry_later(
+                Code::TooManyRefreshes,
+                format!("this session refreshed too often; try again in {retry_after} seconds"),
+                retry_after,
+            ),
+            AuthError::Busy { retry_after } => ApiError::retry_later(
+                Code::Busy,
+                format!("every password-hashing slot is busy; try again in {retry_after} seconds"),
+                retry_after,
+            ),
             AuthError::InvalidRefresh(why) => ApiError::new(
                 Code::InvalidRefreshToken,
                 format!("the refresh token is {why}; log in again"),

@@ -6,7 +6,7 @@ use std::fmt;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::Json;
 use herd_identity::{AuthnError, Principal, Rejection};
 use serde_json::{Map, Value};
@@ -176,22 +176,34 @@ impl FromRequestParts<AppState> for Identity {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let credential = match bearer(parts) {
-            Ok(Some(token)) => token,
+        let (credential, via_cookie) = match bearer(parts) {
+            Ok(Some(token)) => (token, false),
             Ok(None) => match cookies::cookie(&parts.headers, cookies::ACCESS) {
                 Some(token) => {
-                    state.cookies().check_csrf(&parts.method, &parts.headers)?;
-                    token
+                    // The origin first: a cross-site request learns nothing, not even
+                    // whether its cookie is still good.
+                    if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+                        state.cookies().check_origin(&parts.headers)?;
+                    }
+                    (token, true)
                 }
                 None => return Err(state.reject(Rejection::Missing)),
             },
             Err(rejection) => return Err(state.reject(rejection)),
         };
-        match state.auth.authenticate(credential).await {
-            Ok(principal) => Ok(Identity(principal)),
-            Err(AuthnError::Rejected(rejection)) => Err(state.reject(rejection)),
-            Err(AuthnError::Unavailable(e)) => Err(ApiError::unavailable(e)),
+        let principal = match state.auth.authenticate(credential).await {
+            Ok(principal) => principal,
+            Err(AuthnError::Rejected(rejection)) => return Err(state.reject(rejection)),
+            Err(AuthnError::Unavailable(e)) => return Err(ApiError::unavailable(e)),
+        };
+        if via_cookie {
+            // The token must be this session's: one read from another session (say, the
+            // attacker's own login) does not pass.
+            state
+                .cookies()
+                .check_csrf(&parts.method, &parts.headers, principal.session_id())?;
         }
+        Ok(Identity(principal))
     }
 }
 

@@ -60,7 +60,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::chat::{ChatLimits, ChatState};
 use crate::client::TrustedProxies;
-use crate::cookies::CookiePolicy;
+use crate::cookies::{CookiePolicy, Cookies};
 use crate::error::{ApiError, Code, InternalError};
 use crate::metrics::Metrics;
 
@@ -104,6 +104,8 @@ pub struct AppState {
     /// Set once the replica has been told to stop: `/readyz` fails from then on, so
     /// balancers that check it stop sending requests before the listener closes.
     draining: Arc<AtomicBool>,
+    /// The cookie policy with this deployment's public origin and CSRF binding.
+    cookies: Arc<Cookies>,
 }
 
 impl AppState {
@@ -121,7 +123,9 @@ impl AppState {
         // Identity decides what time it is, for chat's timestamps too.
         let clock = auth.clone();
         let chat = Chat::new(auth.store().clone(), bus.clone(), move || clock.now());
+        let cookies = Arc::new(Cookies::new(config.cookies.clone(), auth.clone()));
         Ok(AppState {
+            cookies,
             auth,
             replica: config.replica_id.as_str().into(),
             metrics: Arc::default(),
@@ -163,8 +167,8 @@ impl AppState {
         self.live.open_connections()
     }
 
-    pub fn cookies(&self) -> &CookiePolicy {
-        &self.config.cookies
+    pub fn cookies(&self) -> &Cookies {
+        &self.cookies
     }
 
     pub fn trusted_proxies(&self) -> &TrustedProxies {
@@ -242,7 +246,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .or_insert(HeaderValue::from_static("no-referrer"));
     state
         .metrics
-        .record_request(method.as_str(), &route, status.as_u16(), started.elapsed());
+        .record_request(&method, &route, status.as_u16(), started.elapsed());
     tracing::debug!(%method, route, status = status.as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "served");
     response
 }

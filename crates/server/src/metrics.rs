@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::response::IntoResponse;
 
 use crate::AppState;
@@ -24,7 +24,7 @@ pub struct Metrics {
 
 #[derive(Debug, Default)]
 struct Inner {
-    requests: HashMap<(String, String, u16), u64>,
+    requests: HashMap<(&'static str, String, u16), u64>,
     latency: HashMap<String, Histogram>,
     auth_failures: HashMap<(&'static str, &'static str), u64>,
 }
@@ -37,12 +37,15 @@ struct Histogram {
 }
 
 impl Metrics {
-    pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+    /// Counts a request. `route` must be a matched route pattern (or a fixed stand-in),
+    /// never the path as sent: every label value comes from a set the server fixes, so
+    /// no client can add series.
+    pub fn record_request(&self, method: &Method, route: &str, status: u16, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *inner
             .requests
-            .entry((method.to_owned(), route.to_owned(), status))
+            .entry((method_label(method), route.to_owned(), status))
             .or_default() += 1;
         let h = inner.latency.entry(route.to_owned()).or_default();
         h.count += 1;
@@ -120,6 +123,23 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// The method as a label: one of the methods HTTP defines, or `other` for any token a
+/// client made up, so that made-up methods cannot grow the metrics without bound.
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "other",
     }
 }
 

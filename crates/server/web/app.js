@@ -78,7 +78,7 @@
   const HISTORY_SHOWN = 200;
 
   const state = {
-    csrf: sessionStorage.getItem(CSRF_KEY) || cookie('herd_csrf'),
+    csrf: sessionStorage.getItem(CSRF_KEY) || cookie('__Host-herd_csrf') || cookie('herd_csrf'),
     me: null,
     rooms: [],
     // The room picked: {id, name, lastSeq, loaded, subscribed}.

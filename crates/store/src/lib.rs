@@ -180,10 +180,21 @@ pub enum Rotation {
     Reused { session_id: String },
     /// The token's session was revoked before.
     SessionRevoked,
+    /// The session has refreshed as often as its limit allows: nothing was spent or
+    /// handed out; try again in `retry_after` seconds.
+    Throttled { retry_after: i64 },
     /// The token is past its expiry.
     Expired,
     /// No such token.
     Unknown,
+}
+
+/// How often one login session may refresh: a GCRA meter in whole seconds, a burst of
+/// `tolerance / interval` refreshes, then one every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshLimit {
+    pub interval: i64,
+    pub tolerance: i64,
 }
 
 /// One line of the revocation log.
@@ -191,7 +202,8 @@ pub enum Rotation {
 pub struct Revocation {
     pub id: i64,
     pub session_id: String,
-    /// When the last access token of the session expires; after it the line is moot.
+    /// The last second at which an access token of the session may still pass
+    /// verification (its expiry plus the leeway); after it the line is moot.
     pub expires_at: i64,
 }
 
@@ -313,6 +325,10 @@ impl Store {
     /// A spent token presented again within `grace` seconds of its spending is a
     /// [`Rotation::Replayed`]; later, it is a [`Rotation::Reused`] and revokes the
     /// session, logging a revocation that lasts until `access_expiry` seconds from now.
+    ///
+    /// With a `limit`, every refresh that hands a token out (a rotation or a replay) is
+    /// taken from the session's meter, in the same transaction; past it the answer is
+    /// [`Rotation::Throttled`] and nothing changes.
     pub async fn rotate_refresh(
         &self,
         presented: &[u8],
@@ -320,11 +336,23 @@ impl Store {
         now: i64,
         grace: i64,
         access_expiry: i64,
+        limit: Option<RefreshLimit>,
     ) -> Result<Rotation> {
         dispatch!(self, db => {
-            db.rotate_refresh(presented, successor, now, grace, access_expiry)
+            db.rotate_refresh(presented, successor, now, grace, access_expiry, limit)
                 .await
         })
+    }
+
+    /// The session a refresh token (by hash) belongs to, spent or not.
+    pub async fn refresh_token_session(&self, hash: &[u8]) -> Result<Option<String>> {
+        dispatch!(self, db => db.refresh_token_session(hash).await)
+    }
+
+    /// How many rows the `sessions` and `refresh_tokens` tables hold, in that order: for
+    /// tests and operators checking that pruning and the refresh limit keep them bounded.
+    pub async fn session_rows(&self) -> Result<(i64, i64)> {
+        dispatch!(self, db => db.session_rows().await)
     }
 
     /// Revokes a session: its refresh tokens stop working and a revocation is logged
@@ -349,8 +377,10 @@ impl Store {
         dispatch!(self, db => db.last_revocation_id().await)
     }
 
-    /// Deletes revocations and refresh tokens that can no longer matter. Spent tokens are
-    /// kept until they expire, so that a replay is recognised as reuse all that time.
+    /// Deletes revocations, refresh tokens and login sessions that can no longer matter.
+    /// Spent tokens are kept until they expire, so that a replay is recognised as reuse
+    /// all that time; a session goes once it has no token left (logged out, revoked, or
+    /// every token expired), since nothing can then refresh it.
     pub async fn prune(&self, now: i64) -> Result<u64> {
         dispatch!(self, db => db.prune(now).await)
     }

@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_events"),
     migration!(3, "0003_shared_sessions"),
     migration!(4, "0004_chat"),
+    migration!(5, "0005_refresh_limit"),
 ];
 
 fn known() -> i64 {

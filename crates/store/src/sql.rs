@@ -16,8 +16,8 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Tran
 use crate::dialect::{Dialect, Lock};
 use crate::migrate;
 use crate::{
-    Event, NewRefresh, Result, Revocation, Rotation, SessionOwner, SigningKeyRecord, StoreError,
-    UserRecord,
+    Event, NewRefresh, RefreshLimit, Result, Revocation, Rotation, SessionOwner, SigningKeyRecord,
+    StoreError, UserRecord,
 };
 
 /// A pool of one backend, with the store's operations on it.
@@ -143,6 +143,7 @@ where
         now: i64,
         grace: i64,
         access_expiry: i64,
+        limit: Option<RefreshLimit>,
     ) -> Result<Rotation> {
         let mut tx = DB::begin(&self.pool).await?;
         // The write comes first. On SQLite the transaction then holds the write lock from
@@ -180,6 +181,10 @@ where
         let revoked_at: Option<i64> = row.get(3);
 
         if spent == 1 {
+            if let Some(wait) = take_refresh(&mut tx, &owner.session_id, now, limit).await? {
+                // Dropping the transaction rolls the spending back: the token stays live.
+                return Ok(Rotation::Throttled { retry_after: wait });
+            }
             insert_refresh(&mut tx, &owner.session_id, now, successor).await?;
             tx.commit().await?;
             return Ok(Rotation::Rotated(owner));
@@ -192,7 +197,15 @@ where
             // Unspent, unexpired and unrevoked, yet the update missed it: impossible
             // inside one transaction, so treat it as unknown rather than guess.
             None => Ok(Rotation::Unknown),
-            Some(at) if now - at <= grace => Ok(Rotation::Replayed(owner)),
+            Some(at) if now - at <= grace => {
+                // A replay mints access tokens like a rotation does, so it is metered
+                // like one: the grace window is no way around the session's limit.
+                if let Some(wait) = take_refresh(&mut tx, &owner.session_id, now, limit).await? {
+                    return Ok(Rotation::Throttled { retry_after: wait });
+                }
+                tx.commit().await?;
+                Ok(Rotation::Replayed(owner))
+            }
             Some(_) => {
                 revoke_in(&mut tx, &owner.session_id, now, access_expiry).await?;
                 tx.commit().await?;
@@ -201,6 +214,26 @@ where
                 })
             }
         }
+    }
+
+    pub(crate) async fn refresh_token_session(&self, hash: &[u8]) -> Result<Option<String>> {
+        let select =
+            sqlx::query("SELECT session_id FROM refresh_tokens WHERE hash = $1").bind(hash);
+        Ok(self.pool.fetch_optional(select).await?.map(|r| r.get(0)))
+    }
+
+    pub(crate) async fn session_rows(&self) -> Result<(i64, i64)> {
+        let sessions = self
+            .pool
+            .fetch_one(sqlx::query("SELECT COUNT(*) FROM sessions"))
+            .await?
+            .get(0);
+        let tokens = self
+            .pool
+            .fetch_one(sqlx::query("SELECT COUNT(*) FROM refresh_tokens"))
+            .await?
+            .get(0);
+        Ok((sessions, tokens))
     }
 
     pub(crate) async fn revoke_session(
@@ -222,7 +255,7 @@ where
     ) -> Result<Vec<Revocation>> {
         let select = sqlx::query(
             "SELECT id, session_id, expires_at FROM revocations \
-             WHERE id > $1 AND expires_at > $2 ORDER BY id",
+             WHERE id > $1 AND expires_at >= $2 ORDER BY id",
         )
         .bind(after_id)
         .bind(now);
@@ -247,12 +280,19 @@ where
 
     pub(crate) async fn prune(&self, now: i64) -> Result<u64> {
         let mut tx = DB::begin(&self.pool).await?;
-        let revocations = sqlx::query("DELETE FROM revocations WHERE expires_at <= $1").bind(now);
+        let revocations = sqlx::query("DELETE FROM revocations WHERE expires_at < $1").bind(now);
         let revocations = DB::rows_affected(&tx.execute(revocations).await?);
         let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1").bind(now);
         let tokens = DB::rows_affected(&tx.execute(tokens).await?);
+        // Sessions are created with their first token in one transaction, so one without
+        // any is over: logged out or revoked (which delete its tokens), or expired.
+        let sessions = sqlx::query(
+            "DELETE FROM sessions WHERE NOT EXISTS \
+             (SELECT 1 FROM refresh_tokens t WHERE t.session_id = sessions.id)",
+        );
+        let sessions = DB::rows_affected(&tx.execute(sessions).await?);
         tx.commit().await?;
-        Ok(revocations + tokens)
+        Ok(revocations + tokens + sessions)
     }
 
     pub(crate) async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
@@ -409,6 +449,45 @@ where
     .bind(refresh.expires_at);
     tx.execute(insert).await?;
     Ok(())
+}
+
+/// Takes one refresh from session `session_id`'s meter, or returns how many seconds until
+/// it has room. The check and the take are one statement on the session's row, so
+/// concurrent refreshes of one session queue on its row lock and each sees the last.
+async fn take_refresh<DB>(
+    tx: &mut Transaction<'static, DB>,
+    session_id: &str,
+    now: i64,
+    limit: Option<RefreshLimit>,
+) -> Result<Option<i64>>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
+    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
+{
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    let take = sqlx::query(
+        "UPDATE sessions SET refresh_tat = \
+         (CASE WHEN refresh_tat > $1 THEN refresh_tat ELSE $1 END) + $2 \
+         WHERE id = $3 AND (CASE WHEN refresh_tat > $1 THEN refresh_tat ELSE $1 END) + $2 - $1 <= $4",
+    )
+    .bind(now)
+    .bind(limit.interval)
+    .bind(session_id)
+    .bind(limit.tolerance);
+    if DB::rows_affected(&tx.execute(take).await?) == 1 {
+        return Ok(None);
+    }
+    let select = sqlx::query("SELECT refresh_tat FROM sessions WHERE id = $1").bind(session_id);
+    let tat: i64 = tx.fetch_one(select).await?.get(0);
+    Ok(Some(
+        (tat.max(now) + limit.interval - limit.tolerance - now).max(1),
+    ))
 }
 
 async fn revoke_in<DB>(

@@ -53,7 +53,12 @@ impl Browser {
         assert_eq!(body["token_type"], "cookie");
         let csrf = body["csrf_token"].as_str().expect("csrf").to_owned();
         let mut cookies = Vec::new();
-        for name in ["herd_access", "herd_refresh", "herd_csrf"] {
+        for name in [
+            "herd_access",
+            "herd_refresh",
+            "herd_csrf",
+            "__Host-herd_csrf",
+        ] {
             if let Some(v) = cookie_value(&set, name) {
                 cookies.push((name.to_owned(), v));
             }
@@ -118,8 +123,8 @@ async fn cookie_login_and_csrf(strategy: Strategy) {
     }
     let csrf_cookie = set
         .iter()
-        .find(|c| c.starts_with("herd_csrf="))
-        .expect("csrf cookie");
+        .find(|c| c.starts_with("__Host-herd_csrf="))
+        .expect("csrf cookie, __Host- prefixed since cookies are Secure");
     assert!(
         !csrf_cookie.contains("HttpOnly"),
         "the page must be able to read the CSRF token"

@@ -42,6 +42,11 @@ pub struct Options {
     pub hash: HashParams,
     /// `--allowed-origin`: origins besides the replica's own that may use its cookies.
     pub allowed_origins: Vec<String>,
+    /// `--issuer`, whose origin is the public origin cookie-authenticated writes may
+    /// come from.
+    pub issuer: String,
+    /// How long a signup or login waits for a password-hashing slot.
+    pub hash_permit_wait: Duration,
 }
 
 /// Which bus a test replica relays news over.
@@ -71,6 +76,8 @@ impl Default for Options {
             trusted_proxies: TrustedProxies::default(),
             hash: CHEAP_HASH,
             allowed_origins: vec![],
+            issuer: "http://herd.test".into(),
+            hash_permit_wait: Duration::from_secs(5),
         }
     }
 }
@@ -151,8 +158,9 @@ async fn spawn_on(
     options: Options,
 ) -> TestApp {
     let store = herd_store::Store::connect(&database).await.expect("store");
-    let mut config = AuthConfig::new("http://herd.test", "herd");
+    let mut config = AuthConfig::new(options.issuer.clone(), "herd");
     config.hash = options.hash;
+    config.hash_permit_wait = options.hash_permit_wait;
     config.throttle = options.throttle.clone();
     config.key_publish_delay = options.key_publish_delay;
     config.access_ttl = options.access_ttl;

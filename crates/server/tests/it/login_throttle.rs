@@ -18,9 +18,12 @@ fn rate(attempts: u32, period_secs: i64) -> Option<Rate> {
     })
 }
 
+/// Failed logins per (account, address) and attempts per address; the per-account
+/// ceiling over all addresses is off here (`lockout.rs` tests it).
 fn limits(account: Option<Rate>, address: Option<Rate>) -> ThrottleConfig {
     ThrottleConfig {
-        account,
+        account: None,
+        account_address: account,
         address,
         ..ThrottleConfig::default()
     }

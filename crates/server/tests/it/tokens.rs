@@ -408,6 +408,17 @@ async fn every_bad_token_is_a_401_with_its_own_reason() {
             f.with_claim("iat", json!(f.now + 3600)),
             "issued_in_future",
         ),
+        // Signed with the real key, as with a leaked one: it must not live for years.
+        (
+            "a lifetime of ten years".into(),
+            f.with_claim("exp", json!(f.now + 10 * 365 * 86_400)),
+            "lifetime_too_long",
+        ),
+        (
+            "a lifetime one second over the access TTL plus the leeway".into(),
+            f.with_claim("exp", json!(f.now + 306)),
+            "lifetime_too_long",
+        ),
         (
             "duplicate key in the payload".into(),
             duplicate_claim,

@@ -70,6 +70,7 @@ async fn revoking_twice_logs_once(db: TestDb) {
             NOW + 2,
             30,
             NOW + 302,
+            None,
         )
         .await
         .expect("rotate refresh");
@@ -121,9 +122,15 @@ async fn the_log_reads_in_id_order_after_an_id_and_skips_the_moot(db: TestDb) {
         .await
         .expect("revocations since");
     assert_eq!(after_a, all[1..]);
-    // A line is moot once the session's last access token has expired.
-    let later = store
+    // A line holds through its expiry, the last second a token may still pass, and is
+    // moot after it.
+    let at_expiry = store
         .revocations_since(0, NOW + 50)
+        .await
+        .expect("revocations since");
+    assert_eq!(at_expiry, all);
+    let later = store
+        .revocations_since(0, NOW + 51)
         .await
         .expect("revocations since");
     assert_eq!(later, [all[0].clone(), all[2].clone()]);
@@ -151,8 +158,14 @@ async fn prune_deletes_what_can_no_longer_matter(db: TestDb) {
         .expect("revoke session");
 
     // One revocation and one refresh token are past it; the revoked sessions' tokens
-    // went with the revocation.
-    assert_eq!(store.prune(NOW + 150).await.expect("prune"), 2);
+    // went with the revocation. Three sessions are left without a token (the two
+    // revoked, and the one whose token expired) and go too.
+    assert_eq!(store.prune(NOW + 150).await.expect("prune"), 2 + 3);
+    assert_eq!(
+        store.session_rows().await.expect("rows"),
+        (1, 1),
+        "the live session and its token"
+    );
     assert_eq!(store.prune(NOW + 150).await.expect("prune"), 0);
 
     let left = store
@@ -169,7 +182,7 @@ async fn prune_deletes_what_can_no_longer_matter(db: TestDb) {
                 expires_at: NOW + 3600,
             };
             store
-                .rotate_refresh(token.as_bytes(), next, NOW + 1, 30, NOW + 300)
+                .rotate_refresh(token.as_bytes(), next, NOW + 1, 30, NOW + 300, None)
                 .await
                 .expect("rotate refresh")
         }

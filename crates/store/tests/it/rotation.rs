@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use herd_store::{NewRefresh, Revocation, Rotation, SessionOwner, Store};
+use herd_store::{NewRefresh, RefreshLimit, Revocation, Rotation, SessionOwner, Store};
 use tokio::sync::Barrier;
 
 use crate::harness::{self, TestDb, NOW};
@@ -15,6 +15,7 @@ backend_tests!(
     an_unknown_token_is_unknown,
     a_token_that_outlived_its_sessions_revocation_is_session_revoked,
     racing_rotations_of_one_token_have_exactly_one_winner,
+    a_session_past_its_refresh_limit_is_throttled_and_nothing_is_spent,
 );
 
 const GRACE: i64 = 30;
@@ -30,7 +31,7 @@ fn next(hash: &[u8]) -> NewRefresh<'_> {
 
 async fn rotate(store: &Store, presented: &[u8], successor: &[u8], now: i64) -> Rotation {
     store
-        .rotate_refresh(presented, next(successor), now, GRACE, ACCESS_EXPIRY)
+        .rotate_refresh(presented, next(successor), now, GRACE, ACCESS_EXPIRY, None)
         .await
         .expect("rotating")
 }
@@ -191,7 +192,7 @@ async fn racing_rotations_of_one_token_have_exactly_one_winner(db: TestDb) {
                 tokio::spawn(async move {
                     barrier.wait().await;
                     let outcome = store
-                        .rotate_refresh(&token, next(&successor), NOW, GRACE, ACCESS_EXPIRY)
+                        .rotate_refresh(&token, next(&successor), NOW, GRACE, ACCESS_EXPIRY, None)
                         .await;
                     (successor, outcome)
                 })
@@ -231,5 +232,50 @@ async fn racing_rotations_of_one_token_have_exactly_one_winner(db: TestDb) {
             .await
             .expect("revocations since"),
         Vec::<Revocation>::new()
+    );
+}
+
+async fn a_session_past_its_refresh_limit_is_throttled_and_nothing_is_spent(db: TestDb) {
+    let (store, owner) = with_session(&db).await;
+    // A burst of 2, then one every 10 s.
+    let limit = Some(RefreshLimit {
+        interval: 10,
+        tolerance: 20,
+    });
+    let limited = |presented: &'static [u8], successor: &'static [u8], now: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .rotate_refresh(presented, next(successor), now, GRACE, ACCESS_EXPIRY, limit)
+                .await
+                .expect("rotating")
+        }
+    };
+    assert_eq!(
+        limited(b"t0", b"t1", NOW).await,
+        Rotation::Rotated(owner.clone())
+    );
+    assert_eq!(
+        limited(b"t0", b"t1", NOW).await,
+        Rotation::Replayed(owner.clone()),
+        "a replay takes from the meter too"
+    );
+    assert_eq!(
+        limited(b"t1", b"t2", NOW).await,
+        Rotation::Throttled { retry_after: 10 }
+    );
+    assert_eq!(
+        limited(b"t0", b"t1", NOW + 5).await,
+        Rotation::Throttled { retry_after: 5 }
+    );
+    assert_eq!(
+        store.session_rows().await.expect("rows"),
+        (1, 2),
+        "the refused rotation stored nothing"
+    );
+    assert_eq!(
+        limited(b"t1", b"t2", NOW + 10).await,
+        Rotation::Rotated(owner),
+        "t1 was left unspent, and one refresh has refilled"
     );
 }
