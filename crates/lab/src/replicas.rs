@@ -99,6 +99,9 @@ pub(crate) struct Cluster {
     turn: AtomicUsize,
     stopping: AtomicBool,
     exited: Notify,
+    /// Told whenever a replica leaves rotation (down or dead), so that requests waiting
+    /// on it can give up and go elsewhere.
+    left: Notify,
     /// The replicas were started elsewhere ([`crate::balance`]): none is spawned here.
     fixed: bool,
     pub client: Client<HttpConnector, ProxyBody>,
@@ -131,6 +134,7 @@ impl Cluster {
             turn: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             exited: Notify::new(),
+            left: Notify::new(),
             fixed: false,
             client,
             log,
@@ -178,6 +182,9 @@ impl Cluster {
     pub fn add(self: &Arc<Self>) -> Result<ReplicaView, LabError> {
         if self.fixed {
             return Err(LabError::FixedUpstreams);
+        }
+        if self.running() >= self.config.max_replicas {
+            return Err(LabError::TooManyReplicas(self.config.max_replicas));
         }
         let id = format!("r{}", self.numbers.fetch_add(1, Ordering::Relaxed) + 1);
         self.slots().push(Slot {
@@ -295,6 +302,7 @@ impl Cluster {
             }
         };
         self.exited.notify_waiters();
+        self.left.notify_waiters();
         let stopping = self.stopping.load(Ordering::SeqCst);
         let status = describe(status);
         if stopping || drained {
@@ -339,6 +347,7 @@ impl Cluster {
                 (State::Up, false) => {
                     slot.state = State::Down;
                     tracing::warn!(replica = %id, %addr, "replica failed its readiness check");
+                    self.left.notify_waiters();
                 }
                 _ => {}
             }
@@ -391,8 +400,36 @@ impl Cluster {
             if slot.state == State::Up {
                 slot.state = State::Down;
                 tracing::warn!(replica = %target.id, "a connection to the replica failed: taken out until /readyz passes");
+                self.left.notify_waiters();
             }
         }
+    }
+
+    /// Resolves once `target` is down, dead or replaced by a new incarnation. A draining
+    /// replica is still finishing its requests, so it has not left.
+    pub async fn left_rotation(&self, target: &Target) {
+        loop {
+            let left = self.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            let serving = self.slots().iter().any(|s| {
+                s.id == target.id
+                    && s.generation == target.generation
+                    && matches!(s.state, State::Up | State::Draining | State::Starting)
+            });
+            if !serving {
+                return;
+            }
+            left.await;
+        }
+    }
+
+    /// Replicas that are running or starting: what `max_replicas` bounds.
+    fn running(&self) -> usize {
+        self.slots()
+            .iter()
+            .filter(|s| s.state != State::Dead)
+            .count()
     }
 
     pub fn served(&self, target: &Target) {

@@ -25,6 +25,8 @@ pub enum Code {
     NotFound,
     MethodNotAllowed,
     NotAWebSocket,
+    IncompleteBody,
+    RequestTimeout,
     Unavailable,
     Internal,
 }
@@ -104,6 +106,16 @@ impl Code {
                 "not-a-websocket",
                 StatusCode::BAD_REQUEST,
                 "This path takes only a WebSocket upgrade",
+            ),
+            IncompleteBody => (
+                "incomplete-body",
+                StatusCode::BAD_REQUEST,
+                "The request body ended before its declared length",
+            ),
+            RequestTimeout => (
+                "request-timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                "The request did not arrive in time",
             ),
             Unavailable => (
                 "unavailable",

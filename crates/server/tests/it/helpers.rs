@@ -42,6 +42,8 @@ pub struct Options {
     pub hash: HashParams,
     /// `--allowed-origin`: origins besides the replica's own that may use its cookies.
     pub allowed_origins: Vec<String>,
+    /// Header size, header-read and idle timeouts of the replica's connections.
+    pub connections: herd_server::ConnectionLimits,
 }
 
 /// Which bus a test replica relays news over.
@@ -71,6 +73,7 @@ impl Default for Options {
             trusted_proxies: TrustedProxies::default(),
             hash: CHEAP_HASH,
             allowed_origins: vec![],
+            connections: herd_server::ConnectionLimits::default(),
         }
     }
 }
@@ -184,6 +187,7 @@ async fn spawn_on(
             },
             chat: options.chat.clone(),
             trusted_proxies: options.trusted_proxies.clone(),
+            connections: options.connections,
         },
     )
     .expect("state");

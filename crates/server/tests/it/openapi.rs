@@ -38,6 +38,7 @@ async fn state(dir: &tempfile::TempDir) -> AppState {
             },
             chat: herd_server::chat::ChatLimits::default(),
             trusted_proxies: Default::default(),
+            connections: Default::default(),
         },
     )
     .expect("state")
