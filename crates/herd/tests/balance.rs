@@ -175,10 +175,7 @@ async fn balance_spreads_requests_over_upstreams_and_routes_around_one_that_stop
 
 /// Two replicas behind `herd balance`, with `flags` for the balancer; returns the
 /// processes (kept alive by the caller), the balancer's address and the replicas'.
-async fn balanced(
-    dir: &tempfile::TempDir,
-    flags: &[&str],
-) -> (Vec<Process>, String, [String; 2]) {
+async fn balanced(dir: &tempfile::TempDir, flags: &[&str]) -> (Vec<Process>, String, [String; 2]) {
     let db = database(dir);
     let (a, addr_a) = replica(&db, "a");
     let (b, addr_b) = replica(&db, "b");
@@ -246,7 +243,9 @@ async fn requests_a_replica_refuses_do_not_take_it_out_of_the_balancer() {
             .send()
             .await
             .expect("healthz");
-        assert_eq!(normal.status(), 200, "after {served} served");
+        let status = normal.status();
+        let body = normal.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "after {served} served: {body}");
         served += 1;
         let table = states(&http, &base).await;
         let replicas = table["replicas"].as_array().expect("replicas");
@@ -284,7 +283,11 @@ async fn a_post_asking_for_an_h2c_upgrade_is_answered_not_hung() {
         body.len()
     );
     let status = common::raw::status_of(&listen, request.as_bytes()).await;
-    assert_eq!(status, Some(401), "an unknown user's login is refused as usual");
+    assert_eq!(
+        status,
+        Some(401),
+        "an unknown user's login is refused as usual"
+    );
 }
 
 #[tokio::test]
@@ -371,7 +374,11 @@ async fn many_idle_connections_do_not_keep_a_replica_or_the_balancer_from_answer
     }
 }
 
-fn spawn_command(mut command: std::process::Command, args: &[&str], serving: &str) -> (Process, String) {
+fn spawn_command(
+    mut command: std::process::Command,
+    args: &[&str],
+    serving: &str,
+) -> (Process, String) {
     let mut child = command
         .args(["--log-format", "json"])
         .args(args)

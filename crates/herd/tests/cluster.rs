@@ -554,8 +554,8 @@ async fn a_paused_replica_costs_a_safe_request_a_retry_not_an_error() {
 }
 
 #[tokio::test]
-async fn the_admin_api_refuses_a_rebound_host_a_post_without_its_header_and_replicas_past_the_cap(
-) {
+async fn the_admin_api_refuses_a_rebound_host_a_post_without_its_header_and_replicas_past_the_cap()
+{
     let cluster = Cluster::start(&["--max-replicas", "3"]);
     cluster.wait_for("two replicas up", all_up(2)).await;
     let port = cluster.listen.rsplit(':').next().expect("port");
