@@ -13,7 +13,8 @@
 #                    an older one: NGINX_CONF=<(git show REV:deploy/nginx.conf)
 #   ATTACKERS=4      attacker connections at once
 #   ATTACKS=20       requests each attacker sends (crowded GETs and 1 MiB POSTs), one
-#                    every half second, so the attack lasts as long as the normal client
+#                    every ATTACK_INTERVAL seconds
+#   ATTACK_INTERVAL=0.5  pause between one attacker's requests (0: back to back)
 #   NORMAL=40        a normal client's GET /healthz during the attack, 4 a second
 #   PAUSED=10        GET /healthz while one replica is SIGSTOPped
 #
@@ -37,7 +38,7 @@ fi
 [[ -x $HERD ]] || { echo "error: no herd at $HERD" >&2; exit 1; }
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 NGINX_CONF=${NGINX_CONF:-$ROOT/deploy/nginx.conf}
-export HERD NGINX_BIN ATTACKERS=${ATTACKERS:-4} ATTACKS=${ATTACKS:-20} NORMAL=${NORMAL:-40} PAUSED=${PAUSED:-10}
+export HERD NGINX_BIN ATTACK_INTERVAL=${ATTACK_INTERVAL:-0.5} ATTACKERS=${ATTACKERS:-4} ATTACKS=${ATTACKS:-20} NORMAL=${NORMAL:-40} PAUSED=${PAUSED:-10}
 CONF_COPY=$(mktemp)
 trap 'rm -f "$CONF_COPY"' EXIT
 cat "$NGINX_CONF" >"$CONF_COPY"
@@ -51,6 +52,7 @@ HERD = os.environ["HERD"]
 NGINX = os.environ["NGINX_BIN"]
 ATTACKERS, ATTACKS = int(os.environ["ATTACKERS"]), int(os.environ["ATTACKS"])
 NORMAL, PAUSED = int(os.environ["NORMAL"]), int(os.environ["PAUSED"])
+INTERVAL = float(os.environ["ATTACK_INTERVAL"])
 TIMEOUT = 60
 CHEAP = ["--argon2-memory-kib", "64", "--argon2-iterations", "1"]
 env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_")}
@@ -139,7 +141,7 @@ def under_attack(addr, watch_cluster):
             if stop.is_set():
                 return
             send(addr, crowded(addr) if i % 2 == 0 else huge(addr))
-            time.sleep(0.5)
+            time.sleep(INTERVAL)
 
     threads = [threading.Thread(target=attacker, daemon=True) for _ in range(ATTACKERS)]
     for t in threads:
@@ -242,7 +244,7 @@ finally:
     shutil.rmtree(work, ignore_errors=True)
 
 print(f"herd: {HERD}")
-print(f"attack: {ATTACKERS} attackers x {ATTACKS} requests, 2/s each (crowded GET /healthz, 1 MiB POST); "
+print(f"attack: {ATTACKERS} attackers x {ATTACKS} requests, {INTERVAL} s apart (crowded GET /healthz, 1 MiB POST); "
       f"normal client: {NORMAL} GET /healthz at 4/s; paused: {PAUSED} GET /healthz, one replica SIGSTOPped")
 print()
 print("| balancer | normal requests failed under attack | a replica out during the attack | slowest request, paused replica | failed, paused replica |")
