@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -174,8 +175,12 @@ async fn balance_spreads_requests_over_upstreams_and_routes_around_one_that_stop
 // --- The edge: what a client with no account can do to the balancer and the replicas.
 
 /// Two replicas behind `herd balance`, with `flags` for the balancer; returns the
-/// processes (kept alive by the caller), the balancer's address and the replicas'.
-async fn balanced(dir: &tempfile::TempDir, flags: &[&str]) -> (Vec<Process>, String, [String; 2]) {
+/// processes (kept alive by the caller), the balancer's address, the replicas' and the
+/// balancer's log lines so far (collected as they come).
+async fn balanced(
+    dir: &tempfile::TempDir,
+    flags: &[&str],
+) -> (Vec<Process>, String, [String; 2], Arc<Mutex<Vec<String>>>) {
     let db = database(dir);
     let (a, addr_a) = replica(&db, "a");
     let (b, addr_b) = replica(&db, "b");
@@ -188,12 +193,26 @@ async fn balanced(dir: &tempfile::TempDir, flags: &[&str]) -> (Vec<Process>, Str
         &upstreams,
     ];
     args.extend_from_slice(flags);
-    let (balancer, listen) = spawn(&args, "balancer is serving");
+    let mut child = herd()
+        .args(["--log-format", "json"])
+        .args(&args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herd balance");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let listen = listen_address(&mut lines, "balancer is serving");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().expect("log").push(line);
+        }
+    });
     let base = format!("http://{listen}");
     let http = reqwest::Client::new();
     wait_for_state(&http, &base, &addr_a, "up").await;
     wait_for_state(&http, &base, &addr_b, "up").await;
-    (vec![balancer, a, b], listen, [addr_a, addr_b])
+    (vec![Process(child), a, b], listen, [addr_a, addr_b], log)
 }
 
 /// A 1 MiB JSON body (the most the balancer buffers), far over a replica's 64 KiB limit.
@@ -211,7 +230,7 @@ fn huge_post(host: &str) -> Vec<u8> {
 #[tokio::test]
 async fn requests_a_replica_refuses_do_not_take_it_out_of_the_balancer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_processes, listen, upstreams) = balanced(&dir, &[]).await;
+    let (_processes, listen, _, log) = balanced(&dir, &[]).await;
     let base = format!("http://{listen}");
     let http = reqwest::Client::new();
     // Four attackers at once, each alternating crowded requests with unread bodies and
@@ -247,31 +266,25 @@ async fn requests_a_replica_refuses_do_not_take_it_out_of_the_balancer() {
         let body = normal.text().await.unwrap_or_default();
         assert_eq!(status, 200, "after {served} served: {body}");
         served += 1;
-        let table = states(&http, &base).await;
-        let replicas = table["replicas"].as_array().expect("replicas");
-        assert!(
-            replicas.iter().all(|r| r["state"] == "up"),
-            "a replica was taken out during the attack: {table}"
-        );
     }
     for attacker in attackers {
         attacker.await.expect("attacker");
     }
-    // Neither replica was taken out, not even for a moment.
-    let table = states(&http, &base).await;
-    for addr in &upstreams {
-        let state = table["replicas"]
-            .as_array()
-            .and_then(|all| all.iter().find(|r| r["id"] == addr.as_str()))
-            .map(|r| r["state"].clone());
-        assert_eq!(state, Some(json!("up")), "{table}");
-    }
+    // Neither replica was taken out for what a request did to it, not even for a moment.
+    // (A replica too busy to answer /readyz within its second may still be, rightly: on a
+    // loaded machine that can happen under this attack, so the test does not ask.)
+    let log = log.lock().expect("log");
+    let taken_out: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("taken out until /readyz passes"))
+        .collect();
+    assert!(taken_out.is_empty(), "{taken_out:#?}");
 }
 
 #[tokio::test]
 async fn a_post_asking_for_an_h2c_upgrade_is_answered_not_hung() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_processes, listen, _) = balanced(&dir, &[]).await;
+    let (_processes, listen, _, _) = balanced(&dir, &[]).await;
     // What `curl --http2 -X POST` sends over plain http: the balancer used to take it for
     // a WebSocket, drop its body and forward its Content-Length, so the replica waited
     // for a body that never came.
@@ -293,7 +306,7 @@ async fn a_post_asking_for_an_h2c_upgrade_is_answered_not_hung() {
 #[tokio::test]
 async fn the_balancer_closes_slowloris_and_idle_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_processes, listen, _) = balanced(
+    let (_processes, listen, _, _) = balanced(
         &dir,
         &[
             "--balancer-header-read-timeout",
