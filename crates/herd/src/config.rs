@@ -46,6 +46,8 @@ pub enum Command {
     ///   POST /_cluster/replicas             add one
     ///   POST /_cluster/replicas/ID/kill     SIGKILL it (a crash)
     ///   POST /_cluster/replicas/ID/drain    stop routing to it, then SIGTERM it
+    /// Every POST must carry the header X-Herd-Admin (any value), and the Host must be a
+    /// loopback name, so that no web page can drive it (curl -H 'X-Herd-Admin: 1' ...).
     /// The balancer is for development and the lab, not for production: put nginx or a
     /// cloud balancer in front of `herd serve` replicas there.
     #[command(verbatim_doc_comment)]
