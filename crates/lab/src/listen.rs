@@ -72,18 +72,28 @@ pub(crate) async fn accept<F, Fut>(
 {
     let pressure = Arc::new(Notify::new());
     tokio::pin!(shutdown);
+    // Logged once a streak: accept fails every few milliseconds while it lasts.
+    let mut starved = false;
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, remote) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                starved = false;
+                accepted
+            }
             // EMFILE and ENFILE: out of file descriptors.
             Err(e) if matches!(e.raw_os_error(), Some(24 | 23)) => {
-                tracing::warn!("out of file descriptors: closing idle connections");
+                if !starved {
+                    tracing::warn!("out of file descriptors: closing idle connections");
+                    starved = true;
+                }
                 pressure.notify_waiters();
-                // Their tasks need a turn to close the sockets before accept can succeed.
+                // Their tasks need a turn to close the sockets before accept can succeed,
+                // and when none was idle accept would fail again at once: a short pause
+                // rather than a busy loop.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }

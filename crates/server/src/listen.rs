@@ -106,6 +106,8 @@ pub async fn run(
     let pressure = Arc::new(Notify::new());
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
+    // Logged once a streak: accept fails every few milliseconds while it lasts.
+    let mut starved = false;
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
@@ -113,15 +115,23 @@ pub async fn run(
             accepted = listener.accept() => accepted,
         };
         let (stream, remote) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                starved = false;
+                accepted
+            }
             Err(e) if is_out_of_descriptors(&e) => {
-                tracing::warn!(
-                    open = connections.len(),
-                    "out of file descriptors: closing idle connections"
-                );
+                if !starved {
+                    tracing::warn!(
+                        open = connections.len(),
+                        "out of file descriptors: closing idle connections"
+                    );
+                    starved = true;
+                }
                 pressure.notify_waiters();
-                // Their tasks need a turn to close the sockets before accept can succeed.
-                tokio::task::yield_now().await;
+                // Their tasks need a turn to close the sockets before accept can succeed,
+                // and when none was idle accept would fail again at once: a short pause
+                // rather than a busy loop.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
             Err(e) => {
