@@ -244,6 +244,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets the requests in
 /// flight finish. Runs the replica's upkeep (key-ring reload, revocation tail) meanwhile.
+/// Every connection lives under `ServerConfig::connections` (see [`listen`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
