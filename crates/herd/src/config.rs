@@ -46,6 +46,8 @@ pub enum Command {
     ///   POST /_cluster/replicas             add one
     ///   POST /_cluster/replicas/ID/kill     SIGKILL it (a crash)
     ///   POST /_cluster/replicas/ID/drain    stop routing to it, then SIGTERM it
+    /// Every POST must carry the header X-Herd-Admin (any value), and the Host must be a
+    /// loopback name, so that no web page can drive it (curl -H 'X-Herd-Admin: 1' ...).
     /// The balancer is for development and the lab, not for production: put nginx or a
     /// cloud balancer in front of `herd serve` replicas there.
     #[command(verbatim_doc_comment)]
@@ -176,6 +178,24 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HERD_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,
+
+    /// Largest request head (request line and headers) accepted, in bytes; a request may
+    /// carry as many headers as fit. Keep it above what the proxy in front forwards
+    /// (nginx: 4 x 8k by default), or a client can make this replica fail the proxy's
+    /// requests.
+    #[arg(long, env = "HERD_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// How long a client has to send a request head once it started (and a body of at
+    /// most --body-limit once its head arrived); a slower one is disconnected.
+    #[arg(long, env = "HERD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight and no byte either way for this long is
+    /// closed. Keep it longer than the keep-alive timeout of the proxy in front (nginx's
+    /// upstream keepalive_timeout, 60s), so the proxy closes idle connections first.
+    #[arg(long, env = "HERD_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 
     /// How often to reload the key ring and read new revocations from the store.
     #[arg(long, env = "HERD_UPKEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -346,6 +366,14 @@ pub struct ClusterArgs {
     #[arg(long, env = "HERD_CLUSTER_ADMIN_PUBLIC")]
     pub admin_public: bool,
 
+    /// Replicas that may run at once, those of --replicas included: POST
+    /// /_cluster/replicas starts no more (409).
+    #[arg(long, env = "HERD_CLUSTER_MAX_REPLICAS", default_value_t = herd_lab::DEFAULT_MAX_REPLICAS)]
+    pub max_replicas: usize,
+
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+
     /// More `herd serve` flags for every replica, after `--`
     /// (e.g. `-- --access-ttl 60s`).
     #[arg(last = true, value_name = "SERVE_FLAGS")]
@@ -362,6 +390,13 @@ impl ClusterArgs {
     ) -> anyhow::Result<herd_lab::ClusterConfig> {
         if self.replicas == 0 {
             bail!("--replicas must be at least 1");
+        }
+        if self.replicas > self.max_replicas {
+            bail!(
+                "--replicas {} is more than --max-replicas {}",
+                self.replicas,
+                self.max_replicas
+            );
         }
         if self.sessions == SessionsArg::Memory && !self.sticky {
             tracing::warn!(
@@ -390,6 +425,8 @@ impl ClusterArgs {
         config.respawn = self.respawn;
         config.admin_public = self.admin_public;
         config.sessions = Some(sessions.to_owned());
+        config.max_replicas = self.max_replicas;
+        config.edge = self.edge.limits()?;
         Ok(config)
     }
 }
@@ -423,6 +460,58 @@ pub struct BalanceArgs {
     /// loopback ones.
     #[arg(long, env = "HERD_BALANCE_ADMIN_PUBLIC")]
     pub admin_public: bool,
+
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// The development balancer's bounds (`herd cluster` and `herd balance`).
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// Largest request head a client may send through the balancer, in bytes (as many
+    /// headers as fit); below a replica's --max-header-bytes, so what passes, with
+    /// X-Forwarded-* added, a replica accepts.
+    #[arg(long = "balancer-max-header-bytes", env = "HERD_BALANCER_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// How long a client has to send a request head once it started (and a body the
+    /// balancer buffers once the head arrived).
+    #[arg(long = "balancer-header-read-timeout", env = "HERD_BALANCER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A client connection with no request in flight and no byte either way for this
+    /// long is closed.
+    #[arg(long = "balancer-idle-timeout", env = "HERD_BALANCER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long one try waits for a replica's response head. A safe request (GET, HEAD)
+    /// is then retried on another replica, and retried at once when its replica fails
+    /// /readyz meanwhile (paused, dying); other requests get 504.
+    #[arg(long, env = "HERD_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+impl EdgeArgs {
+    pub fn limits(&self) -> anyhow::Result<herd_lab::EdgeLimits> {
+        if self.max_header_bytes < 8192 {
+            bail!("--balancer-max-header-bytes must be at least 8192 bytes");
+        }
+        for (flag, value) in [
+            ("--balancer-header-read-timeout", self.header_read_timeout),
+            ("--balancer-idle-timeout", self.idle_timeout),
+            ("--upstream-timeout", self.upstream_timeout),
+        ] {
+            if value.is_zero() {
+                bail!("{flag} must be more than 0s");
+            }
+        }
+        Ok(herd_lab::EdgeLimits {
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            upstream_timeout: self.upstream_timeout,
+        })
+    }
 }
 
 impl BalanceArgs {
@@ -444,6 +533,7 @@ impl BalanceArgs {
             },
             health_interval: self.health_interval,
             admin_public: self.admin_public,
+            edge: self.edge.limits()?,
         })
     }
 }
@@ -784,6 +874,23 @@ impl ServeArgs {
 impl ServeArgs {
     pub fn trusted_proxies(&self) -> TrustedProxies {
         TrustedProxies::new(self.trusted_proxies.clone())
+    }
+
+    pub fn connection_limits(&self) -> anyhow::Result<herd_server::ConnectionLimits> {
+        if self.max_header_bytes < 8192 {
+            bail!("--max-header-bytes must be at least 8192 bytes");
+        }
+        if self.header_read_timeout.is_zero() {
+            bail!("--header-read-timeout must be more than 0s");
+        }
+        if self.idle_timeout.is_zero() {
+            bail!("--idle-timeout must be more than 0s");
+        }
+        Ok(herd_server::ConnectionLimits {
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        })
     }
 
     pub fn chat_limits(&self) -> anyhow::Result<ChatLimits> {

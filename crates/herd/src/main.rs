@@ -124,6 +124,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             chat: args.chat_limits()?,
             trusted_proxies: args.trusted_proxies(),
+            connections: args.connection_limits()?,
         },
     )
     .map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?

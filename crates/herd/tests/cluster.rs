@@ -80,6 +80,7 @@ impl Cluster {
     async fn admin(&self, path: &str) -> reqwest::Response {
         self.client
             .post(self.url(path))
+            .header("x-herd-admin", "1")
             .send()
             .await
             .expect("admin request")
@@ -602,4 +603,134 @@ fn a_cluster_whose_replicas_all_die_at_start_exits_with_their_error() {
             "{flags:?}: the replica's own words:\n{stderr}"
         );
     }
+}
+
+// --- The edge: a paused replica, and the admin API against DNS rebinding.
+
+/// Sends `signal` (STOP, CONT) to a process by pid.
+fn signal(pid: u64, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Resumes a SIGSTOPped replica when the test ends, pass or fail, so that the cluster
+/// can stop it.
+struct Paused(u64);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+#[tokio::test]
+async fn a_paused_replica_costs_a_safe_request_a_retry_not_an_error() {
+    let cluster = Cluster::start(&[]);
+    let table = cluster.wait_for("two replicas up", all_up(2)).await;
+    let token = cluster.login().await;
+    let pid = pid_of(table["replicas"].as_array().expect("replicas"), "r1").expect("r1's pid");
+    signal(pid, "STOP");
+    let _paused = Paused(pid);
+
+    let client = reqwest::Client::builder()
+        .timeout(common::raw::NEVER)
+        .build()
+        .expect("client");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let response = client
+            .get(cluster.url("/v1/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("an answer, not a request held on the paused replica");
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(response.status(), 200);
+        assert_eq!(replica_of(&response), "r2");
+    }
+    // A figure for docs/deploy.md, not an assertion: it depends on the machine.
+    eprintln!("slowest request around the paused replica: {slowest:?}");
+    cluster
+        .wait_for("r1 down", |r| state_of(r, "r1") == Some("down"))
+        .await;
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_a_rebound_host_and_a_post_without_its_header() {
+    let cluster = Cluster::start(&[]);
+    cluster.wait_for("two replicas up", all_up(2)).await;
+    let port = cluster.listen.rsplit(':').next().expect("port");
+
+    // A page at evil.example whose name now resolves to 127.0.0.1: same-origin with
+    // itself, so its Origin matches its Host, but the Host is not a loopback name.
+    let rebound = format!("evil.example:{port}");
+    let read = cluster
+        .client
+        .get(cluster.url("/_cluster/replicas"))
+        .header("host", &rebound)
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(read.status(), 403);
+    let kill = cluster
+        .client
+        .post(cluster.url("/_cluster/replicas/r1/kill"))
+        .header("host", &rebound)
+        .header("origin", format!("http://{rebound}"))
+        .header("x-herd-admin", "1")
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(kill.status(), 403);
+
+    // A simple cross-site form post carries no custom header.
+    let bare = cluster
+        .client
+        .post(cluster.url("/_cluster/replicas/r1/kill"))
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(bare.status(), 403);
+    let problem: Value = bare.json().await.expect("problem+json");
+    assert_eq!(problem["type"], "urn:herd:problem:csrf-failed", "{problem}");
+    // ... and so the preflight a page would need to add one is refused.
+    let preflight = cluster
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            cluster.url("/_cluster/replicas/r1/kill"),
+        )
+        .header("origin", "http://evil.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-herd-admin")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(!preflight.status().is_success(), "{}", preflight.status());
+    assert!(preflight
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    cluster.wait_for("r1 still up", all_up(2)).await;
+}
+
+#[tokio::test]
+async fn the_admin_api_starts_no_replicas_past_max_replicas() {
+    let cluster = Cluster::start(&["--max-replicas", "3"]);
+    cluster.wait_for("two replicas up", all_up(2)).await;
+    // The cap counts the replicas started with the cluster.
+    assert_eq!(cluster.admin("/_cluster/replicas").await.status(), 201);
+    let over = cluster.admin("/_cluster/replicas").await;
+    assert_eq!(over.status(), 409);
+    let problem: Value = over.json().await.expect("problem+json");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("--max-replicas")),
+        "{problem}"
+    );
 }

@@ -161,9 +161,25 @@ impl Nginx {
     /// Renders deploy/nginx.conf for `upstreams`, checks it, starts nginx and waits until
     /// it answers (bounded).
     async fn start(port: u16, upstreams: [&str; 2], sticky: bool) -> Nginx {
+        Nginx::start_edited(port, upstreams, sticky, &[]).await
+    }
+
+    /// [`Nginx::start`], with each `(from, to)` of `edits` substituted in the rendered
+    /// file (each `from` must occur there once).
+    async fn start_edited(
+        port: u16,
+        upstreams: [&str; 2],
+        sticky: bool,
+        edits: &[(&str, &str)],
+    ) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, render(upstreams, port, sticky)).expect("write conf");
+        let rendered = edits
+            .iter()
+            .fold(render(upstreams, port, sticky), |conf, (from, to)| {
+                substitute(conf, from, to)
+            });
+        std::fs::write(&conf, rendered).expect("write conf");
         nginx_check(&conf, dir.path());
         let child = Command::new(nginx_binary())
             .arg("-p")
@@ -489,4 +505,114 @@ async fn the_sticky_variant_pins_a_cookie_to_one_replica_until_it_dies() {
         let (served, _) = healthz(&client, &nginx, Some(pinned)).await;
         assert_eq!(served, "r2");
     }
+}
+
+// --- The edge: what a client with no account can do through nginx.
+
+#[tokio::test]
+#[ignore = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx"]
+async fn crowded_requests_with_unread_bodies_do_not_take_replicas_out_behind_nginx() {
+    let _ = nginx_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let r1 = Replica::start("r1", &db, &issuer);
+    let r2 = Replica::start("r2", &db, &issuer);
+    let nginx = Nginx::start(port, [r1.listen.as_str(), r2.listen.as_str()], false).await;
+    let client = reqwest::Client::new();
+    let addr = format!("127.0.0.1:{port}");
+    // 97 headers of the attacker's (nginx adds its own) and a 65,000-byte body to an
+    // endpoint that reads none: the replicas used to answer 431 and hang up on the body,
+    // nginx counted it against them, and after 20 of these every replica was out.
+    for round in 0..30 {
+        let attack = common::raw::crowded_healthz(&addr, 97, 65_000);
+        let status = common::raw::status_of(&addr, &attack).await;
+        assert_eq!(status, Some(200), "round {round}: {}", nginx.error_log());
+        let normal = client
+            .get(nginx.url("/healthz"))
+            .send()
+            .await
+            .expect("request through nginx");
+        assert_eq!(normal.status(), 200, "round {round}: {}", nginx.error_log());
+    }
+    let log = nginx.error_log();
+    assert!(
+        !log.contains("upstream"),
+        "nginx saw an upstream fail:\n{log}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx"]
+async fn nginx_retries_a_safe_request_off_a_paused_replica() {
+    let _ = nginx_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let r1 = Replica::start("r1", &db, &issuer);
+    let r2 = Replica::start("r2", &db, &issuer);
+    // A short read timeout, so the test does not wait out the committed 10 s.
+    let nginx = Nginx::start_edited(
+        port,
+        [r1.listen.as_str(), r2.listen.as_str()],
+        false,
+        &[("proxy_read_timeout 10s;", "proxy_read_timeout 1s;")],
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(common::raw::NEVER)
+        .build()
+        .expect("client");
+    let pid = r1.child.id().to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status();
+    assert!(stopped.is_ok_and(|s| s.success()), "kill -STOP {pid}");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..6 {
+        let started = Instant::now();
+        let response = client
+            .get(nginx.url("/healthz"))
+            .send()
+            .await
+            .expect("an answer, not a request held on the paused replica");
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(response.status(), 200, "{}", nginx.error_log());
+        assert_eq!(replica_of(&response), "r2");
+    }
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    // A figure for docs/deploy.md, not an assertion: it depends on the machine.
+    eprintln!("slowest request around the paused replica: {slowest:?}");
+    let log = nginx.error_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("timed out") && l.contains(&r1.listen)),
+        "nginx never gave up on the paused replica:\n{log}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx"]
+async fn nginx_closes_a_slowloris_connection() {
+    let _ = nginx_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let r1 = Replica::start("r1", &db, &issuer);
+    let r2 = Replica::start("r2", &db, &issuer);
+    let nginx = Nginx::start_edited(
+        port,
+        [r1.listen.as_str(), r2.listen.as_str()],
+        false,
+        &[("client_header_timeout 10s;", "client_header_timeout 1s;")],
+    )
+    .await;
+    let mut slow = common::raw::slowloris(&format!("127.0.0.1:{port}")).await;
+    assert!(
+        common::raw::closed_by_peer(&mut slow).await,
+        "nginx still holds an unfinished request head"
+    );
+    let healthz = reqwest::get(nginx.url("/healthz")).await.expect("healthz");
+    assert_eq!(healthz.status(), 200);
 }

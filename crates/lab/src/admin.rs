@@ -11,6 +11,11 @@
 //!
 //! A POST that carries an `Origin` must come from the balancer's own host (the page
 //! the replicas serve), so another site open in the same browser cannot kill replicas.
+//! Being loopback-only is not enough against DNS rebinding (a site whose name is made to
+//! resolve to 127.0.0.1 is, to the browser, same-origin with itself), so unless the API
+//! is public the `Host` must be a loopback name, and a POST must carry [`ADMIN_HEADER`]:
+//! a page on another origin can send that only after a CORS preflight, which this API
+//! refuses. The number of replicas a POST can start is capped (`max_replicas`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,6 +27,10 @@ use serde_json::json;
 use crate::balancer::ProxyBody;
 use crate::problem::{json, problem};
 use crate::replicas::{ActionError, Cluster};
+
+/// The header every state-changing admin request carries (any value): the cluster's
+/// page sends it; a cross-origin page cannot without a preflight, which is refused.
+pub const ADMIN_HEADER: &str = "x-herd-admin";
 
 pub(crate) async fn handle(
     cluster: &Arc<Cluster>,
@@ -35,11 +44,30 @@ pub(crate) async fn handle(
             "the cluster admin API answers loopback clients only (see --admin-public)",
         );
     }
-    if request.method() != Method::GET && !same_origin(request.headers()) {
+    if !cluster.config.admin_public && !loopback_host(request.headers()) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the cluster admin API answers to a loopback Host only (localhost, 127.0.0.1, [::1]) \
+             unless --admin-public: another name may be a page rebinding its DNS to this machine",
+        );
+    }
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !reads && !same_origin(request.headers()) {
         return problem(
             StatusCode::FORBIDDEN,
             "csrf-failed",
             "a cluster action must come from the cluster's own page (Origin differs from Host)",
+        );
+    }
+    if !reads && !request.headers().contains_key(ADMIN_HEADER) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "csrf-failed",
+            format!(
+                "a cluster action must carry the {ADMIN_HEADER} header (the cluster's page and \
+                 scripts send it; a page from another site cannot)"
+            ),
         );
     }
     let path = request.uri().path().trim_end_matches('/');
@@ -57,7 +85,7 @@ pub(crate) async fn handle(
         ),
         (["replicas"], Method::POST) => match cluster.add() {
             Ok(view) => json(StatusCode::CREATED, &view),
-            Err(e @ crate::LabError::FixedUpstreams) => {
+            Err(e @ (crate::LabError::FixedUpstreams | crate::LabError::TooManyReplicas(_))) => {
                 problem(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             Err(e) => {
@@ -107,6 +135,26 @@ pub(crate) fn allowed(ip: IpAddr, public: bool) -> bool {
     public || ip.to_canonical().is_loopback()
 }
 
+/// Whether the request names this machine by a loopback name or address: a page whose
+/// own name was rebound to 127.0.0.1 sends that name instead.
+fn loopback_host(headers: &hyper::HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // `[::1]:8080`: the address is between the brackets.
+        Some(rest) => rest.split_once(']').map_or("", |(inside, _)| inside),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
 /// Whether a state-changing request may come from where it says it comes from. Being
 /// loopback-only does not stop another site open in a developer's browser from posting
 /// to 127.0.0.1, so a browser's `Origin` must name this host; clients that send no
@@ -137,6 +185,39 @@ mod tests {
         assert!(!allowed(ip("::ffff:10.0.0.1"), false));
         assert!(!allowed(ip("2001:db8::1"), false));
         assert!(allowed(ip("192.168.1.20"), true));
+    }
+
+    #[test]
+    fn a_rebound_dns_name_is_not_a_loopback_host() {
+        use hyper::header::{HeaderValue, HOST};
+        let host = |value: &'static str| {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert(HOST, HeaderValue::from_static(value));
+            loopback_host(&headers)
+        };
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "[::1]",
+            "127.1.2.3:1",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for refused in [
+            "evil.example:8080",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "10.0.0.1:8080",
+            "[2001:db8::1]:8080",
+            "",
+        ] {
+            assert!(!host(refused), "{refused}");
+        }
+        assert!(!loopback_host(&hyper::HeaderMap::new()), "no Host");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,41 +43,36 @@ fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves, each under the cluster's
+/// [`EdgeLimits`](crate::EdgeLimits).
 pub(crate) async fn serve(
     cluster: Arc<Cluster>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, usually: wait for some to close.
-                    tracing::warn!("accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let limits = cluster.config.edge;
+    crate::listen::accept(listener, limits, shutdown, move |io, remote, activity| {
         let cluster = cluster.clone();
-        tokio::spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |request| {
                 let cluster = cluster.clone();
-                async move { Ok::<_, Infallible>(handle(cluster, remote, request).await) }
+                let in_flight = activity.begin();
+                async move {
+                    let response = handle(cluster, remote, request).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+            let connection = limits
+                .builder()
+                .serve_connection(io, service)
                 .with_upgrades();
             if let Err(e) = connection.await {
                 tracing::debug!(%remote, "client connection: {e}");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn handle(
@@ -89,7 +84,7 @@ async fn handle(
     if path == "/_cluster" || path.starts_with("/_cluster/") {
         return crate::admin::handle(&cluster, remote, request).await;
     }
-    if is_upgrade(request.headers()) {
+    if request.method() == Method::GET && is_websocket_upgrade(request.headers()) {
         return proxy_upgrade(&cluster, remote, request).await;
     }
     proxy(&cluster, remote, request).await
@@ -102,6 +97,8 @@ async fn proxy(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
     let affinity = affinity(&parts.headers);
+    // `Upgrade` goes too: only a WebSocket GET is upgraded (see `handle`), any other
+    // request that asks for one (`h2c` from curl --http2) is proxied as what it is.
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded(&mut parts.headers, remote);
 
@@ -113,13 +110,25 @@ async fn proxy(
     let buffered = if body.is_end_stream() {
         Some(Bytes::new())
     } else if length.is_some_and(|n| n <= RETRY_BODY_LIMIT) {
-        match body.collect().await {
-            Ok(collected) => Some(collected.to_bytes()),
-            Err(e) => {
+        // A client that stops sending its body is not waited for longer than for a head.
+        let deadline = cluster.config.edge.header_read_timeout;
+        match tokio::time::timeout(deadline, body.collect()).await {
+            Ok(Ok(collected)) => Some(collected.to_bytes()),
+            Ok(Err(e)) => {
                 return problem(
                     StatusCode::BAD_REQUEST,
                     "malformed-request",
                     format!("reading the request body: {e}"),
+                )
+            }
+            Err(_) => {
+                return problem(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request-timeout",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        deadline.as_secs()
+                    ),
                 )
             }
         }
@@ -129,60 +138,151 @@ async fn proxy(
             None => no_replica(),
             Some(target) => {
                 let outgoing = outgoing(&parts, &target, body.map_err(BoxError::from).boxed());
-                match cluster.client.request(outgoing).await {
+                match attempt(cluster, &target, outgoing, false).await {
                     Ok(response) => finish(cluster, &target, affinity.as_deref(), response),
-                    Err(e) => {
-                        if e.is_connect() {
-                            cluster.mark_down(&target);
-                        }
-                        bad_gateway(&target, &e)
-                    }
+                    Err(failure) => failure.answer(cluster, &target),
                 }
             }
         };
     };
     let body = buffered.unwrap_or_default();
+    // GET, HEAD, OPTIONS, TRACE: sending one twice changes nothing.
+    let repeatable = parts.method.is_safe();
 
     let Some(first) = cluster.pick(affinity.as_deref(), None) else {
         return no_replica();
     };
-    let error = match cluster
-        .client
-        .request(outgoing(&parts, &first, full(body.clone())))
-        .await
-    {
+    let outgoing_first = outgoing(&parts, &first, full(body.clone()));
+    let failure = match attempt(cluster, &first, outgoing_first, repeatable).await {
         Ok(response) => return finish(cluster, &first, affinity.as_deref(), response),
-        Err(e) => e,
+        Err(failure) => failure,
     };
-    cluster.mark_down(&first);
-    if !(error.is_connect() || parts.method.is_safe()) {
-        return bad_gateway(&first, &error);
+    if !(failure.never_reached() || repeatable) {
+        return failure.answer(cluster, &first);
     }
-    tracing::info!(replica = %first.id, "retrying on another replica: {error}");
+    failure.mark(cluster, &first);
+    tracing::info!(replica = %first.id, "retrying on another replica: {failure}");
     let Some(second) = cluster.pick(None, Some(&first.id)) else {
         return no_replica();
     };
-    match cluster
-        .client
-        .request(outgoing(&parts, &second, full(body)))
-        .await
+    match attempt(
+        cluster,
+        &second,
+        outgoing(&parts, &second, full(body)),
+        repeatable,
+    )
+    .await
     {
         Ok(response) => finish(cluster, &second, affinity.as_deref(), response),
-        Err(e) => {
-            cluster.mark_down(&second);
-            bad_gateway(&second, &e)
+        Err(failure) => failure.answer(cluster, &second),
+    }
+}
+
+/// Why one try at a replica brought no response.
+#[derive(Debug)]
+enum TryFailure {
+    /// No connection could be made: the request never reached the replica.
+    Connect(hyper_util::client::legacy::Error),
+    /// The exchange broke before a response head: the replica dropped the connection,
+    /// or refused the request and hung up on a body it did not want. The replica may be
+    /// fine and the request to blame, so this alone does not take it out of rotation.
+    Broken(hyper_util::client::legacy::Error),
+    /// No response head within the per-try bound.
+    TimedOut(Duration),
+    /// The replica left rotation (its `/readyz` failed or it died) while the try waited.
+    LeftRotation,
+}
+
+impl std::fmt::Display for TryFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TryFailure::Connect(e) | TryFailure::Broken(e) => write!(f, "{e}"),
+            TryFailure::TimedOut(after) => write!(f, "no answer within {after:?}"),
+            TryFailure::LeftRotation => write!(f, "the replica left rotation"),
         }
     }
 }
 
-/// A WebSocket (or any other) upgrade: the request goes over a connection of its own to
-/// the replica, and once both sides have switched protocols the bytes are copied both
-/// ways until either side closes.
+impl TryFailure {
+    fn never_reached(&self) -> bool {
+        matches!(self, TryFailure::Connect(_))
+    }
+
+    /// Only a failed connection takes a replica out at once: it says nothing about the
+    /// request. Everything else is left to its `/readyz`, which a paused or dying
+    /// replica fails within a check or two, so that no client can take replicas out by
+    /// sending requests they refuse.
+    fn mark(&self, cluster: &Cluster, target: &Target) {
+        if self.never_reached() {
+            cluster.mark_down(target);
+        }
+    }
+
+    /// The answer to the client when no further try is made.
+    fn answer(self, cluster: &Cluster, target: &Target) -> Response<ProxyBody> {
+        self.mark(cluster, target);
+        tracing::warn!(replica = %target.id, "proxying failed: {self}");
+        match self {
+            TryFailure::Connect(_) | TryFailure::Broken(_) => problem(
+                StatusCode::BAD_GATEWAY,
+                "bad-gateway",
+                format!("replica {} failed to answer", target.id),
+            ),
+            TryFailure::TimedOut(_) | TryFailure::LeftRotation => problem(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway-timeout",
+                format!("replica {} did not answer in time", target.id),
+            ),
+        }
+    }
+}
+
+/// One try at `target`, bounded by the upstream timeout; a `repeatable` request is also
+/// given up as soon as `target` leaves rotation, so that it can be retried elsewhere
+/// rather than wait out the bound on a replica that is paused or gone.
+async fn attempt(
+    cluster: &Cluster,
+    target: &Target,
+    request: Request<ProxyBody>,
+    repeatable: bool,
+) -> Result<Response<Incoming>, TryFailure> {
+    let bound = cluster.config.edge.upstream_timeout;
+    let left = async {
+        if repeatable {
+            cluster.left_rotation(target).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        answer = cluster.client.request(request) => answer.map_err(|e| {
+            if e.is_connect() {
+                TryFailure::Connect(e)
+            } else {
+                TryFailure::Broken(e)
+            }
+        }),
+        () = tokio::time::sleep(bound) => Err(TryFailure::TimedOut(bound)),
+        () = left => Err(TryFailure::LeftRotation),
+    }
+}
+
+/// A WebSocket upgrade: the request goes over a connection of its own to the replica,
+/// and once both sides have switched protocols the bytes are copied both ways until
+/// either side closes. It has no body: one that declares a body is refused, since the
+/// replica would wait for bytes this path never forwards.
 async fn proxy_upgrade(
     cluster: &Cluster,
     remote: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if !request.body().is_end_stream() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "a WebSocket upgrade carries no body",
+        );
+    }
     let client_side = hyper::upgrade::on(&mut request);
     let (mut parts, _body) = request.into_parts();
     let affinity = affinity(&parts.headers);
@@ -229,9 +329,11 @@ async fn proxy_upgrade(
         .map_or_else(|| "/".parse(), |pq| pq.as_str().parse())
         .unwrap_or_default();
     *outgoing.headers_mut() = parts.headers;
-    let mut response = match sender.send_request(outgoing).await {
-        Ok(response) => response,
-        Err(e) => return bad_gateway(&target, &e),
+    let bound = cluster.config.edge.upstream_timeout;
+    let mut response = match tokio::time::timeout(bound, sender.send_request(outgoing)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return bad_gateway(&target, &e),
+        Err(_) => return TryFailure::TimedOut(bound).answer(cluster, &target),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let replica_side = hyper::upgrade::on(&mut response);
@@ -303,6 +405,18 @@ fn bad_gateway(target: &Target, error: &dyn std::fmt::Display) -> Response<Proxy
         "bad-gateway",
         format!("replica {} failed to answer", target.id),
     )
+}
+
+/// An upgrade to WebSocket, the one protocol the balancer switches to; any other
+/// `Upgrade` (such as `h2c`) is dropped as the hop-by-hop header it is.
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    is_upgrade(headers)
+        && headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -412,5 +526,9 @@ mod tests {
             HeaderValue::from_static("keep-alive, Upgrade"),
         );
         assert!(is_upgrade(&headers));
+        assert!(is_websocket_upgrade(&headers));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(is_upgrade(&headers));
+        assert!(!is_websocket_upgrade(&headers));
     }
 }

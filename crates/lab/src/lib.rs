@@ -19,6 +19,7 @@
 //!   respawn), health checks and signals.
 //! - `balancer.rs`: the hyper server, replica choice, retry, forwarding headers and
 //!   WebSocket upgrades.
+//! - `listen.rs`: the balancer's client connections and their bounds ([`EdgeLimits`]).
 //! - `admin.rs`: `/_cluster/...`, loopback-only unless told otherwise.
 //! - `problem.rs`: RFC 9457 problem+json answers the balancer gives itself.
 //! - `lab/`: `herd lab`, the load generator that runs the session designs side by side
@@ -27,6 +28,7 @@
 mod admin;
 mod balancer;
 pub mod lab;
+mod listen;
 mod problem;
 mod replicas;
 
@@ -37,6 +39,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use admin::ADMIN_HEADER;
+pub use listen::EdgeLimits;
 pub use replicas::{Ended, ReplicaView, State, TRAFFIC_SECONDS};
 
 /// How the balancer picks a replica for a request.
@@ -90,6 +94,11 @@ pub struct ClusterConfig {
     /// the admin API so that the page can say what a crash will do; the lab passes it
     /// on and knows nothing of what it means.
     pub sessions: Option<String>,
+    /// The balancer's bounds on client connections and on its waits on replicas.
+    pub edge: EdgeLimits,
+    /// Replicas that may run at once, counting those started with the cluster: the
+    /// admin API's `POST /_cluster/replicas` starts no more.
+    pub max_replicas: usize,
 }
 
 impl ClusterConfig {
@@ -106,9 +115,14 @@ impl ClusterConfig {
             replica_log: None,
             env: Vec::new(),
             sessions: None,
+            edge: EdgeLimits::default(),
+            max_replicas: DEFAULT_MAX_REPLICAS,
         }
     }
 }
+
+/// Replicas a cluster runs at most unless told otherwise: a laptop's worth.
+pub const DEFAULT_MAX_REPLICAS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -136,6 +150,8 @@ pub enum LabError {
     FixedUpstreams,
     #[error("every replica exited before it was ready, so nothing would ever answer; {0}")]
     StartFailed(String),
+    #[error("the cluster runs at most {0} replicas (--max-replicas); kill or drain one first")]
+    TooManyReplicas(usize),
 }
 
 /// `herd balance`: the balancer alone, in front of replicas started elsewhere.
@@ -148,6 +164,8 @@ pub struct BalanceConfig {
     pub health_interval: Duration,
     /// Serve `/_cluster/replicas` to any client, not only loopback ones.
     pub admin_public: bool,
+    /// The balancer's bounds on client connections and on its waits on replicas.
+    pub edge: EdgeLimits,
 }
 
 /// Balances `listener`'s connections over replicas that run elsewhere (other hosts,
@@ -163,6 +181,7 @@ pub async fn balance(
     cluster.policy = config.policy;
     cluster.health_interval = config.health_interval;
     cluster.admin_public = config.admin_public;
+    cluster.edge = config.edge;
     let cluster = replicas::Cluster::fixed(cluster, &config.upstreams)?;
     tracing::info!(
         listen = %local,

@@ -192,6 +192,9 @@ pub(crate) struct Cluster {
     exited: Notify,
     /// When the cluster started: traffic is counted in whole seconds since.
     epoch: Instant,
+    /// Told whenever a replica leaves rotation (down or dead), so that requests waiting
+    /// on it can give up and go elsewhere.
+    left: Notify,
     /// The replicas were started elsewhere ([`crate::balance`]): none is spawned here.
     fixed: bool,
     pub client: Client<HttpConnector, ProxyBody>,
@@ -226,6 +229,7 @@ impl Cluster {
             ever_up: AtomicBool::new(false),
             exited: Notify::new(),
             epoch: Instant::now(),
+            left: Notify::new(),
             fixed: false,
             client,
             log,
@@ -271,6 +275,9 @@ impl Cluster {
     pub fn add(self: &Arc<Self>) -> Result<ReplicaView, LabError> {
         if self.fixed {
             return Err(LabError::FixedUpstreams);
+        }
+        if self.running() >= self.config.max_replicas {
+            return Err(LabError::TooManyReplicas(self.config.max_replicas));
         }
         let id = format!("r{}", self.numbers.fetch_add(1, Ordering::Relaxed) + 1);
         self.slots().push(Slot::new(id.clone(), None, 0));
@@ -436,6 +443,7 @@ impl Cluster {
             }
         };
         self.exited.notify_waiters();
+        self.left.notify_waiters();
         if stopping || drained {
             tracing::info!(replica = %id, status = %status, "replica exited");
             return;
@@ -480,6 +488,7 @@ impl Cluster {
                 (State::Up, false) => {
                     slot.state = State::Down;
                     tracing::warn!(replica = %id, %addr, "replica failed its readiness check");
+                    self.left.notify_waiters();
                 }
                 _ => {}
             }
@@ -532,8 +541,36 @@ impl Cluster {
             if slot.state == State::Up {
                 slot.state = State::Down;
                 tracing::warn!(replica = %target.id, "a connection to the replica failed: taken out until /readyz passes");
+                self.left.notify_waiters();
             }
         }
+    }
+
+    /// Resolves once `target` is down, dead or replaced by a new incarnation. A draining
+    /// replica is still finishing its requests, so it has not left.
+    pub async fn left_rotation(&self, target: &Target) {
+        loop {
+            let left = self.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            let serving = self.slots().iter().any(|s| {
+                s.id == target.id
+                    && s.generation == target.generation
+                    && matches!(s.state, State::Up | State::Draining | State::Starting)
+            });
+            if !serving {
+                return;
+            }
+            left.await;
+        }
+    }
+
+    /// Replicas that are running or starting: what `max_replicas` bounds.
+    fn running(&self) -> usize {
+        self.slots()
+            .iter()
+            .filter(|s| s.state != State::Dead)
+            .count()
     }
 
     pub fn served(&self, target: &Target) {

@@ -32,6 +32,8 @@ pub enum Code {
     NotFound,
     MethodNotAllowed,
     NotAWebSocket,
+    IncompleteBody,
+    RequestTimeout,
     Unavailable,
     Internal,
     /// WebSocket only: the frame is not one of the protocol's.
@@ -136,6 +138,16 @@ impl Code {
                 "not-a-websocket",
                 StatusCode::BAD_REQUEST,
                 "This path takes only a WebSocket upgrade",
+            ),
+            IncompleteBody => (
+                "incomplete-body",
+                StatusCode::BAD_REQUEST,
+                "The request body ended before its declared length",
+            ),
+            RequestTimeout => (
+                "request-timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                "The request did not arrive in time",
             ),
             Unavailable => (
                 "unavailable",

@@ -18,6 +18,8 @@
 //! - `openapi.rs`: the OpenAPI 3.1 description at `/openapi.json`, generated from the
 //!   handlers' types and `#[utoipa::path]` attributes.
 //! - `extract.rs`: the JSON body reader and the [`Identity`](extract::Identity) extractor.
+//! - `listen.rs`: serving connections under the edge's limits (header size and count,
+//!   header-read and idle timeouts, idle connections closed when descriptors run out).
 //! - `client.rs`: the client's address, from the socket or, behind a trusted proxy, from
 //!   `X-Forwarded-For`.
 //! - `cookies.rs`: the browser transport: HttpOnly cookies and CSRF protection.
@@ -32,6 +34,7 @@ pub mod cookies;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod listen;
 pub mod metrics;
 pub mod news;
 pub mod openapi;
@@ -40,7 +43,6 @@ pub mod web;
 pub mod wellknown;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +52,6 @@ use axum::http::header::{CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYP
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt as _;
 use axum::Router;
 use herd_bus::Bus;
 use herd_chat::Chat;
@@ -62,6 +63,7 @@ use crate::chat::{ChatLimits, ChatState};
 use crate::client::TrustedProxies;
 use crate::cookies::{CookiePolicy, Cookies};
 use crate::error::{ApiError, Code, InternalError};
+pub use crate::listen::ConnectionLimits;
 use crate::metrics::Metrics;
 
 /// The header naming the replica that served a response.
@@ -86,6 +88,8 @@ pub struct ServerConfig {
     pub chat: ChatLimits,
     /// Proxies whose `X-Forwarded-For` names the client (login throttling per address).
     pub trusted_proxies: TrustedProxies,
+    /// Header size, header-read and idle timeouts of every client connection.
+    pub connections: ConnectionLimits,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -202,6 +206,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            listen::read_declared_body,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -253,6 +261,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets the requests in
 /// flight finish. Runs the replica's upkeep (key-ring reload, revocation tail) meanwhile.
+/// Every connection lives under `ServerConfig::connections` (see [`listen`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -268,19 +277,8 @@ pub async fn serve(
         // once their in-flight send is acknowledged, and give them a moment to.
         live.close_all(Duration::from_secs(10)).await;
     };
-    // Small frames (an ack, a chat message) must leave at once, not wait for Nagle to
-    // coalesce them with the next one (measured: acks waited up to the 40 ms delayed-ACK
-    // timer without it, docs/benchmarks.md).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    // The peer's address reaches handlers as `ConnectInfo` (see `client.rs`).
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = state.config.connections;
+    let served = listen::run(listener, router(state), limits, shutdown).await;
     tasks.shutdown().await;
     served
 }

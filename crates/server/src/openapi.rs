@@ -4,7 +4,7 @@
 //! Each handler declares the answers that are its own (201 the room, 409 username taken).
 //! The answers every handler of a kind shares are added here by [`CrossCutting`], from
 //! what the operation is: one with a JSON body is read by `JsonObject`, so it can answer
-//! 400, 413, 415 and 422; one that needs credentials is guarded by `Identity`, so it can
+//! 400, 408, 413, 415 and 422; one that needs credentials is guarded by `Identity`, so it can
 //! answer 401 (with `WWW-Authenticate`) and, for a write, 403 `csrf-failed`. A test
 //! (`tests/it/openapi.rs`) compares the description with the routes the router answers.
 
@@ -197,6 +197,13 @@ fn shared_answers(method: &str, op: &mut Operation) {
         add(
             "400",
             problem("`malformed-json`: the body is not valid JSON."),
+        );
+        add(
+            "408",
+            problem(
+                "`request-timeout`: the body did not arrive within the header-read timeout \
+                 (10 s by default).",
+            ),
         );
         add(
             "413",

@@ -203,6 +203,8 @@
     const headers = {};
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (method !== 'GET' && state.csrf) headers['x-csrf-token'] = state.csrf;
+    // The cluster's admin API refuses actions without it (DNS-rebinding defence).
+    if (path.startsWith('/_cluster/')) headers['x-herd-admin'] = '1';
     let response;
     try {
       response = await fetch(path, {

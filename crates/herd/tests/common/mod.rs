@@ -110,3 +110,97 @@ pub fn spawn_cluster_serving(
     });
     (child, listen, log)
 }
+
+/// Raw HTTP/1.1 over TCP, for requests a well-behaved client library would not send: an
+/// attacker's.
+pub mod raw {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    /// Longer than any bound the edge tests configure: a connection still open or a
+    /// request still unanswered after it is held for ever, and the test fails rather
+    /// than hang.
+    pub const NEVER: Duration = Duration::from_secs(60);
+
+    /// A `GET /healthz` with `extra` headers of its own and a body of `body` bytes that
+    /// the handler never reads.
+    pub fn crowded_healthz(host: &str, extra: usize, body: usize) -> Vec<u8> {
+        let mut head = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n");
+        for i in 0..extra {
+            head.push_str(&format!("x-filler-{i}: {i}\r\n"));
+        }
+        head.push_str(&format!("content-length: {body}\r\n\r\n"));
+        let mut request = head.into_bytes();
+        request.extend(std::iter::repeat_n(b'a', body));
+        request
+    }
+
+    /// Sends `request` on a new connection to `addr` and returns the status code of the
+    /// answer, or `None` when the connection closed without one.
+    pub async fn status_of(addr: &str, request: &[u8]) -> Option<u16> {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        // A peer that answers early and closes may reset the rest of the write: the
+        // answer, if any, is still read below.
+        let _ = stream.write_all(request).await;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = tokio::time::timeout(NEVER, stream.read(&mut chunk))
+                .await
+                .expect("an answer or a close, not silence");
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&buf);
+        text.strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+    }
+
+    /// Waits for the server to close `stream`, reading whatever it sends; false if it
+    /// is still open after [`NEVER`].
+    pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+        let mut sink = [0u8; 4096];
+        let waited = tokio::time::timeout(NEVER, async {
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        waited.await.is_ok()
+    }
+
+    /// A request head that never ends: a slowloris connection.
+    pub async fn slowloris(addr: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nx-slow: ")
+            .await
+            .expect("send");
+        stream
+    }
+}
+
+/// `herd` under a limit of `open_files` file descriptors (`ulimit -n`), as a replica on
+/// a small host or container runs.
+pub fn herd_with_open_files(open_files: u32) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {open_files} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_herd"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}

@@ -47,6 +47,8 @@ pub struct Options {
     pub issuer: String,
     /// How long a signup or login waits for a password-hashing slot.
     pub hash_permit_wait: Duration,
+    /// Header size, header-read and idle timeouts of the replica's connections.
+    pub connections: herd_server::ConnectionLimits,
 }
 
 /// Which bus a test replica relays news over.
@@ -78,6 +80,7 @@ impl Default for Options {
             allowed_origins: vec![],
             issuer: "http://herd.test".into(),
             hash_permit_wait: Duration::from_secs(5),
+            connections: herd_server::ConnectionLimits::default(),
         }
     }
 }
@@ -192,6 +195,7 @@ async fn spawn_on(
             },
             chat: options.chat.clone(),
             trusted_proxies: options.trusted_proxies.clone(),
+            connections: options.connections,
         },
     )
     .expect("state");

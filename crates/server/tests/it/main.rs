@@ -4,6 +4,7 @@
 mod auth;
 mod chat;
 mod cookies;
+mod edge;
 mod errors;
 mod helpers;
 mod keys;

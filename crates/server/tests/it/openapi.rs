@@ -38,6 +38,7 @@ async fn state(dir: &tempfile::TempDir) -> AppState {
             },
             chat: herd_server::chat::ChatLimits::default(),
             trusted_proxies: Default::default(),
+            connections: Default::default(),
         },
     )
     .expect("state")
@@ -153,7 +154,7 @@ async fn openapi_json_describes_security_errors_and_schemas() {
                 );
             }
             if op["requestBody"].is_object() {
-                for status in ["400", "413", "415", "422"] {
+                for status in ["400", "408", "413", "415", "422"] {
                     assert_eq!(
                         problem(op, status).as_deref(),
                         Some("#/components/schemas/Problem"),

@@ -1,0 +1,383 @@
+//! How a replica serves its connections: accepting them, the limits every connection
+//! lives under, and graceful shutdown. [`crate::serve`] calls [`run`].
+//!
+//! axum's own `serve` uses hyper's defaults, which protect nothing at the edge: at most
+//! 100 request headers (fewer than nginx forwards, so a client could make a replica
+//! answer nginx with 431 and a reset, which nginx counts against the replica), no
+//! deadline for a request head, no end to an idle keep-alive connection, and about
+//! 400 KB of buffer per unfinished head. Here each connection gets:
+//! - a header block of at most [`ConnectionLimits::max_header_bytes`], and as many
+//!   headers as fit in it, so the byte bound is the only one a proxy has to stay under;
+//! - [`ConnectionLimits::header_read_timeout`] to send a request head once it has
+//!   started (a slowloris connection is closed);
+//! - [`ConnectionLimits::idle_timeout`] with no request in flight and no byte either way
+//!   before it is closed, whether it never sent anything or sat idle between requests;
+//! - and when the process runs out of file descriptors, every connection that is idle at
+//!   that moment is closed so that new ones (a health check, a login) can be accepted,
+//!   as nginx reuses its idle keep-alive connections when it runs out of them.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+
+use crate::error::{ApiError, Code};
+use crate::AppState;
+
+/// The bounds every client connection of a replica lives under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// The largest request head (request line and headers), in bytes; over it the
+    /// request gets 431. Also the HTTP/2 header list limit.
+    pub max_header_bytes: usize,
+    /// How long a client has to send a request head once its first byte arrived, and a
+    /// declared body of at most the body limit once its head arrived.
+    pub header_read_timeout: Duration,
+    /// How long a connection may sit with no request in flight and no byte either way.
+    /// Longer than the keep-alive timeout of the proxies in front (nginx's upstream
+    /// `keepalive_timeout`, the development balancer's pool), so that they, not the
+    /// replica, close an idle connection they might be about to reuse.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// How many headers a request may carry: as many as fit in `max_header_bytes` (the
+    /// shortest header line, `a:` and a line end, takes 3 bytes), so that a count limit
+    /// never refuses a request a proxy in front passed under a byte limit.
+    pub fn max_headers(&self) -> usize {
+        self.max_header_bytes / 3
+    }
+
+    fn builder(&self) -> Builder<TokioExecutor> {
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_headers(self.max_headers())
+            // hyper's buffer must hold a whole head; it refuses a size under 8 KiB.
+            .max_buf_size(self.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            // The CONNECT protocol carries WebSockets over HTTP/2.
+            .enable_connect_protocol();
+        builder
+    }
+}
+
+/// Serves `app` on `listener` under `limits` until `shutdown` resolves, then waits for
+/// the requests in flight (WebSockets are the caller's to close).
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    let pressure = Arc::new(Notify::new());
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    // Logged once a streak: accept fails every few milliseconds while it lasts.
+    let mut starved = false;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => {
+                starved = false;
+                accepted
+            }
+            Err(e) if is_out_of_descriptors(&e) => {
+                if !starved {
+                    tracing::warn!(
+                        open = connections.len(),
+                        "out of file descriptors: closing idle connections"
+                    );
+                    starved = true;
+                }
+                pressure.notify_waiters();
+                // Their tasks need a turn to close the sockets before accept can succeed,
+                // and when none was idle accept would fail again at once: a short pause
+                // rather than a busy loop.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("accepting a connection: {e}");
+                continue;
+            }
+        };
+        // Small frames (an ack, a chat message) must leave at once, not wait for Nagle to
+        // coalesce them with the next one (measured: acks waited up to the 40 ms
+        // delayed-ACK timer without it, docs/benchmarks.md).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        connections.spawn(connection(
+            stream,
+            remote,
+            app.clone(),
+            limits,
+            stopped.clone(),
+            pressure.clone(),
+        ));
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    // EMFILE (the process's limit) and ENFILE (the system's).
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
+
+/// One client connection, until it closes, is closed for idling, or shutdown has let its
+/// last request finish.
+async fn connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    app: Router,
+    limits: ConnectionLimits,
+    mut stopped: watch::Receiver<bool>,
+    pressure: Arc<Notify>,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let requests = activity.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let app = app.clone();
+        let requests = requests.clone();
+        async move {
+            let _in_flight = requests.begin();
+            let mut request = request.map(Body::new);
+            // Handlers read the peer's address as `ConnectInfo` (see `client.rs`).
+            request.extensions_mut().insert(ConnectInfo(remote));
+            app.oneshot(request).await
+        }
+    });
+    let builder = limits.builder();
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let quiet_until = activity.quiet_until(limits.idle_timeout);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%remote, "connection: {e}");
+                }
+                return;
+            }
+            _ = stopped.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = pressure.notified(), if !closing => {
+                if activity.in_flight() == 0 {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            () = tokio::time::sleep_until(quiet_until) => {
+                if activity.in_flight() > 0 || Instant::now() < activity.quiet_until(limits.idle_timeout) {
+                    continue;
+                }
+                if closing {
+                    // Asked to close, nothing in flight, and still open after a whole
+                    // idle period: drop it.
+                    return;
+                }
+                tracing::debug!(%remote, "closing an idle connection");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, and how many of its requests are being answered.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    /// Milliseconds from `opened` to the last byte read or written.
+    last: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// When the connection will have been quiet for `idle`, unless something moves.
+    fn quiet_until(&self, idle: Duration) -> Instant {
+        self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed)) + idle
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+}
+
+/// A request being answered; the connection is not idle while one lives.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
+/// A socket that records when it last moved a byte.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads a body whose declared length is within the body limit before the request is
+/// routed, within the header-read timeout. A handler that ignores its body (`GET
+/// /healthz`) would otherwise leave it unread, and hyper closes such a connection with
+/// the rest of the body still arriving: the proxy that is still sending it gets a reset,
+/// which nginx counts as the replica failing. Larger bodies are left to the handlers,
+/// which refuse them with 413.
+pub(crate) async fn read_declared_body(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = state.config.body_limit;
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !declared.is_some_and(|n| n > 0 && n <= limit as u64) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let deadline = state.config.connections.header_read_timeout;
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => ApiError::new(
+            Code::IncompleteBody,
+            "the request body ended before its declared Content-Length",
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            Code::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,171 @@
+//! A replica's connections under attack from a client with no account: too many headers,
+//! a body the handler ignores, a request head that never ends, a connection that never
+//! sends anything. Raw TCP, so that nothing between the test and the replica fixes the
+//! request up.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::helpers::{spawn_with, Options, TestApp};
+
+/// Longer than any bound these tests configure: a connection still open after it is a
+/// connection the replica holds for ever, and the test fails instead of hanging.
+const NEVER: Duration = Duration::from_secs(60);
+
+async fn connect(app: &TestApp) -> TcpStream {
+    let addr = app.base.trim_start_matches("http://");
+    TcpStream::connect(addr).await.expect("connect")
+}
+
+/// A `GET /healthz` as a proxy would forward an attacker's: `extra` headers of its own
+/// and a body of `body` bytes that the handler never reads.
+fn crowded_healthz(extra: usize, body: usize) -> Vec<u8> {
+    let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: replica\r\n");
+    for i in 0..extra {
+        head.push_str(&format!("x-filler-{i}: {i}\r\n"));
+    }
+    head.push_str(&format!("content-length: {body}\r\n\r\n"));
+    let mut request = head.into_bytes();
+    request.extend(std::iter::repeat_n(b'a', body));
+    request
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; returns its status line.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(NEVER, stream.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return head.lines().next().unwrap_or_default().to_owned();
+            }
+        }
+    }
+}
+
+/// Waits for the replica to close `stream`, reading (and dropping) whatever it sends.
+async fn closed_by_replica(stream: &mut TcpStream) -> bool {
+    let mut sink = [0u8; 4096];
+    let waited = tokio::time::timeout(NEVER, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    waited.await.is_ok()
+}
+
+#[tokio::test]
+async fn a_request_with_more_headers_than_hyper_allows_and_an_unread_body_is_served_and_keeps_the_connection(
+) {
+    let app = spawn_with(Options::default()).await;
+    let mut stream = connect(&app).await;
+    // 97 headers of the attacker's, and the ones nginx adds, were over hyper's default
+    // of 100: the replica answered 431 and closed with the body unread, a reset nginx
+    // counted against it.
+    for _ in 0..3 {
+        stream
+            .write_all(&crowded_healthz(97 + 6, 65_000))
+            .await
+            .expect("send");
+        let status = read_response(&mut stream).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+}
+
+#[tokio::test]
+async fn a_slowloris_request_head_is_cut_off_after_the_header_read_timeout() {
+    let mut options = Options::default();
+    options.connections.header_read_timeout = Duration::from_millis(300);
+    let app = spawn_with(options).await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: replica\r\nx-slow: ")
+        .await
+        .expect("send");
+    assert!(
+        closed_by_replica(&mut stream).await,
+        "the replica still holds an unfinished request head"
+    );
+    // The replica itself is fine.
+    let healthz = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(healthz.status(), 200);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_byte_is_closed_after_the_idle_timeout() {
+    let mut options = Options::default();
+    options.connections.idle_timeout = Duration::from_millis(300);
+    let app = spawn_with(options).await;
+    let mut silent = connect(&app).await;
+    assert!(
+        closed_by_replica(&mut silent).await,
+        "the replica still holds a connection that never said anything"
+    );
+    // ... and so is one that sent a request and then nothing more.
+    let mut kept_alive = connect(&app).await;
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: replica\r\n\r\n")
+        .await
+        .expect("send");
+    let status = read_response(&mut kept_alive).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        closed_by_replica(&mut kept_alive).await,
+        "the replica still holds an idle keep-alive connection"
+    );
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_header_byte_limit_gets_431() {
+    let mut options = Options::default();
+    options.connections.max_header_bytes = 16 * 1024;
+    let app = spawn_with(options).await;
+    let mut stream = connect(&app).await;
+    let mut request = String::from("GET /healthz HTTP/1.1\r\nHost: replica\r\n");
+    request.push_str(&format!("x-big: {}\r\n\r\n", "a".repeat(20 * 1024)));
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let status = read_response(&mut stream).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_instead_of_holding_the_request() {
+    let mut options = Options::default();
+    options.connections.header_read_timeout = Duration::from_millis(300);
+    let app = spawn_with(options).await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            b"POST /v1/auth/login HTTP/1.1\r\nHost: replica\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"user",
+        )
+        .await
+        .expect("send");
+    let status = read_response(&mut stream).await;
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+}
