@@ -92,7 +92,8 @@ pub enum KeysCommand {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// The store: sqlite://PATH (created when missing).
+    /// The store: sqlite://PATH (a file, created when missing) or
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (a server every replica shares).
     #[arg(long, env = "HERD_DATABASE", default_value = "sqlite://herd.db")]
     pub database: String,
 }
@@ -191,8 +192,8 @@ pub struct ServeArgs {
     /// else the SQL store, on every request. `memory`: session ids in this process's
     /// memory, for comparison only: it needs sticky routing, and every session dies
     /// with the process.
-    #[arg(long, env = "HERD_SESSIONS", value_enum, default_value_t = SessionsArg::Token, verbatim_doc_comment)]
-    pub sessions: SessionsArg,
+    #[arg(long, env = "HERD_SESSIONS", value_parser = sessions_parser(), default_value_t = Strategy::Token, verbatim_doc_comment)]
+    pub sessions: Strategy,
 
     /// WebSocket connections this replica accepts at once; past it, upgrades get 503.
     #[arg(long, env = "HERD_WS_MAX_CONNECTIONS", default_value_t = 20_000)]
@@ -307,8 +308,8 @@ pub struct ClusterArgs {
     pub redis_url: Option<String>,
 
     /// The replicas' session strategy (see `herd serve --help`); `memory` needs --sticky.
-    #[arg(long, env = "HERD_SESSIONS", value_enum, default_value_t = SessionsArg::Token)]
-    pub sessions: SessionsArg,
+    #[arg(long, env = "HERD_SESSIONS", value_parser = sessions_parser(), default_value_t = Strategy::Token)]
+    pub sessions: Strategy,
 
     /// Pin each client to one replica with the herd_affinity cookie instead of
     /// round-robin.
@@ -341,21 +342,16 @@ impl ClusterArgs {
         if self.replicas == 0 {
             bail!("--replicas must be at least 1");
         }
-        if self.sessions == SessionsArg::Memory && !self.sticky {
+        if self.sessions == Strategy::Memory && !self.sticky {
             tracing::warn!(
                 "--sessions memory without --sticky: a request that lands on another replica is logged out"
             );
         }
-        let sessions = match self.sessions {
-            SessionsArg::Token => "token",
-            SessionsArg::Shared => "shared",
-            SessionsArg::Memory => "memory",
-        };
         // One issuer for all, the address clients reach them at.
         let args = replica_args(
             &self.database,
             self.redis_url.as_deref(),
-            sessions,
+            self.sessions,
             &format!("http://{listen}"),
             &self.serve_flags,
         );
@@ -577,7 +573,7 @@ impl LabArgs {
 pub fn replica_args(
     database: &str,
     redis_url: Option<&str>,
-    sessions: &str,
+    sessions: Strategy,
     issuer: &str,
     serve_flags: &[String],
 ) -> Vec<String> {
@@ -596,7 +592,7 @@ pub fn replica_args(
         "--trusted-proxy",
         "127.0.0.1,::1",
         "--sessions",
-        sessions,
+        sessions.as_str(),
     ]
     .map(str::to_owned)
     .to_vec();
@@ -616,12 +612,20 @@ pub enum BusArg {
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SessionsArg {
-    Token,
-    Shared,
-    /// Needs sticky routing; dies with its process. For comparison only.
-    Memory,
+/// `--sessions`: identity's strategies by name, `memory` labelled in `--help` as the
+/// design kept only to be compared.
+fn sessions_parser() -> impl clap::builder::TypedValueParser<Value = Strategy> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new(Strategy::ALL.map(|strategy| {
+        let value = PossibleValue::new(strategy.as_str());
+        match strategy {
+            Strategy::Memory => {
+                value.help("Needs sticky routing; dies with its process. For comparison only")
+            }
+            Strategy::Token | Strategy::Shared => value,
+        }
+    }))
+    .try_map(|name| name.parse::<Strategy>())
 }
 
 impl IdentityArgs {
@@ -634,20 +638,20 @@ impl IdentityArgs {
         if self.audience.trim().is_empty() {
             bail!("--audience must not be empty");
         }
-        config.access_ttl = seconds("--access-ttl", self.access_ttl, 1)?;
-        config.leeway = seconds("--leeway", self.leeway, 0)?;
-        if config.leeway > 30 {
+        config.access_ttl = whole_seconds("--access-ttl", self.access_ttl, 1)?;
+        config.leeway = whole_seconds("--leeway", self.leeway, 0)?;
+        if config.leeway > Duration::from_secs(30) {
             bail!(
                 "--leeway must be at most 30s (got {}s): a longer one keeps expired tokens alive",
-                config.leeway
+                config.leeway.as_secs()
             );
         }
-        config.refresh_ttl = seconds("--refresh-ttl", self.refresh_ttl, 1)?;
-        config.refresh_grace = seconds("--refresh-grace", self.refresh_grace, 0)?;
+        config.refresh_ttl = whole_seconds("--refresh-ttl", self.refresh_ttl, 1)?;
+        config.refresh_grace = whole_seconds("--refresh-grace", self.refresh_grace, 0)?;
         if config.refresh_grace >= config.refresh_ttl {
             bail!("--refresh-grace must be shorter than --refresh-ttl");
         }
-        config.key_publish_delay = seconds("--key-publish-delay", self.key_publish_delay, 0)?;
+        config.key_publish_delay = whole_seconds("--key-publish-delay", self.key_publish_delay, 0)?;
         Ok(config)
     }
 }
@@ -675,11 +679,7 @@ impl ServeArgs {
             address: self.login_limit_address.0,
             ..ThrottleConfig::default()
         };
-        config.strategy = match self.sessions {
-            SessionsArg::Token => Strategy::Token,
-            SessionsArg::Shared => Strategy::Shared,
-            SessionsArg::Memory => Strategy::Memory,
-        };
+        config.strategy = self.sessions;
         if self.bus == BusArg::Redis && self.redis_url.is_none() {
             bail!("--bus redis needs --redis-url");
         }
@@ -699,13 +699,17 @@ impl ServeArgs {
         }
         config.redis_pool = self.redis_pool;
         config.sessions = SessionTimeouts {
-            idle: seconds("--session-idle-timeout", self.session_idle_timeout, 1)?,
-            absolute: seconds(
+            idle: whole_seconds("--session-idle-timeout", self.session_idle_timeout, 1)?,
+            absolute: whole_seconds(
                 "--session-absolute-timeout",
                 self.session_absolute_timeout,
                 1,
             )?,
-            touch_interval: seconds("--session-touch-interval", self.session_touch_interval, 0)?,
+            touch_interval: whole_seconds(
+                "--session-touch-interval",
+                self.session_touch_interval,
+                0,
+            )?,
         };
         if config.sessions.touch_interval >= config.sessions.idle {
             bail!("--session-touch-interval must be shorter than --session-idle-timeout");
@@ -723,8 +727,8 @@ impl ServeArgs {
         if self.upkeep_interval.is_zero() {
             bail!("--upkeep-interval must be more than 0s");
         }
-        if config.key_publish_delay > 0
-            && self.upkeep_interval.as_secs() as i64 >= config.key_publish_delay
+        if !config.key_publish_delay.is_zero()
+            && self.upkeep_interval.as_secs() >= config.key_publish_delay.as_secs()
         {
             tracing::warn!(
                 "--upkeep-interval is not shorter than --key-publish-delay: replicas may meet a new key's \
@@ -798,14 +802,17 @@ fn parse_cidr(raw: &str) -> Result<Cidr, String> {
     Cidr::parse(raw)
 }
 
-fn seconds(flag: &str, d: Duration, min: u64) -> anyhow::Result<i64> {
+/// `d` when it is a whole number of seconds, at least `min`, that the clock's `i64`
+/// seconds can hold.
+fn whole_seconds(flag: &str, d: Duration, min: u64) -> anyhow::Result<Duration> {
     if d.subsec_nanos() != 0 {
         bail!("{flag} must be a whole number of seconds");
     }
     if d.as_secs() < min {
         bail!("{flag} must be at least {min}s");
     }
-    i64::try_from(d.as_secs()).with_context(|| format!("{flag} is too long"))
+    i64::try_from(d.as_secs()).with_context(|| format!("{flag} is too long"))?;
+    Ok(d)
 }
 
 /// Parses `90`, `90s`, `5m`, `2h`, `14d` (a bare number is seconds).

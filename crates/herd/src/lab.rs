@@ -66,7 +66,7 @@ impl Environment for Stores {
         let args = replica_args(
             &url,
             self.redis_url.as_deref(),
-            scenario.sessions.as_str(),
+            scenario.sessions,
             // Tokens only need an issuer every replica agrees on.
             "http://herd-lab",
             &serve_flags,

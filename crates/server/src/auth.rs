@@ -323,7 +323,7 @@ fn token_response(state: &AppState, pair: TokenPair, as_cookies: bool) -> Respon
         ),
     );
     if let Some(refresh) = &pair.refresh_token {
-        let ttl = state.auth.config().refresh_ttl;
+        let ttl = refresh_max_age(state);
         headers.append(
             SET_COOKIE,
             policy.set(cookies::REFRESH, refresh, "/v1/auth", ttl, true),
@@ -331,13 +331,12 @@ fn token_response(state: &AppState, pair: TokenPair, as_cookies: bool) -> Respon
     }
     headers.append(
         SET_COOKIE,
-        policy.set(
-            cookies::CSRF,
-            &csrf,
-            "/",
-            state.auth.config().refresh_ttl,
-            false,
-        ),
+        policy.set(cookies::CSRF, &csrf, "/", refresh_max_age(state), false),
     );
     response
+}
+
+/// The refresh token's lifetime in seconds, the cookies' `Max-Age`.
+fn refresh_max_age(state: &AppState) -> i64 {
+    i64::try_from(state.auth.config().refresh_ttl.as_secs()).unwrap_or(i64::MAX)
 }

@@ -28,7 +28,7 @@ pub fn router() -> Router<AppState> {
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     // Verifiers may cache the set for half the publish delay: a rotated-in key is then
     // in every cache before it signs anything.
-    let max_age = (state.auth.config().key_publish_delay / 2).max(0);
+    let max_age = state.auth.config().key_publish_delay.as_secs() / 2;
     (
         [(header::CACHE_CONTROL, format!("public, max-age={max_age}"))],
         Json(state.auth.jwks()),

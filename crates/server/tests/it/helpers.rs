@@ -27,6 +27,7 @@ pub const CHEAP_HASH: HashParams = HashParams {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub replica_id: String,
+    /// In seconds, like the manual clock.
     pub key_publish_delay: i64,
     pub body_limit: usize,
     pub strategy: Strategy,
@@ -34,6 +35,7 @@ pub struct Options {
     pub insecure_cookies: bool,
     pub bus: TestBus,
     pub chat: herd_server::chat::ChatLimits,
+    /// In seconds, like the manual clock.
     pub access_ttl: i64,
     /// The production defaults unless a test says otherwise.
     pub throttle: ThrottleConfig,
@@ -75,12 +77,36 @@ impl Default for Options {
     }
 }
 
-/// Session lifetimes in tests: 100 s idle, 1000 s absolute, extended at most every 10 s.
-pub const TIMEOUTS: SessionTimeouts = SessionTimeouts {
+/// Session lifetimes in tests, in the seconds the manual clock advances by: 100 s idle,
+/// 1000 s absolute, extended at most every 10 s.
+pub const TIMEOUTS: Timeouts = Timeouts {
     idle: 100,
     absolute: 1000,
     touch_interval: 10,
 };
+
+/// [`SessionTimeouts`] in whole seconds, the unit the tests move the clock by.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub idle: i64,
+    pub absolute: i64,
+    pub touch_interval: i64,
+}
+
+impl Timeouts {
+    fn config(&self) -> SessionTimeouts {
+        SessionTimeouts {
+            idle: secs(self.idle),
+            absolute: secs(self.absolute),
+            touch_interval: secs(self.touch_interval),
+        }
+    }
+}
+
+/// A span of `n` seconds of the manual clock.
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(n.max(0).unsigned_abs())
+}
 
 pub struct TestApp {
     pub base: String,
@@ -154,11 +180,11 @@ async fn spawn_on(
     let mut config = AuthConfig::new("http://herd.test", "herd");
     config.hash = options.hash;
     config.throttle = options.throttle.clone();
-    config.key_publish_delay = options.key_publish_delay;
-    config.access_ttl = options.access_ttl;
+    config.key_publish_delay = secs(options.key_publish_delay);
+    config.access_ttl = secs(options.access_ttl);
     config.strategy = options.strategy;
     config.redis_url = options.redis_url.clone();
-    config.sessions = TIMEOUTS;
+    config.sessions = TIMEOUTS.config();
     let bus = match &options.bus {
         TestBus::None => None,
         TestBus::InProcess(bus) => Some(bus.clone()),
