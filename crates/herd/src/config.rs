@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use herd_identity::{AuthConfig, HashParams, Rate, SessionTimeouts, Strategy, ThrottleConfig};
+use herd_server::app::{check_replica_id, BusSettings, Schema};
 use herd_server::chat::ChatLimits;
 use herd_server::client::{Cidr, TrustedProxies};
+use herd_server::cookies::CookiePolicy;
+use herd_server::Settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -740,6 +743,46 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// Every flag of `herd serve` validated into the settings the replica runs with, or
+    /// which flag is wrong and why. Nothing is opened before this has passed, so a bad
+    /// flag leaves the database as it was.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let auth = self.auth_config()?;
+        let chat = self.chat_limits()?;
+        if let Some(id) = &self.replica_id {
+            check_replica_id(id).map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?;
+        }
+        let bus = match (self.bus, &self.redis_url) {
+            (BusArg::Redis | BusArg::Auto, Some(url)) => BusSettings::Redis { url: url.clone() },
+            (BusArg::InProcess, _) => BusSettings::InProcess,
+            // `auto` without Redis, and `redis` without a URL (refused by auth_config).
+            _ => BusSettings::Sql {
+                poll_interval: self.bus_poll_interval,
+            },
+        };
+        Ok(Settings {
+            database: self.identity.database.database.clone(),
+            schema: if self.migrate {
+                Schema::Migrate
+            } else {
+                Schema::Check
+            },
+            listen: self.listen,
+            replica_id: self.replica_id.clone(),
+            auth,
+            body_limit: self.body_limit,
+            upkeep_interval: self.upkeep_interval,
+            cookies: CookiePolicy {
+                insecure: self.insecure_cookies,
+                allowed_origins: self.allowed_origins.clone(),
+            },
+            chat,
+            trusted_proxies: self.trusted_proxies(),
+            bus,
+            drain_delay: self.drain_delay,
+        })
+    }
+
     pub fn trusted_proxies(&self) -> TrustedProxies {
         TrustedProxies::new(self.trusted_proxies.clone())
     }
@@ -959,6 +1002,34 @@ mod tests {
                 .to_string();
             assert!(err.contains(flag), "{flag} {value}: {err}");
         }
+    }
+
+    #[test]
+    fn serve_settings_name_the_bus_the_flags_choose() {
+        let bus = |flags: &[&str]| {
+            let cli = Cli::try_parse_from(["herd", "serve"].iter().chain(flags)).expect("parses");
+            let Command::Serve(args) = cli.command else {
+                panic!("serve")
+            };
+            args.settings().expect("valid").bus
+        };
+        let sql = BusSettings::Sql {
+            poll_interval: Duration::from_millis(50),
+        };
+        let redis = BusSettings::Redis {
+            url: "redis://cache:6379".into(),
+        };
+        assert_eq!(bus(&[]), sql);
+        assert_eq!(bus(&["--redis-url", "redis://cache:6379"]), redis);
+        assert_eq!(
+            bus(&["--bus", "redis", "--redis-url", "redis://cache:6379"]),
+            redis
+        );
+        assert_eq!(
+            bus(&["--bus", "sql", "--redis-url", "redis://cache:6379"]),
+            sql
+        );
+        assert_eq!(bus(&["--bus", "in-process"]), BusSettings::InProcess);
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! herd's HTTP application.
 //!
-//! [`router`] builds the axum application from an [`AppState`]; [`serve`] runs it on a
-//! listener the caller bound (port 0 in tests), with the replica's upkeep task, until a
-//! shutdown future resolves, then finishes the requests in flight.
+//! [`App::build`] is how a replica starts, for the `herd` binary and the tests alike: it
+//! opens the store and starts identity, the bus and the [`AppState`] from validated
+//! [`Settings`], and binds the listener. [`router`] builds the axum application from an
+//! [`AppState`]; [`serve`] runs it on a listener the caller bound (port 0 in tests), with
+//! the replica's upkeep task, until a shutdown future resolves, then finishes the
+//! requests in flight.
 //!
-//! Layout, one module a feature, each with its own `router()`:
+//! Layout: `app.rs` is the start-up above; then one module a feature, each with its own
+//! `router()`:
 //! - `auth.rs`: signup, login, refresh, logout, `GET /v1/me`.
 //! - `rooms.rs`: rooms and message history over HTTP (stateless).
 //! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica.
@@ -23,6 +27,7 @@
 //! - `metrics.rs`: the Prometheus registry.
 //! - `news.rs`: revocations and key rotations relayed between replicas over the bus.
 
+pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod client;
@@ -60,6 +65,8 @@ use crate::client::TrustedProxies;
 use crate::cookies::CookiePolicy;
 use crate::error::{ApiError, Code, InternalError};
 use crate::metrics::Metrics;
+
+pub use crate::app::{App, Settings};
 
 /// The header naming the replica that served a response.
 pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-herd-replica");
