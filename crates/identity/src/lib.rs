@@ -38,7 +38,7 @@ mod throttle;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{Invalid, Password, Username};
 pub use jwt::{AccessClaims, Rejection};
-pub use keyring::{KeyInfo, KeyState};
+pub use keyring::{KeyInfo, KeyState, PublicKey};
 pub use password::{HashError, HashParams};
 pub use service::{
     random_id, random_token_bytes, Auth, AuthConfig, AuthError, AuthnError, KeyRevoked, NewAccount,

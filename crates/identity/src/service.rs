@@ -17,7 +17,7 @@ use crate::cache::{self, TokenCache};
 use crate::clock::Clock;
 use crate::domain::{Password, Username};
 use crate::jwt::{self, AccessClaims, Expectations, Rejection};
-use crate::keyring::{key_states, KeyInfo, KeyRing, SigningKey};
+use crate::keyring::{key_states, KeyInfo, KeyRing, PublicKey, SigningKey};
 use crate::password::{random_bytes, HashError, HashParams, PasswordHasher};
 use crate::redis_pool::RedisPool;
 use crate::revocation::RevocationSet;
@@ -838,9 +838,9 @@ impl Auth {
         ))
     }
 
-    /// The published keys as a JWK Set.
-    pub fn jwks(&self) -> serde_json::Value {
-        self.inner.ring.load().jwks()
+    /// The published public keys, for the JWK Set.
+    pub fn public_keys(&self) -> Vec<PublicKey> {
+        self.inner.ring.load().public_keys()
     }
 
     pub fn revoked_sessions(&self) -> usize {
