@@ -30,7 +30,12 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     // Verifiers may cache the set for half the publish delay: a rotated-in key is then
     // in every cache before it signs anything.
     let max_age = state.auth.config().key_publish_delay.as_secs() / 2;
-    let keys = state.auth.public_keys().into_iter().map(Jwk::from).collect();
+    let keys = state
+        .auth
+        .public_keys()
+        .into_iter()
+        .map(Jwk::from)
+        .collect();
     (
         [(header::CACHE_CONTROL, format!("public, max-age={max_age}"))],
         Json(JwkSet { keys }),
