@@ -25,6 +25,12 @@ use crate::client::TrustedProxies;
 use crate::cookies::CookiePolicy;
 use crate::{AppState, ServerConfig};
 
+/// The target of a replica's life-cycle lines (serving, draining, stopped): the binary's,
+/// as before start-up moved here. The line announcing the port is how `herd cluster` and
+/// `herd lab` find a replica, and the lab keeps target `herd` at info while it quiets
+/// `herd_server` to warnings.
+const LOG_TARGET: &str = "herd";
+
 /// Everything a replica runs with, each value already valid.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -260,6 +266,7 @@ impl App {
             drain_delay,
         } = self;
         tracing::info!(
+            target: LOG_TARGET,
             listen = %local,
             replica = %state.replica,
             sessions = state.auth.session_backend(),
@@ -272,6 +279,7 @@ impl App {
             draining.start_draining();
             if !drain_delay.is_zero() {
                 tracing::info!(
+                    target: LOG_TARGET,
                     ?drain_delay,
                     "still serving while balancers take this replica out"
                 );
@@ -285,7 +293,7 @@ impl App {
             .await
             .map_err(StartError::Serve)?;
         store.close().await;
-        tracing::info!("stopped");
+        tracing::info!(target: LOG_TARGET, "stopped");
         Ok(())
     }
 }
