@@ -4,9 +4,9 @@
 #![no_main]
 
 use axum::response::IntoResponse as _;
-use herd_identity::{Password, Username};
+use herd_server::auth::{LoginRequest, RefreshRequest, SignupRequest};
 use herd_server::error::ApiError;
-use herd_server::extract::JsonObject;
+use herd_server::extract::{JsonObject, ReadFields as _};
 use herd_server::rooms;
 use libfuzzer_sys::fuzz_target;
 
@@ -42,23 +42,18 @@ fuzz_target!(|data: &[u8]| {
         is_object,
         "accepted exactly the JSON objects"
     );
-    // POST /v1/auth/signup
+    // POST /v1/auth/signup, /login and /refresh: their request types, as the handlers read them.
     endpoint(data, |mut b| {
-        let username = b.parse("username", Username::parse);
-        let password = b.parse("password", Password::parse);
-        b.finish((username, password)).map(drop)
+        let request = SignupRequest::read(&mut b);
+        b.finish(request).map(drop)
     });
-    // POST /v1/auth/login
     endpoint(data, |mut b| {
-        let username = b.string("username");
-        let password = b.string("password");
-        let _ = b.flag("cookies");
-        b.finish((username, password)).map(drop)
+        let request = LoginRequest::read(&mut b);
+        b.finish(request).map(drop)
     });
-    // POST /v1/auth/refresh
     endpoint(data, |mut b| {
-        let token = b.optional_string("refresh_token");
-        b.finish(Some(token)).map(drop)
+        let request = RefreshRequest::read(&mut b);
+        b.finish(request).map(drop)
     });
     // POST /v1/rooms
     endpoint(data, |b| rooms::CreateRoom::read(b).map(drop));

@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use herd_identity::{AuthConfig, HashParams, Rate, SessionTimeouts, Strategy, ThrottleConfig};
+use herd_server::app::{check_replica_id, BusSettings, Schema};
 use herd_server::chat::ChatLimits;
 use herd_server::client::{Cidr, TrustedProxies};
+use herd_server::cookies::CookiePolicy;
+use herd_server::Settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,7 +97,8 @@ pub enum KeysCommand {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// The store: sqlite://PATH (created when missing).
+    /// The store: sqlite://PATH (a file, created when missing) or
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (a server every replica shares).
     #[arg(long, env = "HERD_DATABASE", default_value = "sqlite://herd.db")]
     pub database: String,
 }
@@ -212,8 +216,8 @@ pub struct ServeArgs {
     /// else the SQL store, on every request. `memory`: session ids in this process's
     /// memory, for comparison only: it needs sticky routing, and every session dies
     /// with the process.
-    #[arg(long, env = "HERD_SESSIONS", value_enum, default_value_t = SessionsArg::Token, verbatim_doc_comment)]
-    pub sessions: SessionsArg,
+    #[arg(long, env = "HERD_SESSIONS", value_parser = sessions_parser(), default_value_t = Strategy::Token, verbatim_doc_comment)]
+    pub sessions: Strategy,
 
     /// WebSocket connections this replica accepts at once; past it, upgrades get 503.
     #[arg(long, env = "HERD_WS_MAX_CONNECTIONS", default_value_t = 20_000)]
@@ -349,8 +353,8 @@ pub struct ClusterArgs {
     pub redis_url: Option<String>,
 
     /// The replicas' session strategy (see `herd serve --help`); `memory` needs --sticky.
-    #[arg(long, env = "HERD_SESSIONS", value_enum, default_value_t = SessionsArg::Token)]
-    pub sessions: SessionsArg,
+    #[arg(long, env = "HERD_SESSIONS", value_parser = sessions_parser(), default_value_t = Strategy::Token)]
+    pub sessions: Strategy,
 
     /// Pin each client to one replica with the herd_affinity cookie instead of
     /// round-robin.
@@ -398,21 +402,16 @@ impl ClusterArgs {
                 self.max_replicas
             );
         }
-        if self.sessions == SessionsArg::Memory && !self.sticky {
+        if self.sessions == Strategy::Memory && !self.sticky {
             tracing::warn!(
                 "--sessions memory without --sticky: a request that lands on another replica is logged out"
             );
         }
-        let sessions = match self.sessions {
-            SessionsArg::Token => "token",
-            SessionsArg::Shared => "shared",
-            SessionsArg::Memory => "memory",
-        };
         // One issuer for all, the address clients reach them at.
         let args = replica_args(
             &self.database,
             self.redis_url.as_deref(),
-            sessions,
+            self.sessions,
             &format!("http://{listen}"),
             &self.serve_flags,
         );
@@ -424,7 +423,7 @@ impl ClusterArgs {
         };
         config.respawn = self.respawn;
         config.admin_public = self.admin_public;
-        config.sessions = Some(sessions.to_owned());
+        config.sessions = Some(self.sessions.to_string());
         config.max_replicas = self.max_replicas;
         config.edge = self.edge.limits()?;
         Ok(config)
@@ -690,7 +689,7 @@ impl LabArgs {
 pub fn replica_args(
     database: &str,
     redis_url: Option<&str>,
-    sessions: &str,
+    sessions: Strategy,
     issuer: &str,
     serve_flags: &[String],
 ) -> Vec<String> {
@@ -709,7 +708,7 @@ pub fn replica_args(
         "--trusted-proxy",
         "127.0.0.1,::1",
         "--sessions",
-        sessions,
+        sessions.as_str(),
     ]
     .map(str::to_owned)
     .to_vec();
@@ -729,32 +728,25 @@ pub enum BusArg {
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SessionsArg {
-    Token,
-    Shared,
-    /// Needs sticky routing; dies with its process. For comparison only.
-    Memory,
+/// `--sessions`: identity's strategies by name, `memory` labelled in `--help` as the
+/// design kept only to be compared.
+fn sessions_parser() -> impl clap::builder::TypedValueParser<Value = Strategy> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new(Strategy::ALL.map(|strategy| {
+        let value = PossibleValue::new(strategy.as_str());
+        match strategy {
+            Strategy::Memory => {
+                value.help("Needs sticky routing; dies with its process. For comparison only")
+            }
+            Strategy::Token | Strategy::Shared => value,
+        }
+    }))
+    .try_map(|name| name.parse::<Strategy>())
 }
 
 /// The issuer of commands that serve nothing themselves (`herd keys`): `herd serve`'s
 /// default address.
 const DEFAULT_ISSUER: &str = "http://127.0.0.1:8080";
-
-/// The issuer `herd serve` publishes when `--issuer` is not given: the address it
-/// listens on, as `herd cluster` does for its balancer, so that the discovery
-/// document's `jwks_uri` points where something answers. An unspecified address
-/// (0.0.0.0) is named by loopback, which answers on this host at least.
-pub fn issuer_at(listening: SocketAddr) -> String {
-    let mut reachable = listening;
-    if reachable.ip().is_unspecified() {
-        reachable.set_ip(match reachable {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    format!("http://{reachable}")
-}
 
 impl IdentityArgs {
     /// The identity settings these flags describe, or which flag is wrong and why.
@@ -767,20 +759,20 @@ impl IdentityArgs {
         if self.audience.trim().is_empty() {
             bail!("--audience must not be empty");
         }
-        config.access_ttl = seconds("--access-ttl", self.access_ttl, 1)?;
-        config.leeway = seconds("--leeway", self.leeway, 0)?;
-        if config.leeway > 30 {
+        config.access_ttl = whole_seconds("--access-ttl", self.access_ttl, 1)?;
+        config.leeway = whole_seconds("--leeway", self.leeway, 0)?;
+        if config.leeway > Duration::from_secs(30) {
             bail!(
                 "--leeway must be at most 30s (got {}s): a longer one keeps expired tokens alive",
-                config.leeway
+                config.leeway.as_secs()
             );
         }
-        config.refresh_ttl = seconds("--refresh-ttl", self.refresh_ttl, 1)?;
-        config.refresh_grace = seconds("--refresh-grace", self.refresh_grace, 0)?;
+        config.refresh_ttl = whole_seconds("--refresh-ttl", self.refresh_ttl, 1)?;
+        config.refresh_grace = whole_seconds("--refresh-grace", self.refresh_grace, 0)?;
         if config.refresh_grace >= config.refresh_ttl {
             bail!("--refresh-grace must be shorter than --refresh-ttl");
         }
-        config.key_publish_delay = seconds("--key-publish-delay", self.key_publish_delay, 0)?;
+        config.key_publish_delay = whole_seconds("--key-publish-delay", self.key_publish_delay, 0)?;
         Ok(config)
     }
 }
@@ -811,11 +803,7 @@ impl ServeArgs {
             refresh: self.refresh_limit_session.0,
             ..ThrottleConfig::default()
         };
-        config.strategy = match self.sessions {
-            SessionsArg::Token => Strategy::Token,
-            SessionsArg::Shared => Strategy::Shared,
-            SessionsArg::Memory => Strategy::Memory,
-        };
+        config.strategy = self.sessions;
         if self.bus == BusArg::Redis && self.redis_url.is_none() {
             bail!("--bus redis needs --redis-url");
         }
@@ -835,13 +823,17 @@ impl ServeArgs {
         }
         config.redis_pool = self.redis_pool;
         config.sessions = SessionTimeouts {
-            idle: seconds("--session-idle-timeout", self.session_idle_timeout, 1)?,
-            absolute: seconds(
+            idle: whole_seconds("--session-idle-timeout", self.session_idle_timeout, 1)?,
+            absolute: whole_seconds(
                 "--session-absolute-timeout",
                 self.session_absolute_timeout,
                 1,
             )?,
-            touch_interval: seconds("--session-touch-interval", self.session_touch_interval, 0)?,
+            touch_interval: whole_seconds(
+                "--session-touch-interval",
+                self.session_touch_interval,
+                0,
+            )?,
         };
         if config.sessions.touch_interval >= config.sessions.idle {
             bail!("--session-touch-interval must be shorter than --session-idle-timeout");
@@ -859,8 +851,8 @@ impl ServeArgs {
         if self.upkeep_interval.is_zero() {
             bail!("--upkeep-interval must be more than 0s");
         }
-        if config.key_publish_delay > 0
-            && self.upkeep_interval.as_secs() as i64 >= config.key_publish_delay
+        if !config.key_publish_delay.is_zero()
+            && self.upkeep_interval.as_secs() >= config.key_publish_delay.as_secs()
         {
             tracing::warn!(
                 "--upkeep-interval is not shorter than --key-publish-delay: replicas may meet a new key's \
@@ -872,6 +864,48 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// Every flag of `herd serve` validated into the settings the replica runs with, or
+    /// which flag is wrong and why. Nothing is opened before this has passed, so a bad
+    /// flag leaves the database as it was.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let auth = self.auth_config()?;
+        let chat = self.chat_limits()?;
+        if let Some(id) = &self.replica_id {
+            check_replica_id(id).map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?;
+        }
+        let bus = match (self.bus, &self.redis_url) {
+            (BusArg::Redis | BusArg::Auto, Some(url)) => BusSettings::Redis { url: url.clone() },
+            (BusArg::InProcess, _) => BusSettings::InProcess,
+            // `auto` without Redis, and `redis` without a URL (refused by auth_config).
+            _ => BusSettings::Sql {
+                poll_interval: self.bus_poll_interval,
+            },
+        };
+        Ok(Settings {
+            database: self.identity.database.database.clone(),
+            schema: if self.migrate {
+                Schema::Migrate
+            } else {
+                Schema::Check
+            },
+            listen: self.listen,
+            replica_id: self.replica_id.clone(),
+            auth,
+            body_limit: self.body_limit,
+            upkeep_interval: self.upkeep_interval,
+            cookies: CookiePolicy {
+                insecure: self.insecure_cookies,
+                allowed_origins: self.allowed_origins.clone(),
+            },
+            chat,
+            trusted_proxies: self.trusted_proxies(),
+            bus,
+            connections: self.connection_limits()?,
+            issuer_follows_listen: self.identity.issuer.is_none(),
+            drain_delay: self.drain_delay,
+        })
+    }
+
     pub fn trusted_proxies(&self) -> TrustedProxies {
         TrustedProxies::new(self.trusted_proxies.clone())
     }
@@ -951,14 +985,17 @@ fn parse_cidr(raw: &str) -> Result<Cidr, String> {
     Cidr::parse(raw)
 }
 
-fn seconds(flag: &str, d: Duration, min: u64) -> anyhow::Result<i64> {
+/// `d` when it is a whole number of seconds, at least `min`, that the clock's `i64`
+/// seconds can hold.
+fn whole_seconds(flag: &str, d: Duration, min: u64) -> anyhow::Result<Duration> {
     if d.subsec_nanos() != 0 {
         bail!("{flag} must be a whole number of seconds");
     }
     if d.as_secs() < min {
         bail!("{flag} must be at least {min}s");
     }
-    i64::try_from(d.as_secs()).with_context(|| format!("{flag} is too long"))
+    i64::try_from(d.as_secs()).with_context(|| format!("{flag} is too long"))?;
+    Ok(d)
 }
 
 /// Parses `90`, `90s`, `5m`, `2h`, `14d` (a bare number is seconds).
@@ -988,7 +1025,7 @@ mod tests {
 
     #[test]
     fn serve_issues_tokens_as_the_address_it_listens_on() {
-        let at = |a: &str| issuer_at(a.parse().expect("addr"));
+        let at = |a: &str| herd_server::app::issuer_at(a.parse().expect("addr"));
         assert_eq!(at("127.0.0.1:9000"), "http://127.0.0.1:9000");
         assert_eq!(at("0.0.0.0:9000"), "http://127.0.0.1:9000");
         assert_eq!(at("[::]:9000"), "http://[::1]:9000");
@@ -1145,6 +1182,34 @@ mod tests {
                 .to_string();
             assert!(err.contains(flag), "{flag} {value}: {err}");
         }
+    }
+
+    #[test]
+    fn serve_settings_name_the_bus_the_flags_choose() {
+        let bus = |flags: &[&str]| {
+            let cli = Cli::try_parse_from(["herd", "serve"].iter().chain(flags)).expect("parses");
+            let Command::Serve(args) = cli.command else {
+                panic!("serve")
+            };
+            args.settings().expect("valid").bus
+        };
+        let sql = BusSettings::Sql {
+            poll_interval: Duration::from_millis(50),
+        };
+        let redis = BusSettings::Redis {
+            url: "redis://cache:6379".into(),
+        };
+        assert_eq!(bus(&[]), sql);
+        assert_eq!(bus(&["--redis-url", "redis://cache:6379"]), redis);
+        assert_eq!(
+            bus(&["--bus", "redis", "--redis-url", "redis://cache:6379"]),
+            redis
+        );
+        assert_eq!(
+            bus(&["--bus", "sql", "--redis-url", "redis://cache:6379"]),
+            sql
+        );
+        assert_eq!(bus(&["--bus", "in-process"]), BusSettings::InProcess);
     }
 
     #[test]

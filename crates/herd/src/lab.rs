@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use herd_lab::lab::{BoxError, Environment, Scenario};
 use herd_lab::ClusterConfig;
+use herd_server::app::{open_store, Schema};
 
 use crate::config::{replica_args, LabArgs};
 
@@ -54,7 +55,8 @@ impl Environment for Stores {
             ),
         };
         // Migrated once here rather than by three replicas racing at start.
-        crate::open_store(&url, true).await?.close().await;
+        let (store, _) = open_store(&url, Schema::Migrate).await?;
+        store.close().await;
         // Every virtual user comes from this machine's one address, which login and
         // signup throttling would take for one client hammering them; the lab measures
         // the session designs, so those limits are off (flags after `--` can set them
@@ -72,7 +74,7 @@ impl Environment for Stores {
         let args = replica_args(
             &url,
             self.redis_url.as_deref(),
-            scenario.sessions.as_str(),
+            scenario.sessions,
             // Tokens only need an issuer every replica agrees on.
             "http://herd-lab",
             &serve_flags,

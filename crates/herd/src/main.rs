@@ -9,16 +9,13 @@ mod manifests;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::Parser as _;
-use herd_bus::Bus;
 use herd_identity::{Auth, SystemClock};
-use herd_server::cookies::CookiePolicy;
-use herd_server::{AppState, ServerConfig};
-use herd_store::Store;
-use tokio::net::TcpListener;
+use herd_server::app::{bind, open_store, Schema};
+use herd_server::App;
 
-use crate::config::{BusArg, Cli, ClusterArgs, Command, KeysCommand, LogFormat, ServeArgs};
+use crate::config::{Cli, ClusterArgs, Command, KeysCommand, LogFormat};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -43,7 +40,11 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve(*args).await,
+        Command::Serve(args) => {
+            let settings = args.settings()?;
+            let app = App::build(settings).await?;
+            Ok(app.run_until_stopped(shutdown_signal).await?)
+        }
         Command::Cluster(args) => cluster(*args).await,
         Command::Balance(args) => {
             let config = args.balance_config()?;
@@ -59,7 +60,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             | KeysCommand::Rotate(identity)
             | KeysCommand::Revoke { identity, .. }) = &command;
             let config = identity.auth_config()?;
-            let store = open_store(&identity.database.database, true).await?;
+            let (store, _) = open_store(&identity.database.database, Schema::Migrate).await?;
             let auth = Auth::start(store, Arc::new(SystemClock), config)
                 .await
                 .context("loading the key ring")?;
@@ -82,83 +83,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { database } => {
-            let store = Store::open(&database.database)
-                .await
-                .with_context(|| format!("opening --database {}", database.database))?;
-            let ran = store.migrate().await.context("applying migrations")?;
-            tracing::info!(applied = ran, "migrations are up to date");
+            let (store, applied) = open_store(&database.database, Schema::Migrate).await?;
+            store.close().await;
+            tracing::info!(applied, "migrations are up to date");
             Ok(())
         }
     }
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut auth_config = args.auth_config()?;
-    let store = open_store(&args.identity.database.database, args.migrate).await?;
-    let listener =
-        bind(args.listen).with_context(|| format!("binding --listen {}", args.listen))?;
-    let local = listener.local_addr().context("reading the bound address")?;
-    if args.identity.issuer.is_none() {
-        auth_config.issuer = config::issuer_at(local);
-        tracing::info!(
-            issuer = %auth_config.issuer,
-            "no --issuer: tokens name this replica's address; replicas that share a database must share one --issuer"
-        );
-    }
-    let replica_id = args
-        .replica_id
-        .clone()
-        .unwrap_or_else(|| format!("{}:{}", hostname(), local.port()));
-    let auth = Auth::start(store.clone(), Arc::new(SystemClock), auth_config)
-        .await
-        .context("starting identity")?;
-    let state = AppState::new(
-        auth,
-        ServerConfig {
-            replica_id: replica_id.clone(),
-            body_limit: args.body_limit,
-            upkeep_interval: args.upkeep_interval,
-            cookies: CookiePolicy {
-                insecure: args.insecure_cookies,
-                allowed_origins: args.allowed_origins.clone(),
-            },
-            chat: args.chat_limits()?,
-            trusted_proxies: args.trusted_proxies(),
-            connections: args.connection_limits()?,
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("--replica-id: {e}"))?
-    .with_bus(bus(&args, &store).await?);
-    tracing::info!(
-        listen = %local,
-        replica = %replica_id,
-        sessions = state.auth.session_backend(),
-        login_throttle = state.auth.throttle_backend(),
-        "herd is serving"
-    );
-    let draining = state.clone();
-    let drain_delay = args.drain_delay;
-    let shutdown = async move {
-        shutdown_signal().await;
-        draining.start_draining();
-        if !drain_delay.is_zero() {
-            tracing::info!(
-                ?drain_delay,
-                "still serving while balancers take this replica out"
-            );
-            // A second signal stops the wait: an operator in a hurry.
-            tokio::select! {
-                () = tokio::time::sleep(drain_delay) => {},
-                () = shutdown_signal() => {},
-            }
-        }
-    };
-    herd_server::serve(listener, state, shutdown)
-        .await
-        .context("serving")?;
-    store.close().await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Runs `herd cluster`: migrates the shared store once, then the replicas (this same
@@ -169,60 +99,11 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let local = listener.local_addr().context("reading the bound address")?;
     let program = std::env::current_exe().context("finding the herd executable")?;
     let config = args.cluster_config(program, local)?;
-    open_store(&args.database, true).await?.close().await;
+    let (store, _) = open_store(&args.database, Schema::Migrate).await?;
+    store.close().await;
     herd_lab::run(config, listener, shutdown_signal())
         .await
         .context("running the cluster")
-}
-
-/// The bus `--bus` names; `auto` is Redis when there is a Redis, else the SQL tail.
-async fn bus(args: &ServeArgs, store: &Store) -> anyhow::Result<Bus> {
-    let kind = match (args.bus, &args.redis_url) {
-        (BusArg::Auto, Some(_)) => BusArg::Redis,
-        (BusArg::Auto, None) => BusArg::Sql,
-        (kind, _) => kind,
-    };
-    Ok(match (kind, &args.redis_url) {
-        (BusArg::InProcess, _) => Bus::in_process(),
-        (BusArg::Redis, Some(url)) => Bus::redis(url)
-            .await
-            .context("connecting the bus to --redis-url")?,
-        _ => Bus::sql_tail(store.clone(), args.bus_poll_interval)
-            .await
-            .context("starting the SQL-tail bus")?,
-    })
-}
-
-/// Binds `addr` with a listen backlog large enough for a reconnect storm: when a replica
-/// dies its WebSocket clients all reconnect at once, and the default of 128 made the
-/// excess wait a second for the kernel to retry (docs/benchmarks.md).
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
-}
-
-pub(crate) async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Store> {
-    let store = Store::open(url)
-        .await
-        .with_context(|| format!("opening --database {url}"))?;
-    if migrate {
-        store.migrate().await.context("applying migrations")?;
-    } else {
-        let pending = store
-            .pending_migrations()
-            .await
-            .context("reading the schema version")?;
-        if pending > 0 {
-            bail!("the database schema is {pending} migration(s) behind: run `herd migrate` first");
-        }
-    }
-    Ok(store)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -244,16 +125,6 @@ pub(crate) async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {

@@ -40,6 +40,38 @@ fn a_bad_flag_value_stops_start_up_naming_the_flag() {
     assert!(stderr.contains("--database"), "{stderr}");
 }
 
+/// Every flag is validated before anything opens the store, the ones only later steps
+/// read (chat limits, the replica id, the bus) included: a refused flag leaves a fresh
+/// database absent, not migrated with a first signing key in it.
+#[test]
+fn a_bad_flag_leaves_a_fresh_database_absent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    for (flag, value) in [
+        ("--ws-queue", "0"),
+        ("--ws-max-frame", "100"),
+        ("--ws-sends-per-second", "0"),
+        ("--replica-id", "two\nlines"),
+        ("--leeway", "2m"),
+        ("--body-limit", "10"),
+        ("--bus-poll-interval", "0s"),
+    ] {
+        let out = herd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+            .args([flag, value])
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{flag} {value:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{flag} {value:?}: {stderr}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "{flag} {value:?} left {left:?} behind");
+    }
+}
+
 #[test]
 fn serve_without_migrating_refuses_a_schema_that_is_behind() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -141,6 +141,13 @@ pub fn key_states(records: &[SigningKeyRecord], now: i64, retire_after: i64) -> 
         .collect()
 }
 
+/// An Ed25519 public key as a JWK needs it (RFC 8037): its id and its bytes, base64url.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pub kid: String,
+    pub x: String,
+}
+
 /// The keys one replica verifies with and signs with, built whole and swapped in whole.
 #[derive(Debug, Default)]
 pub struct KeyRing {
@@ -209,23 +216,16 @@ impl KeyRing {
         self.keys.iter().map(|(_, k)| k.kid())
     }
 
-    /// The public keys as a JWK Set (RFC 7517), for `/.well-known/jwks.json`.
-    pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<serde_json::Value> = self
-            .keys
+    /// The published public keys, for a JWK Set (RFC 7517): the server writes them at
+    /// `/.well-known/jwks.json`, knowing their JSON shape, not the keys.
+    pub fn public_keys(&self) -> Vec<PublicKey> {
+        self.keys
             .iter()
-            .map(|(_, k)| {
-                serde_json::json!({
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "x": URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes()),
-                    "kid": k.kid,
-                    "use": "sig",
-                    "alg": crate::jwt::ALG,
-                })
+            .map(|(_, k)| PublicKey {
+                kid: k.kid.clone(),
+                x: URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes()),
             })
-            .collect();
-        serde_json::json!({ "keys": keys })
+            .collect()
     }
 }
 
@@ -267,7 +267,7 @@ mod tests {
         let ring = KeyRing::build(&keys, 200, 50);
         assert_eq!(ring.signer(200).map(|k| k.kid()), Some("new"));
         assert!(ring.verifying_key("old").is_none(), "a retired key is not");
-        assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(1));
+        assert_eq!(ring.public_keys().len(), 1);
     }
 
     #[test]

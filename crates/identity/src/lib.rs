@@ -15,6 +15,8 @@
 //!   (Redis or SQL), kept to be compared with tokens behind the same API.
 //! - `throttle.rs`: login throttling per account and per client address (GCRA), in
 //!   Redis when there is one, else per replica.
+//! - `redis_pool.rs`: the small pool of reconnecting Redis connections that `shared`
+//!   sessions and the throttle share.
 //! - `password.rs`: argon2id on the blocking pool, bounded, and rehashing of hashes made
 //!   under other parameters.
 //! - `domain.rs`: [`Username`] and [`Password`] (with the bundled list of common
@@ -27,6 +29,7 @@ mod domain;
 pub mod jwt;
 pub mod keyring;
 mod password;
+mod redis_pool;
 mod revocation;
 mod service;
 mod sessions;
@@ -35,7 +38,7 @@ mod throttle;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{Invalid, Password, Username};
 pub use jwt::{AccessClaims, Rejection};
-pub use keyring::{KeyInfo, KeyState};
+pub use keyring::{KeyInfo, KeyState, PublicKey};
 pub use password::{HashError, HashParams};
 pub use service::{
     random_id, random_token_bytes, Auth, AuthConfig, AuthError, AuthnError, KeyRevoked, NewAccount,

@@ -17,30 +17,32 @@ use crate::cache::{self, TokenCache};
 use crate::clock::Clock;
 use crate::domain::{Password, Username};
 use crate::jwt::{self, AccessClaims, Expectations, Rejection};
-use crate::keyring::{key_states, KeyInfo, KeyRing, SigningKey};
+use crate::keyring::{key_states, KeyInfo, KeyRing, PublicKey, SigningKey};
 use crate::password::{random_bytes, HashError, HashParams, PasswordHasher};
+use crate::redis_pool::RedisPool;
 use crate::revocation::RevocationSet;
 use crate::sessions::{
-    MemorySessions, RedisPool, RedisSessions, SessionData, SessionStore, SessionTimeouts, Strategy,
+    MemorySessions, RedisSessions, SessionData, SessionStore, SessionTimeouts, Strategy,
     Unavailable,
 };
 use crate::throttle::{LoginAttempt, Throttle, ThrottleConfig, Throttled};
 
-/// How identity behaves. Durations are in seconds.
+/// How identity behaves. Spans are `Duration`s; the clock and the store count whole
+/// seconds, so identity reads them with [`seconds`].
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub issuer: String,
     pub audience: String,
     pub client_id: String,
-    pub access_ttl: i64,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`; at most 30.
-    pub leeway: i64,
-    pub refresh_ttl: i64,
+    pub access_ttl: Duration,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`; at most 30 s.
+    pub leeway: Duration,
+    pub refresh_ttl: Duration,
     /// How long a spent refresh token still yields its successor instead of counting
     /// as reuse, so two tabs refreshing at once both keep working.
-    pub refresh_grace: i64,
+    pub refresh_grace: Duration,
     /// How long a rotated-in key is published before it signs.
-    pub key_publish_delay: i64,
+    pub key_publish_delay: Duration,
     pub hash: HashParams,
     pub hash_concurrency: usize,
     /// How long a signup or login waits for a password-hashing slot before it is
@@ -69,11 +71,11 @@ impl AuthConfig {
             issuer: issuer.into(),
             audience: audience.into(),
             client_id: "herd".to_owned(),
-            access_ttl: 300,
-            leeway: 5,
-            refresh_ttl: 14 * 24 * 3600,
-            refresh_grace: 10,
-            key_publish_delay: 60,
+            access_ttl: Duration::from_secs(300),
+            leeway: Duration::from_secs(5),
+            refresh_ttl: Duration::from_secs(14 * 24 * 3600),
+            refresh_grace: Duration::from_secs(10),
+            key_publish_delay: Duration::from_secs(60),
             hash: HashParams::default(),
             hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             hash_permit_wait: Duration::from_secs(5),
@@ -87,10 +89,16 @@ impl AuthConfig {
         }
     }
 
-    /// How long after a key stops signing it must still verify.
+    /// How long after a key stops signing it must still verify, in seconds.
     fn retire_after(&self) -> i64 {
-        self.access_ttl + self.leeway
+        seconds(self.access_ttl) + seconds(self.leeway)
     }
+}
+
+/// `span` in the whole seconds the clock and the store count in (a fraction is dropped;
+/// a span too long for `i64` is the longest there is).
+pub(crate) fn seconds(span: Duration) -> i64 {
+    i64::try_from(span.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,8 +338,8 @@ impl Auth {
         let expect = Expectations {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
-            leeway: config.leeway,
-            max_lifetime: config.access_ttl + config.leeway,
+            leeway: seconds(config.leeway),
+            max_lifetime: config.retire_after(),
         };
         let redis = match &config.redis_url {
             Some(url) => Some(Arc::new(
@@ -501,7 +509,7 @@ impl Auth {
             sessions.create(&id, &data, timeouts).await?;
             return Ok(TokenPair {
                 access_token: credential,
-                expires_in: timeouts.idle,
+                expires_in: seconds(timeouts.idle),
                 refresh_token: None,
                 session_id: id,
                 device_token: None,
@@ -518,7 +526,7 @@ impl Auth {
                 now,
                 NewRefresh {
                     hash: &refresh_hash,
-                    expires_at: now + self.inner.config.refresh_ttl,
+                    expires_at: now + seconds(self.inner.config.refresh_ttl),
                 },
             )
             .await?;
@@ -596,10 +604,10 @@ impl Auth {
                 &sha256(&presented),
                 NewRefresh {
                     hash: &sha256(&successor),
-                    expires_at: now + config.refresh_ttl,
+                    expires_at: now + seconds(config.refresh_ttl),
                 },
                 now,
-                config.refresh_grace,
+                seconds(config.refresh_grace),
                 self.revocation_expiry(now),
                 config.throttle.refresh.map(|rate| {
                     let (interval, tolerance) = rate.in_seconds();
@@ -642,7 +650,7 @@ impl Auth {
             (Some(sessions), Principal::Session(s)) => {
                 sessions.delete(&s.0).await?;
                 // Connections of this session, here and on other replicas, must end too.
-                self.revoked_here(&s.0, self.now() + self.inner.config.sessions.idle);
+                self.revoked_here(&s.0, self.now() + seconds(self.inner.config.sessions.idle));
                 Ok(())
             }
             _ => self.revoke(principal.session_id()).await,
@@ -892,7 +900,9 @@ impl Auth {
         let key = SigningKey::generate();
         self.inner
             .store
-            .insert_signing_key(&key.to_record(now, now + self.inner.config.key_publish_delay))
+            .insert_signing_key(
+                &key.to_record(now, now + seconds(self.inner.config.key_publish_delay)),
+            )
             .await?;
         tracing::info!(kid = %key.kid(), "rotated in a new signing key");
         for info in self.keys().await? {
@@ -967,9 +977,9 @@ impl Auth {
         ))
     }
 
-    /// The published keys as a JWK Set.
-    pub fn jwks(&self) -> serde_json::Value {
-        self.inner.ring.load().jwks()
+    /// The published public keys, for the JWK Set.
+    pub fn public_keys(&self) -> Vec<PublicKey> {
+        self.inner.ring.load().public_keys()
     }
 
     pub fn revoked_sessions(&self) -> usize {
@@ -994,14 +1004,14 @@ impl Auth {
             sid: session_id.to_owned(),
             jti: random_id(),
             iat: now.max(0).unsigned_abs(),
-            exp: (now + config.access_ttl).max(0).unsigned_abs(),
+            exp: (now + seconds(config.access_ttl)).max(0).unsigned_abs(),
             nbf: None,
             preferred_username: username.to_owned(),
             client_id: config.client_id.clone(),
         };
         Ok(TokenPair {
             access_token: jwt::sign(&claims, key),
-            expires_in: config.access_ttl,
+            expires_in: seconds(config.access_ttl),
             refresh_token: Some(URL_SAFE_NO_PAD.encode(refresh)),
             session_id: session_id.to_owned(),
             device_token: None,
@@ -1014,7 +1024,7 @@ impl Auth {
     /// one, so its `exp` may be as late as `now + access_ttl + leeway`. The revocation
     /// is kept through that second.
     fn revocation_expiry(&self, now: i64) -> i64 {
-        now + self.inner.config.access_ttl + 2 * self.inner.config.leeway
+        now + self.inner.config.retire_after() + seconds(self.inner.config.leeway)
     }
 
     /// A device token for `username` (as stored), issued at `now`: the account and the

@@ -8,16 +8,21 @@
 //! costs a write at most once per `touch_interval`, not on every request.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herd_store::{SharedSession, Store};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-/// Where a replica keeps what it needs to recognise a caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::redis_pool::RedisPool;
+use crate::service::seconds;
+
+/// Where a replica keeps what it needs to recognise a caller: the one list of session
+/// designs, which `herd serve --sessions` parses and `herd lab` compares. Written as
+/// [`Strategy::as_str`] names it, lower case, on the command line and in the lab's
+/// results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Signed access tokens: nothing to look up. The default.
     Token,
@@ -28,6 +33,9 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// Every strategy, in the order `--help` lists them.
+    pub const ALL: [Strategy; 3] = [Strategy::Token, Strategy::Shared, Strategy::Memory];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Strategy::Token => "token",
@@ -37,21 +45,39 @@ impl Strategy {
     }
 }
 
-/// How long sessions of the stateful strategies last, in seconds.
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    /// The name [`Strategy::as_str`] gives.
+    fn from_str(name: &str) -> Result<Strategy, String> {
+        Strategy::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| format!("{name:?} is not one of token, shared, memory"))
+    }
+}
+
+/// How long sessions of the stateful strategies last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionTimeouts {
-    pub idle: i64,
-    pub absolute: i64,
+    pub idle: Duration,
+    pub absolute: Duration,
     /// The least time between two extensions of a session's idle expiry.
-    pub touch_interval: i64,
+    pub touch_interval: Duration,
 }
 
 impl Default for SessionTimeouts {
     fn default() -> Self {
         SessionTimeouts {
-            idle: 30 * 60,
-            absolute: 12 * 3600,
-            touch_interval: 60,
+            idle: Duration::from_secs(30 * 60),
+            absolute: Duration::from_secs(12 * 3600),
+            touch_interval: Duration::from_secs(60),
         }
     }
 }
@@ -59,7 +85,20 @@ impl Default for SessionTimeouts {
 impl SessionTimeouts {
     /// Seconds the session may still live from `now`, given when it was created.
     fn remaining(&self, created_at: i64, now: i64) -> i64 {
-        self.idle.min(created_at + self.absolute - now)
+        self.idle().min(created_at + self.absolute() - now)
+    }
+
+    /// The idle timeout in the clock's seconds.
+    fn idle(&self) -> i64 {
+        seconds(self.idle)
+    }
+
+    fn absolute(&self) -> i64 {
+        seconds(self.absolute)
+    }
+
+    fn touch_interval(&self) -> i64 {
+        seconds(self.touch_interval)
     }
 }
 
@@ -139,11 +178,11 @@ impl SessionStore {
                 else {
                     return Ok(None);
                 };
-                if s.last_seen + t.idle <= now || s.created_at + t.absolute <= now {
+                if s.last_seen + t.idle() <= now || s.created_at + t.absolute() <= now {
                     // Expired: the periodic prune deletes it; no write on this path.
                     return Ok(None);
                 }
-                if now - s.last_seen >= t.touch_interval {
+                if now - s.last_seen >= t.touch_interval() {
                     store
                         .touch_shared_session(id, now)
                         .await
@@ -182,7 +221,7 @@ impl SessionStore {
             }
             SessionStore::Redis(_) => Ok(()),
             SessionStore::Sql(store) => store
-                .prune_shared_sessions(now - t.idle, now - t.absolute)
+                .prune_shared_sessions(now - t.idle(), now - t.absolute())
                 .await
                 .map(|_| ())
                 .map_err(|e| Unavailable(e.to_string())),
@@ -213,7 +252,7 @@ impl MemorySessions {
     fn lookup(&self, id: &str, now: i64, t: &SessionTimeouts) -> Option<SessionData> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let (data, last_seen) = map.get_mut(id)?;
-        if *last_seen + t.idle <= now || data.created_at + t.absolute <= now {
+        if *last_seen + t.idle() <= now || data.created_at + t.absolute() <= now {
             map.remove(id);
             return None;
         }
@@ -232,94 +271,8 @@ impl MemorySessions {
     fn prune(&self, now: i64, t: &SessionTimeouts) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, (data, last_seen)| {
-            *last_seen + t.idle > now && data.created_at + t.absolute > now
+            *last_seen + t.idle() > now && data.created_at + t.absolute() > now
         });
-    }
-}
-
-/// A small pool of multiplexed Redis connections, each connected on first use and
-/// reconnecting by itself, so herd starts while Redis is down and recovers when it
-/// returns. Shared by the `shared` sessions and the login throttle.
-pub(crate) struct RedisPool {
-    client: redis::Client,
-    pool: Vec<tokio::sync::Mutex<Option<ConnectionManager>>>,
-    next: AtomicUsize,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for RedisPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisPool")
-            .field("pool", &self.pool.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisPool {
-    pub(crate) fn new(url: &str, pool_size: usize) -> Result<RedisPool, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
-        Ok(RedisPool {
-            client,
-            pool: (0..pool_size.max(1))
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
-            next: AtomicUsize::new(0),
-            timeout: Duration::from_secs(1),
-        })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, Unavailable> {
-        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
-        let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| Unavailable("connecting to Redis timed out".into()))?
-        .map_err(|e| Unavailable(e.to_string()))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Runs `cmd`, once more if the connection had broken: the manager reconnects on
-    /// the first failure, so after Redis comes back the retry goes through. Every
-    /// command herd sends is idempotent but the throttle's script, which, repeated after
-    /// a reply lost on a broken connection, at worst counts one login attempt twice.
-    pub(crate) async fn run<T: redis::FromRedisValue>(
-        &self,
-        cmd: &redis::Pipeline,
-    ) -> Result<T, Unavailable> {
-        let mut conn = self.connection().await?;
-        let mut last = String::new();
-        for _ in 0..2 {
-            match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e))
-                    if e.is_io_error()
-                        || e.is_connection_dropped()
-                        || e.is_connection_refusal() =>
-                {
-                    last = e.to_string();
-                }
-                Ok(Err(e)) => return Err(Unavailable(e.to_string())),
-                Err(_) => return Err(Unavailable("Redis did not answer within 1 s".into())),
-            }
-        }
-        Err(Unavailable(last))
-    }
-
-    pub(crate) async fn ping(&self) -> Result<(), Unavailable> {
-        let mut p = redis::pipe();
-        p.cmd("PING").ignore();
-        self.run::<()>(&p).await
     }
 }
 
@@ -381,7 +334,7 @@ impl RedisSessions {
         }
         // The key's TTL says when it was last extended: extend only when that was at
         // least `touch_interval` ago, so most requests cost one read.
-        if remaining - ttl >= t.touch_interval {
+        if remaining - ttl >= t.touch_interval() {
             let mut p = redis::pipe();
             p.cmd("EXPIRE").arg(&key).arg(remaining).ignore();
             self.run::<()>(&p).await?;
@@ -415,9 +368,9 @@ mod tests {
     #[test]
     fn memory_sessions_slide_and_end() {
         let t = SessionTimeouts {
-            idle: 100,
-            absolute: 250,
-            touch_interval: 10,
+            idle: Duration::from_secs(100),
+            absolute: Duration::from_secs(250),
+            touch_interval: Duration::from_secs(10),
         };
         let m = MemorySessions::default();
         m.create("s", &data(0));

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::domain::Username;
-use crate::sessions::RedisPool;
+use crate::redis_pool::RedisPool;
 
 /// A limit: `attempts` at once, refilled evenly over `period_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use crate::client::ClientAddr;
 use crate::cookies;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Identity, JsonObject};
+use crate::extract::{Fields, Identity, JsonObject, ReadFields};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -35,19 +35,37 @@ pub fn router() -> Router<AppState> {
 pub struct SignupRequest {
     /// 3 to 32 of `a-z 0-9 _ . -` (upper case is folded to lower).
     #[schema(
+        value_type = String,
         min_length = 3,
         max_length = 32,
         pattern = "^[A-Za-z0-9_.-]+$",
         example = "alice"
     )]
-    pub username: String,
+    pub username: Username,
     /// 8 to 128 characters.
-    #[schema(min_length = 8, max_length = 128, example = "correct horse")]
-    pub password: String,
+    #[schema(
+        value_type = String,
+        min_length = 8,
+        max_length = 128,
+        example = "correct horse"
+    )]
+    pub password: Password,
+}
+
+impl ReadFields for SignupRequest {
+    fn read(body: &mut JsonObject) -> Option<SignupRequest> {
+        let username = body.parse("username", Username::parse);
+        let password = body.parse("password", Password::parse);
+        Some(SignupRequest {
+            username: username?,
+            password: password?,
+        })
+    }
 }
 
 /// Credentials to log in with.
-#[derive(Debug, ToSchema)]
+// Plain strings: any string is tried, so a password set under older rules still logs in.
+#[derive(ToSchema)]
 pub struct LoginRequest {
     #[schema(example = "alice")]
     pub username: String,
@@ -55,16 +73,57 @@ pub struct LoginRequest {
     pub password: String,
     /// True for a browser: the credentials then come back only as HttpOnly cookies, and
     /// the body carries the CSRF token the page echoes in `X-CSRF-Token`.
-    #[schema(default = false)]
-    pub cookies: Option<bool>,
+    #[schema(value_type = Option<bool>, default = false)]
+    pub cookies: bool,
+}
+
+impl ReadFields for LoginRequest {
+    fn read(body: &mut JsonObject) -> Option<LoginRequest> {
+        let username = body.string("username");
+        let password = body.string("password");
+        let cookies = body.flag("cookies");
+        Some(LoginRequest {
+            username: username?,
+            password: password?,
+            cookies,
+        })
+    }
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("cookies", &self.cookies)
+            .finish()
+    }
 }
 
 /// The refresh token to spend.
-#[derive(Debug, ToSchema)]
+#[derive(ToSchema)]
 pub struct RefreshRequest {
     /// Required, except from a browser whose `herd_refresh` cookie carries it (then the
     /// request must pass the CSRF check, and the body may be `{}`).
-    pub refresh_token: String,
+    #[schema(value_type = String, required = true)]
+    pub refresh_token: Option<String>,
+}
+
+impl ReadFields for RefreshRequest {
+    fn read(body: &mut JsonObject) -> Option<RefreshRequest> {
+        Some(RefreshRequest {
+            refresh_token: body.optional_string("refresh_token"),
+        })
+    }
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.refresh_token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("RefreshRequest")
+            .field("refresh_token", &token)
+            .finish()
+    }
 }
 
 /// An account.
@@ -145,12 +204,12 @@ pub struct CookieSession {
 async fn signup(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    mut body: JsonObject,
+    Fields(request): Fields<SignupRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let username = body.parse("username", Username::parse);
-    let password = body.parse("password", Password::parse);
-    let (username, password) = body.finish((username, password))?;
-    let account = state.auth.signup(&username, &password, client).await?;
+    let account = state
+        .auth
+        .signup(&request.username, &request.password, client)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(Account {
@@ -181,12 +240,13 @@ async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
-    mut body: JsonObject,
+    Fields(request): Fields<LoginRequest>,
 ) -> ApiResult<Response> {
-    let username = body.string("username");
-    let password = body.string("password");
-    let want_cookies = body.flag("cookies");
-    let (username, password) = body.finish((username, password))?;
+    let LoginRequest {
+        username,
+        password,
+        cookies: want_cookies,
+    } = request;
     let device = cookies::cookie(&headers, cookies::DEVICE);
     match state.auth.login(&username, &password, client, device).await {
         Ok(pair) => {
@@ -251,7 +311,10 @@ async fn refresh(
     headers: HeaderMap,
     mut body: JsonObject,
 ) -> ApiResult<Response> {
-    let from_body = body.optional_string("refresh_token");
+    // Not the `Fields` extractor: whether the field is required depends on the cookie,
+    // and that 422 joins the body's own.
+    let request = RefreshRequest::read(&mut body);
+    let from_body = request.as_ref().and_then(|r| r.refresh_token.clone());
     let from_cookie = cookies::cookie(&headers, cookies::REFRESH).filter(|v| !v.is_empty());
     if from_body.is_none() && from_cookie.is_none() {
         body.reject(
@@ -259,7 +322,7 @@ async fn refresh(
             "is required (or send the herd_refresh cookie)",
         );
     }
-    let from_body = body.finish(Some(from_body))?;
+    body.finish(request)?;
     let (token, via_cookie) = match (from_body, from_cookie) {
         (Some(token), _) => (token, false),
         (None, Some(cookie)) => {
@@ -358,7 +421,7 @@ fn token_response(state: &AppState, pair: TokenPair, as_cookies: bool) -> Respon
         ),
     );
     if let Some(refresh) = &pair.refresh_token {
-        let ttl = state.auth.config().refresh_ttl;
+        let ttl = refresh_max_age(state);
         headers.append(
             SET_COOKIE,
             policy.set(cookies::REFRESH, refresh, "/v1/auth", ttl, true),
@@ -370,9 +433,34 @@ fn token_response(state: &AppState, pair: TokenPair, as_cookies: bool) -> Respon
             policy.csrf_name(),
             &csrf,
             "/",
-            state.auth.config().refresh_ttl,
+            refresh_max_age(state),
             false,
         ),
     );
     response
+}
+
+/// The refresh token's lifetime in seconds, the cookies' `Max-Age`.
+fn refresh_max_age(state: &AppState) -> i64 {
+    i64::try_from(state.auth.config().refresh_ttl.as_secs()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use herd_identity::{Password, Username};
+    use utoipa::PartialSchema as _;
+
+    use super::SignupRequest;
+
+    /// The limits the description states are the ones identity enforces.
+    #[test]
+    fn the_signup_schema_states_the_limits_identity_parses_with() {
+        let schema = serde_json::to_value(SignupRequest::schema()).expect("schema");
+        let field = |name: &str, key: &str| schema["properties"][name][key].as_u64();
+        let bound = |n: usize| u64::try_from(n).ok();
+        assert_eq!(field("username", "minLength"), bound(Username::MIN));
+        assert_eq!(field("username", "maxLength"), bound(Username::MAX));
+        assert_eq!(field("password", "minLength"), bound(Password::MIN));
+        assert_eq!(field("password", "maxLength"), bound(Password::MAX));
+    }
 }

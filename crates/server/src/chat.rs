@@ -690,7 +690,7 @@ enum Step {
 
 impl Reauth {
     fn new(state: &AppState, principal: &Principal) -> Reauth {
-        let grace = Duration::from_secs(state.auth.config().leeway.max(0).unsigned_abs());
+        let grace = state.auth.config().leeway;
         let Some(expires_at) = principal.expires_at() else {
             return Reauth { next: None, grace };
         };

@@ -141,6 +141,28 @@ impl JsonObject {
     }
 }
 
+/// A request body type, read from a [`JsonObject`] field by field: `read` reads every
+/// field, recording each invalid one, and returns the value only when all were valid.
+/// The same type derives the body's `ToSchema`, so the API description and the
+/// parsing are one definition.
+pub trait ReadFields: Sized {
+    fn read(body: &mut JsonObject) -> Option<Self>;
+}
+
+/// A JSON object body parsed into `T`, or a 422 naming every invalid field.
+#[derive(Debug)]
+pub struct Fields<T>(pub T);
+
+impl<S: Send + Sync, T: ReadFields> FromRequest<S> for Fields<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let mut body = JsonObject::from_request(req, state).await?;
+        let value = T::read(&mut body);
+        body.finish(value).map(Fields)
+    }
+}
+
 /// Options that are all `Some` once every field read without error.
 pub trait AllPresent {
     type Values;

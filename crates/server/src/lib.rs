@@ -1,10 +1,14 @@
 //! herd's HTTP application.
 //!
-//! [`router`] builds the axum application from an [`AppState`]; [`serve`] runs it on a
-//! listener the caller bound (port 0 in tests), with the replica's upkeep task, until a
-//! shutdown future resolves, then finishes the requests in flight.
+//! [`App::build`] is how a replica starts, for the `herd` binary and the tests alike: it
+//! opens the store and starts identity, the bus and the [`AppState`] from validated
+//! [`Settings`], and binds the listener. [`router`] builds the axum application from an
+//! [`AppState`]; [`serve`] runs it on a listener the caller bound (port 0 in tests), with
+//! the replica's upkeep task, until a shutdown future resolves, then finishes the
+//! requests in flight.
 //!
-//! Layout, one module a feature, each with its own `router()`:
+//! Layout: `app.rs` is the start-up above; then one module a feature, each with its own
+//! `router()`:
 //! - `auth.rs`: signup, login, refresh, logout, `GET /v1/me`.
 //! - `rooms.rs`: rooms and message history over HTTP (stateless), a thin transport over
 //!   [`herd_chat::Chat`].
@@ -27,6 +31,7 @@
 //! - `metrics.rs`: the Prometheus registry.
 //! - `news.rs`: revocations and key rotations relayed between replicas over the bus.
 
+pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod client;
@@ -65,6 +70,8 @@ use crate::cookies::{CookiePolicy, Cookies};
 use crate::error::{ApiError, Code, InternalError};
 pub use crate::listen::ConnectionLimits;
 use crate::metrics::Metrics;
+
+pub use crate::app::{App, Settings};
 
 /// The header naming the replica that served a response.
 pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-herd-replica");

@@ -6,6 +6,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use herd_identity::PublicKey;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -28,38 +29,58 @@ pub fn router() -> Router<AppState> {
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     // Verifiers may cache the set for half the publish delay: a rotated-in key is then
     // in every cache before it signs anything.
-    let max_age = (state.auth.config().key_publish_delay / 2).max(0);
+    let max_age = state.auth.config().key_publish_delay.as_secs() / 2;
+    let keys = state
+        .auth
+        .public_keys()
+        .into_iter()
+        .map(Jwk::from)
+        .collect();
     (
         [(header::CACHE_CONTROL, format!("public, max-age={max_age}"))],
-        Json(state.auth.jwks()),
+        Json(JwkSet { keys }),
     )
 }
 
-/// The public keys access tokens are signed with (RFC 7517). Identity builds it, knowing
-/// no HTTP; this type describes it for the API description.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)] // Documentation of `Auth::jwks`'s JSON, checked by schemathesis in CI.
+/// The public keys access tokens are signed with (RFC 7517).
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JwkSet {
     pub keys: Vec<Jwk>,
 }
 
 /// One Ed25519 public key (RFC 8037).
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Jwk {
     /// `OKP`.
-    pub kty: String,
+    #[schema(value_type = String)]
+    pub kty: &'static str,
     /// `Ed25519`.
-    pub crv: String,
+    #[schema(value_type = String)]
+    pub crv: &'static str,
     /// The public key, base64url.
     pub x: String,
     /// The key id tokens name in their header.
     pub kid: String,
     /// `sig`.
-    #[schema(rename = "use")]
-    pub use_: String,
+    #[serde(rename = "use")]
+    #[schema(value_type = String)]
+    pub use_: &'static str,
     /// `EdDSA`.
-    pub alg: String,
+    #[schema(value_type = String)]
+    pub alg: &'static str,
+}
+
+impl From<PublicKey> for Jwk {
+    fn from(key: PublicKey) -> Jwk {
+        Jwk {
+            kty: "OKP",
+            crv: "Ed25519",
+            x: key.x,
+            kid: key.kid,
+            use_: "sig",
+            alg: herd_identity::jwt::ALG,
+        }
+    }
 }
 
 /// Where verifiers find the keys and the token endpoint (OpenID Connect Discovery style).

@@ -8,10 +8,8 @@
 //! posters to one room queue (posters to different rooms do not); on SQLite it takes the
 //! file's write lock. A post that fails rolls the raise back with it.
 
-use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
+use sqlx::{ColumnIndex, Decode, Executor, Row, Type};
 
-use crate::dialect::Dialect;
-use crate::sql::Db;
 use crate::{Backend, Result, Store, StoreError};
 
 /// A room as stored. `last_seq` is the `seq` of its newest message, 0 before the first.
@@ -152,16 +150,7 @@ macro_rules! select_messages {
     };
 }
 
-impl<DB> Db<DB>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    usize: ColumnIndex<DB::Row>,
-    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
-    String: Type<DB> + for<'r> Decode<'r, DB>,
-    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
-{
+impl_queries! {
     async fn create_room(
         &self,
         id: &str,

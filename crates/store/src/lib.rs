@@ -40,6 +40,33 @@ macro_rules! dispatch {
     };
 }
 
+/// `impl<DB> Db<DB>` with the bounds every query needs, said once: which Rust types the
+/// queries bind (`Encode`) and read (`Decode`), reading columns by index, and running
+/// queries through a connection, a transaction or the pool. SQLite and PostgreSQL meet
+/// them all. A macro rather than a trait with these bounds as its where-clause: Rust
+/// does not carry such bounds to the trait's users (only bounds on `Self` are implied),
+/// so every generic function would still have to repeat them.
+macro_rules! impl_queries {
+    ($($body:tt)*) => {
+        impl<DB> $crate::sql::Db<DB>
+        where
+            DB: $crate::dialect::Dialect,
+            for<'c> &'c mut DB::Connection: ::sqlx::Executor<'c, Database = DB>,
+            for<'q> DB::Arguments<'q>: ::sqlx::IntoArguments<'q, DB>,
+            usize: ::sqlx::ColumnIndex<DB::Row>,
+            i64: ::sqlx::Type<DB>
+                + for<'q> ::sqlx::Encode<'q, DB>
+                + for<'r> ::sqlx::Decode<'r, DB>,
+            String: ::sqlx::Type<DB> + for<'r> ::sqlx::Decode<'r, DB>,
+            Vec<u8>: ::sqlx::Type<DB> + for<'r> ::sqlx::Decode<'r, DB>,
+            for<'q> &'q str: ::sqlx::Type<DB> + ::sqlx::Encode<'q, DB>,
+            for<'q> &'q [u8]: ::sqlx::Type<DB> + ::sqlx::Encode<'q, DB>,
+        {
+            $($body)*
+        }
+    };
+}
+
 mod chat;
 mod dialect;
 mod migrate;

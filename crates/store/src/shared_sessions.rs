@@ -1,9 +1,7 @@
 //! Sessions of the `shared` strategy, in the SQL store (used when there is no Redis).
 
-use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
+use sqlx::{Executor, Row};
 
-use crate::dialect::Dialect;
-use crate::sql::Db;
 use crate::{Backend, Result, Store};
 
 /// A shared session as stored. `id` is the hash of what the client holds.
@@ -45,16 +43,7 @@ impl Store {
     }
 }
 
-impl<DB> Db<DB>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    usize: ColumnIndex<DB::Row>,
-    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
-    String: Type<DB> + for<'r> Decode<'r, DB>,
-    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
-{
+impl_queries! {
     async fn create_shared_session(&self, s: &SharedSession) -> Result<()> {
         let insert = sqlx::query(
             "INSERT INTO shared_sessions (id, user_id, username, created_at, last_seen) \

@@ -1,8 +1,9 @@
 //! The store's queries, written once and compiled for each backend.
 //!
-//! [`Db`] is generic over the sqlx database; the bounds on its `impl` say which Rust types
-//! the queries bind and read, and both SQLite and PostgreSQL meet them. What differs
-//! between the two comes from [`Dialect`].
+//! [`Db`] is generic over the sqlx database; the bounds of `impl_queries!` (in `lib.rs`,
+//! shared with `chat.rs` and `shared_sessions.rs`) say which Rust types the queries bind
+//! and read, and both SQLite and PostgreSQL meet them. What differs between the two
+//! comes from [`Dialect`](crate::dialect::Dialect).
 //!
 //! Queries are run through the executor's methods (`conn.execute(query)`), never the
 //! query's own (`query.execute(conn)`). The latter are `async fn`s generic over the
@@ -11,9 +12,9 @@
 //! executor's methods return boxed futures that are `Send` by their signature. Identity
 //! and the server need every store future to be `Send`; `tests/it/store.rs` checks it.
 
-use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
+use sqlx::{Executor, Pool, Row, Transaction};
 
-use crate::dialect::{Dialect, Lock};
+use crate::dialect::Lock;
 use crate::migrate;
 use crate::{
     Event, NewRefresh, RefreshLimit, Result, Revocation, Rotation, SessionOwner, SigningKeyRecord,
@@ -49,18 +50,7 @@ impl<DB: sqlx::Database> Db<DB> {
     }
 }
 
-impl<DB> Db<DB>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    usize: ColumnIndex<DB::Row>,
-    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
-    String: Type<DB> + for<'r> Decode<'r, DB>,
-    Vec<u8>: Type<DB> + for<'r> Decode<'r, DB>,
-    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
-    for<'q> &'q [u8]: Type<DB> + Encode<'q, DB>,
-{
+impl_queries! {
     pub(crate) async fn migrate(&self) -> Result<usize> {
         migrate::run(&self.pool).await
     }
@@ -131,7 +121,7 @@ where
                 .bind(user_id)
                 .bind(now);
         tx.execute(insert).await?;
-        insert_refresh(&mut tx, session_id, now, refresh).await?;
+        Self::insert_refresh(&mut tx, session_id, now, refresh).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -181,11 +171,11 @@ where
         let revoked_at: Option<i64> = row.get(3);
 
         if spent == 1 {
-            if let Some(wait) = take_refresh(&mut tx, &owner.session_id, now, limit).await? {
+            if let Some(wait) = Self::take_refresh(&mut tx, &owner.session_id, now, limit).await? {
                 // Dropping the transaction rolls the spending back: the token stays live.
                 return Ok(Rotation::Throttled { retry_after: wait });
             }
-            insert_refresh(&mut tx, &owner.session_id, now, successor).await?;
+            Self::insert_refresh(&mut tx, &owner.session_id, now, successor).await?;
             tx.commit().await?;
             return Ok(Rotation::Rotated(owner));
         }
@@ -200,14 +190,14 @@ where
             Some(at) if now - at <= grace => {
                 // A replay mints access tokens like a rotation does, so it is metered
                 // like one: the grace window is no way around the session's limit.
-                if let Some(wait) = take_refresh(&mut tx, &owner.session_id, now, limit).await? {
+                if let Some(wait) = Self::take_refresh(&mut tx, &owner.session_id, now, limit).await? {
                     return Ok(Rotation::Throttled { retry_after: wait });
                 }
                 tx.commit().await?;
                 Ok(Rotation::Replayed(owner))
             }
             Some(_) => {
-                revoke_in(&mut tx, &owner.session_id, now, access_expiry).await?;
+                Self::revoke_in(&mut tx, &owner.session_id, now, access_expiry).await?;
                 tx.commit().await?;
                 Ok(Rotation::Reused {
                     session_id: owner.session_id,
@@ -243,7 +233,7 @@ where
         access_expiry: i64,
     ) -> Result<bool> {
         let mut tx = DB::begin(&self.pool).await?;
-        let revoked = revoke_in(&mut tx, session_id, now, access_expiry).await?;
+        let revoked = Self::revoke_in(&mut tx, session_id, now, access_expiry).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -425,20 +415,14 @@ fn conflict_on(e: sqlx::Error, constraint: &'static str) -> StoreError {
     }
 }
 
-async fn insert_refresh<DB>(
+// The steps a transaction above shares, run on that transaction.
+impl_queries! {
+async fn insert_refresh(
     tx: &mut Transaction<'static, DB>,
     session_id: &str,
     now: i64,
     refresh: NewRefresh<'_>,
-) -> Result<()>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    i64: Type<DB> + for<'q> Encode<'q, DB>,
-    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
-    for<'q> &'q [u8]: Type<DB> + Encode<'q, DB>,
-{
+) -> Result<()> {
     let insert = sqlx::query(
         "INSERT INTO refresh_tokens (hash, session_id, created_at, expires_at) \
          VALUES ($1, $2, $3, $4)",
@@ -454,20 +438,12 @@ where
 /// Takes one refresh from session `session_id`'s meter, or returns how many seconds until
 /// it has room. The check and the take are one statement on the session's row, so
 /// concurrent refreshes of one session queue on its row lock and each sees the last.
-async fn take_refresh<DB>(
+async fn take_refresh(
     tx: &mut Transaction<'static, DB>,
     session_id: &str,
     now: i64,
     limit: Option<RefreshLimit>,
-) -> Result<Option<i64>>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    usize: ColumnIndex<DB::Row>,
-    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
-    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
-{
+) -> Result<Option<i64>> {
     let Some(limit) = limit else {
         return Ok(None);
     };
@@ -490,19 +466,12 @@ where
     ))
 }
 
-async fn revoke_in<DB>(
+async fn revoke_in(
     tx: &mut Transaction<'static, DB>,
     session_id: &str,
     now: i64,
     access_expiry: i64,
-) -> Result<bool>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    i64: Type<DB> + for<'q> Encode<'q, DB>,
-    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
-{
+) -> Result<bool> {
     let revoke =
         sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now)
@@ -523,4 +492,5 @@ where
     .bind(access_expiry);
     tx.execute(log).await?;
     Ok(true)
+}
 }

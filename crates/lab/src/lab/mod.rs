@@ -24,43 +24,27 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use herd_identity::Strategy;
 use serde::Serialize;
 
 pub use report::{Report, ScenarioResult};
 
 use crate::{ClusterConfig, LabError, Policy};
 
-/// How the replicas of a scenario recognise a caller (`herd serve --sessions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sessions {
-    Memory,
-    Shared,
-    Token,
-}
-
-impl Sessions {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sessions::Memory => "memory",
-            Sessions::Shared => "shared",
-            Sessions::Token => "token",
-        }
-    }
-}
-
 /// One design under test.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
     /// A short name, also used for file names: `memory-rr`, `memory-sticky`, ...
     pub name: String,
-    pub sessions: Sessions,
+    /// How its replicas recognise a caller (`herd serve --sessions`).
+    pub sessions: Strategy,
     pub policy: Policy,
     /// Where sessions live, in words: "replica memory", "Redis", "SQL store", "none".
     pub session_store: String,
 }
 
-/// The four designs the issue compares, in the order the report shows them. `shared`
+/// The four designs herd compares (memory sessions behind round-robin and behind sticky
+/// routing, shared sessions, tokens), in the order the report shows them. `shared`
 /// keeps its sessions in Redis when the lab has one, else in the SQL store.
 pub fn scenarios(redis: bool) -> Vec<Scenario> {
     let scenario = |name: &str, sessions, policy, store: &str| Scenario {
@@ -73,20 +57,20 @@ pub fn scenarios(redis: bool) -> Vec<Scenario> {
     vec![
         scenario(
             "memory-rr",
-            Sessions::Memory,
+            Strategy::Memory,
             Policy::RoundRobin,
             "replica memory",
         ),
         scenario(
             "memory-sticky",
-            Sessions::Memory,
+            Strategy::Memory,
             Policy::Sticky,
             "replica memory",
         ),
-        scenario("shared-rr", Sessions::Shared, Policy::RoundRobin, shared),
+        scenario("shared-rr", Strategy::Shared, Policy::RoundRobin, shared),
         scenario(
             "token-rr",
-            Sessions::Token,
+            Strategy::Token,
             Policy::RoundRobin,
             "none (signed token)",
         ),

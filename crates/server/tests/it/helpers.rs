@@ -1,4 +1,6 @@
-//! `spawn_app` and the typed helpers the tests use.
+//! `spawn_app` and the typed helpers the tests use. A test replica starts through
+//! [`App::builder`], the production start-up, with a `ManualClock` and, where the test
+//! asks for one, a bus shared with its other replicas.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,8 +8,9 @@ use std::time::Duration;
 use herd_identity::{
     Auth, AuthConfig, HashParams, ManualClock, SessionTimeouts, Strategy, ThrottleConfig,
 };
+use herd_server::app::{BusSettings, Schema, StartError};
 use herd_server::client::TrustedProxies;
-use herd_server::{AppState, ServerConfig};
+use herd_server::{App, Settings};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -27,6 +30,7 @@ pub const CHEAP_HASH: HashParams = HashParams {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub replica_id: String,
+    /// In seconds, like the manual clock.
     pub key_publish_delay: i64,
     pub body_limit: usize,
     pub strategy: Strategy,
@@ -34,6 +38,7 @@ pub struct Options {
     pub insecure_cookies: bool,
     pub bus: TestBus,
     pub chat: herd_server::chat::ChatLimits,
+    /// In seconds, like the manual clock.
     pub access_ttl: i64,
     /// The production defaults unless a test says otherwise.
     pub throttle: ThrottleConfig,
@@ -85,12 +90,36 @@ impl Default for Options {
     }
 }
 
-/// Session lifetimes in tests: 100 s idle, 1000 s absolute, extended at most every 10 s.
-pub const TIMEOUTS: SessionTimeouts = SessionTimeouts {
+/// Session lifetimes in tests, in the seconds the manual clock advances by: 100 s idle,
+/// 1000 s absolute, extended at most every 10 s.
+pub const TIMEOUTS: Timeouts = Timeouts {
     idle: 100,
     absolute: 1000,
     touch_interval: 10,
 };
+
+/// [`SessionTimeouts`] in whole seconds, the unit the tests move the clock by.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub idle: i64,
+    pub absolute: i64,
+    pub touch_interval: i64,
+}
+
+impl Timeouts {
+    fn config(&self) -> SessionTimeouts {
+        SessionTimeouts {
+            idle: secs(self.idle),
+            absolute: secs(self.absolute),
+            touch_interval: secs(self.touch_interval),
+        }
+    }
+}
+
+/// A span of `n` seconds of the manual clock.
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(n.max(0).unsigned_abs())
+}
 
 pub struct TestApp {
     pub base: String,
@@ -101,7 +130,7 @@ pub struct TestApp {
     pub options: Options,
     dir: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
-    pub server: Option<JoinHandle<std::io::Result<()>>>,
+    pub server: Option<JoinHandle<Result<(), StartError>>>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -154,63 +183,70 @@ impl TestApp {
     }
 }
 
+/// Starts a replica the way `herd serve` does ([`App::builder`]), with the manual `clock`
+/// and, for [`TestBus::InProcess`], the test's shared bus.
 async fn spawn_on(
     dir: Arc<tempfile::TempDir>,
     database: String,
     clock: Arc<ManualClock>,
     options: Options,
 ) -> TestApp {
-    let store = herd_store::Store::connect(&database).await.expect("store");
     let mut config = AuthConfig::new(options.issuer.clone(), "herd");
     config.hash = options.hash;
     config.hash_permit_wait = options.hash_permit_wait;
     config.throttle = options.throttle.clone();
-    config.key_publish_delay = options.key_publish_delay;
-    config.access_ttl = options.access_ttl;
+    config.key_publish_delay = secs(options.key_publish_delay);
+    config.access_ttl = secs(options.access_ttl);
     config.strategy = options.strategy;
     config.redis_url = options.redis_url.clone();
-    config.sessions = TIMEOUTS;
-    let bus = match &options.bus {
-        TestBus::None => None,
-        TestBus::InProcess(bus) => Some(bus.clone()),
-        TestBus::Sql => Some(
-            herd_bus::Bus::sql_tail(store.clone(), Duration::from_millis(10))
-                .await
-                .expect("sql-tail bus"),
-        ),
-        TestBus::Redis(url) => Some(herd_bus::Bus::redis(url).await.expect("redis bus")),
-    };
-    let auth = Auth::start(store, clock.clone(), config)
-        .await
-        .expect("auth");
-    let state = AppState::new(
-        auth.clone(),
-        ServerConfig {
-            replica_id: options.replica_id.clone(),
-            body_limit: options.body_limit,
-            upkeep_interval: Duration::from_secs(3600),
-            cookies: herd_server::cookies::CookiePolicy {
-                insecure: options.insecure_cookies,
-                allowed_origins: options.allowed_origins.clone(),
-            },
-            chat: options.chat.clone(),
-            trusted_proxies: options.trusted_proxies.clone(),
-            connections: options.connections,
+    config.sessions = TIMEOUTS.config();
+    let settings = Settings {
+        database: database.clone(),
+        schema: Schema::Migrate,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        replica_id: Some(options.replica_id.clone()),
+        auth: config,
+        body_limit: options.body_limit,
+        upkeep_interval: Duration::from_secs(3600),
+        cookies: herd_server::cookies::CookiePolicy {
+            insecure: options.insecure_cookies,
+            allowed_origins: options.allowed_origins.clone(),
         },
-    )
-    .expect("state");
-    let state = match bus {
-        Some(bus) => state.with_bus(bus),
-        None => state,
+        chat: options.chat.clone(),
+        trusted_proxies: options.trusted_proxies.clone(),
+        bus: match &options.bus {
+            TestBus::None | TestBus::InProcess(_) => BusSettings::InProcess,
+            TestBus::Sql => BusSettings::Sql {
+                poll_interval: Duration::from_millis(10),
+            },
+            TestBus::Redis(url) => BusSettings::Redis { url: url.clone() },
+        },
+        connections: options.connections,
+        issuer_follows_listen: false,
+        drain_delay: Duration::ZERO,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut builder = App::builder(settings).clock(clock.clone());
+    if let TestBus::InProcess(bus) = &options.bus {
+        builder = builder.bus(bus.clone());
+    }
+    let app = builder.build().await.expect("app");
+    let base = format!("http://{}", app.local_addr());
+    let auth = app.state().auth.clone();
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(herd_server::serve(listener, state, async {
-        let _ = rx.await;
-    }));
+    // The first call is the stop; a second (a hurried drain) never comes: no drain delay.
+    let mut stop = Some(rx);
+    let signal = move || {
+        let stop = stop.take();
+        async move {
+            match stop {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let server = tokio::spawn(app.run_until_stopped(signal));
     TestApp {
         base,
         client: reqwest::Client::new(),
@@ -349,7 +385,7 @@ impl TestApp {
     }
 
     /// Triggers graceful shutdown and waits for the server to finish.
-    pub async fn stop(&mut self) -> std::io::Result<()> {
+    pub async fn stop(&mut self) -> Result<(), StartError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

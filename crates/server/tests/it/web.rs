@@ -179,8 +179,9 @@ async fn every_element_the_script_looks_up_is_in_the_page() {
     );
 }
 
-/// The headers the issue names, on every file of the page and on its 304s: a policy with
-/// no inline script or style and no framing, no sniffing, no referrer.
+/// The page's security headers, on every file of the page and on its 304s (a browser
+/// revalidates the cached files on every visit): a policy with no inline script or style
+/// and no framing, no sniffing, no referrer.
 #[tokio::test]
 async fn every_page_response_carries_every_security_header() {
     let app = spawn_app().await;
