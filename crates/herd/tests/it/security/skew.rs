@@ -8,7 +8,7 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::{required_env, Replica};
+use super::{required_env, Replica};
 
 const IGNORED: &str =
     "needs libfaketime: set HERD_TEST_FAKETIME=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -41,11 +41,11 @@ fn pair(offset: &str, flags: &[&str]) -> Pair {
     // its clock gets there. So the replica furthest behind starts first, as it would be
     // in production where the key was created long ago.
     let (sane, skewed) = if offset.starts_with('-') {
-        let skewed = Replica::start("skewed", &database, flags, &fake);
-        (Replica::start("sane", &database, flags, &[]), skewed)
+        let skewed = Replica::start_with_env("skewed", &database, flags, &fake);
+        (Replica::start_with_env("sane", &database, flags, &[]), skewed)
     } else {
-        let sane = Replica::start("sane", &database, flags, &[]);
-        (sane, Replica::start("skewed", &database, flags, &fake))
+        let sane = Replica::start_with_env("sane", &database, flags, &[]);
+        (sane, Replica::start_with_env("skewed", &database, flags, &fake))
     };
     Pair {
         sane,
@@ -201,8 +201,8 @@ async fn a_replica_behind_a_new_keys_start_cannot_sign_until_its_clock_gets_ther
     let library = required_env("HERD_TEST_FAKETIME", IGNORED);
     let dir = tempfile::tempdir().expect("tempdir");
     let database = crate::common::database(&dir);
-    let sane = Replica::start("sane", &database, &["--leeway", "30s"], &[]);
-    let behind = Replica::start(
+    let sane = Replica::start_with_env("sane", &database, &["--leeway", "30s"], &[]);
+    let behind = Replica::start_with_env(
         "behind",
         &database,
         &["--leeway", "30s"],
@@ -213,9 +213,9 @@ async fn a_replica_behind_a_new_keys_start_cannot_sign_until_its_clock_gets_ther
         ],
     );
     sane.signup("alice").await;
-    let refused = crate::client()
+    let refused = super::client()
         .post(behind.url("/v1/auth/login"))
-        .json(&serde_json::json!({ "username": "alice", "password": crate::PASSWORD }))
+        .json(&serde_json::json!({ "username": "alice", "password": super::PASSWORD }))
         .send()
         .await
         .expect("login");
