@@ -199,7 +199,9 @@ fn pids(text: &str) -> Result<Pids, String> {
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
-    let s: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    let s: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
     Duration::try_from_secs_f64(s).map_err(|_| format!("{s} is not a duration in seconds"))
 }
 
@@ -457,7 +459,9 @@ async fn subscriber(base: &str, token: &str, room: &str, read_buffer: usize) -> 
         room: room.to_owned(),
         since: 0,
     };
-    ws.send(client_frame(&subscribe)).await.context("subscribe")?;
+    ws.send(client_frame(&subscribe))
+        .await
+        .context("subscribe")?;
     expect(&mut ws, "subscribed", |f| {
         matches!(f, ServerFrame::Subscribed { .. })
     })
@@ -944,8 +948,14 @@ async fn throughput(args: &ThroughputArgs) -> anyhow::Result<Value> {
         clk_tck,
         ..
     } = args;
-    let (server_pid, window, warmup, duration, body_bytes, clk_tck) =
-        (*server_pid, *window, *warmup, *duration, *body_bytes, *clk_tck);
+    let (server_pid, window, warmup, duration, body_bytes, clk_tck) = (
+        *server_pid,
+        *window,
+        *warmup,
+        *duration,
+        *body_bytes,
+        *clk_tck,
+    );
     let n = usize::try_from(args.subscribers).context("--subscribers")?;
     let also_pids = &args.also_pids.0;
     if cpu_ticks(server_pid).is_none() {

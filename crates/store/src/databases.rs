@@ -61,7 +61,10 @@ mod tests {
 
     #[test]
     fn a_name_is_quoted_as_written_and_refused_when_postgres_would_cut_it() {
-        assert_eq!(quoted_name("herd_lab_1").ok(), Some("\"herd_lab_1\"".into()));
+        assert_eq!(
+            quoted_name("herd_lab_1").ok(),
+            Some("\"herd_lab_1\"".into())
+        );
         assert_eq!(quoted_name("a\"b").ok(), Some("\"a\"\"b\"".into()));
         assert!(quoted_name("").is_err());
         assert!(quoted_name(&"x".repeat(64)).is_err());

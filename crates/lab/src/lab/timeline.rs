@@ -168,8 +168,7 @@ impl<'a> Drive<'a> {
             .find_map(|r| r.port)
             .ok_or_else(|| LabError::Setup("no replica has a port".into()))?;
         let direct = format!("http://127.0.0.1:{first}");
-        let rooms =
-            workload::setup(&client, &direct, config.users, config.rooms, deadline).await?;
+        let rooms = workload::setup(&client, &direct, config.users, config.rooms, deadline).await?;
 
         let start = std::time::Instant::now();
         let recorder = Arc::new(Recorder::new(start, config.phases.warmup));

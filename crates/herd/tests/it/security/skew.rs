@@ -42,10 +42,16 @@ fn pair(offset: &str, flags: &[&str]) -> Pair {
     // in production where the key was created long ago.
     let (sane, skewed) = if offset.starts_with('-') {
         let skewed = Replica::start_with_env("skewed", &database, flags, &fake);
-        (Replica::start_with_env("sane", &database, flags, &[]), skewed)
+        (
+            Replica::start_with_env("sane", &database, flags, &[]),
+            skewed,
+        )
     } else {
         let sane = Replica::start_with_env("sane", &database, flags, &[]);
-        (sane, Replica::start_with_env("skewed", &database, flags, &fake))
+        (
+            sane,
+            Replica::start_with_env("skewed", &database, flags, &fake),
+        )
     };
     Pair {
         sane,
