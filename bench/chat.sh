@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live chat under load, measured with the chatbench example (crates/herd/examples/
-# chatbench.rs) against release builds of `herd serve` on 127.0.0.1:
+# chatbench.rs) against release builds (HERD_BENCH_PROFILE) of `herd serve` on 127.0.0.1:
 #
 #   1. fan-out latency across replicas: a sender on replica A sends `send` frames at
 #      RATE a second, subscribers of the room on replica B receive them; latency is the
@@ -29,9 +29,9 @@
 #                              (/dev/shm), where a sync costs nothing: what the disk's syncs
 #                              of the shared file cost the tail (diagnostic); 0 skips it
 #   IDLE_CONNECTIONS=10000     connections held open in run 3
-#   IDLE_BATCH=100             handshakes at a time; herd listens with a backlog of 128
-#                              (tokio's default), and more concurrent connects than that
-#                              overflow it: dropped SYNs, retried after 1 s
+#   IDLE_BATCH=100             handshakes in flight at a time, so that a handshake's time
+#                              is the server's, not a queue in chatbench (herd listens
+#                              with a backlog of 4096: the kernel drops no SYN below it)
 #   REDIS_URL=redis://127.0.0.1:6379        must answer PING
 #   QUIET_WAIT=60 QUIET_BUSY=25  before each run, wait at most QUIET_WAIT seconds for the
 #                              cores to be under QUIET_BUSY% busy; 0 measures at once
@@ -41,6 +41,9 @@
 #                              the quietest attempt is kept, and its noise is shown
 #   RUN_TIMEOUT=300            seconds any one chatbench run may take
 #   CARGO_TARGET_DIR           (default: <repo>/target)
+#   HERD_BENCH_PROFILE=release the cargo profile herd and chatbench are built with
+#   HERD_BIN, CHATBENCH_BIN    binaries to run as they are, unbuilt (both or neither)
+#   HERD_BENCH_DOCS=docs/benchmarks.md  the file the section is written to
 #   NO_DOCS=1                  print the section only; leave docs/benchmarks.md alone
 #
 # Every replica gets a fresh SQLite file in a temp directory, cheap argon2 (logins are
@@ -141,8 +144,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log "building herd and chatbench (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-(cd "$ROOT" && cargo build --release --quiet -p herd --example chatbench && cargo build --release --quiet -p herd)
+if [[ -n ${HERD_BIN:-} && -n ${CHATBENCH_BIN:-} ]]; then
+    log "using $HERD_BIN and $CHATBENCH_BIN (HERD_BIN, CHATBENCH_BIN; not built here)"
+else
+    log "building herd and chatbench ($PROFILE profile, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet -p herd --example chatbench &&
+        cargo build --profile "$PROFILE" --quiet -p herd)
+    HERD_BIN=$CARGO_TARGET_DIR/$(bench_profile_dir)/herd
+    CHATBENCH_BIN=$CARGO_TARGET_DIR/$(bench_profile_dir)/examples/chatbench
+fi
 # The commit the binaries were built from, read now: the report is written minutes later.
 # Changes to what they are built from would mean they are not the commit's.
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -150,10 +160,11 @@ if [[ $COMMIT != unknown && -n $(git -C "$ROOT" status --porcelain -- crates Car
     COMMIT="$COMMIT (with uncommitted changes)"
 fi
 # Run from copies: another build may overwrite the target directory mid-run.
-for binary in release/herd release/examples/chatbench; do
-    [[ -x $CARGO_TARGET_DIR/$binary ]] || die "no binary at $CARGO_TARGET_DIR/$binary"
-    cp "$CARGO_TARGET_DIR/$binary" "$WORK/"
+for binary in "$HERD_BIN" "$CHATBENCH_BIN"; do
+    [[ -x $binary ]] || die "no binary at $binary"
 done
+cp "$HERD_BIN" "$WORK/herd"
+cp "$CHATBENCH_BIN" "$WORK/chatbench"
 HERD=$WORK/herd
 CHATBENCH=$WORK/chatbench
 
@@ -336,7 +347,7 @@ REDIS_VERSION=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server | tr -d '\r'
 SECTION=$(
     LAT_CONFIGS="${LAT_CONFIGS[*]}" LAT_SUBSCRIBERS=$LAT_SUBSCRIBERS TP_BUSES=$TP_BUSES \
         TP_SUBSCRIBERS=$TP_SUBSCRIBERS TP_WINDOW=$TP_WINDOW RATE=$RATE WARMUP=$WARMUP \
-        DURATION=$DURATION NPROC=$(nproc) python3 - "$WORK" <<'PY'
+        DURATION=$DURATION NPROC=$(nproc) PROFILE=$PROFILE python3 - "$WORK" <<'PY'
 import json, os, sys
 
 work = sys.argv[1]
@@ -370,7 +381,7 @@ p = out.append
 p("<!-- chat:begin -->")
 p("## Live chat: fan-out latency, deliveries per core, memory per connection (chatbench)")
 p("")
-p("Release builds of `herd serve` on 127.0.0.1, each with a fresh SQLite file; the load")
+p(f"{env['PROFILE'].capitalize()} builds of `herd serve` on 127.0.0.1, each with a fresh SQLite file; the load")
 p("generator is `crates/herd/examples/chatbench.rs` (one process, one tokio runtime), run by")
 p(f"`bench/chat.sh`. **The machine has {nproc} cores, shared by the load generator, every")
 p("replica and Redis**: each figure includes the competition for them, and the generator")

@@ -6,7 +6,7 @@
 # The sourcing script sets, before calling these:
 #   DURATION WARMUP ROUNDS THREADS CONNECTIONS STARTUP_TIMEOUT_S   (its knobs)
 # and gets:
-#   ROOT DOCS (now)   WORK (bench_init)   HERD (bench_build)
+#   ROOT DOCS PROFILE (now)   WORK (bench_init)   HERD (bench_build)
 #   SERVER_PID ADDR BASE (bench_start_server)   TOKEN (bench_login)
 #   WRK_ARGS WRK_CMD (bench_prepare_wrk)   WRK_REQUESTS (run_wrk)
 #   RPS P50 P99 ROUND_RPS (bench_medians)
@@ -17,7 +17,12 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-DOCS=$ROOT/docs/benchmarks.md
+# The file the sections are written to; CI's smoke run (.ci/bench-smoke.sh) points it at
+# a copy, so that its tiny measurements never replace the real ones.
+DOCS=${HERD_BENCH_DOCS:-$ROOT/docs/benchmarks.md}
+# The cargo profile the binaries are built with: release for measurements; CI's smoke
+# run uses dev, the build its tests already made.
+PROFILE=${HERD_BENCH_PROFILE:-release}
 WORK=
 SERVER_PID=
 SERVER_LOG=
@@ -37,11 +42,27 @@ bench_require_tools() {
     command -v python3 >/dev/null || die "python3 is required"
 }
 
-# Release build of herd; sets HERD.
+# The directory under CARGO_TARGET_DIR that PROFILE's binaries go to.
+bench_profile_dir() {
+    case $PROFILE in
+        dev | test) echo debug ;;
+        bench) echo release ;;
+        *) echo "$PROFILE" ;;
+    esac
+}
+
+# herd, built with PROFILE (release unless HERD_BENCH_PROFILE says otherwise), or the
+# binary HERD_BIN names, unbuilt (CI's smoke run reuses the one its tests ran); sets HERD.
 bench_build() {
-    log "building herd (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$ROOT" && cargo build --release --quiet -p herd)
-    HERD=$CARGO_TARGET_DIR/release/herd
+    if [[ -n ${HERD_BIN:-} ]]; then
+        HERD=$HERD_BIN
+        [[ -x $HERD ]] || die "HERD_BIN=$HERD_BIN is not an executable"
+        log "using $HERD (HERD_BIN; not built here)"
+        return
+    fi
+    log "building herd ($PROFILE profile, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet -p herd)
+    HERD=$CARGO_TARGET_DIR/$(bench_profile_dir)/herd
     [[ -x $HERD ]] || die "no binary at $HERD"
 }
 

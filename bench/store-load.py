@@ -9,12 +9,16 @@ background work (start-up, the upkeep tick that reads the key ring and the revoc
 log) is measured by an idle run and reported apart, per replica per second; the
 per-request figures have the start-up subtracted and the upkeep of their run's length
 too. Counts, not speed: they do not depend on the build or the machine's load, so a
-debug build will do (PROFILE=release for a release one).
+debug build will do (HERD_BENCH_PROFILE=release, or PROFILE=release, for a release one).
 
-Writes its section of docs/benchmarks.md between <!-- store-load:begin/end --> markers.
+Writes its section of docs/benchmarks.md (HERD_BENCH_DOCS names another file) between
+<!-- store-load:begin/end --> markers. Fails when a run counted nothing: a message posted
+without a transaction, or a shared-session login without a Redis call, means the
+counting is broken, not that herd got cheaper.
 
     bench/store-load.py                     # PG_ADMIN defaults to HERD_TEST_POSTGRES
     N=2000 bench/store-load.py
+    HERD_BIN=target/debug/herd bench/store-load.py   # that binary, not built here
 """
 
 import http.client
@@ -30,12 +34,16 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
+DOCS = os.environ.get("HERD_BENCH_DOCS") or os.path.join(ROOT, "docs", "benchmarks.md")
 N = int(os.environ.get("N", "1000"))
 # Logins and refreshes cost an argon2 hash or a store transaction each: fewer of them.
 N_SLOW = int(os.environ.get("N_SLOW", "200"))
 IDLE_S = float(os.environ.get("IDLE_S", "20"))
-PROFILE = os.environ.get("PROFILE", "debug")
+# How long the database's transaction count must stay still to be read as final.
+STABLE_S = float(os.environ.get("STABLE_S", "1.5"))
+PROFILE = os.environ.get("HERD_BENCH_PROFILE") or os.environ.get("PROFILE", "debug")
+# The directory cargo puts a profile's binaries in.
+PROFILE_DIR = {"dev": "debug", "test": "debug", "bench": "release"}.get(PROFILE, PROFILE)
 PG_ADMIN = os.environ.get(
     "PG_ADMIN",
     os.environ.get("HERD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test"),
@@ -122,7 +130,7 @@ class Database:
             ))
             if now != last:
                 last, stable_since = now, time.time()
-            elif time.time() - stable_since > 1.5:
+            elif time.time() - stable_since > STABLE_S:
                 # Our own psql sessions are counted too: one transaction each, not on
                 # this database (they connect to the admin one), so none here.
                 return now
@@ -179,11 +187,16 @@ def main():
     for tool in ("psql", "redis-server", "redis-cli"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is required")
-    log(f"building herd ({PROFILE})")
-    cmd = ["cargo", "build", "--quiet", "-p", "herd"] + (["--release"] if PROFILE == "release" else [])
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    herd = os.path.join(target, PROFILE, "herd")
+    herd = os.environ.get("HERD_BIN")
+    if herd:
+        log(f"using {herd} (HERD_BIN; not built here)")
+    else:
+        log(f"building herd ({PROFILE})")
+        profile = "dev" if PROFILE == "debug" else PROFILE
+        cmd = ["cargo", "build", "--quiet", "-p", "herd", "--profile", profile]
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+        herd = os.path.join(target, PROFILE_DIR, "herd")
     work = tempfile.mkdtemp(prefix="herd-store-load.")
     redis = Redis(work)
     db = Database()
@@ -195,7 +208,24 @@ def main():
         redis.stop()
         db.drop()
         shutil.rmtree(work, ignore_errors=True)
+    check_counted(results)
     write_section(results)
+
+
+def check_counted(results):
+    """Exits with a message when a run that must touch a store counted nothing."""
+    post = results[("POST /v1/rooms/{id}/messages", "token")]
+    shared_login = results[("POST /v1/auth/login", "shared")]
+    problems = []
+    if post["tx"] <= 0:
+        problems.append(f"posting {post['n']} messages counted {post['tx']:.3f} PostgreSQL "
+                        "transactions each: no row written")
+    if not shared_login["redis"]:
+        problems.append(f"{shared_login['n']} shared-session logins counted no Redis call")
+    if results["baseline"]["startup_tx"] <= 0:
+        problems.append("a replica's start-up counted no PostgreSQL transaction")
+    if problems:
+        sys.exit("store-load measured nothing: " + "; ".join(problems))
 
 
 def measure(herd, db, redis, work, sessions, scenario, idle=0.0):

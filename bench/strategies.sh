@@ -26,6 +26,9 @@
 #   NOISE_MAX=10   a run during which other work took more than this % of the busy CPU
 #   RETRIES=2      is measured again, on the same server, at most RETRIES times
 #   CARGO_TARGET_DIR  (default: <repo>/target)
+#   HERD_BENCH_PROFILE=release  the cargo profile herd is built with
+#   HERD_BIN       a herd binary to run as it is, unbuilt
+#   HERD_BENCH_DOCS=docs/benchmarks.md  the file the section is written to
 #   NO_DOCS=1      print the tables only; leave docs/benchmarks.md alone
 #
 # Every measured run gets a server of its own: started fresh (127.0.0.1, a port the
@@ -375,7 +378,7 @@ fi
 SECTION=$(
     printf '<!-- strategies:begin -->\n'
     printf '## Session strategies: `GET /v1/me` under each `--sessions` (wrk)\n\n'
-    printf 'One replica (`herd serve`, release build, `--access-ttl 1h --session-idle-timeout 1h`)\n'
+    printf 'One replica (`herd serve`, %s build, `--access-ttl 1h --session-idle-timeout 1h`)\n' "$PROFILE"
     printf 'on 127.0.0.1, under each strategy in turn; wrk, the server, Redis and PostgreSQL share\n'
     printf 'the machine. Every request carries the bearer the login returned: a signed access\n'
     printf 'token under `token` (verified once, then found in the replica'"'"'s token cache), the\n'

@@ -11,10 +11,13 @@
 #   THREADS=2      wrk threads
 #   CONNECTIONS=64 wrk connections
 #   CARGO_TARGET_DIR  (default: <repo>/target)
+#   HERD_BENCH_PROFILE=release  the cargo profile herd is built with
+#   HERD_BIN       a herd binary to run as it is, unbuilt
+#   HERD_BENCH_DOCS=docs/benchmarks.md  the file the section is written to
 #   NO_DOCS=1      print the table only; leave docs/benchmarks.md alone
 #
-# It builds herd in release, starts `herd serve` on 127.0.0.1 (a port the kernel picks)
-# with a throw-away SQLite file, signs a user up, logs in, runs wrk, prints a markdown
+# It builds herd (release unless told otherwise), starts `herd serve` on 127.0.0.1 (a
+# port the kernel picks) with a throw-away SQLite file, signs a user up, logs in, runs wrk, prints a markdown
 # table and writes it between the wrk markers in docs/benchmarks.md. The server is
 # stopped on exit, whatever happens.
 # Backticks in the printf formats below are markdown, not command substitution.
@@ -87,7 +90,7 @@ fi
 SECTION=$(
     printf '<!-- wrk:begin -->\n'
     printf '## HTTP throughput: `/healthz` vs `/v1/me` (wrk)\n\n'
-    printf 'One replica (`herd serve`, release build, SQLite in a temp dir, `--access-ttl 1h`) on\n'
+    printf 'One replica (`herd serve`, %s build, SQLite in a temp dir, `--access-ttl 1h`) on\n' "$PROFILE"
     printf '127.0.0.1; wrk and the server share the machine. Both endpoints get the same request,\n'
     printf 'a valid bearer token included, so the gap is the token check and the bigger reply of\n'
     if ((ROUNDS == 1)); then

@@ -10,7 +10,7 @@
 //       the forger's own key under herd's kid, with and without that key embedded in
 //       the header (`jwk`).
 //
-// crates/herd/tests/security/interop.rs runs both.
+// crates/herd/tests/it/security/interop.rs runs both.
 
 import {
   createRemoteJWKSet,

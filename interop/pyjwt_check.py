@@ -8,7 +8,7 @@
         prints, as one JSON object, tokens forged from TOKEN's claims that a careless
         verifier would accept: "alg": "none", and HS256 keyed with herd's public key.
 
-crates/herd/tests/security/interop.rs runs both.
+crates/herd/tests/it/security/interop.rs runs both.
 """
 
 import base64

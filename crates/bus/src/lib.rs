@@ -65,10 +65,14 @@
 //! - `sql_tail.rs`: the event-log poller.
 //! - `redis_pubsub.rs`: the Redis publisher and the task that owns the pub/sub
 //!   connection.
+//! - `testing.rs` (feature `testing`, for tests only): a redis-server of a test's own,
+//!   to kill and restart.
 
 mod hub;
 mod redis_pubsub;
 mod sql_tail;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt;
 use std::sync::Arc;

@@ -19,6 +19,12 @@
 //!                      [--warmup-connections 100] [--settle 3] [--subscribe true]
 //! ```
 //!
+//! (`chatbench help MODE` says the same, from the clap definitions below.) Frames are
+//! read and written with the server's own types (`herd_server::chat::ServerFrame` and
+//! `ClientFrame`), so a change to the protocol breaks this build rather than silently
+//! making it count nothing; and a mode that measured nothing (no message received, none
+//! delivered, no connection left open) fails instead of printing a result.
+//!
 //! - `latency`: subscribers on `--recv-url`, a sender on `--send-url` sending `send`
 //!   frames at `--rate` a second (paced on a fixed schedule, not waiting for acks), and
 //!   the time from just before each `send` frame is written to the moment each
@@ -33,8 +39,9 @@
 //! - `idle`: the server's resident memory (`/proc/PID/status` VmRSS) before and after
 //!   opening `--connections` authenticated WebSocket connections, each subscribed to one
 //!   room (unless `--subscribe false`: then only authenticated) and then left idle, with
-//!   how long each handshake took. At most `--batch` handshakes are in flight: herd
-//!   listens with tokio's backlog of 128, and a burst past it loses SYNs (retried 1 s on).
+//!   how long each handshake took. At most `--batch` handshakes are in flight, so that
+//!   the handshake times measure the server rather than a queue of this generator's
+//!   making (herd listens with a backlog of 4096, so the kernel drops no SYN either).
 //!
 //! Durations are in seconds. `--clk-tck` is `getconf CLK_TCK` (the unit of utime/stime).
 //! The CPU report also names what the machine spent on anything but the servers, the
@@ -42,13 +49,14 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use herd_server::chat::{ClientFrame, ServerFrame};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -58,21 +66,15 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// How every `message` frame ends: the server serialises frames with sorted keys, so
-/// `type` comes last. Checking the suffix spares the generator a JSON parse per frame.
-const MESSAGE_SUFFIX: &str = r#""type":"message"}"#;
-
 /// How long any one handshake or setup step may take before the run is abandoned.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse()?;
-    let result = match args.mode.as_str() {
-        "latency" => latency(&args).await?,
-        "throughput" => throughput(&args).await?,
-        "idle" => idle(&args).await?,
-        other => bail!("unknown mode {other:?}: latency, throughput or idle"),
+    let result = match Cli::parse().mode {
+        Mode::Latency(args) => latency(&args).await?,
+        Mode::Throughput(args) => throughput(&args).await?,
+        Mode::Idle(args) => idle(&args).await?,
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{result}")?;
@@ -81,89 +83,132 @@ async fn main() -> anyhow::Result<()> {
 
 // --- command line -----------------------------------------------------------------------
 
-struct Args {
-    mode: String,
-    options: HashMap<String, String>,
+/// The load generator behind bench/chat.sh: measures one thing against running `herd
+/// serve` replicas and prints one JSON line of results. Durations are in seconds.
+#[derive(Debug, Parser)]
+#[command(name = "chatbench")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
 }
 
-impl Args {
-    fn parse() -> anyhow::Result<Args> {
-        let mut words = std::env::args().skip(1);
-        let mode = words.next().ok_or_else(|| {
-            anyhow!("usage: chatbench latency|throughput|idle --option value ...")
-        })?;
-        let mut options = HashMap::new();
-        while let Some(word) = words.next() {
-            let key = word
-                .strip_prefix("--")
-                .ok_or_else(|| anyhow!("expected --option, got {word:?}"))?;
-            let value = words
-                .next()
-                .ok_or_else(|| anyhow!("--{key} needs a value"))?;
-            options.insert(key.to_owned(), value);
-        }
-        let known: &[&str] = match mode.as_str() {
-            "latency" => &[
-                "send-url",
-                "recv-url",
-                "subscribers",
-                "rate",
-                "warmup",
-                "duration",
-                "senders",
-                "body-bytes",
-                "server-pids",
-                "also-pids",
-                "clk-tck",
-                "trace-file",
-            ],
-            "throughput" => &[
-                "url",
-                "server-pid",
-                "subscribers",
-                "window",
-                "warmup",
-                "duration",
-                "body-bytes",
-                "also-pids",
-                "clk-tck",
-            ],
-            "idle" => &[
-                "url",
-                "server-pid",
-                "connections",
-                "batch",
-                "warmup-connections",
-                "settle",
-                "subscribe",
-            ],
-            _ => &[],
-        };
-        if let Some(unknown) = options.keys().find(|k| !known.contains(&k.as_str())) {
-            bail!("{mode}: unknown option --{unknown}");
-        }
-        Ok(Args { mode, options })
-    }
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Fan-out latency: a sender on one replica, subscribers on another.
+    Latency(LatencyArgs),
+    /// Frames delivered a second to subscribers of one room, per core of the server.
+    Throughput(ThroughputArgs),
+    /// The server's resident memory per idle connection.
+    Idle(IdleArgs),
+}
 
-    fn text(&self, key: &str) -> anyhow::Result<String> {
-        self.options
-            .get(key)
-            .cloned()
-            .ok_or_else(|| anyhow!("--{key} is required"))
-    }
+#[derive(Debug, Args)]
+struct LatencyArgs {
+    /// The replica the sender sends to.
+    #[arg(long)]
+    send_url: String,
+    /// The replica the subscribers subscribe on.
+    #[arg(long)]
+    recv_url: String,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    subscribers: u64,
+    /// Messages a second, paced on a fixed schedule.
+    #[arg(long, default_value_t = 1000.0, value_parser = positive)]
+    rate: f64,
+    /// Seconds of messages sent but not counted.
+    #[arg(long, default_value = "2", value_parser = seconds)]
+    warmup: Duration,
+    /// Seconds of messages counted.
+    #[arg(long, default_value = "10", value_parser = seconds)]
+    duration: Duration,
+    /// Sender connections, sharing the schedule.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    senders: u64,
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    /// The servers whose CPU is reported.
+    #[arg(long, default_value = "", value_parser = pids)]
+    server_pids: Pids,
+    /// Other processes whose CPU is counted apart from the noise (Redis, say).
+    #[arg(long, default_value = "", value_parser = pids)]
+    also_pids: Pids,
+    /// `getconf CLK_TCK`: the unit of /proc/PID/stat's utime and stime.
+    #[arg(long, default_value_t = 100.0, value_parser = positive)]
+    clk_tck: f64,
+    /// Writes one CSV line a message: index, send instant, ack and first subscriber's
+    /// latency.
+    #[arg(long)]
+    trace_file: Option<String>,
+}
 
-    fn num<T: FromStr>(&self, key: &str, default: T) -> anyhow::Result<T> {
-        match self.options.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| anyhow!("--{key}: {v:?} is not a valid number")),
-        }
-    }
+#[derive(Debug, Args)]
+struct ThroughputArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    server_pid: u32,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    subscribers: u64,
+    /// How many messages the sender may be ahead of the slowest subscriber.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    window: u64,
+    #[arg(long, default_value = "2", value_parser = seconds)]
+    warmup: Duration,
+    #[arg(long, default_value = "10", value_parser = seconds)]
+    duration: Duration,
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    #[arg(long, default_value = "", value_parser = pids)]
+    also_pids: Pids,
+    #[arg(long, default_value_t = 100.0, value_parser = positive)]
+    clk_tck: f64,
+}
 
-    fn secs(&self, key: &str, default: f64) -> anyhow::Result<Duration> {
-        let s: f64 = self.num(key, default)?;
-        Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--{key}: {s} is not a duration"))
+#[derive(Debug, Args)]
+struct IdleArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    server_pid: u32,
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// Handshakes in flight at most.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// Connections opened and closed before the baseline is read.
+    #[arg(long, default_value_t = 100)]
+    warmup_connections: usize,
+    /// Seconds between the last connection and the second reading.
+    #[arg(long, default_value = "3", value_parser = seconds)]
+    settle: Duration,
+    /// Whether each connection subscribes to a room, or is only authenticated.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    subscribe: bool,
+}
+
+/// A comma-separated list of pids; empty for none.
+#[derive(Debug, Clone, Default)]
+struct Pids(Vec<u32>);
+
+fn pids(text: &str) -> Result<Pids, String> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|_| format!("{p:?} is not a pid")))
+        .collect::<Result<_, _>>()
+        .map(Pids)
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    let s: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    Duration::try_from_secs_f64(s).map_err(|_| format!("{s} is not a duration in seconds"))
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("{text:?} is not a positive number")),
     }
 }
 
@@ -283,13 +328,6 @@ fn round(x: f64, places: i32) -> f64 {
     (x * k).round() / k
 }
 
-fn pids(text: &str) -> anyhow::Result<Vec<u32>> {
-    text.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().map_err(|_| anyhow!("{p:?} is not a pid")))
-        .collect()
-}
-
 // --- HTTP and WebSocket plumbing --------------------------------------------------------
 
 /// A fresh user, logged in, and a room it created (and so is a member of).
@@ -370,42 +408,64 @@ async fn connect(base: &str, token: &str, read_buffer: usize) -> anyhow::Result<
     .await
     .context("upgrade timed out")?
     .context("upgrade")?;
-    expect(&mut ws, "ready").await?;
+    expect(&mut ws, "ready", |f| matches!(f, ServerFrame::Ready { .. })).await?;
     Ok(ws)
 }
 
-/// Reads frames until one of type `ty`; fails on an `error` frame, a close or a timeout.
-async fn expect(ws: &mut Ws, ty: &str) -> anyhow::Result<Value> {
+/// Reads frames until one `want` takes, named `what`; fails on an `error` frame, a close
+/// or a timeout.
+async fn expect(
+    ws: &mut Ws,
+    what: &str,
+    want: impl Fn(&ServerFrame) -> bool,
+) -> anyhow::Result<ServerFrame> {
     loop {
         let frame = tokio::time::timeout(STEP_TIMEOUT, ws.next())
             .await
-            .with_context(|| format!("no {ty} frame within {STEP_TIMEOUT:?}"))?;
+            .with_context(|| format!("no {what} frame within {STEP_TIMEOUT:?}"))?;
         match frame {
             Some(Ok(WsMessage::Text(text))) => {
-                let frame: Value = serde_json::from_str(&text).context("frame json")?;
-                if frame["type"] == ty {
+                let frame = server_frame(&text)
+                    .with_context(|| format!("waiting for {what}: a frame herd does not send"))?;
+                if want(&frame) {
                     return Ok(frame);
                 }
-                if frame["type"] == "error" {
-                    bail!("waiting for {ty}: {frame}");
+                if let ServerFrame::Error { code, message, .. } = frame {
+                    bail!("waiting for {what}: {code}: {message}");
                 }
             }
-            Some(Ok(WsMessage::Close(close))) => bail!("waiting for {ty}: closed {close:?}"),
+            Some(Ok(WsMessage::Close(close))) => bail!("waiting for {what}: closed {close:?}"),
             Some(Ok(_)) => {}
-            Some(Err(e)) => bail!("waiting for {ty}: {e}"),
-            None => bail!("waiting for {ty}: the connection ended"),
+            Some(Err(e)) => bail!("waiting for {what}: {e}"),
+            None => bail!("waiting for {what}: the connection ended"),
         }
     }
+}
+
+/// A frame from the server, read with the server's own type.
+fn server_frame(text: &str) -> Result<ServerFrame, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// A frame for the server, written with the server's own type.
+fn client_frame(frame: &ClientFrame) -> WsMessage {
+    WsMessage::Text(serde_json::to_string(frame).unwrap_or_default().into())
 }
 
 /// A connection subscribed (since 0) to `room`, once the server said `subscribed`.
 async fn subscriber(base: &str, token: &str, room: &str, read_buffer: usize) -> anyhow::Result<Ws> {
     let mut ws = connect(base, token, read_buffer).await?;
-    let frame = json!({ "type": "subscribe", "room": room, "since": 0 });
-    ws.send(WsMessage::Text(frame.to_string().into()))
+    let subscribe = ClientFrame::Subscribe {
+        room: room.to_owned(),
+        since: 0,
+    };
+    ws.send(client_frame(&subscribe))
         .await
         .context("subscribe")?;
-    expect(&mut ws, "subscribed").await?;
+    expect(&mut ws, "subscribed", |f| {
+        matches!(f, ServerFrame::Subscribed { .. })
+    })
+    .await?;
     Ok(ws)
 }
 
@@ -459,21 +519,23 @@ fn send_frame(room: &str, index: u64, sent_ns: u64, body_bytes: usize) -> WsMess
     while body.len() < body_bytes {
         body.push('x');
     }
-    let frame =
-        json!({ "type": "send", "room": room, "body": body, "client_id": format!("c{index}") });
-    WsMessage::Text(frame.to_string().into())
+    client_frame(&ClientFrame::Send {
+        room: room.to_owned(),
+        body,
+        client_id: format!("c{index}"),
+    })
 }
 
-/// The (index, send instant) a `message` frame's body carries, and its seq.
+/// The (index, send instant) a `message` frame's body carries, and its seq; `None` for
+/// any other frame.
 fn parse_message(text: &str) -> Option<(u64, u64, i64)> {
-    let body_at = text.find(r#""body":""#)? + r#""body":""#.len();
-    let mut words = text[body_at..].split(' ');
+    let ServerFrame::Message(message) = server_frame(text).ok()? else {
+        return None;
+    };
+    let mut words = message.body.split(' ');
     let index = words.next()?.parse().ok()?;
     let sent = words.next()?.parse().ok()?;
-    let seq_at = text.find(r#""seq":"#)? + r#""seq":"#.len();
-    let seq_end = text[seq_at..].find([',', '}'])? + seq_at;
-    let seq = text[seq_at..seq_end].parse().ok()?;
-    Some((index, sent, seq))
+    Some((index, sent, message.seq))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
@@ -502,30 +564,31 @@ struct Seen {
     closed: Option<String>,
 }
 
-async fn latency(args: &Args) -> anyhow::Result<Value> {
-    let send_url = args.text("send-url")?;
-    let recv_url = args.text("recv-url")?;
-    let n: usize = args.num("subscribers", 10)?;
-    let rate: f64 = args.num("rate", 1000.0)?;
-    let warmup = args.secs("warmup", 2.0)?;
-    let duration = args.secs("duration", 10.0)?;
-    let senders: u64 = args.num("senders", 1)?;
-    let body_bytes: usize = args.num("body-bytes", 64)?;
-    let server_pids = pids(&args.options.get("server-pids").cloned().unwrap_or_default())?;
-    let clk_tck: f64 = args.num("clk-tck", 100.0)?;
-    let also_pids = pids(&args.options.get("also-pids").cloned().unwrap_or_default())?;
-    let trace_file = args.options.get("trace-file").cloned();
-    if rate <= 0.0 || senders == 0 || n == 0 {
-        bail!("--rate, --senders and --subscribers must be positive");
-    }
+async fn latency(args: &LatencyArgs) -> anyhow::Result<Value> {
+    let LatencyArgs {
+        send_url,
+        recv_url,
+        rate,
+        warmup,
+        duration,
+        senders,
+        body_bytes,
+        clk_tck,
+        ..
+    } = args;
+    let (rate, warmup, duration, senders, body_bytes, clk_tck) =
+        (*rate, *warmup, *duration, *senders, *body_bytes, *clk_tck);
+    let n = usize::try_from(args.subscribers).context("--subscribers")?;
+    let (server_pids, also_pids) = (&args.server_pids.0, &args.also_pids.0);
+    let trace_file = &args.trace_file;
 
-    let session = session(&send_url).await?;
+    let session = session(send_url).await?;
     let start = Instant::now();
     let warm = (rate * warmup.as_secs_f64()).round() as u64;
     let total = warm + (rate * duration.as_secs_f64()).round() as u64;
     eprintln!("latency: {n} subscribers on {recv_url}, {rate}/s from {send_url} ({senders} sender connection(s)), {total} messages");
 
-    let subs = subscribers(&recv_url, &session.token, &session.room, n).await?;
+    let subs = subscribers(recv_url, &session.token, &session.room, n).await?;
     let (stop, stopped) = watch::channel(false);
     let receivers: Vec<_> = subs
         .into_iter()
@@ -550,7 +613,7 @@ async fn latency(args: &Args) -> anyhow::Result<Value> {
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut sockets = Vec::new();
     for _ in 0..senders {
-        sockets.push(connect(&send_url, &session.token, 64 * 1024).await?);
+        sockets.push(connect(send_url, &session.token, 64 * 1024).await?);
     }
     let t0 = tokio::time::Instant::now() + Duration::from_millis(100);
     let mut sender_tasks = Vec::new();
@@ -566,7 +629,7 @@ async fn latency(args: &Args) -> anyhow::Result<Value> {
             sent_at.clone(),
         )));
     }
-    let cpu = CpuWindow::start(&server_pids, &also_pids);
+    let cpu = CpuWindow::start(server_pids, also_pids);
     let mut sent = 0;
     let mut max_lag_ns = 0;
     let mut acks = Vec::new();
@@ -632,7 +695,7 @@ async fn latency(args: &Args) -> anyhow::Result<Value> {
     let achieved_rate = send_window
         .filter(|(a, b)| b > a && measured > 1)
         .map(|(a, b)| (measured - 1) as f64 / ((b - a) as f64 / 1e9));
-    Ok(json!({
+    let result = json!({
         "mode": "latency",
         "subscribers": n,
         "rate": rate,
@@ -660,7 +723,14 @@ async fn latency(args: &Args) -> anyhow::Result<Value> {
         "ack_p50_us": us(percentile(&acks, 50.0)),
         "ack_p99_us": us(percentile(&acks, 99.0)),
         "cpu": cpu_json,
-    }))
+    });
+    // Nothing measured and no subscriber cut off means the counting is broken (a frame
+    // this generator no longer recognises, say); subscribers the server closed are a
+    // result, and reported as one.
+    if all.is_empty() && closed.is_empty() {
+        bail!("latency: no subscriber received a measured message: {result}");
+    }
+    Ok(result)
 }
 
 /// One CSV line a message: index, send instant (ms since start), ack latency and the
@@ -718,9 +788,6 @@ async fn latency_subscriber(
         let now = start.elapsed().as_nanos() as u64;
         match frame {
             Some(Ok(WsMessage::Text(text))) => {
-                if !text.ends_with(MESSAGE_SUFFIX) {
-                    continue;
-                }
                 let Some((index, sent, seq)) = parse_message(&text) else {
                     continue;
                 };
@@ -812,27 +879,27 @@ async fn paced_sender(
                 let WsMessage::Text(text) = frame else {
                     continue;
                 };
-                let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-                    continue;
+                let index = |client_id: &str| {
+                    client_id
+                        .strip_prefix('c')
+                        .and_then(|i| i.parse::<usize>().ok())
                 };
-                let index = frame["client_id"]
-                    .as_str()
-                    .and_then(|c| c.strip_prefix('c'))
-                    .and_then(|i| i.parse::<usize>().ok());
-                match frame["type"].as_str() {
-                    Some("ack") => {
+                match server_frame(&text) {
+                    Ok(ServerFrame::Ack { client_id, .. }) => {
                         answered += 1;
-                        if let Some(i) = index {
+                        if let Some(i) = index(&client_id) {
                             let at = sent_at.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
                             ack_ns.push((i as u64, now.saturating_sub(at)));
                         }
                     }
-                    Some("error") => {
+                    Ok(ServerFrame::Error { code, .. }) => {
                         answered += 1;
-                        let code = frame["code"].as_str().unwrap_or("?").to_owned();
                         *errors.entry(code).or_default() += 1;
                     }
-                    _ => {}
+                    Ok(_) => {}
+                    Err(e) => {
+                        *errors.entry(format!("unreadable frame: {e}")).or_default() += 1;
+                    }
                 }
             }
             (ack_ns, errors)
@@ -873,26 +940,34 @@ async fn paced_sender(
 
 // --- throughput -------------------------------------------------------------------------
 
-async fn throughput(args: &Args) -> anyhow::Result<Value> {
-    let url = args.text("url")?;
-    let server_pid: u32 = args.num("server-pid", 0)?;
-    let n: usize = args.num("subscribers", 100)?;
-    let window: u64 = args.num("window", 128)?;
-    let warmup = args.secs("warmup", 2.0)?;
-    let duration = args.secs("duration", 10.0)?;
-    let body_bytes: usize = args.num("body-bytes", 64)?;
-    let clk_tck: f64 = args.num("clk-tck", 100.0)?;
-    let also_pids = pids(&args.options.get("also-pids").cloned().unwrap_or_default())?;
-    if server_pid == 0 || cpu_ticks(server_pid).is_none() {
+async fn throughput(args: &ThroughputArgs) -> anyhow::Result<Value> {
+    let ThroughputArgs {
+        url,
+        server_pid,
+        window,
+        warmup,
+        duration,
+        body_bytes,
+        clk_tck,
+        ..
+    } = args;
+    let (server_pid, window, warmup, duration, body_bytes, clk_tck) = (
+        *server_pid,
+        *window,
+        *warmup,
+        *duration,
+        *body_bytes,
+        *clk_tck,
+    );
+    let n = usize::try_from(args.subscribers).context("--subscribers")?;
+    let also_pids = &args.also_pids.0;
+    if cpu_ticks(server_pid).is_none() {
         bail!("--server-pid must name a running process");
     }
-    if n == 0 || window == 0 {
-        bail!("--subscribers and --window must be positive");
-    }
 
-    let session = session(&url).await?;
+    let session = session(url).await?;
     eprintln!("throughput: {n} subscribers on {url}, one sender at most {window} messages ahead of the slowest");
-    let subs = subscribers(&url, &session.token, &session.room, n).await?;
+    let subs = subscribers(url, &session.token, &session.room, n).await?;
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let alive: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(true)).collect());
     let closes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
@@ -905,7 +980,7 @@ async fn throughput(args: &Args) -> anyhow::Result<Value> {
                 let why = loop {
                     match ws.next().await {
                         Some(Ok(WsMessage::Text(text))) => {
-                            if text.ends_with(MESSAGE_SUFFIX) {
+                            if let Ok(ServerFrame::Message(_)) = server_frame(&text) {
                                 if let Some(c) = counts.get(j) {
                                     c.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -933,7 +1008,7 @@ async fn throughput(args: &Args) -> anyhow::Result<Value> {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let blocked = Arc::new(AtomicU64::new(0));
-    let ws = connect(&url, &session.token, 64 * 1024).await?;
+    let ws = connect(url, &session.token, 64 * 1024).await?;
     let sender = {
         let (stop, sent, blocked, counts, alive) = (
             stop.clone(),
@@ -949,9 +1024,7 @@ async fn throughput(args: &Args) -> anyhow::Result<Value> {
                 let mut errors: HashMap<String, u64> = HashMap::new();
                 while let Some(Ok(frame)) = stream.next().await {
                     if let WsMessage::Text(text) = frame {
-                        if text.contains(r#""type":"error""#) {
-                            let frame: Value = serde_json::from_str(&text).unwrap_or_default();
-                            let code = frame["code"].as_str().unwrap_or("?").to_owned();
+                        if let Ok(ServerFrame::Error { code, .. }) = server_frame(&text) {
                             *errors.entry(code).or_default() += 1;
                         }
                     }
@@ -999,7 +1072,7 @@ async fn throughput(args: &Args) -> anyhow::Result<Value> {
     };
     tokio::time::sleep(warmup).await;
     let (d0, s0) = (delivered(), sent.load(Ordering::Relaxed));
-    let cpu = CpuWindow::start(&[server_pid], &also_pids);
+    let cpu = CpuWindow::start(&[server_pid], also_pids);
     tokio::time::sleep(duration).await;
     let (d1, s1) = (delivered(), sent.load(Ordering::Relaxed));
     let wall = cpu.at.elapsed().as_secs_f64();
@@ -1023,7 +1096,7 @@ async fn throughput(args: &Args) -> anyhow::Result<Value> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    Ok(json!({
+    let result = json!({
         "mode": "throughput",
         "subscribers": n,
         "window": window,
@@ -1039,32 +1112,37 @@ async fn throughput(args: &Args) -> anyhow::Result<Value> {
         "sender_errors": sender_errors,
         "closed_early": closed,
         "cpu": cpu_json,
-    }))
+    });
+    if d1 == d0 && closed.is_empty() {
+        bail!("throughput: no message was delivered in the measured window: {result}");
+    }
+    Ok(result)
 }
 
 // --- idle -------------------------------------------------------------------------------
 
-async fn idle(args: &Args) -> anyhow::Result<Value> {
-    let url = args.text("url")?;
-    let server_pid: u32 = args.num("server-pid", 0)?;
-    let n: usize = args.num("connections", 10_000)?;
-    let batch: usize = args.num("batch", 100)?;
-    let warm: usize = args.num("warmup-connections", 100)?;
-    let settle = args.secs("settle", 3.0)?;
-    let subscribe: bool = args.num("subscribe", true)?;
-    if server_pid == 0 || rss_kib(server_pid).is_none() {
+async fn idle(args: &IdleArgs) -> anyhow::Result<Value> {
+    let IdleArgs {
+        url,
+        server_pid,
+        warmup_connections: warm,
+        settle,
+        subscribe,
+        ..
+    } = args;
+    let (server_pid, warm, settle, subscribe) = (*server_pid, *warm, *settle, *subscribe);
+    let n = usize::try_from(args.connections).context("--connections")?;
+    let batch = usize::try_from(args.batch).context("--batch")?;
+    if rss_kib(server_pid).is_none() {
         bail!("--server-pid must name a running process");
     }
-    if n == 0 || batch == 0 {
-        bail!("--connections and --batch must be positive");
-    }
 
-    let session = session(&url).await?;
+    let session = session(url).await?;
     // A few connections first, so that what the first connection of all initialises
     // (the room's bus topic, buffers, pools) is in the baseline, not in the per-connection
     // figure.
     if warm > 0 {
-        let (first, _) = open(&url, &session.token, Some(&session.room), warm, batch, 4096).await?;
+        let (first, _) = open(url, &session.token, Some(&session.room), warm, batch, 4096).await?;
         drop(first);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -1075,7 +1153,7 @@ async fn idle(args: &Args) -> anyhow::Result<Value> {
 
     let opening = Instant::now();
     let room = subscribe.then_some(session.room.as_str());
-    let (mut conns, mut took) = open(&url, &session.token, room, n, batch, 4096).await?;
+    let (mut conns, mut took) = open(url, &session.token, room, n, batch, 4096).await?;
     took.sort_unstable();
     let took: Vec<u64> = took.iter().map(|d| d.as_nanos() as u64).collect();
     let open_s = opening.elapsed().as_secs_f64();
@@ -1096,7 +1174,7 @@ async fn idle(args: &Args) -> anyhow::Result<Value> {
 
     let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
     let page_kib = 4.0;
-    Ok(json!({
+    let result = json!({
         "mode": "idle",
         "connections": n,
         "subscribed": subscribe,
@@ -1116,5 +1194,9 @@ async fn idle(args: &Args) -> anyhow::Result<Value> {
         "kernel_tcp_kib_after": tcp_after.map(|p| p as f64 * page_kib),
         "generator_rss_kib_before": own_before,
         "generator_rss_kib_after": own_after,
-    }))
+    });
+    if still_open == 0 {
+        bail!("idle: no connection stayed open: {result}");
+    }
+    Ok(result)
 }

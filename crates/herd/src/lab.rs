@@ -40,7 +40,7 @@ impl Environment for Stores {
         let url = match &self.postgres {
             Some(admin) => {
                 let name = Self::database_name(scenario);
-                let url = herd_store::testing::create_postgres_database(admin, &name)
+                let url = herd_store::create_postgres_database(admin, &name)
                     .await
                     .with_context(|| format!("creating the database {name}"))?;
                 self.current = Some(name);
@@ -84,7 +84,7 @@ impl Environment for Stores {
 
     async fn release(&mut self, _scenario: &Scenario) -> Result<(), BoxError> {
         if let (Some(admin), Some(name)) = (&self.postgres, self.current.take()) {
-            herd_store::testing::drop_postgres_database(admin, &name)
+            herd_store::drop_postgres_database(admin, &name)
                 .await
                 .with_context(|| format!("dropping the database {name}"))?;
         }
@@ -112,7 +112,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             // are spawned with kill_on_drop); its database would outlive us.
             if let Some(scenario) = stores.current.clone() {
                 if let Some(admin) = &stores.postgres {
-                    let _ = herd_store::testing::drop_postgres_database(admin, &scenario).await;
+                    let _ = herd_store::drop_postgres_database(admin, &scenario).await;
                 }
             }
             anyhow::bail!("interrupted: no report written");

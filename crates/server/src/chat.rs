@@ -90,8 +90,9 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Frames a client sends. `docs/protocol.schema.json` is generated from this type and
-/// [`ServerFrame`] (a test keeps it equal).
-#[derive(Debug, Deserialize, ToSchema)]
+/// [`ServerFrame`] (a test keeps it equal). Serialize too, for clients written in Rust
+/// (chatbench) to write frames with the server's own type.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// The first frame of a connection that sent no credentials with the upgrade.
@@ -142,8 +143,9 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error>
     serde_json::from_str(text)
 }
 
-/// Frames the server sends.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// Frames the server sends. Deserialize too, for clients written in Rust (chatbench) to
+/// read frames with the server's own type.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// The connection is authenticated.

@@ -25,6 +25,8 @@
 //! - `chat.rs`: rooms, membership and messages, numbered per room without gaps: the
 //!   records, their `Store` methods and their queries, laid out as `shared_sessions.rs`.
 //! - `migrate.rs`: the embedded migrations and the runner that applies them.
+//! - `databases.rs`: whole PostgreSQL databases created and dropped on a server
+//!   (`herd lab`'s scenarios); `testing.rs` gives tests one each with them.
 //! - `migrations/{sqlite,postgres}/NNNN_name.sql`: the schema, one file a version and
 //!   backend, with the same tables and constraint names on both.
 
@@ -68,6 +70,7 @@ macro_rules! impl_queries {
 }
 
 mod chat;
+mod databases;
 mod dialect;
 mod migrate;
 mod shared_sessions;
@@ -85,6 +88,7 @@ use sqlx::sqlite::{
 };
 
 pub use chat::{MessageRecord, Posted, RoomRecord};
+pub use databases::{create_postgres_database, drop_postgres_database, with_database};
 pub use migrate::{Migration, MIGRATIONS};
 pub use shared_sessions::SharedSession;
 use sql::Db;
@@ -107,6 +111,10 @@ pub enum StoreError {
     /// The schema is newer than this binary knows.
     #[error("the database schema is at version {found}, newer than this herd ({known})")]
     SchemaTooNew { found: i64, known: i64 },
+    /// A database name PostgreSQL would not take as written (empty, or longer than its
+    /// 63-byte identifiers).
+    #[error("{0:?} is not a usable database name")]
+    InvalidDatabaseName(String),
     /// The database could not be reached or answered with an error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

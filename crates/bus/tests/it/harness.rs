@@ -1,12 +1,11 @@
-//! Two replicas' buses on any backend, a private Redis server to kill, and helpers that
-//! read subscriptions with a deadline.
+//! Two replicas' buses on any backend, a private Redis server to kill (the crate's own
+//! `testing::RedisServer`), and helpers that read subscriptions with a deadline.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub use herd_bus::testing::RedisServer;
 use herd_bus::{Bus, Delivery, Subscription, DEFAULT_POLL_INTERVAL};
 use herd_store::Store;
 use tempfile::TempDir;
@@ -145,87 +144,6 @@ where
     while !condition().await {
         assert!(Instant::now() < deadline, "not {what} within {WAIT:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A redis-server of the test's own on a free port, to kill and restart. Killed when
-/// dropped, so a failing test leaves no server behind.
-#[derive(Debug)]
-pub struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub async fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("finding a free port")
-            .port();
-        let mut server = RedisServer { port, child: None };
-        server.restart().await;
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: the server gets no chance to say goodbye to its clients.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("killing redis-server");
-            child.wait().expect("reaping redis-server");
-        }
-    }
-
-    /// Starts the server (again) on the same port, and waits until it answers.
-    pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "redis-server is already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server (is it on PATH?)");
-        self.child = Some(child);
-
-        let client = redis::Client::open(self.url()).expect("a valid URL");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("redis-server on port {} exited: {status}", self.port);
-            }
-            let ping = async {
-                let mut connection = client.get_multiplexed_async_connection().await?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-            };
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), ping).await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer within {WAIT:?}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

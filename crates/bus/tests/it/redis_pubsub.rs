@@ -102,7 +102,7 @@ async fn subscribers(mut raw: MultiplexedConnection, channel: &str) -> i64 {
 async fn a_redis_outage_is_a_gap_and_delivery_resumes_after_it() {
     // The test runs a server of its own, but only where Redis tests were asked for.
     redis_url();
-    let mut server = RedisServer::start().await;
+    let mut server = RedisServer::start();
     let a = Bus::redis(&server.url())
         .await
         .expect("connecting to Redis");
@@ -141,7 +141,7 @@ async fn a_redis_outage_is_a_gap_and_delivery_resumes_after_it() {
         started.elapsed()
     );
 
-    server.restart().await;
+    server.restart();
 
     // Publish until something gets through: A's publisher and B's subscriber reconnect
     // on their own schedules.

@@ -96,6 +96,22 @@ pub(crate) async fn run(
     result
 }
 
+/// One scenario in progress: the cluster and its users, and the events so far. Built
+/// once every replica is up and the accounts exist ([`Drive::start`]); then
+/// [`Drive::tick`] moves the timeline on until the stop; [`Drive::finish`] stops the
+/// users and makes the result.
+struct Drive<'a> {
+    scenario: &'a Scenario,
+    cluster: &'a Arc<Cluster>,
+    config: &'a LabConfig,
+    bar: &'a ProgressBar,
+    recorder: Arc<Recorder>,
+    shared: Arc<Shared>,
+    users: Vec<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    timeline: Timeline,
+}
+
 async fn drive(
     scenario: &Scenario,
     cluster: &Arc<Cluster>,
@@ -103,140 +119,202 @@ async fn drive(
     config: &LabConfig,
     bar: &ProgressBar,
 ) -> Result<ScenarioResult, LabError> {
-    let deadline = tokio::time::Instant::now() + config.setup_timeout;
-    while !cluster.views().iter().all(|r| r.state == State::Up) {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(LabError::Setup(format!(
-                "the replicas were not all up after {:?} (their log: {})",
-                config.setup_timeout,
-                config
-                    .out_dir
-                    .join(format!("{}.log", scenario.name))
-                    .display()
-            )));
-        }
-        tokio::time::sleep(TICK).await;
-    }
-    bar.set_message(format!("signing up {} users", config.users));
-    let client = workload::client()?;
-    // The setup (accounts, rooms) is not measured, and talks to one replica directly:
-    // through a round-robin balancer a lone client's login and its next request always
-    // land on different replicas, which `memory` sessions cannot survive.
-    let first = cluster
-        .views()
-        .into_iter()
-        .find_map(|r| r.port)
-        .ok_or_else(|| LabError::Setup("no replica has a port".into()))?;
-    let direct = format!("http://127.0.0.1:{first}");
-    let rooms = workload::setup(&client, &direct, config.users, config.rooms, deadline).await?;
-
-    let start = std::time::Instant::now();
-    let recorder = Arc::new(Recorder::new(start, config.phases.warmup));
-    let shared = Arc::new(Shared {
-        client,
-        base: base.to_owned(),
-        recorder: recorder.clone(),
-        rooms,
-        think: config.think,
-        seed: config.seed,
-    });
-    let (stop, stopped) = watch::channel(false);
-    let users: Vec<_> = (0..config.users)
-        .map(|i| tokio::spawn(workload::user(shared.clone(), i, stopped.clone())))
-        .collect();
-
-    let phases = config.phases;
-    let mut timeline = Timeline::default();
+    let mut drive = Drive::start(scenario, cluster, base, config, bar).await?;
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         ticks.tick().await;
-        let t = recorder.now();
-        let (ok, relogins, failed) = recorder.totals();
-        let phase = match (timeline.kill, timeline.add) {
-            (None, _) if t < phases.warmup => "warm-up",
+        match drive.tick() {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    drive.finish(outcome).await
+}
+
+impl<'a> Drive<'a> {
+    /// Waits for every replica to be up, signs the users up (unmeasured), and starts
+    /// them with the clock.
+    async fn start(
+        scenario: &'a Scenario,
+        cluster: &'a Arc<Cluster>,
+        base: &str,
+        config: &'a LabConfig,
+        bar: &'a ProgressBar,
+    ) -> Result<Drive<'a>, LabError> {
+        let deadline = tokio::time::Instant::now() + config.setup_timeout;
+        while !cluster.views().iter().all(|r| r.state == State::Up) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LabError::Setup(format!(
+                    "the replicas were not all up after {:?} (their log: {})",
+                    config.setup_timeout,
+                    config
+                        .out_dir
+                        .join(format!("{}.log", scenario.name))
+                        .display()
+                )));
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        bar.set_message(format!("signing up {} users", config.users));
+        let client = workload::client()?;
+        // The setup (accounts, rooms) is not measured, and talks to one replica directly:
+        // through a round-robin balancer a lone client's login and its next request always
+        // land on different replicas, which `memory` sessions cannot survive.
+        let first = cluster
+            .views()
+            .into_iter()
+            .find_map(|r| r.port)
+            .ok_or_else(|| LabError::Setup("no replica has a port".into()))?;
+        let direct = format!("http://127.0.0.1:{first}");
+        let rooms = workload::setup(&client, &direct, config.users, config.rooms, deadline).await?;
+
+        let start = std::time::Instant::now();
+        let recorder = Arc::new(Recorder::new(start, config.phases.warmup));
+        let shared = Arc::new(Shared {
+            client,
+            base: base.to_owned(),
+            recorder: recorder.clone(),
+            rooms,
+            think: config.think,
+            seed: config.seed,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let users: Vec<_> = (0..config.users)
+            .map(|i| tokio::spawn(workload::User::new(shared.clone(), i, stopped.clone()).run()))
+            .collect();
+        Ok(Drive {
+            scenario,
+            cluster,
+            config,
+            bar,
+            recorder,
+            shared,
+            users,
+            stop,
+            timeline: Timeline::default(),
+        })
+    }
+
+    /// Looks at the clock, the users and the cluster once, and takes the next event when
+    /// it is due; true once the scenario has reached its stop.
+    fn tick(&mut self) -> Result<bool, LabError> {
+        let t = self.recorder.now();
+        self.show_progress(t);
+        let done = match (self.timeline.kill, self.timeline.add) {
+            (None, _) => self.kill_when_due(t).map(|()| false)?,
+            (Some(kill), None) => self.add_when_due(t, kill).map(|()| false)?,
+            (Some(_), Some(add)) => self.stop_when_due(t, add),
+        };
+        // However slow the machine, a scenario that has not reached its end a minute
+        // after it should have is stuck; say where.
+        if !done && t > self.config.phases.stop + KILL_WAIT + Duration::from_secs(60) {
+            return Err(LabError::Timeline(format!(
+                "the timeline stalled at {t:?}: kill {:?}, add {:?}",
+                self.timeline.kill, self.timeline.add
+            )));
+        }
+        Ok(done)
+    }
+
+    fn show_progress(&self, t: Duration) {
+        let (ok, relogins, failed) = self.recorder.totals();
+        let phase = match (self.timeline.kill, self.timeline.add) {
+            (None, _) if t < self.config.phases.warmup => "warm-up",
             (None, _) => "before the kill",
             (Some(_), None) => "after the kill",
             (Some(_), Some(_)) => "after the add",
         };
-        bar.set_position(u64::try_from(t.as_millis() / 100).unwrap_or(u64::MAX));
-        bar.set_message(format!(
+        self.bar
+            .set_position(u64::try_from(t.as_millis() / 100).unwrap_or(u64::MAX));
+        self.bar.set_message(format!(
             "{phase:<15} ok {ok}  re-logins {relogins}  failed {failed}"
         ));
-
-        match (timeline.kill, timeline.add) {
-            (None, _) => {
-                let everyone = recorder.served_users() >= config.users;
-                if t >= phases.kill && (everyone || t >= phases.kill + KILL_WAIT) {
-                    timeline.users_served_at_kill = recorder.served_users();
-                    cluster
-                        .kill(VICTIM)
-                        .map_err(|e| LabError::Timeline(format!("killing {VICTIM}: {e:?}")))?;
-                    // After the signal: a request that starts from here on was sent
-                    // to a replica already told to die.
-                    let (at, in_flight) = recorder.killed();
-                    timeline.kill = Some(at);
-                    timeline.killed = VICTIM.to_owned();
-                    timeline.in_flight_at_kill = in_flight;
-                }
-            }
-            (Some(kill), None) => {
-                let reaped = cluster
-                    .views()
-                    .iter()
-                    .any(|r| r.id == VICTIM && r.state == State::Dead);
-                if reaped && timeline.reaped.is_none() {
-                    timeline.reaped = Some(recorder.gone());
-                }
-                if reaped && t >= phases.add.max(kill + (phases.add - phases.kill)) {
-                    let added = cluster.add()?;
-                    timeline.add = Some(recorder.added(&added.id));
-                    timeline.added = added.id;
-                }
-            }
-            (Some(_), Some(add)) => {
-                if timeline.added_up.is_none()
-                    && cluster
-                        .views()
-                        .iter()
-                        .any(|r| r.id == timeline.added && r.state == State::Up)
-                {
-                    timeline.added_up = Some(t);
-                }
-                if t >= phases.stop.max(add + (phases.stop - phases.add)) {
-                    // The stop is when the users are told; what they had in flight
-                    // then still finishes, and counts.
-                    timeline.stop = Some(recorder.now());
-                    break Ok(());
-                }
-            }
-        }
-        // However slow the machine, a scenario that has not reached its end a minute
-        // after it should have is stuck; say where.
-        if t > phases.stop + KILL_WAIT + Duration::from_secs(60) {
-            break Err(LabError::Timeline(format!(
-                "the timeline stalled at {t:?}: kill {:?}, add {:?}",
-                timeline.kill, timeline.add
-            )));
-        }
-    };
-    let _ = stop.send(true);
-    bar.set_message("stopping the users");
-    for user in users {
-        if let Err(e) = user.await {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-        }
     }
-    outcome?;
-    drop(shared);
-    let recorder = Arc::try_unwrap(recorder)
-        .map_err(|_| LabError::Timeline("a user outlived the scenario".into()))?;
-    Ok(ScenarioResult::new(
-        scenario,
-        config,
-        timeline,
-        recorder.finish(),
-    ))
+
+    /// The kill: at `phases.kill` once every user has been served, or [`KILL_WAIT`]
+    /// later regardless.
+    fn kill_when_due(&mut self, t: Duration) -> Result<(), LabError> {
+        let phases = self.config.phases;
+        let everyone = self.recorder.served_users() >= self.config.users;
+        if t >= phases.kill && (everyone || t >= phases.kill + KILL_WAIT) {
+            self.timeline.users_served_at_kill = self.recorder.served_users();
+            self.cluster
+                .kill(VICTIM)
+                .map_err(|e| LabError::Timeline(format!("killing {VICTIM}: {e:?}")))?;
+            // After the signal: a request that starts from here on was sent to a replica
+            // already told to die.
+            let (at, in_flight) = self.recorder.killed();
+            self.timeline.kill = Some(at);
+            self.timeline.killed = VICTIM.to_owned();
+            self.timeline.in_flight_at_kill = in_flight;
+        }
+        Ok(())
+    }
+
+    /// The add: once the killed process is reaped, and the configured gap after the
+    /// kill has passed.
+    fn add_when_due(&mut self, t: Duration, kill: Duration) -> Result<(), LabError> {
+        let phases = self.config.phases;
+        let reaped = self
+            .cluster
+            .views()
+            .iter()
+            .any(|r| r.id == VICTIM && r.state == State::Dead);
+        if reaped && self.timeline.reaped.is_none() {
+            self.timeline.reaped = Some(self.recorder.gone());
+        }
+        if reaped && t >= phases.add.max(kill + (phases.add - phases.kill)) {
+            let added = self.cluster.add()?;
+            self.timeline.add = Some(self.recorder.added(&added.id));
+            self.timeline.added = added.id;
+        }
+        Ok(())
+    }
+
+    /// Notes when the added replica is first up; true once the configured gap after the
+    /// add has passed.
+    fn stop_when_due(&mut self, t: Duration, add: Duration) -> bool {
+        let phases = self.config.phases;
+        if self.timeline.added_up.is_none()
+            && self
+                .cluster
+                .views()
+                .iter()
+                .any(|r| r.id == self.timeline.added && r.state == State::Up)
+        {
+            self.timeline.added_up = Some(t);
+        }
+        if t >= phases.stop.max(add + (phases.stop - phases.add)) {
+            // The stop is when the users are told; what they had in flight then still
+            // finishes, and counts.
+            self.timeline.stop = Some(self.recorder.now());
+            return true;
+        }
+        false
+    }
+
+    /// Tells the users to stop, waits for them, and makes the scenario's result.
+    async fn finish(self, outcome: Result<(), LabError>) -> Result<ScenarioResult, LabError> {
+        let _ = self.stop.send(true);
+        self.bar.set_message("stopping the users");
+        for user in self.users {
+            if let Err(e) = user.await {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+        outcome?;
+        drop(self.shared);
+        let recorder = Arc::try_unwrap(self.recorder)
+            .map_err(|_| LabError::Timeline("a user outlived the scenario".into()))?;
+        Ok(ScenarioResult::new(
+            self.scenario,
+            self.config,
+            self.timeline,
+            recorder.finish(),
+        ))
+    }
 }

@@ -266,6 +266,13 @@ struct Session {
     from: Duration,
 }
 
+impl Session {
+    /// Whether the access token is close enough to its expiry to refresh it first.
+    fn refresh_due(&self, now: Duration) -> bool {
+        self.refresh.is_some() && self.refresh_at.is_some_and(|at| now >= at)
+    }
+}
+
 fn session_from(body: &Value, now: Duration, from: Duration) -> Option<Session> {
     let access = body["access_token"].as_str()?.to_owned();
     let refresh = body["refresh_token"].as_str().map(str::to_owned);
@@ -292,112 +299,175 @@ async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-/// One virtual user, until `stop` turns true. Its request in flight then finishes.
-pub(crate) async fn user(shared: Arc<Shared>, index: usize, mut stop: watch::Receiver<bool>) {
-    let base = shared.base.as_str();
-    let client = &shared.client;
-    let recorder = &shared.recorder;
-    let name = username(index);
-    let room = &shared.rooms[index % shared.rooms.len()];
-    let mut rng = Rng::new(shared.seed, index as u64);
-    let mut session: Option<Session> = None;
-    let mut affinity: Option<String> = None;
-    let mut joined = false;
-    let mut last_seq: i64 = 0;
-    let mut sent: u64 = 0;
+/// One virtual user: who it is, what it holds (a session, an affinity cookie, the room
+/// it joined and the last seq it saw) and its random numbers. [`User::run`] loops until
+/// the scenario stops; each turn is a login, a refresh or one request of the mix.
+pub(crate) struct User {
+    shared: Arc<Shared>,
+    index: usize,
+    name: String,
+    room: String,
+    rng: Rng,
+    session: Option<Session>,
+    affinity: Option<String>,
+    joined: bool,
+    last_seq: i64,
+    sent: u64,
+    stop: watch::Receiver<bool>,
+}
 
-    // Users arrive spread over one think time rather than all in the same millisecond.
-    if pause(rng.around(shared.think) / 2, &mut stop).await {
-        return;
+/// What a turn asks of the loop.
+enum Next {
+    /// Think (or back off) this long, then take the next turn.
+    Pause(Duration),
+    /// Take the next turn at once.
+    Go,
+}
+
+impl User {
+    pub(crate) fn new(shared: Arc<Shared>, index: usize, stop: watch::Receiver<bool>) -> User {
+        let room = shared.rooms[index % shared.rooms.len()].clone();
+        let rng = Rng::new(shared.seed, index as u64);
+        User {
+            shared,
+            index,
+            name: username(index),
+            room,
+            rng,
+            session: None,
+            affinity: None,
+            joined: false,
+            last_seq: 0,
+            sent: 0,
+            stop,
+        }
     }
-    loop {
-        if *stop.borrow() {
+
+    /// Runs until `stop` turns true. Its request in flight then finishes.
+    pub(crate) async fn run(mut self) {
+        // Users arrive spread over one think time rather than all in the same millisecond.
+        let arrival = self.rng.around(self.shared.think) / 2;
+        if pause(arrival, &mut self.stop).await {
             return;
         }
-        let Some(current) = session.as_mut() else {
-            let started = recorder.begin();
-            let answer = send(
-                client
-                    .post(format!("{base}/v1/auth/login"))
-                    .json(&json!({ "username": name, "password": PASSWORD })),
-                &mut affinity,
-            )
-            .await;
-            recorder.done_side();
-            let wait = match classify(&answer) {
-                Outcome::Ok => {
-                    let now = recorder.now();
-                    session = answer.ok().and_then(|a| session_from(&a.body, now, now));
-                    if session.is_some() {
-                        recorder.logged_in();
-                        Duration::ZERO
-                    } else {
-                        // A 200 without a token: counted, and not retried in a hot loop.
-                        recorder.side_request_failed(Outcome::Unexpected, started);
-                        rng.around(shared.think)
-                    }
-                }
-                Outcome::Throttled => {
-                    recorder.side_request_failed(Outcome::Throttled, started);
-                    // Back off as a person told to wait would: a second or so.
-                    rng.around(Duration::from_secs(1))
-                }
-                other => {
-                    recorder.side_request_failed(other, started);
-                    rng.around(shared.think)
-                }
-            };
-            if pause(wait, &mut stop).await {
+        loop {
+            if *self.stop.borrow() {
                 return;
             }
-            continue;
-        };
-
-        let now = recorder.now();
-        if let (Some(refresh), Some(at)) = (current.refresh.clone(), current.refresh_at) {
-            if now >= at {
-                let started = recorder.begin();
-                let answer = send(
-                    client
-                        .post(format!("{base}/v1/auth/refresh"))
-                        .json(&json!({ "refresh_token": refresh })),
-                    &mut affinity,
-                )
-                .await;
-                match classify(&answer) {
-                    Outcome::Ok => {
-                        recorder.done_side();
-                        let from = current.from;
-                        let now = recorder.now();
-                        session = answer.ok().and_then(|a| session_from(&a.body, now, from));
-                    }
-                    Outcome::LoggedOut => {
-                        let from = Some(current.from);
-                        recorder.end(index, started, Outcome::LoggedOut, from, None);
-                        session = None;
-                    }
-                    other => {
-                        recorder.done_side();
-                        recorder.side_request_failed(other, started);
-                    }
+            let next = match &self.session {
+                None => self.login().await,
+                Some(current) if current.refresh_due(self.shared.recorder.now()) => {
+                    self.refresh().await
                 }
-                continue;
+                Some(_) => self.request().await,
+            };
+            if let Next::Pause(wait) = next {
+                if pause(wait, &mut self.stop).await {
+                    return;
+                }
             }
         }
+    }
 
+    /// Logs in; on failure, waits before the next try.
+    async fn login(&mut self) -> Next {
+        let (shared, recorder) = (&self.shared, &self.shared.recorder);
+        let started = recorder.begin();
+        let answer = send(
+            shared
+                .client
+                .post(format!("{}/v1/auth/login", shared.base))
+                .json(&json!({ "username": self.name, "password": PASSWORD })),
+            &mut self.affinity,
+        )
+        .await;
+        recorder.done_side();
+        let wait = match classify(&answer) {
+            Outcome::Ok => {
+                let now = recorder.now();
+                self.session = answer.ok().and_then(|a| session_from(&a.body, now, now));
+                if self.session.is_some() {
+                    recorder.logged_in();
+                    Duration::ZERO
+                } else {
+                    // A 200 without a token: counted, and not retried in a hot loop.
+                    recorder.side_request_failed(Outcome::Unexpected, started);
+                    self.rng.around(shared.think)
+                }
+            }
+            Outcome::Throttled => {
+                recorder.side_request_failed(Outcome::Throttled, started);
+                // Back off as a person told to wait would: a second or so.
+                self.rng.around(Duration::from_secs(1))
+            }
+            other => {
+                recorder.side_request_failed(other, started);
+                self.rng.around(shared.think)
+            }
+        };
+        Next::Pause(wait)
+    }
+
+    /// Refreshes the session's access token, which is not a re-login; a 401 ends the
+    /// session (the next turn logs in again).
+    async fn refresh(&mut self) -> Next {
+        let Some(current) = &self.session else {
+            return Next::Go;
+        };
+        let Some(refresh) = current.refresh.clone() else {
+            return Next::Go;
+        };
+        let from = current.from;
+        let (shared, recorder) = (&self.shared, &self.shared.recorder);
+        let started = recorder.begin();
+        let answer = send(
+            shared
+                .client
+                .post(format!("{}/v1/auth/refresh", shared.base))
+                .json(&json!({ "refresh_token": refresh })),
+            &mut self.affinity,
+        )
+        .await;
+        match classify(&answer) {
+            Outcome::Ok => {
+                recorder.done_side();
+                let now = recorder.now();
+                self.session = answer.ok().and_then(|a| session_from(&a.body, now, from));
+            }
+            Outcome::LoggedOut => {
+                recorder.end(self.index, started, Outcome::LoggedOut, Some(from), None);
+                self.session = None;
+            }
+            other => {
+                recorder.done_side();
+                recorder.side_request_failed(other, started);
+            }
+        }
+        Next::Go
+    }
+
+    /// One measured request: the join first, then the mix of `/v1/me`, a history read
+    /// and a message send.
+    async fn request(&mut self) -> Next {
+        let Some(current) = &self.session else {
+            return Next::Go;
+        };
         let bearer = current.access.clone();
         let from = current.from;
-        let request = if !joined {
+        let (shared, recorder) = (&self.shared, &self.shared.recorder);
+        let (base, room, client) = (&shared.base, &self.room, &shared.client);
+        let request = if !self.joined {
             client.post(format!("{base}/v1/rooms/{room}/join"))
         } else {
-            match rng.below(10) {
+            match self.rng.below(10) {
                 0..=4 => client.get(format!("{base}/v1/me")),
                 5..=7 => client.get(format!(
                     "{base}/v1/rooms/{room}/messages?after={}&limit=20",
-                    (last_seq - 20).max(0)
+                    (self.last_seq - 20).max(0)
                 )),
                 _ => {
-                    sent += 1;
+                    self.sent += 1;
+                    let (name, sent) = (&self.name, self.sent);
                     client
                         .post(format!("{base}/v1/rooms/{room}/messages"))
                         .json(&json!({
@@ -408,31 +478,29 @@ pub(crate) async fn user(shared: Arc<Shared>, index: usize, mut stop: watch::Rec
             }
         };
         let started = recorder.begin();
-        let answer = send(request.bearer_auth(bearer), &mut affinity).await;
+        let answer = send(request.bearer_auth(bearer), &mut self.affinity).await;
         let outcome = classify(&answer);
         let replica = answer.as_ref().ok().and_then(|a| a.replica.clone());
-        recorder.end(index, started, outcome, Some(from), replica.as_deref());
+        recorder.end(self.index, started, outcome, Some(from), replica.as_deref());
         match (outcome, answer) {
             (Outcome::Ok, Ok(a)) => {
-                joined = true;
+                self.joined = true;
                 if let Some(seq) = a.body["seq"].as_i64() {
-                    last_seq = last_seq.max(seq);
+                    self.last_seq = self.last_seq.max(seq);
                 }
                 if let Some(seq) = a.body["next_after"].as_i64() {
-                    last_seq = last_seq.max(seq);
+                    self.last_seq = self.last_seq.max(seq);
                 }
             }
             (Outcome::LoggedOut, _) => {
                 // The forced re-login happens at once: the person was in the middle of
                 // something.
-                session = None;
-                continue;
+                self.session = None;
+                return Next::Go;
             }
             _ => {}
         }
-        if pause(rng.around(shared.think), &mut stop).await {
-            return;
-        }
+        Next::Pause(self.rng.around(shared.think))
     }
 }
 

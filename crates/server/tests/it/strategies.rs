@@ -1,9 +1,10 @@
 //! The three session strategies behind one API: what each keeps, where, and what that
 //! costs when a request lands on another replica or a store goes away.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use herd_bus::testing::RedisServer;
 use herd_identity::Strategy;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -267,73 +268,12 @@ async fn shared_redis_extends_a_session_at_most_once_per_touch_interval() {
     );
 }
 
-/// A private redis-server this test can kill.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> PrivateRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::yield_now();
-        }
-        PrivateRedis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 #[tokio::test]
 #[ignore = "needs redis-server: set HERD_TEST_REDIS"]
 async fn redis_going_down_gives_503_and_herd_recovers_by_itself() {
     let _ = redis_url();
-    let mut redis = PrivateRedis::start(free_port());
-    let app = app(
-        Strategy::Shared,
-        Some(format!("redis://127.0.0.1:{}", redis.port)),
-    )
-    .await;
+    let mut redis = RedisServer::start();
+    let app = app(Strategy::Shared, Some(redis.url())).await;
     let tokens = app.user("hank").await;
     assert_eq!(app.me(&tokens.access).await.status(), StatusCode::OK);
 
@@ -355,7 +295,7 @@ async fn redis_going_down_gives_503_and_herd_recovers_by_itself() {
 
     // A fresh Redis has lost the sessions (it keeps nothing on disk here), so the old
     // token is now unknown; but herd reconnects without a restart.
-    let _redis = PrivateRedis::start(redis.port);
+    redis.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if app.get("/readyz").await.status() == StatusCode::OK {

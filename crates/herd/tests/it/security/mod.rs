@@ -4,87 +4,20 @@
 //! searched for secrets (`logs.rs`).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-#[path = "../common/mod.rs"]
-mod common;
+pub use crate::common::Replica;
+
 mod interop;
 mod logs;
 mod skew;
 
 pub const PASSWORD: &str = "correct horse battery";
 
-/// A `herd serve` child process with JSON logs; every line it writes to stderr is kept.
-#[derive(Debug)]
-pub struct Replica {
-    child: Child,
-    pub listen: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
+/// What these tests ask of a replica over HTTP.
 impl Replica {
-    /// Starts `herd serve` on port 0 with cheap password hashing (these tests are about
-    /// tokens and processes, not passwords), `flags` after the defaults and `env` set.
-    pub fn start(id: &str, database: &str, flags: &[&str], env: &[(&str, &str)]) -> Replica {
-        let mut child = common::herd()
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(["--replica-id", id, "--database", database])
-            .args(common::CHEAP_HASH)
-            .args(flags)
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn herd serve");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut listen = None;
-        for line in lines.by_ref() {
-            let line = line.expect("a log line");
-            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            log.lock().expect("log").push(line);
-            if entry["fields"]["message"] == "herd is serving" {
-                listen = entry["fields"]["listen"].as_str().map(str::to_owned);
-                break;
-            }
-        }
-        let listen = listen.unwrap_or_else(|| {
-            panic!(
-                "{id} exited before serving:\n{}",
-                log.lock().expect("log").join("\n")
-            )
-        });
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
-        Replica { child, listen, log }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    /// Stops the process with SIGTERM and returns everything it logged.
-    pub fn stop(mut self) -> Vec<String> {
-        common::stop(&mut self.child, Duration::from_secs(10));
-        // The reader thread ends at EOF, which the exit has caused; wait for it to have
-        // taken the last lines.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&self.log) > 1 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let lines = self.log.lock().expect("log").clone();
-        lines
-    }
-
     pub async fn signup(&self, user: &str) {
         let response = client()
             .post(self.url("/v1/auth/signup"))
@@ -164,13 +97,6 @@ impl Replica {
             [reason] => Err((*reason).clone()),
             other => panic!("a 401 should count one reason, not {other:?}"),
         }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

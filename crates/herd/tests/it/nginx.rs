@@ -3,7 +3,6 @@
 //! `HERD_TEST_NGINX` (CI installs it; `.ci/run`).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-mod common;
-use common::{database, herd, replica_of};
+use crate::common::{self, database, replica_of, Replica};
 
 const IGNORED: &str = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx";
 
@@ -109,45 +107,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A `herd serve` child process; its log is drained so the pipe never fills.
-struct Replica {
-    id: String,
-    child: Child,
-    listen: String,
-}
-
-impl Replica {
-    fn start(id: &str, database: &str, issuer: &str) -> Replica {
-        let mut child = herd()
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(["--replica-id", id, "--database", database])
-            .args(["--bus", "sql", "--bus-poll-interval", "10ms"])
-            .args(["--issuer", issuer, "--insecure-cookies"])
-            // Cheap hashing: these tests are about processes, not passwords.
-            .args(common::CHEAP_HASH)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn herd serve");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let listen = common::listen_address(&mut lines, "herd is serving");
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Replica {
-            id: id.to_owned(),
-            child,
-            listen,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `herd serve` flags for a replica behind nginx: the SQL bus polled often, the issuer
+/// both replicas share, cookies over plain HTTP.
+fn behind_nginx(issuer: &str) -> [&str; 7] {
+    [
+        "--bus",
+        "sql",
+        "--bus-poll-interval",
+        "10ms",
+        "--issuer",
+        issuer,
+        "--insecure-cookies",
+    ]
 }
 
 /// nginx in the foreground (`daemon off`), stopped when dropped.
@@ -296,8 +267,8 @@ async fn nginx_in_front_of_two_replicas_balances_proxies_websockets_and_survives
     let db = database(&dir);
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
-    let mut r1 = Replica::start("r1", &db, &issuer);
-    let r2 = Replica::start("r2", &db, &issuer);
+    let mut r1 = Replica::start("r1", &db, &behind_nginx(&issuer));
+    let r2 = Replica::start("r2", &db, &behind_nginx(&issuer));
     let nginx = Nginx::start(port, [r1.listen.as_str(), r2.listen.as_str()], false).await;
     let client = reqwest::Client::new();
 
@@ -467,8 +438,8 @@ async fn the_sticky_variant_pins_a_cookie_to_one_replica_until_it_dies() {
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
     let mut replicas = [
-        Replica::start("r1", &db, &issuer),
-        Replica::start("r2", &db, &issuer),
+        Replica::start("r1", &db, &behind_nginx(&issuer)),
+        Replica::start("r2", &db, &behind_nginx(&issuer)),
     ];
     let upstreams = [replicas[0].listen.as_str(), replicas[1].listen.as_str()];
     let nginx = Nginx::start(port, upstreams, true).await;
@@ -517,8 +488,8 @@ async fn crowded_requests_with_unread_bodies_do_not_take_replicas_out_behind_ngi
     let db = database(&dir);
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
-    let r1 = Replica::start("r1", &db, &issuer);
-    let r2 = Replica::start("r2", &db, &issuer);
+    let r1 = Replica::start("r1", &db, &behind_nginx(&issuer));
+    let r2 = Replica::start("r2", &db, &behind_nginx(&issuer));
     let nginx = Nginx::start(port, [r1.listen.as_str(), r2.listen.as_str()], false).await;
     let client = reqwest::Client::new();
     let addr = format!("127.0.0.1:{port}");
@@ -551,8 +522,8 @@ async fn nginx_retries_a_safe_request_off_a_paused_replica() {
     let db = database(&dir);
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
-    let r1 = Replica::start("r1", &db, &issuer);
-    let r2 = Replica::start("r2", &db, &issuer);
+    let r1 = Replica::start("r1", &db, &behind_nginx(&issuer));
+    let r2 = Replica::start("r2", &db, &behind_nginx(&issuer));
     // A short read timeout, so the test does not wait out the committed 10 s.
     let nginx = Nginx::start_edited(
         port,
@@ -599,8 +570,8 @@ async fn nginx_closes_a_slowloris_connection() {
     let db = database(&dir);
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
-    let r1 = Replica::start("r1", &db, &issuer);
-    let r2 = Replica::start("r2", &db, &issuer);
+    let r1 = Replica::start("r1", &db, &behind_nginx(&issuer));
+    let r2 = Replica::start("r2", &db, &behind_nginx(&issuer));
     let nginx = Nginx::start_edited(
         port,
         [r1.listen.as_str(), r2.listen.as_str()],

@@ -1,5 +1,5 @@
 //! `herd balance`: the balancer alone, in front of `herd serve` replicas it did not start.
-//! The partition tests (`tests/partition.rs`) use it across network namespaces; this one
+//! The partition tests (`partition.rs`) use it across network namespaces; this one
 //! needs nothing but the machine's loopback.
 
 use std::collections::BTreeSet;
@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-mod common;
-use common::{database, herd, listen_address, replica_of, stop};
+use crate::common::{self, database, herd, listen_address, replica_of, stop, Replica};
+
+/// The replicas' flags: one issuer for both (without it each issues as its own
+/// address, and refuses the other's tokens), news over the shared database.
+const REPLICA_FLAGS: &[&str] = &["--bus", "sql", "--issuer", "http://herd.test"];
 
 /// A child process that is stopped when the test ends, pass or fail.
 struct Process(Child);
@@ -34,30 +37,6 @@ fn spawn(args: &[&str], serving: &str) -> (Process, String) {
     // Keep reading, so the pipe never fills up and stalls the child.
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     (Process(child), listen)
-}
-
-fn replica(db: &str, id: &str) -> (Process, String) {
-    spawn(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--replica-id",
-            id,
-            "--database",
-            db,
-            "--bus",
-            "sql",
-            // One issuer for both: without it each issues as its own address.
-            "--issuer",
-            "http://herd.test",
-            "--argon2-memory-kib",
-            "64",
-            "--argon2-iterations",
-            "1",
-        ],
-        "herd is serving",
-    )
 }
 
 async fn states(http: &reqwest::Client, base: &str) -> Value {
@@ -93,8 +72,9 @@ async fn wait_for_state(http: &reqwest::Client, base: &str, id: &str, state: &st
 async fn balance_spreads_requests_over_upstreams_and_routes_around_one_that_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = database(&dir);
-    let (mut a, addr_a) = replica(&db, "a");
-    let (_b, addr_b) = replica(&db, "b");
+    let mut a = Replica::start("a", &db, REPLICA_FLAGS);
+    let b = Replica::start("b", &db, REPLICA_FLAGS);
+    let (addr_a, addr_b) = (a.listen.clone(), b.listen.clone());
     let (_balancer, listen) = spawn(
         &[
             "balance",
@@ -161,7 +141,7 @@ async fn balance_spreads_requests_over_upstreams_and_routes_around_one_that_stop
     );
 
     // One replica stops: every request goes to the other, none fails.
-    stop(&mut a.0, Duration::from_secs(10));
+    stop(&mut a.child, Duration::from_secs(10));
     for _ in 0..20 {
         let me = http
             .get(format!("{base}/v1/me"))
@@ -183,10 +163,16 @@ async fn balance_spreads_requests_over_upstreams_and_routes_around_one_that_stop
 async fn balanced(
     dir: &tempfile::TempDir,
     flags: &[&str],
-) -> (Vec<Process>, String, [String; 2], Arc<Mutex<Vec<String>>>) {
+) -> (
+    (Process, Replica, Replica),
+    String,
+    [String; 2],
+    Arc<Mutex<Vec<String>>>,
+) {
     let db = database(dir);
-    let (a, addr_a) = replica(&db, "a");
-    let (b, addr_b) = replica(&db, "b");
+    let a = Replica::start("a", &db, REPLICA_FLAGS);
+    let b = Replica::start("b", &db, REPLICA_FLAGS);
+    let (addr_a, addr_b) = (a.listen.clone(), b.listen.clone());
     let upstreams = format!("{addr_a},{addr_b}");
     let mut args = vec![
         "balance",
@@ -215,7 +201,7 @@ async fn balanced(
     let http = reqwest::Client::new();
     wait_for_state(&http, &base, &addr_a, "up").await;
     wait_for_state(&http, &base, &addr_b, "up").await;
-    (vec![Process(child), a, b], listen, [addr_a, addr_b], log)
+    ((Process(child), a, b), listen, [addr_a, addr_b], log)
 }
 
 /// A 1 MiB JSON body (the most the balancer buffers), far over a replica's 64 KiB limit.

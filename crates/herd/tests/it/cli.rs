@@ -1,8 +1,8 @@
 //! The `herd` binary as an operator runs it: bad flags, migrations, key rotation, and a
 //! replica that starts, serves and stops on SIGTERM.
 
-use std::io::{BufRead as _, BufReader, Lines};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -10,8 +10,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-mod common;
-use common::{database, herd};
+use crate::common::{self, database, herd, Replica};
 
 #[test]
 fn a_bad_flag_value_stops_start_up_naming_the_flag() {
@@ -198,45 +197,6 @@ fn keys_revoke_replaces_the_signing_key_and_refuses_an_unknown_one() {
     assert_eq!(kids_and_states(&db), after, "nothing changed");
 }
 
-/// A `herd serve` child process on a port of its own, its log lines still to read.
-struct Replica {
-    child: Child,
-    listen: String,
-    lines: Lines<BufReader<ChildStderr>>,
-}
-
-impl Replica {
-    fn start(id: &str, database: &str, extra: &[&str]) -> Replica {
-        let mut child = herd()
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(["--replica-id", id, "--database", database])
-            // Cheap hashing: these tests are about processes, not passwords.
-            .args(common::CHEAP_HASH)
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let listen = common::listen_address(&mut lines, "herd is serving");
-        Replica {
-            child,
-            listen,
-            lines,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn serve_answers_then_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -255,7 +215,7 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
     assert!(killed.success());
     let status = replica.child.wait().expect("wait");
     assert!(status.success(), "exited with {status}");
-    let rest: Vec<String> = replica.lines.by_ref().map_while(Result::ok).collect();
+    let rest = replica.log_to_end();
     assert!(rest.iter().any(|l| l.contains("\"stopped\"")), "{rest:?}");
 }
 

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::{required_env, Replica};
+use super::{required_env, Replica};
 
 const IGNORED: &str =
     "needs libfaketime: set HERD_TEST_FAKETIME=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -48,11 +48,17 @@ fn pair(offset: &str, flags: &[&str]) -> Pair {
     let flags = [&["--issuer", SHARED_ISSUER][..], flags].concat();
     let flags = flags.as_slice();
     let (sane, skewed) = if offset.starts_with('-') {
-        let skewed = Replica::start("skewed", &database, flags, &fake);
-        (Replica::start("sane", &database, flags, &[]), skewed)
+        let skewed = Replica::start_with_env("skewed", &database, flags, &fake);
+        (
+            Replica::start_with_env("sane", &database, flags, &[]),
+            skewed,
+        )
     } else {
-        let sane = Replica::start("sane", &database, flags, &[]);
-        (sane, Replica::start("skewed", &database, flags, &fake))
+        let sane = Replica::start_with_env("sane", &database, flags, &[]);
+        (
+            sane,
+            Replica::start_with_env("skewed", &database, flags, &fake),
+        )
     };
     Pair {
         sane,
@@ -209,8 +215,8 @@ async fn a_replica_behind_a_new_keys_start_cannot_sign_until_its_clock_gets_ther
     let dir = tempfile::tempdir().expect("tempdir");
     let database = crate::common::database(&dir);
     let flags = ["--leeway", "30s", "--issuer", SHARED_ISSUER];
-    let sane = Replica::start("sane", &database, &flags, &[]);
-    let behind = Replica::start(
+    let sane = Replica::start_with_env("sane", &database, &flags, &[]);
+    let behind = Replica::start_with_env(
         "behind",
         &database,
         &flags,
@@ -221,9 +227,9 @@ async fn a_replica_behind_a_new_keys_start_cannot_sign_until_its_clock_gets_ther
         ],
     );
     sane.signup("alice").await;
-    let refused = crate::client()
+    let refused = super::client()
         .post(behind.url("/v1/auth/login"))
-        .json(&serde_json::json!({ "username": "alice", "password": crate::PASSWORD }))
+        .json(&serde_json::json!({ "username": "alice", "password": super::PASSWORD }))
         .send()
         .await
         .expect("login");

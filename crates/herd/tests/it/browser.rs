@@ -11,7 +11,7 @@
 //! Ignored unless asked for; it needs Chromium:
 //!
 //! ```sh
-//! HERD_TEST_CHROMIUM=/usr/bin/chromium cargo test -p herd --test browser -- --include-ignored
+//! HERD_TEST_CHROMIUM=/usr/bin/chromium cargo test -p herd --test it browser:: -- --include-ignored
 //! ```
 //!
 //! The CDP client is the few lines this needs (one page, sequential commands) rather
@@ -29,8 +29,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-mod common;
-use common::stop;
+use crate::common::{stop, Cluster};
 
 /// How long any one wait on the page may take.
 const WAIT: Duration = Duration::from_secs(15);
@@ -38,78 +37,6 @@ const WAIT: Duration = Duration::from_secs(15);
 fn tail(log: &Mutex<Vec<String>>, n: usize) -> String {
     let log = log.lock().expect("log");
     log[log.len().saturating_sub(n)..].join("\n")
-}
-
-/// `herd cluster --replicas 2` on a free port, stopped when dropped.
-struct Cluster {
-    child: Child,
-    listen: String,
-    client: reqwest::Client,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        Cluster::start_with(&["--sessions", "token"])
-    }
-
-    /// `flags` for `herd cluster` itself.
-    fn start_with(flags: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (child, listen, log) = common::spawn_cluster(&dir, flags);
-        Cluster {
-            child,
-            listen,
-            client: reqwest::Client::new(),
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    async fn replicas(&self) -> Vec<Value> {
-        let table: Value = self
-            .client
-            .get(self.url("/_cluster/replicas"))
-            .send()
-            .await
-            .expect("admin request")
-            .json()
-            .await
-            .expect("json");
-        table["replicas"].as_array().expect("replicas").clone()
-    }
-
-    async fn state_of(&self, id: &str) -> Option<String> {
-        self.replicas()
-            .await
-            .iter()
-            .find(|r| r["id"] == id)
-            .and_then(|r| r["state"].as_str().map(str::to_owned))
-    }
-
-    /// A JSON request through the balancer; the status and the body.
-    async fn call(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut request = self.client.post(self.url(path)).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SIGTERM, so the cluster stops its replicas; SIGKILL would orphan them.
-        stop(&mut self.child, Duration::from_secs(15));
-    }
 }
 
 /// A headless Chromium child with its own profile, killed when dropped.
@@ -460,7 +387,7 @@ async fn the_page_survives_killing_the_replica_that_holds_its_socket() {
         )
     });
     // Dropped in reverse order: the browser first, then the cluster.
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(&["--sessions", "token"]);
     let browser = Chromium::launch(&program);
     let mut page = Page::attach(&browser).await;
 
@@ -667,7 +594,7 @@ async fn on_a_phone_the_page_shows_the_crash_and_the_added_replica() {
              e.g. HERD_TEST_CHROMIUM=/usr/bin/chromium"
         )
     });
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(&["--sessions", "token"]);
     let browser = Chromium::launch(&program);
     let mut page = Page::attach(&browser).await;
     set_viewport(&mut page, 390, 844, true).await;
@@ -922,10 +849,11 @@ async fn on_a_phone_the_page_shows_the_crash_and_the_added_replica() {
         ),
     )
     .await;
-    let served = cluster
-        .replicas()
-        .await
-        .into_iter()
+    let table = cluster.replicas().await;
+    let served = table["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
         .find(|r| r["id"] == added.as_str())
         .map(|r| r["recent_requests"].clone());
     assert!(
@@ -1009,7 +937,7 @@ async fn under_memory_sessions_the_guide_warns_and_the_kill_logs_out() {
              e.g. HERD_TEST_CHROMIUM=/usr/bin/chromium"
         )
     });
-    let cluster = Cluster::start_with(&["--sessions", "memory", "--sticky"]);
+    let cluster = Cluster::start(&["--sessions", "memory", "--sticky"]);
     let browser = Chromium::launch(&program);
     let mut page = Page::attach(&browser).await;
     page.call("Page.navigate", json!({ "url": cluster.url("/") }))

@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-mod common;
-use common::herd;
+use crate::common::{self, herd};
 
 const IGNORED: &str = "needs root, iproute2, socat and redis-server: set HERD_TEST_NETNS=1";
 
@@ -247,24 +246,12 @@ impl Net {
             ],
         );
         self.children.push(("socat db".into(), db_side));
-        let redis = self.spawn_in(
-            "rd",
-            "redis-server",
-            &[
-                "--bind",
-                REDIS_ADDR,
-                "--port",
-                "6379",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-                "--dir",
-                &self.dir.path().display().to_string(),
-            ],
-        );
+        // Clients come from other hosts (namespaces), which protected mode would refuse.
+        let mut args = herd_bus::testing::server_args(REDIS_ADDR, 6379);
+        let dir = self.dir.path().display().to_string();
+        args.extend(["--protected-mode", "no", "--dir", &dir].map(str::to_owned));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let redis = self.spawn_in("rd", "redis-server", &args);
         self.children.push(("redis".into(), redis));
     }
 

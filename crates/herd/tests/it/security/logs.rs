@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{client, Replica, PASSWORD};
+use super::{client, Replica, PASSWORD};
 
 const WRONG_PASSWORD: &str = "wrong horse battery";
 /// Debug for everything, herd's own crates included; what an operator turns on to
@@ -160,7 +160,7 @@ async fn a_whole_token_session_logs_no_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
     let database = crate::common::database(&dir);
     let env = [("RUST_LOG", LOG_LEVEL)];
-    let replica = Replica::start("logs", &database, &["--bus", "sql"], &env);
+    let replica = Replica::start_with_env("logs", &database, &["--bus", "sql"], &env);
     let mut secrets = Secrets::default();
     secrets.add("password", PASSWORD);
     secrets.add("wrong password", WRONG_PASSWORD);
@@ -336,7 +336,7 @@ async fn the_stateful_strategies_log_no_session_id() {
     for strategy in ["shared", "memory"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let database = crate::common::database(&dir);
-        let replica = Replica::start(
+        let replica = Replica::start_with_env(
             strategy,
             &database,
             &["--sessions", strategy],

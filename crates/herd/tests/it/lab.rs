@@ -3,12 +3,10 @@
 //! The claims are qualitative, with margins, so that a loaded machine shifts the
 //! numbers without failing the test: nothing here depends on how fast anything is.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::herd;
+use crate::common::{self, herd};
 use serde_json::Value;
 
 const USERS: u64 = 30;

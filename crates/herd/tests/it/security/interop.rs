@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::{client, required_env, Replica};
+use super::{client, required_env, Replica};
 
 const IGNORED: &str = "needs python PyJWT and node jose: set HERD_TEST_INTEROP=1 after \
      `pip install -r interop/requirements.txt` and `npm ci --prefix interop`";
@@ -83,7 +83,7 @@ async fn pyjwt_and_jose_verify_herds_tokens_from_its_jwks_also_after_a_rotation(
     required_env("HERD_TEST_INTEROP", IGNORED);
     let dir = tempfile::tempdir().expect("tempdir");
     let database = crate::common::database(&dir);
-    let replica = Replica::start(
+    let replica = Replica::start_with_env(
         "interop",
         &database,
         &["--issuer", ISSUER, "--upkeep-interval", "100ms"],
@@ -135,7 +135,7 @@ async fn pyjwt_and_jose_verify_herds_tokens_from_its_jwks_also_after_a_rotation(
 async fn herd_refuses_the_tokens_pyjwt_and_jose_forge() {
     required_env("HERD_TEST_INTEROP", IGNORED);
     let dir = tempfile::tempdir().expect("tempdir");
-    let replica = Replica::start(
+    let replica = Replica::start_with_env(
         "interop",
         &crate::common::database(&dir),
         &["--issuer", ISSUER],

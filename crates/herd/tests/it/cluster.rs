@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -12,123 +12,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-mod common;
-use common::replica_of;
-
-/// A `herd cluster` child process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Cluster {
-    child: Child,
-    listen: String,
-    client: reqwest::Client,
-    /// Every log line after the address, kept for failure messages. Reading them also
-    /// keeps the pipe from filling up and stalling the cluster.
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// Two replicas; `flags` go to `herd cluster` itself.
-    fn start(flags: &[&str]) -> Cluster {
-        Cluster::start_serving(flags, &[])
-    }
-
-    /// Two replicas, each given `serve_flags` too.
-    fn start_serving(flags: &[&str], serve_flags: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (child, listen, log) = common::spawn_cluster_serving(&dir, flags, serve_flags);
-        Cluster {
-            child,
-            listen,
-            client: reqwest::Client::new(),
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    async fn replicas(&self) -> Value {
-        let response = self
-            .client
-            .get(self.url("/_cluster/replicas"))
-            .send()
-            .await
-            .expect("admin request");
-        assert_eq!(response.status(), 200);
-        response.json().await.expect("json")
-    }
-
-    /// Polls the admin API until `done` holds for the replica table.
-    async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let table = self.replicas().await;
-            if done(table["replicas"].as_array().expect("replicas")) {
-                return table;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {table}\n{}",
-                self.log.lock().expect("log").join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn admin(&self, path: &str) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .header("x-herd-admin", "1")
-            .send()
-            .await
-            .expect("admin request")
-    }
-
-    /// Signs alice up and logs her in; returns her access token.
-    async fn login(&self) -> String {
-        let credentials = json!({ "username": "alice", "password": "correct horse" });
-        let signup = self
-            .client
-            .post(self.url("/v1/auth/signup"))
-            .json(&credentials)
-            .send()
-            .await
-            .expect("signup");
-        assert_eq!(signup.status(), 201);
-        let login: Value = self
-            .client
-            .post(self.url("/v1/auth/login"))
-            .json(&credentials)
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        login["access_token"].as_str().expect("token").to_owned()
-    }
-
-    /// `GET /v1/me`: the status and the replica that answered.
-    async fn me(&self, token: &str) -> (u16, String) {
-        let response = self
-            .client
-            .get(self.url("/v1/me"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("request");
-        (response.status().as_u16(), replica_of(&response))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SIGTERM first, so the cluster stops its replicas; SIGKILL would orphan them.
-        common::stop(&mut self.child, Duration::from_secs(15));
-    }
-}
+use crate::common::{self, replica_of, Cluster};
 
 fn state_of<'a>(replicas: &'a [Value], id: &str) -> Option<&'a str> {
     replicas

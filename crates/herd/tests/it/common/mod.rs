@@ -1,18 +1,22 @@
-//! Helpers shared by the test binaries that run the `herd` executable.
-// Each test binary uses some of these, none uses all.
-#![allow(dead_code)]
+//! Helpers shared by the modules that run the `herd` executable: the executable itself,
+//! one [`Replica`] (`herd serve`) and one [`Cluster`] (`herd cluster`).
 
-use std::io::{BufRead, BufReader, Lines};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod cluster;
+mod replica;
+
+pub use cluster::Cluster;
+pub use replica::Replica;
+
+use std::io::{BufRead, Lines};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// The `herd` executable, with no `HERD_*` variable from the environment running the
-/// tests: only the flags a test passes count.
 /// `herd serve` flags for a cheap argon2id: tests log in many times and test nothing
 /// about the hash's cost.
 pub const CHEAP_HASH: [&str; 4] = ["--argon2-memory-kib", "64", "--argon2-iterations", "1"];
 
+/// The `herd` executable, with no `HERD_*` variable from the environment running the
+/// tests: only the flags a test passes count.
 pub fn herd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
     for (key, _) in std::env::vars() {
@@ -71,46 +75,6 @@ pub fn replica_of(response: &reqwest::Response) -> String {
         .expect("ascii")
         .to_owned()
 }
-
-/// Starts `herd cluster --replicas 2` on port 0 with its database in `dir`, `flags` for
-/// the cluster itself and cheap password hashing for its replicas (these tests are about
-/// processes, not passwords). Returns the child, the balancer's address, and every later
-/// log line, collected by a thread so the pipe never fills up and stalls the cluster.
-pub fn spawn_cluster(
-    dir: &tempfile::TempDir,
-    flags: &[&str],
-) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    spawn_cluster_serving(dir, flags, &[])
-}
-
-/// [`spawn_cluster`], with `serve_flags` for every replica too.
-pub fn spawn_cluster_serving(
-    dir: &tempfile::TempDir,
-    flags: &[&str],
-    serve_flags: &[&str],
-) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut child = herd()
-        .args(["--log-format", "json", "cluster", "--replicas", "2"])
-        .args(["--listen", "127.0.0.1:0", "--database", &database(dir)])
-        .args(flags)
-        .args(["--"])
-        .args(CHEAP_HASH)
-        .args(serve_flags)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herd cluster");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let listen = listen_address(&mut lines, "cluster is serving");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            sink.lock().expect("log").push(line);
-        }
-    });
-    (child, listen, log)
-}
-
 /// Raw HTTP/1.1 over TCP, for requests a well-behaved client library would not send: an
 /// attacker's.
 pub mod raw {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Every benchmark tool, run at a tiny size so that none can rot silently: bench/wrk.sh,
+# bench/strategies.sh, bench/chat.sh (chatbench's latency, throughput and idle modes) and
+# bench/store-load.py. Each fails when it measured nothing (wrk completed no request,
+# chatbench received or delivered no message or kept no connection open, store-load
+# counted no row written), and then so does this script.
+#
+# The figures are meaningless and go nowhere: the tools write their sections into a copy
+# of docs/benchmarks.md in a temporary directory, which is then checked to hold every
+# section. The binaries are the ones `cargo test --workspace` has just built and run
+# (HERD_BIN, CHATBENCH_BIN; cargo test builds the examples too), not built again: a
+# `cargo build -p herd` would resolve features without the tests' dev-dependencies and
+# rebuild half the workspace.
+#
+# Needs what the tools need: wrk (installed by bench/lib.sh when missing), curl,
+# python3, psql, redis-cli, and PostgreSQL and Redis on 127.0.0.1 (`.ci/run` starts them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=${CARGO_TARGET_DIR:-target}
+export HERD_BENCH_PROFILE=dev
+export HERD_BIN=${HERD_BIN:-$target/debug/herd}
+export CHATBENCH_BIN=${CHATBENCH_BIN:-$target/debug/examples/chatbench}
+for binary in "$HERD_BIN" "$CHATBENCH_BIN"; do
+    [[ -x $binary ]] || { echo "bench smoke: no $binary; run cargo test --workspace first" >&2; exit 1; }
+done
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/herd-bench-smoke.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+export HERD_BENCH_DOCS=$scratch/benchmarks.md
+cp docs/benchmarks.md "$HERD_BENCH_DOCS"
+# Every section starts out absent, so a tool that wrote nothing is caught below.
+python3 - "$HERD_BENCH_DOCS" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path, encoding="utf-8").read()
+text = re.sub(r"<!-- ([a-z-]+):begin -->.*?<!-- \1:end -->\n?", "", text, flags=re.S)
+open(path, "w", encoding="utf-8").write(text)
+PY
+
+step() {
+    local name=$1 started=$SECONDS
+    shift
+    echo "-- $name"
+    "$@" >"$scratch/$name.out" 2>"$scratch/$name.err" || {
+        echo "$name failed:" >&2
+        tail -n 40 "$scratch/$name.err" >&2
+        exit 1
+    }
+    echo "   $name: $((SECONDS - started)) s"
+}
+
+step wrk env DURATION=1s WARMUP=1s ROUNDS=1 THREADS=1 CONNECTIONS=4 bench/wrk.sh
+step strategies env DURATION=1s WARMUP=1s ROUNDS=1 THREADS=1 CONNECTIONS=4 \
+    QUIET_WAIT=0 RETRIES=0 bench/strategies.sh
+step chat env RATE=50 WARMUP=0.5 DURATION=1 LAT_SUBSCRIBERS=2 POLL_INTERVALS=10ms \
+    TP_SUBSCRIBERS=2 TP_BUSES="in-process redis" IDLE_CONNECTIONS=20 IDLE_BATCH=10 \
+    LAT_DIAGNOSTIC=0 QUIET_WAIT=0 ATTEMPTS=1 NOISE_MAX=1000 RUN_TIMEOUT=60 bench/chat.sh
+step store-load env N=20 N_SLOW=5 IDLE_S=1 STABLE_S=0.5 bench/store-load.py
+
+for section in wrk strategies chat store-load; do
+    grep -q "<!-- $section:begin -->" "$HERD_BENCH_DOCS" ||
+        { echo "bench smoke: no $section section was written" >&2; exit 1; }
+done
+echo "bench smoke: every tool measured something"
