@@ -89,9 +89,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
 }
 
+// Serialize too, so that clients written in Rust (chatbench) write frames with the
+// server's own type. (A plain comment: doc comments go into the generated schema.)
 /// Frames a client sends. `docs/protocol.schema.json` is generated from this type and
-/// [`ServerFrame`] (a test keeps it equal). Serialize too, for clients written in Rust
-/// (chatbench) to write frames with the server's own type.
+/// [`ServerFrame`] (a test keeps it equal).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
@@ -143,8 +144,9 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error>
     serde_json::from_str(text)
 }
 
-/// Frames the server sends. Deserialize too, for clients written in Rust (chatbench) to
-/// read frames with the server's own type.
+// Deserialize too, so that clients written in Rust (chatbench) read frames with the
+// server's own type. (A plain comment: doc comments go into the generated schema.)
+/// Frames the server sends.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
