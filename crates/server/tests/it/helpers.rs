@@ -42,6 +42,8 @@ pub struct Options {
     pub hash: HashParams,
     /// `--allowed-origin`: origins besides the replica's own that may use its cookies.
     pub allowed_origins: Vec<String>,
+    /// Session lifetimes under `shared` and `memory`.
+    pub sessions: SessionTimeouts,
 }
 
 /// Which bus a test replica relays news over.
@@ -71,6 +73,7 @@ impl Default for Options {
             trusted_proxies: TrustedProxies::default(),
             hash: CHEAP_HASH,
             allowed_origins: vec![],
+            sessions: TIMEOUTS,
         }
     }
 }
@@ -89,6 +92,8 @@ pub struct TestApp {
     pub auth: Auth,
     pub database: String,
     pub options: Options,
+    /// The replica's state, for what a test must wait on rather than poll.
+    pub state: AppState,
     dir: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<std::io::Result<()>>>,
@@ -158,7 +163,7 @@ async fn spawn_on(
     config.access_ttl = options.access_ttl;
     config.strategy = options.strategy;
     config.redis_url = options.redis_url.clone();
-    config.sessions = TIMEOUTS;
+    config.sessions = options.sessions;
     let bus = match &options.bus {
         TestBus::None => None,
         TestBus::InProcess(bus) => Some(bus.clone()),
@@ -196,7 +201,7 @@ async fn spawn_on(
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(herd_server::serve(listener, state, async {
+    let server = tokio::spawn(herd_server::serve(listener, state.clone(), async {
         let _ = rx.await;
     }));
     TestApp {
@@ -206,6 +211,7 @@ async fn spawn_on(
         auth,
         database,
         options,
+        state,
         dir,
         shutdown: Some(tx),
         server: Some(server),
