@@ -383,15 +383,34 @@ mod tests {
     fn a_nul_or_a_bidi_override_is_refused_in_every_field_that_could_hold_it() {
         assert_eq!(MessageBody::parse("a\u{0}b"), Err(Invalid::BodyControl));
         assert_eq!(MessageBody::parse("\u{1}"), Err(Invalid::BodyControl));
-        assert_eq!(MessageBody::parse("\u{202e}txt.exe"), Err(Invalid::BodyControl));
+        assert_eq!(
+            MessageBody::parse("\u{202e}txt.exe"),
+            Err(Invalid::BodyControl)
+        );
         assert_eq!(MessageBody::parse("\u{2067}x"), Err(Invalid::BodyControl));
         assert_eq!(MessageBody::parse("\u{feff}"), Err(Invalid::BodyControl));
         // Lines, tabs, right-to-left marks, emoji joined by ZWJ and Persian's ZWNJ stay.
-        for ok in ["a\tb\r\nc", "\u{200f}שלום", "👩\u{200d}💻", "می\u{200c}خواهم"] {
+        for ok in [
+            "a\tb\r\nc",
+            "\u{200f}שלום",
+            "👩\u{200d}💻",
+            "می\u{200c}خواهم",
+        ] {
             assert!(MessageBody::parse(ok).is_ok(), "{ok:?}");
         }
-        for bad in ["a\u{0}", "\u{feff}", "\u{200b}", "a\u{202e}b", "\u{3164}", "\u{2066}x"] {
-            assert_eq!(RoomName::parse(bad), Err(Invalid::RoomNameControl), "{bad:?}");
+        for bad in [
+            "a\u{0}",
+            "\u{feff}",
+            "\u{200b}",
+            "a\u{202e}b",
+            "\u{3164}",
+            "\u{2066}x",
+        ] {
+            assert_eq!(
+                RoomName::parse(bad),
+                Err(Invalid::RoomNameControl),
+                "{bad:?}"
+            );
         }
         assert_eq!(ClientId::parse("c\u{0}"), Err(Invalid::ClientId));
         assert_eq!(RoomId::parse("%00"), Err(Invalid::RoomId));

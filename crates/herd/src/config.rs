@@ -771,7 +771,10 @@ impl ServeArgs {
     pub fn chat_limits(&self) -> anyhow::Result<ChatLimits> {
         for (flag, value) in [
             ("--ws-max-connections", self.ws_max_connections),
-            ("--ws-max-connections-per-user", self.ws_max_connections_per_user),
+            (
+                "--ws-max-connections-per-user",
+                self.ws_max_connections_per_user,
+            ),
             ("--ws-max-unauthenticated", self.ws_max_unauthenticated),
             ("--ws-max-subscriptions", self.ws_max_subscriptions),
             ("--ws-queue", self.ws_queue),

@@ -445,7 +445,12 @@ impl Outbox {
     /// gone.
     async fn push_stored(&self, frame: ServerFrame) -> bool {
         let text = frame.text();
-        let Ok(permit) = self.bytes.clone().acquire_many_owned(self.cost(&text)).await else {
+        let Ok(permit) = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.cost(&text))
+            .await
+        else {
             return false;
         };
         self.out.send(Out(text, permit)).await.is_ok()
@@ -846,8 +851,11 @@ impl Handler {
             }
         };
         let Ok(room) = RoomId::parse(&room) else {
-            self.outbox
-                .say(error(Code::NotFound, "no such room", Some(client_id.as_str())));
+            self.outbox.say(error(
+                Code::NotFound,
+                "no such room",
+                Some(client_id.as_str()),
+            ));
             return;
         };
         match self
@@ -870,7 +878,8 @@ impl Handler {
                     Code::Unavailable | Code::Internal => "not sent; retry with the same client_id",
                     _ => "not sent",
                 };
-                self.outbox.say(error(code, message, Some(client_id.as_str())));
+                self.outbox
+                    .say(error(code, message, Some(client_id.as_str())));
             }
         }
     }

@@ -387,7 +387,10 @@ impl From<herd_chat::ChatError> for ApiError {
             // to fix first: a retry would fail the same way.
             ChatError::Rejected(e) => {
                 tracing::warn!(error = %e, "the store refused a value the parsers let through");
-                ApiError::new(Code::ValidationFailed, "the store refused a value in the request")
+                ApiError::new(
+                    Code::ValidationFailed,
+                    "the store refused a value in the request",
+                )
             }
             ChatError::Unavailable(e) => ApiError::unavailable(e),
             ChatError::Store(e) => ApiError::internal(e),
