@@ -26,6 +26,7 @@
 //!     match event? {
 //!         Event::Stored(m) | Event::Live(m) => println!("{}: {}", m.seq, m.body),
 //!         Event::CaughtUp { .. } => {}
+//!         Event::Left => break,
 //!     }
 //! }
 //! # Ok(())

@@ -355,7 +355,16 @@ async fn a_replica_killed_mid_flood_costs_its_subscribers_nothing() {
     const N: i64 = 200;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = database(&dir);
-    let bus = ["--bus", "sql", "--bus-poll-interval", "10ms"];
+    // One user floods: the per-user send limit (shared by HTTP and WebSocket) is not
+    // what this test is about.
+    let bus = [
+        "--bus",
+        "sql",
+        "--bus-poll-interval",
+        "10ms",
+        "--ws-sends-per-second",
+        "1000000",
+    ];
     let mut a = Replica::start("a", &db, &bus);
     let b = Replica::start("b", &db, &bus);
     let client = reqwest::Client::new();

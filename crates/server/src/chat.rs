@@ -295,13 +295,13 @@ async fn upgrade(
     } else {
         None
     };
-    let slot = match &principal {
+    let caller = match principal {
         Some(p) => match state.live.admit(p.user_id()) {
-            Ok(admitted) => Slot::Admitted(admitted),
+            Ok(admitted) => Caller::Admitted(p, admitted),
             Err(refused) => return refused.problem().into_response(),
         },
         None => match state.live.unauthenticated.clone().try_acquire_owned() {
-            Ok(permit) => Slot::Waiting(permit),
+            Ok(permit) => Caller::Waiting(permit),
             Err(_) => return Refused::Replica.problem().into_response(),
         },
     };
@@ -311,15 +311,17 @@ async fn upgrade(
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| connection(state, socket, principal, slot, open))
+        .on_upgrade(move |socket| connection(state, socket, caller, open))
 }
 
-/// What a connection holds of the replica's budgets.
-enum Slot {
-    /// A place among the connections still waiting for their `auth` frame.
-    Waiting(#[allow(dead_code)] OwnedSemaphorePermit),
-    /// A place among the authenticated connections, and among its user's.
-    Admitted(#[allow(dead_code)] Admitted),
+/// Who is connecting, and what they hold of the replica's budgets until they leave.
+enum Caller {
+    /// Authenticated by the upgrade request: a place among the authenticated
+    /// connections, and among its user's.
+    Admitted(Principal, Admitted),
+    /// No credentials yet: a place among the connections waiting for their `auth`
+    /// frame, given back once it comes.
+    Waiting(OwnedSemaphorePermit),
 }
 
 /// An authenticated connection's places: the replica's and its user's, given back
@@ -419,7 +421,10 @@ impl Close {
 
 /// A frame queued for the writer, holding its share of the connection's byte budget
 /// until it is written (or dropped with the queue).
-struct Out(Utf8Bytes, #[allow(dead_code)] OwnedSemaphorePermit);
+struct Out {
+    text: Utf8Bytes,
+    _budget: OwnedSemaphorePermit,
+}
 
 /// The sending half of a connection, shared by its reader and its subscriptions.
 #[derive(Clone)]
@@ -453,7 +458,11 @@ impl Outbox {
         else {
             return false;
         };
-        self.out.send(Out(text, permit)).await.is_ok()
+        let out = Out {
+            text,
+            _budget: permit,
+        };
+        self.out.send(out).await.is_ok()
     }
 
     /// Queues a live frame for the writer; a full queue (in frames or in bytes) means
@@ -464,7 +473,11 @@ impl Outbox {
             self.end(Close::SLOW);
             return false;
         };
-        match self.out.try_send(Out(text, permit)) {
+        let out = Out {
+            text,
+            _budget: permit,
+        };
+        match self.out.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.end(Close::SLOW);
@@ -488,13 +501,7 @@ impl Outbox {
 
 /// One connection, from the upgrade to the close: the writer task, authentication, then
 /// the [`Handler`] until something ends it.
-async fn connection(
-    state: AppState,
-    socket: WebSocket,
-    principal: Option<Principal>,
-    slot: Slot,
-    _open: Open,
-) {
+async fn connection(state: AppState, socket: WebSocket, caller: Caller, _open: Open) {
     let limits = &state.live.limits;
     let (sink, mut stream) = socket.split();
     let (out, rx) = mpsc::channel::<Out>(limits.outbound_queue);
@@ -513,9 +520,9 @@ async fn connection(
         budget: limits.outbound_bytes,
         abort,
     };
-    let admitted = match (principal, slot) {
-        (Some(p), Slot::Admitted(admitted)) => Ok((p, admitted)),
-        (_, Slot::Waiting(waiting)) => match first_frame_auth(&state, &mut stream).await {
+    let admitted = match caller {
+        Caller::Admitted(p, admitted) => Ok((p, admitted)),
+        Caller::Waiting(waiting) => match first_frame_auth(&state, &mut stream).await {
             // Authenticated: it leaves the waiting budget for the replica's and its
             // user's.
             Ok(p) => {
@@ -528,7 +535,6 @@ async fn connection(
             }
             Err(close) => Err(close),
         },
-        (None, Slot::Admitted(_)) => Err(Close(close::UNAUTHENTICATED, "no credentials")),
     };
     let close = match admitted {
         Ok((principal, _admitted)) => {
@@ -571,7 +577,7 @@ async fn write(
             }
             out = rx.recv() => out,
         };
-        let Some(Out(text, _budget)) = out else {
+        let Some(Out { text, _budget }) = out else {
             return;
         };
         match tokio::time::timeout(deadline, sink.send(Frame::Text(text))).await {
@@ -592,9 +598,11 @@ async fn finish(
     Close(code, reason): Close,
     flush: bool,
 ) {
-    while let (true, Ok(Out(text, _))) = (flush, rx.try_recv()) {
-        if sink.send(Frame::Text(text)).await.is_err() {
-            return;
+    if flush {
+        while let Ok(Out { text, .. }) = rx.try_recv() {
+            if sink.send(Frame::Text(text)).await.is_err() {
+                return;
+            }
         }
     }
     let frame = CloseFrame {
