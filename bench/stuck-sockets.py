@@ -13,6 +13,13 @@ subscriber reads everything. Reports:
   them, at its peak during the flood, and after;
 - whether the reader received every message posted, in order, exactly once.
 
+What a stuck socket holds first is the kernel's: on loopback the replica's send buffer
+grows to tcp_wmem's maximum (4 MiB by default; 64 KiB segments get it there at once),
+and only then do its writes block, its queue fill and the write deadline start. So the
+flood must carry more than that per socket (about 1,300 messages of 3,900 characters)
+before anything is closed; a debug build fanning out to 200 sockets posts a few a
+second, hence FLOOD_S.
+
 Against a replica it starts (a debug build by default, PROFILE=release for a release
 one, on a SQLite file of its own, with --ws-sends-per-second high enough for one user's
 flood; EXTRA_ARGS adds flags):
@@ -30,6 +37,7 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -44,6 +52,10 @@ STUCK_USERS = int(os.environ.get("STUCK_USERS", "8"))
 FLOOD_S = float(os.environ.get("FLOOD_S", "20"))
 BODY_CHARS = int(os.environ.get("BODY_CHARS", "3900"))
 SETTLE_S = float(os.environ.get("SETTLE_S", "15"))
+POSTERS = int(os.environ.get("POSTERS", "4"))
+# The replica's SQLite file goes here: on tmpfs a commit costs no disk sync, so a debug
+# build posts fast enough to flood.
+WORKDIR = os.environ.get("WORKDIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
 PROFILE = os.environ.get("PROFILE", "debug")
 PASSWORD = "correct horse battery staple"
 
@@ -54,15 +66,24 @@ def log(msg):
 
 class Api:
     def __init__(self, host, port):
+        self.host, self.port = host, port
         self.conn = http.client.HTTPConnection(host, port, timeout=30)
 
     def call(self, method, path, body=None, token=None):
         headers = {"content-type": "application/json"}
         if token:
             headers["authorization"] = f"Bearer {token}"
-        self.conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                          headers=headers)
-        response = self.conn.getresponse()
+        payload = json.dumps(body) if body is not None else None
+        try:
+            self.conn.request(method, path, body=payload, headers=headers)
+            response = self.conn.getresponse()
+        except (http.client.HTTPException, OSError):
+            # The server may close a kept-alive connection between requests: once more
+            # on a fresh one.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            self.conn.request(method, path, body=payload, headers=headers)
+            response = self.conn.getresponse()
         data = response.read()
         return response.status, (json.loads(data) if data else None)
 
@@ -211,7 +232,7 @@ def start_replica(work):
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="herd-stuck.")
+    work = tempfile.mkdtemp(prefix="herd-stuck.", dir=WORKDIR)
     proc = None
     if os.environ.get("HERD_URL"):
         addr = os.environ["HERD_URL"].split("://", 1)[-1].rstrip("/")
@@ -219,6 +240,18 @@ def main():
     else:
         proc, addr = start_replica(work)
         pid = proc.pid
+    try:
+        ok = run(addr, pid)
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+def run(addr, pid):
+    """The attack against the replica at `addr` (process `pid`); true if it held."""
     host, port = addr.rsplit(":", 1)
     port = int(port)
     api = Api(host, port)
@@ -282,16 +315,25 @@ def main():
     watcher.start()
 
     body = "x" * BODY_CHARS
-    posted = refused = 0
-    i = 0
-    while time.time() - started < FLOOD_S:
-        i += 1
-        status, _ = api.call("POST", f"/v1/rooms/{room}/messages",
-                             {"body": body, "client_id": f"f{i}"}, flooder)
-        if status == 201:
-            posted += 1
-        else:
-            refused += 1
+    counts = {"posted": 0, "refused": 0}
+    lock = threading.Lock()
+
+    def flood(poster):
+        own = Api(host, port)
+        i = 0
+        while time.time() - started < FLOOD_S:
+            i += 1
+            status, _ = own.call("POST", f"/v1/rooms/{room}/messages",
+                                 {"body": body, "client_id": f"f{poster}-{i}"}, flooder)
+            with lock:
+                counts["posted" if status == 201 else "refused"] += 1
+
+    posters = [threading.Thread(target=flood, args=(p,)) for p in range(POSTERS)]
+    for t in posters:
+        t.start()
+    for t in posters:
+        t.join()
+    posted, refused = counts["posted"], counts["refused"]
     flood_s = time.time() - started
     log(f"flood: {posted} posted, {refused} refused in {flood_s:.1f} s")
     deadline = time.time() + SETTLE_S
@@ -322,11 +364,7 @@ def main():
     for ws in stuck:
         ws.sock.close()
     reader.sock.close()
-    if proc:
-        proc.terminate()
-        proc.wait(timeout=30)
-    ok = len(times) == STUCK and not missed and not reader_end
-    sys.exit(0 if ok else 1)
+    return len(times) == STUCK and not missed and not reader_end
 
 
 if __name__ == "__main__":
