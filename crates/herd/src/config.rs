@@ -230,7 +230,7 @@ pub struct ServeArgs {
     pub ws_queue: usize,
 
     /// Bytes queued for a slow WebSocket client before it is told to resume (4008).
-    #[arg(long, env = "HERD_WS_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "HERD_WS_QUEUE_BYTES", default_value_t = 256 * 1024)]
     pub ws_queue_bytes: usize,
 
     /// How long one write to a WebSocket client may take before the client, which has

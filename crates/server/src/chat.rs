@@ -118,7 +118,7 @@ impl Default for ChatLimits {
             rooms_per_minute: 10,
             frames_per_second: 50,
             outbound_queue: 256,
-            outbound_bytes: 1024 * 1024,
+            outbound_bytes: 256 * 1024,
             write_timeout: Duration::from_secs(10),
             reauth_before: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(10),
