@@ -174,10 +174,12 @@ class WebSocket:
                 return frame
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
+    """A memory figure of /proc/PID/status in KiB: VmRSS, or its part RssAnon (the heap,
+    without file pages such as a SQLite file's)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -345,6 +347,8 @@ def run(addr, pid):
     watcher.join()
     rss["peak_during"] = peak[0]
     rss["after"] = rss_kib(pid)
+    rss["after_anon"] = rss_kib(pid, "RssAnon")
+    rss["after_file"] = rss_kib(pid, "RssFile")
 
     times = sorted(closed_at.values())
     missed = [s for s in range(1, posted + 1) if s not in set(received)]
