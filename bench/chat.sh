@@ -195,7 +195,9 @@ start_replica() { # name herd-serve-flags...
         --access-ttl 1h \
         --signup-limit-address off \
         --ws-sends-per-second 1000000 \
+        --ws-frames-per-second 1000000 \
         --ws-max-connections $((IDLE_CONNECTIONS + 2000)) \
+        --ws-max-connections-per-user $((IDLE_CONNECTIONS + 2000)) \
         "$@" >"${LOGFILE[$name]}" 2>&1 &
     PID[$name]=$!
     deadline=$((SECONDS + STARTUP_TIMEOUT_S))
@@ -510,8 +512,8 @@ p("")
 print("\n".join(out))
 PY
     printf -- '- Script: `%s`\n' "$INVOCATION"
-    printf -- '- Replicas: `herd serve --listen 127.0.0.1:0 --database sqlite://<fresh file> --argon2-memory-kib 64 --argon2-iterations 1 --access-ttl 1h --ws-sends-per-second 1000000 --ws-max-connections %s` plus, for latency, `--bus redis --redis-url %s` or `--bus sql --bus-poll-interval <interval>` on two replicas sharing the file; for throughput `--bus <bus>`; for memory `--bus redis`\n' \
-        "$((IDLE_CONNECTIONS + 2000))" "$REDIS_URL"
+    printf -- '- Replicas: `herd serve --listen 127.0.0.1:0 --database sqlite://<fresh file> --argon2-memory-kib 64 --argon2-iterations 1 --access-ttl 1h --ws-sends-per-second 1000000 --ws-frames-per-second 1000000 --ws-max-connections %s --ws-max-connections-per-user %s` plus, for latency, `--bus redis --redis-url %s` or `--bus sql --bus-poll-interval <interval>` on two replicas sharing the file; for throughput `--bus <bus>`; for memory `--bus redis`\n' \
+        "$((IDLE_CONNECTIONS + 2000))" "$((IDLE_CONNECTIONS + 2000))" "$REDIS_URL"
     printf -- '- chatbench: `chatbench latency --send-url <A> --recv-url <B> --subscribers <n> --rate %s --warmup %s --duration %s`; `chatbench throughput --url <replica> --server-pid <pid> --subscribers <n> --window %s --warmup %s --duration %s`; `chatbench idle --url <replica> --server-pid <pid> --connections %s --batch %s`\n' \
         "$RATE" "$WARMUP" "$DURATION" "$TP_WINDOW" "$WARMUP" "$DURATION" "$IDLE_CONNECTIONS" "$IDLE_BATCH"
     if ((QUIET_WAIT > 0)); then

@@ -10,10 +10,20 @@ use serde::{Deserialize, Serialize};
 pub enum Invalid {
     #[error("must be 1 to 64 characters long")]
     RoomNameLength,
-    #[error("may not contain control characters")]
+    #[error(
+        "may not contain control characters, bidi controls, zero-width or other invisible \
+         characters, or a byte-order mark"
+    )]
     RoomNameControl,
     #[error("must be 1 to 4000 characters long")]
     BodyLength,
+    #[error(
+        "may not contain NUL or other control characters besides tab and newlines, bidi \
+         embeddings, overrides or isolates, or a byte-order mark"
+    )]
+    BodyControl,
+    #[error("must be a room id (a UUID)")]
+    RoomId,
     #[error("must be 1 to 64 printable ASCII characters")]
     ClientId,
     #[error("must be 0 or more")]
@@ -69,7 +79,29 @@ macro_rules! parsed_from_string {
     };
 }
 
-/// A room's name: 1 to 64 characters after trimming, no control characters.
+/// Characters that change how the text around them is laid out, or are not seen at
+/// all, yet are not control characters (Unicode's `Cf`, format, and a few letters
+/// that render as nothing): in a room's name they make two names that look the same,
+/// or one that looks empty.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}')
+}
+
+/// Characters that reorder the text after them until a matching end (bidi embeddings,
+/// overrides and isolates), which can make a message read differently from what it
+/// holds, and the byte-order mark, which is not text. The directional marks (LRM, RLM,
+/// ALM) stay allowed: they affect only the character next to them, and right-to-left
+/// writing needs them.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// A room's name: 1 to 64 characters after trimming, no control characters and no
+/// invisible ones (see `docs/protocol.md`, "Characters").
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct RoomName(String);
@@ -85,14 +117,17 @@ impl RoomName {
         if len == 0 || len > Self::MAX_CHARS {
             return Err(Invalid::RoomNameLength);
         }
-        if name.chars().any(char::is_control) {
+        if name.chars().any(|c| c.is_control() || invisible(c)) {
             return Err(Invalid::RoomNameControl);
         }
         Ok(RoomName(name.to_owned()))
     }
 }
 
-/// A message's text: 1 to 4000 characters, kept exactly as sent.
+/// A message's text: 1 to 4000 characters, kept exactly as sent. Any character but NUL
+/// and the other control characters (tab, line feed and carriage return aside), the
+/// bidi embeddings, overrides and isolates, and the byte-order mark: zero-width joiners
+/// and non-joiners stay, since emoji sequences and Persian need them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct MessageBody(String);
@@ -102,10 +137,21 @@ parsed_from_string!(MessageBody);
 impl MessageBody {
     pub const MAX_CHARS: usize = 4000;
 
+    /// The most bytes a valid body can take inside a JSON string: every character
+    /// outside the Basic Multilingual Plane written as a `\uXXXX\uXXXX` pair (12 bytes),
+    /// as encoders that escape everything but ASCII do. A transport's frame limit must
+    /// take this plus its envelope, or a valid body would be refused on one transport
+    /// and taken on another.
+    pub const MAX_JSON_BYTES: usize = Self::MAX_CHARS * 12;
+
     pub fn parse(raw: &str) -> Result<MessageBody, Invalid> {
         let len = raw.chars().count();
         if len == 0 || len > Self::MAX_CHARS {
             return Err(Invalid::BodyLength);
+        }
+        let allowed = |c: char| matches!(c, '\t' | '\n' | '\r') || !(c.is_control() || reorders(c));
+        if !raw.chars().all(allowed) {
+            return Err(Invalid::BodyControl);
         }
         Ok(MessageBody(raw.to_owned()))
     }
@@ -133,17 +179,32 @@ impl ClientId {
     }
 }
 
-/// A room's id. Rooms get random ones; a client may name any, and one that no room has
-/// is simply not found, so every text is one.
+/// A room's id: a UUID in its lowercase hyphenated form, as rooms get them. Parsed at
+/// the edge, so that no text a client makes up (a NUL, a megabyte) reaches the store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(transparent)]
 pub struct RoomId(String);
 string_type!(RoomId);
 
 impl RoomId {
-    /// The id a client names a room by (a path segment, a frame's field).
+    /// An id taken on trust, for ids that did not come from a client.
     pub fn new(id: impl Into<String>) -> RoomId {
         RoomId(id.into())
+    }
+
+    /// The id a client names a room by (a path segment, a frame's field). Anything
+    /// but a UUID names no room; the transport answers as for a room that is not there.
+    pub fn parse(raw: &str) -> Result<RoomId, Invalid> {
+        let b = raw.as_bytes();
+        let shaped = b.len() == 36
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                8 | 13 | 18 | 23 => c == b'-',
+                _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+            });
+        if !shaped {
+            return Err(Invalid::RoomId);
+        }
+        Ok(RoomId(raw.to_owned()))
     }
 
     pub(crate) fn random() -> RoomId {
@@ -316,6 +377,47 @@ mod tests {
         assert_eq!(ClientId::parse("é"), Err(Invalid::ClientId));
         assert_eq!(ClientId::parse(&"c".repeat(65)), Err(Invalid::ClientId));
         assert!(ClientId::parse(&"c".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn a_nul_or_a_bidi_override_is_refused_in_every_field_that_could_hold_it() {
+        assert_eq!(MessageBody::parse("a\u{0}b"), Err(Invalid::BodyControl));
+        assert_eq!(MessageBody::parse("\u{1}"), Err(Invalid::BodyControl));
+        assert_eq!(
+            MessageBody::parse("\u{202e}txt.exe"),
+            Err(Invalid::BodyControl)
+        );
+        assert_eq!(MessageBody::parse("\u{2067}x"), Err(Invalid::BodyControl));
+        assert_eq!(MessageBody::parse("\u{feff}"), Err(Invalid::BodyControl));
+        // Lines, tabs, right-to-left marks, emoji joined by ZWJ and Persian's ZWNJ stay.
+        for ok in [
+            "a\tb\r\nc",
+            "\u{200f}שלום",
+            "👩\u{200d}💻",
+            "می\u{200c}خواهم",
+        ] {
+            assert!(MessageBody::parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "a\u{0}",
+            "\u{feff}",
+            "\u{200b}",
+            "a\u{202e}b",
+            "\u{3164}",
+            "\u{2066}x",
+        ] {
+            assert_eq!(
+                RoomName::parse(bad),
+                Err(Invalid::RoomNameControl),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(ClientId::parse("c\u{0}"), Err(Invalid::ClientId));
+        assert_eq!(RoomId::parse("%00"), Err(Invalid::RoomId));
+        assert_eq!(RoomId::parse("\u{0}"), Err(Invalid::RoomId));
+        assert_eq!(RoomId::parse("no-such-room"), Err(Invalid::RoomId));
+        let id = RoomId::random();
+        assert_eq!(RoomId::parse(id.as_str()), Ok(id));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use herd_bus::{Bus, Delivery, Subscription};
 use herd_store::Store;
 
-use crate::domain::{PageSize, RoomId, Seq};
-use crate::service::{read_after, topic, ChatError, Message};
+use crate::domain::{PageSize, RoomId, Seq, UserId};
+use crate::service::{read_after, topic, ChatError, Left, Message};
 
 /// What following a room yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub enum Event {
     /// A message as the bus delivered it, the next in the sequence. A reader that cannot
     /// keep up with these is the transport's to drop: it resumes from its last seq.
     Live(Message),
+    /// The reader is no longer a member of the room (they left it, on any replica):
+    /// nothing more follows. Said once, last.
+    Left,
 }
 
 /// One reader following one room from a seq, built by
@@ -32,11 +35,19 @@ pub enum Event {
 /// live sequence has a hole (an announcement lost or overtaken) or the bus reports a
 /// `Gap`. A reconnect that follows again from the last seq it saw, on any replica, so
 /// misses nothing and repeats nothing.
+///
+/// It ends with [`Event::Left`] when its reader leaves the room: at once on the bus's
+/// notice, or, if that was lost, at the next read of the store, which asks first
+/// whether the reader is still a member.
 #[derive(Debug)]
 pub struct Follow {
     store: Store,
     bus: Bus,
+    reader: UserId,
     room: RoomId,
+    /// Whether membership must be asked before the store is read again: not for the
+    /// first read, which [`Chat::follow`](crate::Chat::follow) has just checked.
+    recheck: bool,
     /// Made by the first [`next`](Follow::next), before the store is first read. Not in
     /// `Chat::follow`, whose caller may be a connection's reader: on Redis, subscribing
     /// waits for the server, and the reader has other frames to answer meanwhile.
@@ -52,11 +63,13 @@ pub struct Follow {
 }
 
 impl Follow {
-    pub(crate) fn new(store: Store, bus: Bus, room: RoomId, since: Seq) -> Follow {
+    pub(crate) fn new(store: Store, bus: Bus, reader: UserId, room: RoomId, since: Seq) -> Follow {
         Follow {
             store,
             bus,
+            reader,
             room,
+            recheck: false,
             live: None,
             last: since,
             pending: VecDeque::new(),
@@ -89,6 +102,21 @@ impl Follow {
                 return Some(Ok(Event::Stored(message)));
             }
             if self.behind {
+                if self.recheck {
+                    match self
+                        .store
+                        .is_member(self.room.as_str(), self.reader.as_str())
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => return Some(Ok(self.left())),
+                        Err(e) => {
+                            self.finished = true;
+                            return Some(Err(e.into()));
+                        }
+                    }
+                }
+                self.recheck = true;
                 match read_after(&self.store, &self.room, self.last, PageSize::MAX).await {
                     Ok(page) => {
                         // A full page may not be the end of it.
@@ -125,14 +153,27 @@ impl Follow {
                         // A hole: an announcement was lost or overtaken; the store has
                         // them all.
                         Ok(_) => self.behind = true,
-                        // Not a message this version understands; if it was one, the
-                        // next will show the hole it left.
-                        Err(e) => {
-                            tracing::debug!(room = %self.room, error = %e, "skipped an announcement");
-                        }
+                        Err(e) => match serde_json::from_slice::<Left>(&payload) {
+                            Ok(notice) if notice.left == self.reader => {
+                                return Some(Ok(self.left()))
+                            }
+                            Ok(_) => {}
+                            // Not a message this version understands; if it was one,
+                            // the next will show the hole it left.
+                            Err(_) => {
+                                tracing::debug!(room = %self.room, error = %e, "skipped an announcement");
+                            }
+                        },
                     }
                 }
             }
         }
+    }
+
+    /// Ends the follow: its reader is no longer a member.
+    fn left(&mut self) -> Event {
+        self.finished = true;
+        self.pending.clear();
+        Event::Left
     }
 }

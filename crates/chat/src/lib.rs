@@ -26,6 +26,7 @@
 //!     match event? {
 //!         Event::Stored(m) | Event::Live(m) => println!("{}: {}", m.seq, m.body),
 //!         Event::CaughtUp { .. } => {}
+//!         Event::Left => break,
 //!     }
 //! }
 //! # Ok(())
@@ -36,14 +37,19 @@
 //! - `domain.rs`: the values parsed at the edge, the ids, and [`Invalid`].
 //! - `service.rs`: [`Chat`], [`ChatError`], and what the use cases answer with
 //!   ([`Room`], [`Message`], [`Posted`], [`HistoryPage`]).
-//! - `follow.rs`: [`Follow`], a room's messages after a seq, exactly once and in order.
+//! - `follow.rs`: [`Follow`], a room's messages after a seq, exactly once and in order,
+//!   until its reader leaves the room.
+//! - `quota.rs`: [`Limits`], what one user may do a second or a minute, whichever
+//!   transport they use.
 
 mod domain;
 mod follow;
+mod quota;
 mod service;
 
 pub use domain::{
     ClientId, Invalid, MessageBody, MessageId, PageSize, RoomId, RoomName, Seq, UserId,
 };
 pub use follow::{Event, Follow};
+pub use quota::Limits;
 pub use service::{Chat, ChatError, Clock, HistoryPage, Message, Posted, Result, Room};

@@ -11,6 +11,7 @@ use crate::domain::{
     stored, ClientId, MessageBody, MessageId, PageSize, RoomId, RoomName, Seq, UserId,
 };
 use crate::follow::Follow;
+use crate::quota::{Limits, Quota};
 
 /// What time it is, in unix seconds. Chat reads no clock of its own: whoever builds it
 /// decides what time it is (herd passes identity's, so tests can move it).
@@ -31,6 +32,16 @@ pub enum ChatError {
     NoSuchRoom,
     #[error("join the room first")]
     NotAMember,
+    /// The user posted as many messages as [`Limits::posts_per_second`] allows.
+    #[error("too many messages; retry in {retry_after} s")]
+    TooManyPosts { retry_after: u64 },
+    /// The user created as many rooms as [`Limits::rooms_per_minute`] allows.
+    #[error("too many rooms created; retry in {retry_after} s")]
+    TooManyRooms { retry_after: u64 },
+    /// The store refused a value as malformed; the caller's to fix. Values are parsed
+    /// at the edge, so this is a rule the parsers missed, not a retryable failure.
+    #[error("the store refused the value: {0}")]
+    Rejected(#[source] StoreError),
     /// The store could not be reached; nothing was acknowledged, so a retry is safe.
     #[error("the store is unavailable: {0}")]
     Unavailable(#[source] StoreError),
@@ -42,6 +53,7 @@ impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> ChatError {
         match e {
             StoreError::NotFound => ChatError::NoSuchRoom,
+            e if e.is_bad_input() => ChatError::Rejected(e),
             e if e.is_unavailable() => ChatError::Unavailable(e),
             e => ChatError::Store(e),
         }
@@ -129,6 +141,8 @@ pub struct Chat {
     store: Store,
     bus: Bus,
     clock: Arc<dyn Clock>,
+    posts: Arc<Quota>,
+    rooms: Arc<Quota>,
 }
 
 impl fmt::Debug for Chat {
@@ -140,9 +154,18 @@ impl fmt::Debug for Chat {
     }
 }
 
-/// The bus topic that carries a room's new messages.
+/// The bus topic that carries a room's new messages, and the notices of members who
+/// left it.
 pub(crate) fn topic(room: &RoomId) -> String {
     format!("room:{room}")
+}
+
+/// What the room's topic carries besides messages: a member left, so every follow of
+/// theirs, on every replica, ends. Its JSON has none of a [`Message`]'s fields, so
+/// neither is read as the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Left {
+    pub(crate) left: UserId,
 }
 
 impl Chat {
@@ -151,6 +174,17 @@ impl Chat {
             store,
             bus,
             clock: Arc::new(clock),
+            posts: Arc::new(Quota::new(Limits::default().posts_per_second, 1)),
+            rooms: Arc::new(Quota::new(Limits::default().rooms_per_minute, 60)),
+        }
+    }
+
+    /// The same chat, with these per-user limits (fresh counts).
+    pub fn with_limits(self, limits: Limits) -> Chat {
+        Chat {
+            posts: Arc::new(Quota::new(limits.posts_per_second, 1)),
+            rooms: Arc::new(Quota::new(limits.rooms_per_minute, 60)),
+            ..self
         }
     }
 
@@ -161,6 +195,9 @@ impl Chat {
 
     /// Creates a room; its creator is its first member.
     pub async fn create_room(&self, creator: &UserId, name: RoomName) -> Result<Room> {
+        self.rooms
+            .take(creator.as_str(), self.clock.now())
+            .map_err(|retry_after| ChatError::TooManyRooms { retry_after })?;
         let id = RoomId::random();
         let record = self
             .store
@@ -191,11 +228,23 @@ impl Chat {
     }
 
     /// Ends `user`'s membership of `room`: true when it was a member, false when not.
+    /// Their follows of the room end too, on every replica: a notice on the bus ends
+    /// them at once, and a follow that missed it asks the store whenever it reads it.
     pub async fn leave(&self, user: &UserId, room: &RoomId) -> Result<bool> {
         if self.store.room(room.as_str()).await?.is_none() {
             return Err(ChatError::NoSuchRoom);
         }
-        Ok(self.store.leave_room(room.as_str(), user.as_str()).await?)
+        let left = self.store.leave_room(room.as_str(), user.as_str()).await?;
+        let notice = Left { left: user.clone() };
+        match serde_json::to_vec(&notice) {
+            Ok(payload) => {
+                if let Err(e) = self.bus.publish(&topic(room), &payload).await {
+                    tracing::warn!(room = %room, error = %e, "could not announce a leave");
+                }
+            }
+            Err(e) => tracing::warn!(room = %room, error = %e, "could not encode a leave"),
+        }
+        Ok(left)
     }
 
     /// Refuses anyone but a member of an existing room.
@@ -219,6 +268,9 @@ impl Chat {
         body: MessageBody,
         client_id: ClientId,
     ) -> Result<Posted> {
+        self.posts
+            .take(author.as_str(), self.clock.now())
+            .map_err(|retry_after| ChatError::TooManyPosts { retry_after })?;
         self.require_member(author, room).await?;
         let id = MessageId::random();
         let posted = self
@@ -279,6 +331,7 @@ impl Chat {
         Ok(Follow::new(
             self.store.clone(),
             self.bus.clone(),
+            reader.clone(),
             room.clone(),
             since,
         ))

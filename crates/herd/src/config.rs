@@ -223,21 +223,49 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_WS_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub ws_max_connections: usize,
 
-    /// Largest WebSocket frame a client may send, in bytes.
-    #[arg(long, env = "HERD_WS_MAX_FRAME", default_value_t = 16 * 1024)]
+    /// WebSocket connections one user may hold on this replica; past it, 429.
+    #[arg(long, env = "HERD_WS_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub ws_max_connections_per_user: usize,
+
+    /// WebSocket connections still waiting for their auth frame, at once; a budget
+    /// apart from --ws-max-connections.
+    #[arg(long, env = "HERD_WS_MAX_UNAUTHENTICATED", default_value_t = 1_000)]
+    pub ws_max_unauthenticated: usize,
+
+    /// Largest WebSocket frame a client may send, in bytes; at least what the largest
+    /// valid message takes once JSON-escaped (49024).
+    #[arg(long, env = "HERD_WS_MAX_FRAME", default_value_t = 64 * 1024)]
     pub ws_max_frame: usize,
+
+    /// Frames one WebSocket connection may send a second (twice that in a burst);
+    /// past it the connection is closed with 1008.
+    #[arg(long, env = "HERD_WS_FRAMES_PER_SECOND", default_value_t = 50)]
+    pub ws_frames_per_second: u32,
 
     /// Rooms one WebSocket connection may follow at once.
     #[arg(long, env = "HERD_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
     pub ws_max_subscriptions: usize,
 
-    /// Messages one user may send a second over WebSocket, per replica.
+    /// Messages one user may send a second, over WebSocket and HTTP together, per replica.
     #[arg(long, env = "HERD_WS_SENDS_PER_SECOND", default_value_t = 20)]
     pub ws_sends_per_second: u32,
 
     /// Frames queued for a slow WebSocket client before it is told to resume (4008).
     #[arg(long, env = "HERD_WS_QUEUE", default_value_t = 256)]
     pub ws_queue: usize,
+
+    /// Bytes queued for a slow WebSocket client before it is told to resume (4008).
+    #[arg(long, env = "HERD_WS_QUEUE_BYTES", default_value_t = 256 * 1024)]
+    pub ws_queue_bytes: usize,
+
+    /// How long one write to a WebSocket client may take before the client, which has
+    /// stopped reading, is dropped.
+    #[arg(long, env = "HERD_WS_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ws_write_timeout: Duration,
+
+    /// Rooms one user may create a minute, per replica.
+    #[arg(long, env = "HERD_ROOMS_PER_MINUTE", default_value_t = 10)]
+    pub rooms_per_minute: u32,
 
     /// How replicas hear each other's news (revocations, key rotations) at once rather
     /// than at their next upkeep: `auto` is Redis when --redis-url is set, else the SQL
@@ -930,25 +958,47 @@ impl ServeArgs {
     pub fn chat_limits(&self) -> anyhow::Result<ChatLimits> {
         for (flag, value) in [
             ("--ws-max-connections", self.ws_max_connections),
+            (
+                "--ws-max-connections-per-user",
+                self.ws_max_connections_per_user,
+            ),
+            ("--ws-max-unauthenticated", self.ws_max_unauthenticated),
             ("--ws-max-subscriptions", self.ws_max_subscriptions),
             ("--ws-queue", self.ws_queue),
+            ("--ws-queue-bytes", self.ws_queue_bytes),
         ] {
             if value == 0 {
                 bail!("{flag} must be at least 1");
             }
         }
-        if self.ws_max_frame < 1024 {
-            bail!("--ws-max-frame must be at least 1024 bytes");
+        let min_frame = herd_server::chat::min_frame_bytes();
+        if self.ws_max_frame < min_frame {
+            bail!("--ws-max-frame must be at least {min_frame} bytes, what the largest valid message takes");
         }
-        if self.ws_sends_per_second == 0 {
-            bail!("--ws-sends-per-second must be at least 1");
+        for (flag, value) in [
+            ("--ws-sends-per-second", self.ws_sends_per_second),
+            ("--ws-frames-per-second", self.ws_frames_per_second),
+            ("--rooms-per-minute", self.rooms_per_minute),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        if self.ws_write_timeout.is_zero() {
+            bail!("--ws-write-timeout must be more than 0");
         }
         Ok(ChatLimits {
             max_frame_bytes: self.ws_max_frame,
             max_subscriptions: self.ws_max_subscriptions,
             max_connections: self.ws_max_connections,
+            max_connections_per_user: self.ws_max_connections_per_user,
+            max_unauthenticated: self.ws_max_unauthenticated,
             sends_per_second: self.ws_sends_per_second,
+            frames_per_second: self.ws_frames_per_second,
+            rooms_per_minute: self.rooms_per_minute,
             outbound_queue: self.ws_queue,
+            outbound_bytes: self.ws_queue_bytes,
+            write_timeout: self.ws_write_timeout,
             ..ChatLimits::default()
         })
     }

@@ -9,13 +9,20 @@
 //!
 //! One connection is a reader, the `Handler` (its state in one value: the principal, the
 //! subscriptions, when to ask for a fresh token; `run` is the loop, one method per kind
-//! of frame), and a writer task, with a bounded queue between them; a subscription whose
-//! live message finds the queue full closes the socket with [`close::SLOW_CONSUMER`].
+//! of frame), and a writer task, with a queue between them bounded in frames and in
+//! bytes; a subscription whose live message finds the queue full closes the socket with
+//! [`close::SLOW_CONSUMER`], and a write the client does not take within
+//! [`ChatLimits::write_timeout`] drops the socket, queue and all.
 //! Refused frames get an `error` frame whose code comes from `error.rs`'s table.
+//!
+//! What a connection may hold: until it authenticates, a slot of the small
+//! `max_unauthenticated` budget; after, a slot of the replica's `max_connections` and
+//! one of its user's `max_connections_per_user`, so one account cannot take every
+//! slot and strangers cannot take the authenticated ones.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -29,7 +36,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use herd_chat::{ClientId, Event, Follow, MessageBody, Posted, RoomId, Seq, UserId};
 use herd_identity::{AuthnError, Principal};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
@@ -52,19 +59,47 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4002;
     /// The session was logged out or revoked: log in again.
     pub const REVOKED: u16 = 4003;
+    /// The client sent frames faster than a connection takes (`frames_per_second`).
+    pub const POLICY: u16 = 1008;
+    /// The replica has as many authenticated connections as it takes: reconnect, to
+    /// any replica, later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The client read too slowly and its queue filled: reconnect and resume from the
     /// last seq received, nothing is lost.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The user has as many connections open on this replica as one user may: close
+    /// one first.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4009;
 }
 
 /// The limits of live chat on one replica.
 #[derive(Debug, Clone)]
 pub struct ChatLimits {
+    /// Must take the largest valid `send` ([`min_frame_bytes`]).
     pub max_frame_bytes: usize,
     pub max_subscriptions: usize,
+    /// Authenticated connections.
     pub max_connections: usize,
+    /// Connections still waiting for their `auth` frame: a budget of their own, so
+    /// sockets that never authenticate cannot take the authenticated ones' slots.
+    pub max_unauthenticated: usize,
+    /// Authenticated connections one user may hold on this replica.
+    pub max_connections_per_user: usize,
+    /// Messages one user may post a second, over HTTP and WebSocket together.
     pub sends_per_second: u32,
+    /// Rooms one user may create a minute.
+    pub rooms_per_minute: u32,
+    /// Frames one connection may send a second, on average (twice that in a burst);
+    /// past it the connection is closed with [`close::POLICY`].
+    pub frames_per_second: u32,
+    /// Frames queued for the writer, at most.
     pub outbound_queue: usize,
+    /// Bytes queued for the writer, at most: a connection's memory is bounded by this,
+    /// not by the frame count alone.
+    pub outbound_bytes: usize,
+    /// How long one write to the client may take; a client that reads nothing for
+    /// this long is dropped, and its memory freed.
+    pub write_timeout: Duration,
     /// How long before the access token expires the server asks for a fresh one.
     pub reauth_before: Duration,
     /// How long a connection without credentials may wait for its `auth` frame.
@@ -74,13 +109,36 @@ pub struct ChatLimits {
 impl Default for ChatLimits {
     fn default() -> Self {
         ChatLimits {
-            max_frame_bytes: 16 * 1024,
+            max_frame_bytes: 64 * 1024,
             max_subscriptions: 32,
             max_connections: 20_000,
+            max_unauthenticated: 1_000,
+            max_connections_per_user: 32,
             sends_per_second: 20,
+            rooms_per_minute: 10,
+            frames_per_second: 50,
             outbound_queue: 256,
+            outbound_bytes: 256 * 1024,
+            write_timeout: Duration::from_secs(10),
             reauth_before: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The smallest frame limit that takes every valid `send`: the largest body once
+/// JSON-escaped, and room for the rest of the frame (a 64-character client id escaped
+/// twice over, a room id, the names of the fields).
+pub const fn min_frame_bytes() -> usize {
+    herd_chat::MessageBody::MAX_JSON_BYTES + 1024
+}
+
+impl ChatLimits {
+    /// The per-user limits chat applies on every transport.
+    pub fn chat(&self) -> herd_chat::Limits {
+        herd_chat::Limits {
+            posts_per_second: self.sends_per_second,
+            rooms_per_minute: self.rooms_per_minute,
         }
     }
 }
@@ -204,6 +262,9 @@ impl ServerFrame {
             upgrade.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`csrf-failed`: the `Origin` is neither this host nor \
             an allowed origin.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too-many-connections`: the user has as many \
+            connections open on this replica as one user may.", body = Problem,
+            content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`: this replica has as many connections as \
             it takes; try another.", body = Problem, content_type = "application/problem+json"),
     ),
@@ -238,19 +299,102 @@ async fn upgrade(
     } else {
         None
     };
-    let Ok(permit) = state.live.connections.clone().try_acquire_owned() else {
-        return ApiError::new(
-            Code::Unavailable,
-            "this replica has as many connections as it takes; try another",
-        )
-        .into_response();
+    let caller = match principal {
+        Some(p) => match state.live.admit(p.user_id()) {
+            Ok(admitted) => Caller::Admitted(p, admitted),
+            Err(refused) => return refused.problem().into_response(),
+        },
+        None => match state.live.unauthenticated.clone().try_acquire_owned() {
+            Ok(permit) => Caller::Waiting(permit),
+            Err(_) => return Refused::Replica.problem().into_response(),
+        },
     };
+    let open = state.live.opened();
     let limits = &state.live.limits;
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| connection(state, socket, principal, permit))
+        .on_upgrade(move |socket| connection(state, socket, caller, open))
+}
+
+/// Who is connecting, and what they hold of the replica's budgets until they leave.
+enum Caller {
+    /// Authenticated by the upgrade request: a place among the authenticated
+    /// connections, and among its user's.
+    Admitted(Principal, Admitted),
+    /// No credentials yet: a place among the connections waiting for their `auth`
+    /// frame, given back once it comes.
+    Waiting(OwnedSemaphorePermit),
+}
+
+/// An authenticated connection's places: the replica's and its user's, given back
+/// when it is dropped.
+struct Admitted {
+    _replica: OwnedSemaphorePermit,
+    _user: UserSlot,
+}
+
+/// One of a user's connections on this replica, counted until dropped.
+struct UserSlot {
+    live: Arc<ChatState>,
+    user_id: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut users = self.live.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = users.get_mut(&self.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                users.remove(&self.user_id);
+            }
+        }
+    }
+}
+
+/// Why an authenticated connection was not admitted.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    Replica,
+    User,
+}
+
+impl Refused {
+    fn problem(self) -> ApiError {
+        match self {
+            Refused::Replica => ApiError::new(
+                Code::Unavailable,
+                "this replica has as many connections as it takes; try another",
+            ),
+            Refused::User => ApiError::new(
+                Code::TooManyConnections,
+                "you have as many connections open here as one user may; close one first",
+            ),
+        }
+    }
+
+    fn close(self) -> Close {
+        match self {
+            Refused::Replica => Close(
+                close::TRY_AGAIN_LATER,
+                "this replica has as many connections as it takes",
+            ),
+            Refused::User => Close(
+                close::TOO_MANY_CONNECTIONS,
+                "too many connections for this user",
+            ),
+        }
+    }
+}
+
+/// Counts a connection task as open until dropped, whatever it holds.
+struct Open(Arc<ChatState>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n -= 1);
+    }
 }
 
 /// A close code and its reason, as the connection ends.
@@ -268,21 +412,33 @@ impl Close {
         close::TOKEN_EXPIRED,
         "the access token expired without a reauth",
     );
+    const SESSION_ENDED: Close = Close(
+        close::TOKEN_EXPIRED,
+        "the session timed out: reconnect, or log in again",
+    );
     const SLOW: Close = Close(close::SLOW_CONSUMER, "too slow: resume from your last seq");
+    /// Said to no one: the client stopped reading, and its socket is dropped.
+    const STALLED: Close = Close(close::SLOW_CONSUMER, "stopped reading");
+    const FLOOD: Close = Close(close::POLICY, "too many frames: slow down");
     const STORE_FAILED: Close = Close(close::INTERNAL, "store unavailable: resume later");
 }
 
-/// What the reader sends the writer.
-enum Out {
-    Frame(Utf8Bytes),
-    Close(Close),
+/// A frame queued for the writer, holding its share of the connection's byte budget
+/// until it is written (or dropped with the queue).
+struct Out {
+    text: Utf8Bytes,
+    _budget: OwnedSemaphorePermit,
 }
 
 /// The sending half of a connection, shared by its reader and its subscriptions.
 #[derive(Clone)]
 struct Outbox {
     out: mpsc::Sender<Out>,
-    /// Set by a subscription that cannot go on: the reader then closes with this.
+    /// The bytes the queue may still take, of `budget`.
+    bytes: Arc<Semaphore>,
+    budget: usize,
+    /// Set by a subscription that cannot go on, or by the writer when the client stops
+    /// reading: the reader then closes with this.
     abort: watch::Sender<Option<Close>>,
 }
 
@@ -297,12 +453,35 @@ impl Outbox {
     /// client reading slowly only slows its own catch-up. False once the connection is
     /// gone.
     async fn push_stored(&self, frame: ServerFrame) -> bool {
-        self.out.send(Out::Frame(frame.text())).await.is_ok()
+        let text = frame.text();
+        let Ok(permit) = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.cost(&text))
+            .await
+        else {
+            return false;
+        };
+        let out = Out {
+            text,
+            _budget: permit,
+        };
+        self.out.send(out).await.is_ok()
     }
 
-    /// Queues a live frame for the writer; a full queue means the client is too slow.
+    /// Queues a live frame for the writer; a full queue (in frames or in bytes) means
+    /// the client is too slow.
     fn push(&self, frame: ServerFrame) -> bool {
-        match self.out.try_send(Out::Frame(frame.text())) {
+        let text = frame.text();
+        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&text)) else {
+            self.end(Close::SLOW);
+            return false;
+        };
+        let out = Out {
+            text,
+            _budget: permit,
+        };
+        match self.out.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.end(Close::SLOW);
@@ -310,6 +489,12 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// What a frame takes of the byte budget: its length, or the whole budget for a
+    /// frame larger than it (which then goes alone).
+    fn cost(&self, text: &Utf8Bytes) -> u32 {
+        u32::try_from(text.len().min(self.budget)).unwrap_or(u32::MAX)
     }
 
     /// Asks the reader to close the connection.
@@ -320,56 +505,115 @@ impl Outbox {
 
 /// One connection, from the upgrade to the close: the writer task, authentication, then
 /// the [`Handler`] until something ends it.
-async fn connection(
-    state: AppState,
-    socket: WebSocket,
-    principal: Option<Principal>,
-    permit: OwnedSemaphorePermit,
-) {
-    let _permit = permit;
+async fn connection(state: AppState, socket: WebSocket, caller: Caller, _open: Open) {
+    let limits = &state.live.limits;
     let (sink, mut stream) = socket.split();
-    let (out, rx) = mpsc::channel::<Out>(state.live.limits.outbound_queue);
-    let writer = tokio::spawn(write(sink, rx));
+    let (out, rx) = mpsc::channel::<Out>(limits.outbound_queue);
     let (abort, aborted) = watch::channel(None);
-    let outbox = Outbox { out, abort };
-    let principal = match principal {
-        Some(p) => Ok(p),
-        None => first_frame_auth(&state, &mut stream).await,
+    let (closing, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(write(
+        sink,
+        rx,
+        close_rx,
+        limits.write_timeout,
+        abort.clone(),
+    ));
+    let outbox = Outbox {
+        out,
+        bytes: Arc::new(Semaphore::new(limits.outbound_bytes)),
+        budget: limits.outbound_bytes,
+        abort,
     };
-    let close = match principal {
-        Ok(principal) => {
+    let admitted = match caller {
+        Caller::Admitted(p, admitted) => Ok((p, admitted)),
+        Caller::Waiting(waiting) => match first_frame_auth(&state, &mut stream).await {
+            // Authenticated: it leaves the waiting budget for the replica's and its
+            // user's.
+            Ok(p) => {
+                drop(waiting);
+                state
+                    .live
+                    .admit(p.user_id())
+                    .map(|admitted| (p, admitted))
+                    .map_err(Refused::close)
+            }
+            Err(close) => Err(close),
+        },
+    };
+    let close = match admitted {
+        Ok((principal, _admitted)) => {
             let mut handler = Handler::new(state, principal, stream, outbox.clone(), aborted);
             handler.run().await
         }
         Err(close) => Some(close),
     };
     if let Some(close) = close {
-        let _ = outbox.out.send(Out::Close(close)).await;
+        let _ = closing.send(close);
     }
-    // The writer ends once every sender is gone: the handler's went with it.
+    // The writer ends with the close, or at once without one; either way within the
+    // write timeout, since every write it makes has that deadline.
     drop(outbox);
     let _ = writer.await;
 }
 
-/// Writes the reader's frames to the socket, in order, until a close or an error.
-async fn write(mut sink: SplitSink<WebSocket, Frame>, mut rx: mpsc::Receiver<Out>) {
-    while let Some(item) = rx.recv().await {
-        match item {
-            Out::Frame(text) => {
-                if sink.send(Frame::Text(text)).await.is_err() {
-                    break;
+/// Writes the reader's frames to the socket, in order, until a close, an error, or a
+/// write the client does not take within `deadline`: a client that stops reading is
+/// dropped, not waited for, and the queue goes with it.
+async fn write(
+    mut sink: SplitSink<WebSocket, Frame>,
+    mut rx: mpsc::Receiver<Out>,
+    mut closing: oneshot::Receiver<Close>,
+    deadline: Duration,
+    abort: watch::Sender<Option<Close>>,
+) {
+    loop {
+        let out = tokio::select! {
+            biased;
+            close = &mut closing => {
+                if let Ok(close) = close {
+                    // What was queued before the close goes first (an ack before a
+                    // restart), unless the close is for being too slow; all of it
+                    // within one deadline.
+                    let flush = close != Close::SLOW;
+                    let _ = tokio::time::timeout(deadline, finish(&mut sink, &mut rx, close, flush)).await;
                 }
+                return;
             }
-            Out::Close(Close(code, reason)) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: reason.into(),
-                };
-                let _ = sink.send(Frame::Close(Some(frame))).await;
-                break;
+            out = rx.recv() => out,
+        };
+        let Some(Out { text, _budget }) = out else {
+            return;
+        };
+        match tokio::time::timeout(deadline, sink.send(Frame::Text(text))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                abort.send_replace(Some(Close::STALLED));
+                return;
             }
         }
     }
+}
+
+/// Writes what is queued (when `flush`), then the close frame.
+async fn finish(
+    sink: &mut SplitSink<WebSocket, Frame>,
+    rx: &mut mpsc::Receiver<Out>,
+    Close(code, reason): Close,
+    flush: bool,
+) {
+    if flush {
+        while let Ok(Out { text, .. }) = rx.try_recv() {
+            if sink.send(Frame::Text(text)).await.is_err() {
+                return;
+            }
+        }
+    }
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = sink.send(Frame::Close(Some(frame))).await;
 }
 
 /// The principal of a connection whose upgrade carried no credentials: its first frame
@@ -435,6 +679,8 @@ struct Handler {
     /// Each followed room's task, which forwards its messages to `outbox`.
     subscriptions: HashMap<RoomId, JoinHandle<()>>,
     reauth: Reauth,
+    session: SessionLife,
+    frames: FrameBudget,
     aborted: watch::Receiver<Option<Close>>,
     shutdown: watch::Receiver<bool>,
     revocations: broadcast::Receiver<String>,
@@ -451,6 +697,8 @@ impl Handler {
         Handler {
             user: rooms::user(&principal),
             reauth: Reauth::new(&state, &principal),
+            session: SessionLife::new(&state, &principal),
+            frames: FrameBudget::new(state.live.limits.frames_per_second),
             shutdown: state.live.shutdown.subscribe(),
             revocations: state.auth.revocations(),
             subscriptions: HashMap::new(),
@@ -472,11 +720,16 @@ impl Handler {
         let close = loop {
             let ended = tokio::select! {
                 frame = self.stream.next() => match frame {
+                    Some(Ok(Frame::Text(_) | Frame::Binary(_))) if !self.frames.take() => {
+                        Some(Close::FLOOD)
+                    }
                     Some(Ok(Frame::Text(text))) => {
+                        self.session.used();
                         self.on_text(&text).await;
                         None
                     }
                     Some(Ok(Frame::Binary(_))) => {
+                        self.session.used();
                         self.outbox.say(error(Code::BadFrame, "frames are JSON text", None));
                         None
                     }
@@ -489,6 +742,7 @@ impl Handler {
                 revoked = self.revocations.recv() => self.on_revocation(revoked),
                 _ = self.aborted.changed() => *self.aborted.borrow(),
                 _ = self.reauth.next() => self.on_reauth_due(),
+                _ = self.session.next() => Some(Close::SESSION_ENDED),
             };
             if let Some(close) = ended {
                 break Some(close);
@@ -554,7 +808,12 @@ impl Handler {
                 .say(error(Code::BadFrame, "since must be 0 or more", None));
             return;
         };
-        let room = RoomId::new(room);
+        let Ok(room) = RoomId::parse(&room) else {
+            self.outbox.say(error(Code::NotFound, "no such room", None));
+            return;
+        };
+        // A follow that ended (its user left the room) no longer counts.
+        self.subscriptions.retain(|_, task| !task.is_finished());
         if self.subscriptions.contains_key(&room) {
             self.outbox.say(error(
                 Code::AlreadySubscribed,
@@ -583,7 +842,10 @@ impl Handler {
     }
 
     fn on_unsubscribe(&mut self, room: String) {
-        if let Some(task) = self.subscriptions.remove(&RoomId::new(room.as_str())) {
+        if let Some(task) = RoomId::parse(&room)
+            .ok()
+            .and_then(|id| self.subscriptions.remove(&id))
+        {
             task.abort();
         }
         self.outbox.say(ServerFrame::Unsubscribed { room });
@@ -600,15 +862,14 @@ impl Handler {
                 return;
             }
         };
-        if !self.state.live.user_may_send(self.principal.user_id()) {
+        let Ok(room) = RoomId::parse(&room) else {
             self.outbox.say(error(
-                Code::RateLimited,
-                "too many sends per second; retry with the same client_id",
+                Code::NotFound,
+                "no such room",
                 Some(client_id.as_str()),
             ));
             return;
-        }
-        let room = RoomId::new(room);
+        };
         match self
             .state
             .chat
@@ -622,11 +883,16 @@ impl Handler {
                 id: message.id.into_string(),
                 duplicate,
             }),
-            Err(e) => self.outbox.say(error(
-                ApiError::from(e).code(),
-                "not sent; retry with the same client_id",
-                Some(client_id.as_str()),
-            )),
+            Err(e) => {
+                let code = ApiError::from(e).code();
+                let message = match code {
+                    Code::RateLimited => "too many sends per second; retry with the same client_id",
+                    Code::Unavailable | Code::Internal => "not sent; retry with the same client_id",
+                    _ => "not sent",
+                };
+                self.outbox
+                    .say(error(code, message, Some(client_id.as_str())));
+            }
         }
     }
 
@@ -666,6 +932,13 @@ async fn forward(mut follow: Follow, outbox: Outbox) {
                 last_seq: last_seq.get(),
             }),
             Ok(Event::Live(m)) => outbox.push(ServerFrame::Message(m.into())),
+            // The user left the room: the subscription ends as if they had unsubscribed.
+            Ok(Event::Left) => {
+                outbox.push(ServerFrame::Unsubscribed {
+                    room: follow.room().to_string(),
+                });
+                false
+            }
             Err(e) => {
                 tracing::warn!(room = %follow.room(), error = %e, "could not read history for a subscription");
                 outbox.end(Close::STORE_FAILED);
@@ -674,6 +947,91 @@ async fn forward(mut follow: Follow, outbox: Outbox) {
         };
         if !delivered {
             return;
+        }
+    }
+}
+
+/// How many frames a connection may still send: a bucket of twice the rate, refilled
+/// at the rate. Every frame costs the server a parse and most a store query, so a
+/// client cannot make it spend without bound on one socket.
+struct FrameBudget {
+    rate: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl FrameBudget {
+    fn new(per_second: u32) -> FrameBudget {
+        let rate = f64::from(per_second.max(1));
+        FrameBudget {
+            rate,
+            tokens: 2.0 * rate,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes one frame's worth; false when the bucket is empty.
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// When a connection authenticated by a session (`--sessions shared` or `memory`) ends,
+/// as the session would without it: at the session's absolute end, or once the client
+/// has sent no frame for the session's idle timeout. The socket does not extend the
+/// session; a client that reconnects does (the upgrade is a use of it), if it is still
+/// alive. Tokens expire by themselves and are not watched here ([`Reauth`]).
+struct SessionLife {
+    /// When the session ends whatever its use; `None` for tokens.
+    absolute: Option<tokio::time::Instant>,
+    idle: Option<Duration>,
+    last_use: tokio::time::Instant,
+}
+
+impl SessionLife {
+    fn new(state: &AppState, principal: &Principal) -> SessionLife {
+        let now = tokio::time::Instant::now();
+        let Principal::Session(session) = principal else {
+            return SessionLife {
+                absolute: None,
+                idle: None,
+                last_use: now,
+            };
+        };
+        let timeouts = &state.auth.config().sessions;
+        let absolute = i64::try_from(timeouts.absolute.as_secs()).unwrap_or(i64::MAX);
+        let left = session
+            .1
+            .created_at
+            .saturating_add(absolute)
+            .saturating_sub(state.auth.now());
+        SessionLife {
+            absolute: Some(now + Duration::from_secs(left.max(0).unsigned_abs())),
+            idle: Some(timeouts.idle),
+            last_use: now,
+        }
+    }
+
+    /// Counts a frame from the client as a use of the session.
+    fn used(&mut self) {
+        self.last_use = tokio::time::Instant::now();
+    }
+
+    /// Resolves when the session has ended (never, for tokens).
+    async fn next(&self) {
+        let idle_end = self.idle.map(|idle| self.last_use + idle);
+        match (self.absolute, idle_end) {
+            (Some(a), Some(i)) => tokio::time::sleep_until(a.min(i)).await,
+            (Some(at), None) | (None, Some(at)) => tokio::time::sleep_until(at).await,
+            (None, None) => std::future::pending().await,
         }
     }
 }
@@ -729,44 +1087,73 @@ impl Reauth {
 #[derive(Debug)]
 pub struct ChatState {
     pub limits: ChatLimits,
-    connections: Arc<tokio::sync::Semaphore>,
+    connections: Arc<Semaphore>,
+    unauthenticated: Arc<Semaphore>,
+    /// User id -> authenticated connections open; users with none are not kept.
+    users: Mutex<HashMap<String, usize>>,
+    /// Connections open, authenticated or not, until their socket is dropped.
+    open: watch::Sender<usize>,
     shutdown: watch::Sender<bool>,
-    senders: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl ChatState {
     pub fn new(limits: ChatLimits) -> ChatState {
         ChatState {
-            connections: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            unauthenticated: Arc::new(Semaphore::new(limits.max_unauthenticated)),
+            users: Mutex::new(HashMap::new()),
+            open: watch::channel(0).0,
             shutdown: watch::channel(false).0,
-            senders: Mutex::new(HashMap::new()),
             limits,
         }
     }
 
-    /// Per user across this replica's connections: at most `sends_per_second` a second.
-    fn user_may_send(&self, user_id: &str) -> bool {
-        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if senders.len() > 100_000 {
-            senders.retain(|_, (at, _)| now.duration_since(*at) < Duration::from_secs(1));
-        }
-        let entry = senders.entry(user_id.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(1) {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= self.limits.sends_per_second
+    /// A place for an authenticated connection of `user_id`, if the replica and the
+    /// user have one.
+    fn admit(self: &Arc<Self>, user_id: &str) -> Result<Admitted, Refused> {
+        let user = {
+            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            let count = users.entry(user_id.to_owned()).or_insert(0);
+            if *count >= self.limits.max_connections_per_user {
+                return Err(Refused::User);
+            }
+            *count += 1;
+            UserSlot {
+                live: self.clone(),
+                user_id: user_id.to_owned(),
+            }
+        };
+        let replica = self
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Replica)?;
+        Ok(Admitted {
+            _replica: replica,
+            _user: user,
+        })
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    fn opened(self: &Arc<Self>) -> Open {
+        self.open.send_modify(|n| *n += 1);
+        Open(self.clone())
+    }
+
+    /// Waits until at most `n` connections are open (their sockets dropped, not only
+    /// asked to close).
+    pub async fn until_open_at_most(&self, n: usize) {
+        let _ = self.open.subscribe().wait_for(|open| *open <= n).await;
     }
 
     /// Tells every connection to close with 1012 once its in-flight send is answered,
     /// and waits (at most `patience`) for them to finish.
     pub async fn close_all(&self, patience: Duration) {
         self.shutdown.send_replace(true);
-        let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(patience, self.connections.acquire_many(all)).await;
+        let _ = tokio::time::timeout(patience, self.until_open_at_most(0)).await;
     }
 
+    /// Authenticated connections open.
     pub fn open_connections(&self) -> usize {
         self.limits.max_connections - self.connections.available_permits()
     }

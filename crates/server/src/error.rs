@@ -42,8 +42,13 @@ pub enum Code {
     AlreadySubscribed,
     /// WebSocket only: the connection follows as many rooms as it may.
     TooManySubscriptions,
-    /// WebSocket only: the user sends faster than a replica takes.
+    /// The user sends messages faster than a replica takes, over HTTP and WebSocket
+    /// together.
     RateLimited,
+    /// The user creates rooms faster than a replica takes.
+    TooManyRooms,
+    /// The user has as many WebSocket connections open on the replica as one user may.
+    TooManyConnections,
     /// WebSocket only: the fresh token of a `reauth` was refused.
     ReauthFailed,
 }
@@ -179,6 +184,16 @@ impl Code {
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many messages sent",
             ),
+            TooManyRooms => (
+                "too-many-rooms",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many rooms created",
+            ),
+            TooManyConnections => (
+                "too-many-connections",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many connections open",
+            ),
             ReauthFailed => (
                 "reauth-failed",
                 StatusCode::UNAUTHORIZED,
@@ -288,8 +303,9 @@ impl ApiError {
         e
     }
 
-    /// A request refused for now: `code` with a `Retry-After` of `retry_after` seconds.
-    pub fn retry_later(code: Code, detail: String, retry_after: u64) -> ApiError {
+    /// A request refused for now: `code` with a `Retry-After` of `retry_after` seconds
+    /// (a 429 for a per-user or per-address limit, a 503 for a busy replica).
+    pub fn retry_later(code: Code, detail: impl Into<String>, retry_after: u64) -> ApiError {
         let mut e = ApiError::new(code, detail);
         e.retry_after = Some(retry_after);
         e
@@ -403,6 +419,25 @@ impl From<herd_chat::ChatError> for ApiError {
         match e {
             ChatError::NoSuchRoom => ApiError::new(Code::NotFound, "no such room"),
             ChatError::NotAMember => ApiError::new(Code::NotAMember, "join the room first"),
+            ChatError::TooManyPosts { retry_after } => ApiError::retry_later(
+                Code::RateLimited,
+                format!("too many messages; retry in {retry_after} seconds"),
+                retry_after,
+            ),
+            ChatError::TooManyRooms { retry_after } => ApiError::retry_later(
+                Code::TooManyRooms,
+                format!("too many rooms created; retry in {retry_after} seconds"),
+                retry_after,
+            ),
+            // Logged, since a rule the parsers missed is a bug to fix, but the client's
+            // to fix first: a retry would fail the same way.
+            ChatError::Rejected(e) => {
+                tracing::warn!(error = %e, "the store refused a value the parsers let through");
+                ApiError::new(
+                    Code::ValidationFailed,
+                    "the store refused a value in the request",
+                )
+            }
             ChatError::Unavailable(e) => ApiError::unavailable(e),
             ChatError::Store(e) => ApiError::internal(e),
         }

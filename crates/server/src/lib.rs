@@ -133,7 +133,8 @@ impl AppState {
         let bus = Bus::in_process();
         // Identity decides what time it is, for chat's timestamps too.
         let clock = auth.clone();
-        let chat = Chat::new(auth.store().clone(), bus.clone(), move || clock.now());
+        let chat = Chat::new(auth.store().clone(), bus.clone(), move || clock.now())
+            .with_limits(config.chat.chat());
         let cookies = Arc::new(Cookies::new(config.cookies.clone(), auth.clone()));
         Ok(AppState {
             cookies,
@@ -176,6 +177,11 @@ impl AppState {
     /// Open WebSocket connections on this replica.
     pub fn open_connections(&self) -> usize {
         self.live.open_connections()
+    }
+
+    /// Waits until at most `n` WebSocket connections are open, their sockets dropped.
+    pub async fn until_ws_open_at_most(&self, n: usize) {
+        self.live.until_open_at_most(n).await;
     }
 
     pub fn cookies(&self) -> &Cookies {

@@ -15,7 +15,7 @@ use herd_identity::Principal;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::error::{ApiError, ApiResult, Code, FieldError, Problem};
 use crate::extract::{Identity, JsonObject};
 use crate::AppState;
 
@@ -205,6 +205,12 @@ impl From<herd_chat::Message> for Message {
     }
 }
 
+/// The room a path names: an id that is not a room id names no room (404), whatever
+/// it holds (a NUL, a megabyte), and never reaches the store.
+fn room_id(raw: &str) -> ApiResult<RoomId> {
+    RoomId::parse(raw).map_err(|_| ApiError::new(Code::NotFound, "no such room"))
+}
+
 /// The chat user a principal is: identity proved who it is, chat needs only the id.
 pub(crate) fn user(principal: &Principal) -> UserId {
     UserId::new(principal.user_id())
@@ -213,7 +219,12 @@ pub(crate) fn user(principal: &Principal) -> UserId {
 /// Creates a room; the creator is its first member.
 #[utoipa::path(post, path = "/v1/rooms", tag = "rooms",
     request_body = CreateRoom,
-    responses((status = 201, description = "The room.", body = Room)),
+    responses(
+        (status = 201, description = "The room.", body = Room),
+        (status = 429, description = "`too-many-rooms`: the caller created as many rooms \
+            as one user may a minute; see `Retry-After`.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
     security(("bearer" = []), ("cookie" = [])),
 )]
 async fn create(
@@ -252,10 +263,7 @@ async fn join(
     Identity(who): Identity,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let joined = state
-        .chat
-        .join(&user(&who), &RoomId::new(id.as_str()))
-        .await?;
+    let joined = state.chat.join(&user(&who), &room_id(&id)?).await?;
     Ok(Json(Joined { room: id, joined }))
 }
 
@@ -271,10 +279,7 @@ async fn leave(
     Identity(who): Identity,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let left = state
-        .chat
-        .leave(&user(&who), &RoomId::new(id.as_str()))
-        .await?;
+    let left = state.chat.leave(&user(&who), &room_id(&id)?).await?;
     Ok(Json(Left { room: id, left }))
 }
 
@@ -291,6 +296,9 @@ async fn leave(
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not-found`: no such room.",
             body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate-limited`: the caller sent as many messages as \
+            one user may a second, over HTTP and WebSocket together; see `Retry-After`.",
+            body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("cookie" = [])),
 )]
@@ -303,7 +311,7 @@ async fn send(
     let SendMessage { body, client_id } = SendMessage::read(body)?;
     let posted = state
         .chat
-        .post(&user(&who), &RoomId::new(id), body, client_id)
+        .post(&user(&who), &room_id(&id)?, body, client_id)
         .await?;
     let status = if posted.duplicate {
         StatusCode::OK
@@ -336,7 +344,7 @@ async fn history(
     let PageQuery { after, limit } = PageQuery::read(query.as_deref().unwrap_or(""))?;
     let page = state
         .chat
-        .history(&user(&who), &RoomId::new(id), after, limit)
+        .history(&user(&who), &room_id(&id)?, after, limit)
         .await?;
     Ok(Json(MessagePage {
         messages: page.messages.into_iter().map(Message::from).collect(),

@@ -154,6 +154,20 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// True when the database refused a value the request carried (PostgreSQL's class
+    /// 22, "data exception": a NUL in text, an invalid byte sequence, a number out of
+    /// range): the caller's to fix, not the server's.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|e| e.code().starts_with("22")),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// An account as stored.

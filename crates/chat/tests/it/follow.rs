@@ -193,3 +193,41 @@ async fn following_again_from_the_last_seq_resumes_exactly_there() {
         Event::CaughtUp { last_seq: away.seq }
     );
 }
+
+#[tokio::test]
+async fn a_follow_ends_when_its_reader_leaves_the_room() {
+    let t = TestChat::start().await;
+    let ada = t.user("ada").await;
+    let bob = t.user("bob").await;
+    let room = t.room(&ada, "general").await;
+    t.chat.join(&bob, &room.id).await.expect("join");
+    let mut bobs = caught_up(&t, &bob, &room.id).await;
+    let mut adas = caught_up(&t, &ada, &room.id).await;
+
+    assert!(t.chat.leave(&bob, &room.id).await.expect("leave"));
+    assert_eq!(next(&mut bobs).await, Event::Left);
+    t.post(&ada, &room.id, "after", "c1").await;
+    assert!(bobs.next().await.is_none(), "nothing after the leave");
+    // Someone else's leave ends no one else's follow.
+    assert_eq!(live(next(&mut adas).await).seq.get(), 1);
+}
+
+#[tokio::test]
+async fn a_follow_whose_leave_notice_was_lost_ends_at_its_next_read() {
+    let t = TestChat::start().await;
+    let ada = t.user("ada").await;
+    let bob = t.user("bob").await;
+    let room = t.room(&ada, "general").await;
+    t.chat.join(&bob, &room.id).await.expect("join");
+    let mut bobs = caught_up(&t, &bob, &room.id).await;
+
+    // Bob leaves, and Ada posts, on a replica whose announcements never arrive; then
+    // Ada posts where they do. The follow sees a hole, and before it reads the store
+    // to fill it, asks whether Bob may.
+    let unheard = t.unheard();
+    assert!(unheard.leave(&bob, &room.id).await.expect("leave"));
+    post(&unheard, &ada, &room.id, "unheard", "c1").await;
+    t.post(&ada, &room.id, "heard", "c2").await;
+    assert_eq!(next(&mut bobs).await, Event::Left);
+    assert!(bobs.next().await.is_none());
+}

@@ -1,12 +1,21 @@
 //! A chat of its own per test, and the fixtures tests share.
 
 use herd_bus::Bus;
-use herd_chat::{Chat, ClientId, Message, MessageBody, Posted, Room, RoomId, RoomName, UserId};
+use herd_chat::{
+    Chat, ClientId, Limits, Message, MessageBody, Posted, Room, RoomId, RoomName, UserId,
+};
 use herd_store::{Store, UserRecord};
 use tempfile::TempDir;
 
 /// A moment to run tests at; chat takes the time it is given.
 pub const NOW: i64 = 1_700_000_000;
+
+/// No per-user limit a test meets by posting a lot at one moment; the limits have tests
+/// of their own.
+pub const UNLIMITED: Limits = Limits {
+    posts_per_second: u32::MAX,
+    rooms_per_minute: u32::MAX,
+};
 
 /// One replica's chat over a store on a temporary SQLite file.
 pub struct TestChat {
@@ -22,7 +31,7 @@ impl TestChat {
         let url = format!("sqlite://{}", dir.path().join("chat.db").display());
         let store = Store::connect(&url).await.expect("store");
         let bus = Bus::in_process();
-        let chat = Chat::new(store.clone(), bus.clone(), || NOW);
+        let chat = Chat::new(store.clone(), bus.clone(), || NOW).with_limits(UNLIMITED);
         TestChat {
             chat,
             store,
@@ -34,7 +43,7 @@ impl TestChat {
     /// Another chat over the same store whose announcements this one's followers never
     /// hear, as a replica whose bus lost them.
     pub fn unheard(&self) -> Chat {
-        Chat::new(self.store.clone(), Bus::in_process(), || NOW)
+        Chat::new(self.store.clone(), Bus::in_process(), || NOW).with_limits(UNLIMITED)
     }
 
     /// An account; chat only needs its id and name to exist.

@@ -154,3 +154,31 @@ async fn seqs_are_per_room() {
     assert_eq!(in_two.message.seq.get(), 1);
     assert!(!in_two.duplicate, "a client id is per room");
 }
+
+#[tokio::test]
+async fn a_user_who_posts_or_creates_rooms_too_fast_is_refused_and_others_are_not() {
+    let t = TestChat::start().await;
+    let chat = t.chat.clone().with_limits(herd_chat::Limits {
+        posts_per_second: 2,
+        rooms_per_minute: 1,
+    });
+    let ada = t.user("ada").await;
+    let bob = t.user("bob").await;
+    let name = || herd_chat::RoomName::parse("r").expect("a name");
+    let room = chat.create_room(&ada, name()).await.expect("a room");
+    assert!(matches!(
+        chat.create_room(&ada, name()).await,
+        Err(ChatError::TooManyRooms { retry_after }) if (1..=60).contains(&retry_after)
+    ));
+    chat.create_room(&bob, name()).await.expect("bob's room");
+    chat.join(&bob, &room.id).await.expect("join");
+    post(&chat, &ada, &room.id, "1", "c1").await;
+    post(&chat, &ada, &room.id, "2", "c2").await;
+    let body = herd_chat::MessageBody::parse("3").expect("a body");
+    let client_id = herd_chat::ClientId::parse("c3").expect("a client id");
+    assert!(matches!(
+        chat.post(&ada, &room.id, body, client_id).await,
+        Err(ChatError::TooManyPosts { retry_after: 1 })
+    ));
+    post(&chat, &bob, &room.id, "b", "b1").await;
+}

@@ -225,6 +225,11 @@ async fn a_slow_consumer_is_told_to_resume_and_loses_nothing() {
     let app = spawn_with(Options {
         chat: ChatLimits {
             outbound_queue: 4,
+            // The flood is one user's, and this client reads again once it is over:
+            // neither the send limit nor the write deadline (which would drop the socket
+            // without a close frame) is what this test is about.
+            sends_per_second: 100_000,
+            write_timeout: Duration::from_secs(600),
             ..ChatLimits::default()
         },
         ..Options::default()

@@ -54,6 +54,8 @@ pub struct Options {
     pub hash_permit_wait: Duration,
     /// Header size, header-read and idle timeouts of the replica's connections.
     pub connections: herd_server::ConnectionLimits,
+    /// Session lifetimes under `shared` and `memory`.
+    pub sessions: Timeouts,
 }
 
 /// Which bus a test replica relays news over.
@@ -86,6 +88,7 @@ impl Default for Options {
             issuer: "http://herd.test".into(),
             hash_permit_wait: Duration::from_secs(5),
             connections: herd_server::ConnectionLimits::default(),
+            sessions: TIMEOUTS,
         }
     }
 }
@@ -128,6 +131,8 @@ pub struct TestApp {
     pub auth: Auth,
     pub database: String,
     pub options: Options,
+    /// The replica's state, for what a test must wait on rather than poll.
+    pub state: herd_server::AppState,
     dir: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<Result<(), StartError>>>,
@@ -199,7 +204,7 @@ async fn spawn_on(
     config.access_ttl = secs(options.access_ttl);
     config.strategy = options.strategy;
     config.redis_url = options.redis_url.clone();
-    config.sessions = TIMEOUTS.config();
+    config.sessions = options.sessions.config();
     let settings = Settings {
         database: database.clone(),
         schema: Schema::Migrate,
@@ -231,7 +236,8 @@ async fn spawn_on(
     }
     let app = builder.build().await.expect("app");
     let base = format!("http://{}", app.local_addr());
-    let auth = app.state().auth.clone();
+    let state = app.state().clone();
+    let auth = state.auth.clone();
     let (tx, rx) = oneshot::channel::<()>();
     // The first call is the stop; a second (a hurried drain) never comes: no drain delay.
     let mut stop = Some(rx);
@@ -254,6 +260,7 @@ async fn spawn_on(
         auth,
         database,
         options,
+        state,
         dir,
         shutdown: Some(tx),
         server: Some(server),

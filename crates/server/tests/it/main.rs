@@ -3,6 +3,7 @@
 
 mod auth;
 mod chat;
+mod chat_attacks;
 mod cookies;
 mod edge;
 mod errors;

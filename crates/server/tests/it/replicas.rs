@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::helpers::{spawn_on_database, Options, TestApp, TestBus};
 
 #[derive(Debug, Clone, Copy)]
-enum Db {
+pub(crate) enum Db {
     Sqlite,
     Postgres,
 }
@@ -25,7 +25,7 @@ enum BusKind {
 
 /// Runs `test` with a database URL of its own, removing a PostgreSQL database after,
 /// pass or fail.
-async fn on_database<F, Fut>(db: Db, test: F)
+pub(crate) async fn on_database<F, Fut>(db: Db, test: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

@@ -79,6 +79,31 @@ impl TestApp {
         socket
     }
 
+    /// Connects with a bearer token and waits for `ready`, over a TCP socket whose
+    /// receive buffer is a few KiB: a client that then stops reading fills it at once,
+    /// as it would after the kernel's larger buffers, only sooner.
+    pub async fn ws_small_buffer(&self, access_token: &str) -> Socket {
+        let addr: std::net::SocketAddr = self
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("address");
+        let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+        tcp.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = tcp.connect(addr).await.expect("connect");
+        let mut request = self.ws_url().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {access_token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
+        let mut socket = Socket { ws };
+        socket.next_of("ready").await;
+        socket
+    }
+
     /// Connects, with the bearer token and Origin given, without waiting for anything.
     pub async fn ws_raw(&self, bearer: Option<&str>, origin: Option<&str>) -> Result<Socket, u16> {
         let mut request = self.ws_url().into_client_request().expect("request");

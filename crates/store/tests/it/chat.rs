@@ -19,6 +19,7 @@ backend_tests!(
     a_retried_post_returns_the_first_and_stores_no_copy,
     racing_identical_posts_store_one_message_and_leave_no_gap,
     a_failed_post_takes_its_seq_back,
+    a_nul_the_database_refuses_is_bad_input,
 );
 
 /// Posts `body` as `author` in `room` with client id `client_id` (the message id is
@@ -476,4 +477,27 @@ async fn a_failed_post_takes_its_seq_back(db: TestDb) {
     );
     assert_eq!(post_new(&store, "r1", &ada.id, "c2").await.seq, 2);
     assert_eq!(seqs(&store, "r1").await, [1, 2]);
+}
+
+/// PostgreSQL refuses a NUL in text (SQLite stores it): that is the request's fault,
+/// which callers tell from the database being down.
+async fn a_nul_the_database_refuses_is_bad_input(db: TestDb) {
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    for refused in [
+        store.is_member("r-\u{0}", &ada.id).await.err(),
+        store
+            .post_message("r-\u{0}", "m1", &ada.id, "a\u{0}b", "c1", NOW)
+            .await
+            .err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if matches!(refused, StoreError::NotFound) {
+            continue;
+        }
+        assert!(refused.is_bad_input(), "{refused}");
+        assert!(!refused.is_unavailable(), "{refused}");
+    }
 }
