@@ -174,8 +174,13 @@ pub enum ClientFrame {
     /// Post a message.
     Send {
         room: String,
-        /// 1 to 4000 characters.
-        #[schema(min_length = 1, max_length = 4000)]
+        /// 1 to 4000 characters; no control characters but tab and newlines, no bidi
+        /// embeddings, overrides or isolates, no byte-order mark.
+        #[schema(
+            min_length = 1,
+            max_length = 4000,
+            pattern = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069\\ufeff]*$"
+        )]
         body: String,
         /// 1 to 64 printable ASCII characters; the same one again is not posted twice.
         #[schema(min_length = 1, max_length = 64, pattern = "^[!-~]+$")]

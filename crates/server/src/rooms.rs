@@ -71,12 +71,13 @@ pub struct Message {
 /// A new room.
 #[derive(Debug, ToSchema)]
 pub struct CreateRoom {
-    /// 1 to 64 characters after trimming, no control characters.
+    /// 1 to 64 characters after trimming, no control characters and no invisible ones
+    /// (`docs/protocol.md`, "Characters"; the pattern says the same as `RoomName::parse`).
     #[schema(
         value_type = String,
         min_length = 1,
         max_length = 64,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f\\xad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u206f\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff9-\\ufffb]*[^\\s\\x00-\\x1f\\x7f-\\x9f\\xad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u206f\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff9-\\ufffb][^\\x00-\\x1f\\x7f-\\x9f\\xad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u206f\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff9-\\ufffb]*$",
         example = "general"
     )]
     pub name: RoomName,
@@ -94,8 +95,15 @@ impl CreateRoom {
 /// A message to post.
 #[derive(Debug, ToSchema)]
 pub struct SendMessage {
-    /// 1 to 4000 characters.
-    #[schema(value_type = String, min_length = 1, max_length = 4000, example = "hello")]
+    /// 1 to 4000 characters; no control characters but tab and newlines, no bidi
+    /// embeddings, overrides or isolates, no byte-order mark (as `MessageBody::parse`).
+    #[schema(
+        value_type = String,
+        min_length = 1,
+        max_length = 4000,
+        pattern = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069\\ufeff]*$",
+        example = "hello"
+    )]
     pub body: MessageBody,
     /// Chosen by the client, 1 to 64 printable ASCII characters: the same one again
     /// returns the stored message instead of posting a copy.
