@@ -9,7 +9,7 @@
 # Knobs (environment):
 #   NGINX_BIN=/usr/sbin/nginx   nginx for the nginx rows (skipped when there is none)
 #   NGINX_CONF=deploy/nginx.conf   the configuration nginx runs (its upstreams and
-#                    port substituted, as crates/herd/tests/nginx.rs does); to measure
+#                    port substituted, as crates/herd/tests/it/nginx.rs does); to measure
 #                    an older one: NGINX_CONF=<(git show REV:deploy/nginx.conf)
 #   ATTACKERS=4      attacker connections at once
 #   ATTACKS=20       requests each attacker sends (crowded GETs and 1 MiB POSTs), one

@@ -13,8 +13,8 @@
 //! - `revocation.rs`, `cache.rs`: the revoked-session set and the verified-token cache.
 //! - `sessions.rs`: the stateful strategies herd argues against, `memory` and `shared`
 //!   (Redis or SQL), kept to be compared with tokens behind the same API.
-//! - `throttle.rs`: login throttling per account and per client address (GCRA), in
-//!   Redis when there is one, else per replica.
+//! - `throttle.rs`: login throttling per account, client address and device cookie, and
+//!   signup throttling per address (GCRA), in Redis when there is one, else per replica.
 //! - `redis_pool.rs`: the small pool of reconnecting Redis connections that `shared`
 //!   sessions and the throttle share.
 //! - `password.rs`: argon2id on the blocking pool, bounded, and rehashing of hashes made
