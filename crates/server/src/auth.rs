@@ -234,6 +234,10 @@ async fn signup(
             or from this address; wait for the time in `Retry-After`.",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
+        (status = 503, description = "`busy`: no password-hashing slot came free in time; \
+            wait for the time in `Retry-After`.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
     ),
 )]
 async fn login(
