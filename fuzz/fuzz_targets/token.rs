@@ -45,6 +45,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             issuer: "https://herd.test".into(),
             audience: "herd".into(),
             leeway: 5,
+            max_lifetime: 3600,
         },
     }
 });
@@ -74,6 +75,10 @@ fn check(token: &str) {
         assert!(NOW <= exp + f.expect.leeway, "an expired token passed");
         let iat = i64::try_from(claims.iat).expect("iat fits");
         assert!(iat <= NOW + f.expect.leeway, "a future token passed");
+        assert!(
+            exp.saturating_sub(iat) <= f.expect.max_lifetime,
+            "a token living longer than the access TTL passed"
+        );
         if let Some(nbf) = claims.nbf {
             let nbf = i64::try_from(nbf).expect("nbf fits");
             assert!(nbf <= NOW + f.expect.leeway, "a not-yet-valid token passed");
