@@ -87,6 +87,8 @@ pub enum BusSettings {
 /// the step, as an operator reads them.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `url` has its password replaced by `***` ([`without_password`]): this message
+    /// reaches stderr and the error log.
     #[error("opening --database {url}")]
     Open {
         url: String,
@@ -119,6 +121,23 @@ pub enum StartError {
     Serve(#[source] std::io::Error),
 }
 
+/// `url` with the password of its user info, if any, replaced by `***`, so that a
+/// database URL can be named in an error or a log line.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match user_info.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+        None => url.to_owned(),
+    }
+}
+
 /// The issuer a replica publishes when `--issuer` is not given: the address it
 /// listens on, as `herd cluster` does for its balancer, so that the discovery
 /// document's `jwks_uri` points where something answers. An unspecified address
@@ -139,7 +158,7 @@ pub fn issuer_at(listening: SocketAddr) -> String {
 /// `migrate`, `cluster` and `lab` all open their store this way.
 pub async fn open_store(url: &str, schema: Schema) -> Result<(Store, usize), StartError> {
     let store = Store::open(url).await.map_err(|source| StartError::Open {
-        url: url.to_owned(),
+        url: without_password(url),
         source,
     })?;
     let applied = match schema {
@@ -362,4 +381,26 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_database_url_is_named_without_its_password() {
+        assert_eq!(
+            without_password("postgres://herd:s3cr3t@db:5432/herd?sslmode=require"),
+            "postgres://herd:***@db:5432/herd?sslmode=require"
+        );
+        assert_eq!(
+            without_password("redis://:hunter2@cache:6379"),
+            "redis://:***@cache:6379"
+        );
+        assert_eq!(
+            without_password("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+        assert_eq!(without_password("sqlite://herd.db"), "sqlite://herd.db");
+    }
 }
