@@ -631,6 +631,22 @@ pub struct LabArgs {
     #[arg(long, env = "HERD_LAB_NO_PROGRESS")]
     pub no_progress: bool,
 
+    /// Inject these faults instead of the scenarios' kill and add, each in a run of its
+    /// own (token sessions, round-robin), and check the invariants after each: kill,
+    /// pause, drain, cut, redis-restart, postgres-kill, clock, or all. Each starts at
+    /// --kill-at and ends at --add-at. The lab fails when an invariant breaks.
+    #[arg(long, env = "HERD_LAB_CHAOS", value_delimiter = ',')]
+    pub chaos: Vec<String>,
+
+    /// Test-only: break a chaos run on purpose (resume: subscribers do not resume;
+    /// lost-ack: the checker is fed an acknowledgement the store never had).
+    #[arg(long, hide = true)]
+    pub chaos_break: Option<String>,
+
+    /// libfaketime's library, for the clock fault [default: found in the usual places].
+    #[arg(long, env = "HERD_LAB_FAKETIME")]
+    pub faketime_lib: Option<std::path::PathBuf>,
+
     /// More `herd serve` flags for every replica, after `--`
     /// (e.g. `-- --argon2-memory-kib 64`).
     #[arg(last = true, value_name = "SERVE_FLAGS")]
@@ -696,7 +712,29 @@ impl LabArgs {
             (None, Some(_)) => "SQLite (a file per scenario), bus and shared sessions in Redis",
             (None, None) => "SQLite (a file per scenario), bus over the database",
         };
+        let chaos = herd_lab::lab::Fault::parse_list(&self.chaos)
+            .map_err(|e| anyhow::anyhow!("--chaos: {e}"))?;
+        let chaos_break = self
+            .chaos_break
+            .as_deref()
+            .map(herd_lab::lab::Break::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--chaos-break: {e}"))?;
+        let faketime = self.faketime_lib.clone().or_else(|| {
+            [
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                "/usr/lib/faketime/libfaketime.so.1",
+                "/usr/local/lib/faketime/libfaketime.so.1",
+            ]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.is_file())
+        });
         let config = LabConfig {
+            chaos,
+            chaos_break,
+            faketime,
             users: self.users,
             think: self.think,
             seed: self.seed,

@@ -99,6 +99,19 @@ pub struct ClusterConfig {
     /// Replicas that may run at once, counting those started with the cluster: the
     /// admin API's `POST /_cluster/replicas` starts no more.
     pub max_replicas: usize,
+    /// Replicas started differently from the others (the lab's chaos faults: one
+    /// replica reaching the store through a proxy it can cut, or with its clock moved).
+    pub overrides: Vec<ReplicaOverride>,
+}
+
+/// How one replica, named by its id, differs from the others.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaOverride {
+    pub id: String,
+    /// Arguments equal to the first of a pair are replaced by the second.
+    pub replace_args: Vec<(String, String)>,
+    /// Environment variables on top of the cluster's.
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterConfig {
@@ -117,6 +130,7 @@ impl ClusterConfig {
             sessions: None,
             edge: EdgeLimits::default(),
             max_replicas: DEFAULT_MAX_REPLICAS,
+            overrides: Vec::new(),
         }
     }
 }

@@ -178,6 +178,8 @@ pub(crate) enum ActionError {
 enum Signal {
     Terminate,
     Kill,
+    Stop,
+    Continue,
 }
 
 #[derive(Debug)]
@@ -297,10 +299,18 @@ impl Cluster {
 
     /// Spawns the process of slot `id` (a new incarnation) and the tasks that watch it.
     fn start(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
+        let special = self.config.overrides.iter().find(|o| o.id == id);
+        let args = self.config.args.iter().map(|arg| {
+            special
+                .and_then(|o| o.replace_args.iter().find(|(from, _)| from == arg))
+                .map_or(arg, |(_, to)| to)
+        });
+        let extra_env = special.map(|o| o.env.as_slice()).unwrap_or_default();
         let mut child = Command::new(&self.config.program)
-            .args(&self.config.args)
+            .args(args)
             .args(["--listen", "127.0.0.1:0", "--replica-id", id])
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             // A safety net: should the lab itself fail, its children go with it.
@@ -623,6 +633,23 @@ impl Cluster {
         })
     }
 
+    /// SIGSTOP: the process freezes (a stalled VM, a long pause) with its sockets open;
+    /// the balancer learns it only from its health checks and timeouts.
+    pub fn pause(&self, id: &str) -> Result<ReplicaView, ActionError> {
+        self.act(id, |slot| {
+            tracing::info!(replica = %slot.id, "pausing replica (SIGSTOP)");
+            Signal::Stop
+        })
+    }
+
+    /// SIGCONT: a paused replica runs again.
+    pub fn resume(&self, id: &str) -> Result<ReplicaView, ActionError> {
+        self.act(id, |slot| {
+            tracing::info!(replica = %slot.id, "resuming replica (SIGCONT)");
+            Signal::Continue
+        })
+    }
+
     /// No new requests, then SIGTERM: the replica finishes what it has and closes its
     /// WebSockets with 1012.
     pub fn drain(&self, id: &str) -> Result<ReplicaView, ActionError> {
@@ -751,6 +778,8 @@ fn send(pid: u32, signal: Signal) {
     let sig = match signal {
         Signal::Terminate => Sig::TERM,
         Signal::Kill => Sig::KILL,
+        Signal::Stop => Sig::STOP,
+        Signal::Continue => Sig::CONT,
     };
     let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return;

@@ -85,6 +85,31 @@ struct Inner {
     warmup: Duration,
     new_replica: Option<String>,
     first_served_by_new: Option<Duration>,
+    /// Every request, for the chaos checks: when it started, how long it took, what it
+    /// was and how it ended.
+    log: Vec<Logged>,
+    /// Sends answered 2xx: the messages the store promised to keep.
+    acked: Vec<Ack>,
+}
+
+/// One request of the workload, as the chaos checks read it.
+#[derive(Debug, Clone)]
+pub(crate) struct Logged {
+    pub started: Duration,
+    pub latency: Duration,
+    /// `login`, `refresh`, `join`, `me`, `history`, `send`.
+    pub what: &'static str,
+    pub outcome: Outcome,
+    /// The status, when there was an answer.
+    pub status: Option<u16>,
+}
+
+/// A send the server acknowledged (2xx with the stored message's seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub room: String,
+    pub client_id: String,
+    pub seq: i64,
 }
 
 /// Shared by the virtual users and the timeline of one scenario.
@@ -113,6 +138,8 @@ impl Recorder {
                 warmup,
                 new_replica: None,
                 first_served_by_new: None,
+                log: Vec::new(),
+                acked: Vec::new(),
             }),
         }
     }
@@ -120,6 +147,11 @@ impl Recorder {
     fn inner(&self) -> MutexGuard<'_, Inner> {
         // Every update below leaves the numbers consistent, so a poisoned lock is usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the scenario's workload started.
+    pub fn started_at(&self) -> Instant {
+        self.start
     }
 
     /// Time since the scenario's workload started.
@@ -223,6 +255,29 @@ impl Recorder {
         }
     }
 
+    /// Notes a request for the chaos checks (its counting is [`Recorder::end`]'s).
+    pub fn note(
+        &self,
+        started: Duration,
+        what: &'static str,
+        outcome: Outcome,
+        status: Option<u16>,
+    ) {
+        let latency = self.now().saturating_sub(started);
+        self.inner().log.push(Logged {
+            started,
+            latency,
+            what,
+            outcome,
+            status,
+        });
+    }
+
+    /// A send was acknowledged with `seq`.
+    pub fn acked(&self, ack: Ack) {
+        self.inner().acked.push(ack);
+    }
+
     pub fn served_users(&self) -> usize {
         self.inner().served_users.len()
     }
@@ -267,6 +322,8 @@ impl Recorder {
             steady_requests: inner.steady_requests,
             steady_logged_out: inner.steady_logged_out,
             first_served_by_new: inner.first_served_by_new,
+            log: inner.log,
+            acked: inner.acked,
         }
     }
 }
@@ -290,6 +347,8 @@ pub(crate) struct Recorded {
     pub steady_requests: u64,
     pub steady_logged_out: u64,
     pub first_served_by_new: Option<Duration>,
+    pub log: Vec<Logged>,
+    pub acked: Vec<Ack>,
 }
 
 #[cfg(test)]

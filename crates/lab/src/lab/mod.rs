@@ -13,12 +13,20 @@
 //!   has happened (everyone served before the kill, the kill seen before the add).
 //! - `report.rs`: the summary numbers, the terminal table, `results.json`.
 //! - `charts.rs`: `report.html`, its charts drawn as inline SVG.
+//! - `chaos.rs`: `--chaos`: the faults, the lab's cuttable proxy, the revoker and the
+//!   invariants checked after each fault.
+//! - `subscribers.rs`: the chaos runs' WebSocket subscribers, which resume after every
+//!   reconnection.
 
+mod chaos;
 mod charts;
 mod metrics;
 mod report;
+mod subscribers;
 mod timeline;
 mod workload;
+
+pub use chaos::{Break, ChaosResult, Cost, Fault, Invariant};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -41,6 +49,8 @@ pub struct Scenario {
     pub policy: Policy,
     /// Where sessions live, in words: "replica memory", "Redis", "SQL store", "none".
     pub session_store: String,
+    /// Under `--chaos`: the fault this run injects instead of the kill and the add.
+    pub fault: Option<Fault>,
 }
 
 /// The four designs herd compares (memory sessions behind round-robin and behind sticky
@@ -52,6 +62,7 @@ pub fn scenarios(redis: bool) -> Vec<Scenario> {
         sessions,
         policy,
         session_store: store.to_owned(),
+        fault: None,
     };
     let shared = if redis { "Redis" } else { "SQL store" };
     vec![
@@ -138,6 +149,37 @@ pub struct LabConfig {
     pub setup_timeout: Duration,
     /// The store and bus the replicas share, in words, for the report.
     pub store: String,
+    /// `--chaos`: the faults to inject, each in a run of its own (token sessions,
+    /// round-robin) instead of the scenarios' kill and add.
+    pub chaos: Vec<Fault>,
+    /// Test-only: break the run on purpose to show the checker failing.
+    pub chaos_break: Option<Break>,
+    /// libfaketime's library, for the clock fault.
+    pub faketime: Option<PathBuf>,
+}
+
+/// The chaos run of `fault`: token sessions behind round-robin, the design that claims
+/// to lose nothing.
+pub fn chaos_scenario(fault: Fault, redis: bool) -> Scenario {
+    let mut scenario = scenarios(redis)
+        .into_iter()
+        .find(|s| s.sessions == Strategy::Token)
+        .unwrap_or_else(|| unreachable!("the token design is always compared"));
+    scenario.name = format!("chaos-{}", fault.as_str());
+    scenario.fault = Some(fault);
+    scenario
+}
+
+/// A backend the replicas reach over TCP, which the cut fault puts a proxy in front of.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// "PostgreSQL", "Redis".
+    pub name: String,
+    /// The replicas' argument that names it (a URL); the cut replica gets it with
+    /// `host_port` replaced by the proxy's address.
+    pub arg: String,
+    pub host_port: String,
+    pub addr: std::net::SocketAddr,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -153,6 +195,37 @@ pub trait Environment {
     ) -> impl Future<Output = Result<ClusterConfig, BoxError>>;
     /// Called once the scenario's replicas have stopped, whether it succeeded or not.
     fn release(&mut self, scenario: &Scenario) -> impl Future<Output = Result<(), BoxError>>;
+
+    /// Whether `fault` can be injected here, or why not (`cannot inject: ...`): asked
+    /// before the fault's run, which is then reported as skipped.
+    fn can_inject(&self, fault: Fault) -> Result<(), String> {
+        match fault {
+            Fault::RedisRestart | Fault::PostgresKill | Fault::Cut => {
+                Err(format!("cannot inject {}: the environment has no way to", fault.as_str()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The store and bus of the scenario prepared last, as TCP backends (none for a
+    /// SQLite file).
+    fn backends(&self) -> Vec<Backend> {
+        Vec::new()
+    }
+
+    /// Injects a fault on what every replica shares ([`Fault::RedisRestart`],
+    /// [`Fault::PostgresKill`]).
+    fn inject(&mut self, fault: Fault) -> impl Future<Output = Result<(), String>> {
+        async move { Err(format!("cannot inject {}", fault.as_str())) }
+    }
+
+    /// Ends a fault [`Environment::inject`] started (Redis started again).
+    fn heal(&mut self, fault: Fault) -> impl Future<Output = Result<(), String>> {
+        async move {
+            let _ = fault;
+            Ok(())
+        }
+    }
 }
 
 /// Runs every scenario in turn and writes the report into `config.out_dir`.
@@ -175,13 +248,56 @@ pub async fn run(
         indicatif::ProgressDrawTarget::hidden()
     });
     let mut results = Vec::with_capacity(scenarios.len());
+    let mut chaos = Vec::new();
+    for &fault in &config.chaos {
+        let skip = match env.can_inject(fault) {
+            Err(why) => Some(why),
+            Ok(()) if fault == Fault::Clock && config.faketime.is_none() => Some(
+                "cannot inject clock: libfaketime not found (--faketime-lib, HERD_LAB_FAKETIME)"
+                    .to_owned(),
+            ),
+            Ok(()) => None,
+        };
+        if let Some(why) = skip {
+            chaos.push(ChaosResult::skipped(fault, why));
+            continue;
+        }
+        let scenario = chaos_scenario(fault, false);
+        let cluster = env
+            .prepare(&scenario)
+            .await
+            .map_err(|e| LabError::Environment(format!("preparing {}: {e}", scenario.name)))?;
+        let bar = bars.add(timeline::bar(&scenario, &config));
+        let result = timeline::run(&scenario, cluster, &config, &bar, env).await;
+        match &result {
+            Ok((_, Some(c))) => bar.finish_with_message(format!("done: broken {:?}", c.broken())),
+            Ok((_, None)) => bar.finish_with_message("done"),
+            Err(_) => bar.abandon_with_message("failed"),
+        }
+        let released = env.release(&scenario).await;
+        let (result, checked) = result?;
+        let checked = checked.ok_or_else(|| {
+            LabError::Timeline(format!("{}: the fault's run was not checked", scenario.name))
+        })?;
+        released
+            .map_err(|e| LabError::Environment(format!("cleaning up {}: {e}", scenario.name)))?;
+        results.push(result);
+        chaos.push(checked);
+    }
+    let scenarios = if config.chaos.is_empty() {
+        scenarios
+    } else {
+        Vec::new()
+    };
     for scenario in &scenarios {
         let cluster = env
             .prepare(scenario)
             .await
             .map_err(|e| LabError::Environment(format!("preparing {}: {e}", scenario.name)))?;
         let bar = bars.add(timeline::bar(scenario, &config));
-        let result = timeline::run(scenario, cluster, &config, &bar).await;
+        let result = timeline::run(scenario, cluster, &config, &bar, env)
+            .await
+            .map(|(r, _)| r);
         match &result {
             Ok(r) => bar.finish_with_message(format!(
                 "done: ok {}  re-logins {}  logged out by the crash {}  failed {}",
@@ -195,7 +311,8 @@ pub async fn run(
             .map_err(|e| LabError::Environment(format!("cleaning up {}: {e}", scenario.name)))?;
         results.push(result);
     }
-    let report = Report::new(config, results);
+    let mut report = Report::new(config, results);
+    report.chaos = chaos;
     report.write()?;
     Ok(report)
 }

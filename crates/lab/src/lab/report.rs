@@ -34,7 +34,7 @@ pub(crate) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
     s.serialize_f64(round3(d.as_secs_f64() * 1000.0))
 }
 
-fn optional_seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn optional_seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => seconds(d, s),
         None => s.serialize_none(),
@@ -71,6 +71,13 @@ pub struct Timeline {
     pub added_first_served: Option<Duration>,
     #[serde(serialize_with = "optional_seconds")]
     pub stop: Option<Duration>,
+    /// Under `--chaos`: the fault, when it started and when it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<super::Fault>,
+    #[serde(serialize_with = "optional_seconds")]
+    pub fault_start: Option<Duration>,
+    #[serde(serialize_with = "optional_seconds")]
+    pub fault_end: Option<Duration>,
 }
 
 /// One second of the timeline, as `results.json` lists it.
@@ -240,6 +247,9 @@ pub struct Report {
     /// When the run finished, seconds since the Unix epoch.
     pub finished_at: u64,
     pub scenarios: Vec<ScenarioResult>,
+    /// `--chaos`: a section per fault, in the order asked, skipped ones included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chaos: Vec<super::ChaosResult>,
 }
 
 impl Report {
@@ -251,7 +261,56 @@ impl Report {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             scenarios,
+            chaos: Vec::new(),
         }
+    }
+
+    /// Every invariant broken under `--chaos`, as `fault: invariant` lines.
+    pub fn chaos_broken(&self) -> Vec<String> {
+        self.chaos
+            .iter()
+            .flat_map(|c| {
+                c.broken()
+                    .into_iter()
+                    .map(move |name| format!("{}: {name}", c.fault.as_str()))
+            })
+            .collect()
+    }
+
+    /// The terminal report of `--chaos`: a section per fault with its invariants.
+    pub fn chaos_text(&self) -> String {
+        let mut out = String::new();
+        for c in &self.chaos {
+            out.push_str(&format!("== {}: {}", c.fault.as_str(), c.status));
+            if let Some(reason) = &c.reason {
+                out.push_str(&format!(" ({reason})"));
+            }
+            out.push('\n');
+            for i in &c.invariants {
+                out.push_str(&format!(
+                    "  {:<7} {:>5} of {:>6}  {}\n",
+                    if i.held { "held" } else { "BROKEN" },
+                    i.broken,
+                    i.checked,
+                    i.name
+                ));
+            }
+            if let Some(cost) = &c.cost {
+                out.push_str(&format!(
+                    "  cost: {} failed, slowest {}, recovered after {:.2} s, detected after {}\n",
+                    cost.failed,
+                    cost.slowest
+                        .map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+                    cost.time_to_recover.as_secs_f64(),
+                    cost.detected_after
+                        .map_or_else(|| "never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+                ));
+            }
+            for e in &c.excused {
+                out.push_str(&format!("  excused: {e}\n"));
+            }
+        }
+        out
     }
 
     pub fn results_path(&self) -> PathBuf {

@@ -16,12 +16,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+use std::collections::HashMap;
+
+use super::chaos::{self, ChaosResult, Exempt, Fault, FaultTimes, Proxy, Revocations};
 use super::metrics::Recorder;
 use super::report::{ScenarioResult, Timeline};
+use super::subscribers::{self, Watched};
 use super::workload::{self, Shared};
-use super::{LabConfig, Scenario};
+use super::{Break, Environment, LabConfig, Scenario};
 use crate::replicas::Cluster;
-use crate::{ClusterConfig, LabError, State};
+use crate::{ClusterConfig, LabError, ReplicaOverride, State};
+
+/// How far ahead the clock fault moves one replica's clock: more than the largest
+/// leeway herd accepts (30 s).
+const CLOCK_AHEAD: &str = "+60s";
 
 /// How much longer than `phases.kill` the kill waits for every user to be served.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -44,13 +52,47 @@ pub(crate) fn bar(scenario: &Scenario, config: &LabConfig) -> ProgressBar {
     bar
 }
 
-/// Runs `scenario` on a cluster made from `cluster`, then stops the cluster.
-pub(crate) async fn run(
+/// Runs `scenario` on a cluster made from `cluster`, then stops the cluster. Under a
+/// fault, also returns the invariants checked after it.
+pub(crate) async fn run<E: Environment>(
     scenario: &Scenario,
     mut cluster: ClusterConfig,
     config: &LabConfig,
     bar: &ProgressBar,
-) -> Result<ScenarioResult, LabError> {
+    env: &mut E,
+) -> Result<(ScenarioResult, Option<ChaosResult>), LabError> {
+    let mut proxies = Vec::new();
+    match scenario.fault {
+        Some(Fault::Cut) => {
+            let mut replace = Vec::new();
+            for backend in env.backends() {
+                let proxy = Proxy::start(backend.addr).await?;
+                let to = backend
+                    .arg
+                    .replace(&backend.host_port, &proxy.addr.to_string());
+                replace.push((backend.arg.clone(), to));
+                proxies.push(proxy);
+            }
+            cluster.overrides.push(ReplicaOverride {
+                id: chaos::VICTIM.to_owned(),
+                replace_args: replace,
+                env: Vec::new(),
+            });
+        }
+        Some(Fault::Clock) => {
+            let library = config.faketime.clone().unwrap_or_default();
+            cluster.overrides.push(ReplicaOverride {
+                id: format!("r{}", config.replicas + 1),
+                replace_args: Vec::new(),
+                env: vec![
+                    ("LD_PRELOAD".to_owned(), library.display().to_string()),
+                    ("FAKETIME".to_owned(), CLOCK_AHEAD.to_owned()),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+                ],
+            });
+        }
+        _ => {}
+    }
     cluster.replicas = config.replicas;
     cluster.policy = scenario.policy;
     cluster.respawn = false;
@@ -85,6 +127,8 @@ pub(crate) async fn run(
             &format!("http://{address}"),
             config,
             bar,
+            env,
+            proxies,
         )
         .await
     }
@@ -110,23 +154,69 @@ struct Drive<'a> {
     users: Vec<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
     timeline: Timeline,
+    chaos: Option<ChaosDrive>,
 }
 
-async fn drive(
+/// A fault's run in progress.
+struct ChaosDrive {
+    fault: Fault,
+    times: FaultTimes,
+    healed: bool,
+    healed_at: Option<Duration>,
+    proxies: Vec<Proxy>,
+    exempt: Exempt,
+    subscribers: Vec<tokio::task::JoinHandle<Watched>>,
+    targets: watch::Sender<Option<HashMap<String, i64>>>,
+    revoker: tokio::task::JoinHandle<Revocations>,
+    /// The replica the clock fault added.
+    skewed: Option<String>,
+}
+
+/// What the drive loop must do for the timeline, which needs the environment.
+enum Step {
+    Continue,
+    Done,
+    Inject(Fault),
+    Heal(Fault),
+}
+
+async fn drive<E: Environment>(
     scenario: &Scenario,
     cluster: &Arc<Cluster>,
     base: &str,
     config: &LabConfig,
     bar: &ProgressBar,
-) -> Result<ScenarioResult, LabError> {
-    let mut drive = Drive::start(scenario, cluster, base, config, bar).await?;
+    env: &mut E,
+    proxies: Vec<Proxy>,
+) -> Result<(ScenarioResult, Option<ChaosResult>), LabError> {
+    let mut drive = Drive::start(scenario, cluster, base, config, bar, proxies).await?;
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         ticks.tick().await;
-        match drive.tick() {
-            Ok(true) => break Ok(()),
-            Ok(false) => {}
+        let step = if drive.chaos.is_some() {
+            drive.chaos_tick()
+        } else {
+            drive.tick().map(|done| if done { Step::Done } else { Step::Continue })
+        };
+        match step {
+            Ok(Step::Done) => break Ok(()),
+            Ok(Step::Continue) => {}
+            Ok(Step::Inject(fault)) => {
+                if let Err(e) = env.inject(fault).await {
+                    break Err(LabError::Timeline(format!("injecting {}: {e}", fault.as_str())));
+                }
+            }
+            Ok(Step::Heal(fault)) => {
+                if let Err(e) = env.heal(fault).await {
+                    break Err(LabError::Timeline(format!("ending {}: {e}", fault.as_str())));
+                }
+                let now = drive.recorder.now();
+                if let Some(c) = drive.chaos.as_mut() {
+                    c.times.end = Some(now);
+                    drive.timeline.fault_end = Some(now);
+                }
+            }
             Err(e) => break Err(e),
         }
     };
@@ -142,6 +232,7 @@ impl<'a> Drive<'a> {
         base: &str,
         config: &'a LabConfig,
         bar: &'a ProgressBar,
+        proxies: Vec<Proxy>,
     ) -> Result<Drive<'a>, LabError> {
         let deadline = tokio::time::Instant::now() + config.setup_timeout;
         while !cluster.views().iter().all(|r| r.state == State::Up) {
@@ -184,6 +275,47 @@ impl<'a> Drive<'a> {
         let users: Vec<_> = (0..config.users)
             .map(|i| tokio::spawn(workload::User::new(shared.clone(), i, stopped.clone()).run()))
             .collect();
+        let chaos = scenario.fault.map(|fault| {
+            let (targets, watching) = watch::channel(None);
+            let subscribers = chaos::subscriber_plan(config.users, shared.rooms.len(), config.replicas)
+                .into_iter()
+                .map(|(user, room, replica)| {
+                    tokio::spawn(subscribers::run(
+                        subscribers::Subscriber {
+                            client: shared.client.clone(),
+                            base: base.to_owned(),
+                            user: workload::username(user),
+                            room: shared.rooms[room].clone(),
+                            replica,
+                            no_resume: config.chaos_break == Some(Break::Resume),
+                        },
+                        watching.clone(),
+                    ))
+                })
+                .collect();
+            let exempt = Exempt::default();
+            let started = recorder.started_at();
+            let revoker = tokio::spawn(chaos::revoker(
+                shared.client.clone(),
+                base.to_owned(),
+                cluster.clone(),
+                move || started.elapsed(),
+                exempt.clone(),
+                stopped.clone(),
+            ));
+            ChaosDrive {
+                fault,
+                times: FaultTimes::default(),
+                healed: false,
+                healed_at: None,
+                proxies,
+                exempt,
+                subscribers,
+                targets,
+                revoker,
+                skewed: None,
+            }
+        });
         Ok(Drive {
             scenario,
             cluster,
@@ -193,8 +325,125 @@ impl<'a> Drive<'a> {
             shared,
             users,
             stop,
-            timeline: Timeline::default(),
+            timeline: Timeline {
+                fault: scenario.fault,
+                ..Timeline::default()
+            },
+            chaos,
         })
+    }
+
+    /// The fault's timeline: start it at `phases.kill` once every user has been served
+    /// (or [`KILL_WAIT`] later), end it at `phases.add` (keeping the gap), stop at
+    /// `phases.stop` (keeping the gap); meanwhile note when the balancer took the
+    /// replica out.
+    fn chaos_tick(&mut self) -> Result<Step, LabError> {
+        let t = self.recorder.now();
+        self.show_progress(t);
+        let phases = self.config.phases;
+        let views = self.cluster.views();
+        let Some(c) = self.chaos.as_mut() else {
+            return Ok(Step::Done);
+        };
+        let failed = |what: &str, e: crate::replicas::ActionError| {
+            LabError::Timeline(format!("{what} {}: {e:?}", chaos::VICTIM))
+        };
+        let Some(start) = c.times.start else {
+            let everyone = self.recorder.served_users() >= self.config.users;
+            if !(t >= phases.kill && (everyone || t >= phases.kill + KILL_WAIT)) {
+                return Ok(Step::Continue);
+            }
+            self.timeline.users_served_at_kill = self.recorder.served_users();
+            let mut step = Step::Continue;
+            match c.fault {
+                Fault::Kill => drop(self.cluster.kill(chaos::VICTIM).map_err(|e| failed("killing", e))?),
+                Fault::Pause => drop(self.cluster.pause(chaos::VICTIM).map_err(|e| failed("pausing", e))?),
+                Fault::Drain => drop(self.cluster.drain(chaos::VICTIM).map_err(|e| failed("draining", e))?),
+                Fault::Cut => {
+                    *c.exempt.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((chaos::VICTIM.to_owned(), None));
+                    for proxy in &c.proxies {
+                        proxy.cut();
+                    }
+                }
+                Fault::RedisRestart | Fault::PostgresKill => step = Step::Inject(c.fault),
+                Fault::Clock => c.skewed = Some(self.cluster.add()?.id),
+            }
+            let now = self.recorder.now();
+            c.times.start = Some(now);
+            self.timeline.fault_start = Some(now);
+            if matches!(c.fault, Fault::Drain | Fault::RedisRestart | Fault::PostgresKill | Fault::Clock) {
+                c.times.detected = Some(now);
+            }
+            if c.fault == Fault::PostgresKill {
+                c.times.end = Some(now);
+                self.timeline.fault_end = Some(now);
+            }
+            return Ok(step);
+        };
+        // Detection: the balancer no longer sends the replica requests.
+        if c.times.detected.is_none() {
+            let out = views.iter().any(|r| {
+                r.id == chaos::VICTIM && matches!(r.state, State::Down | State::Dead)
+            });
+            if out {
+                c.times.detected = Some(t);
+            }
+        }
+        let victim_dead = views
+            .iter()
+            .any(|r| r.id == chaos::VICTIM && r.state == State::Dead);
+        if matches!(c.fault, Fault::Kill | Fault::Drain) && victim_dead && c.times.end.is_none() {
+            c.times.end = Some(t);
+            self.timeline.fault_end = Some(t);
+        }
+        if !c.healed {
+            if t < phases.add.max(start + (phases.add - phases.kill)) {
+                return Ok(Step::Continue);
+            }
+            c.healed = true;
+            let now = self.recorder.now();
+            let mut end = Some(now);
+            let mut step = Step::Continue;
+            match c.fault {
+                Fault::Pause => {
+                    drop(self.cluster.resume(chaos::VICTIM).map_err(|e| failed("resuming", e))?);
+                }
+                Fault::Cut => {
+                    for proxy in &c.proxies {
+                        proxy.restore();
+                    }
+                    // Tokens revoked while it was cut off: its bound runs from the link's
+                    // return (its next upkeep read).
+                    *c.exempt.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+                        chaos::VICTIM.to_owned(),
+                        Some(now + chaos::REVOCATION_BOUND),
+                    ));
+                }
+                Fault::RedisRestart => {
+                    end = None;
+                    step = Step::Heal(c.fault);
+                }
+                Fault::Clock => {
+                    if let Some(id) = &c.skewed {
+                        let _ = self.cluster.drain(id);
+                    }
+                }
+                Fault::Kill | Fault::Drain | Fault::PostgresKill => end = c.times.end,
+            }
+            if end.is_some() {
+                c.times.end = end;
+                self.timeline.fault_end = end;
+            }
+            c.healed_at = Some(now);
+            return Ok(step);
+        }
+        let healed_at = c.healed_at.unwrap_or(t);
+        if t >= phases.stop.max(healed_at + (phases.stop - phases.add)) {
+            self.timeline.stop = Some(self.recorder.now());
+            return Ok(Step::Done);
+        }
+        Ok(Step::Continue)
     }
 
     /// Looks at the clock, the users and the cluster once, and takes the next event when
@@ -296,7 +545,10 @@ impl<'a> Drive<'a> {
     }
 
     /// Tells the users to stop, waits for them, and makes the scenario's result.
-    async fn finish(self, outcome: Result<(), LabError>) -> Result<ScenarioResult, LabError> {
+    async fn finish(
+        self,
+        outcome: Result<(), LabError>,
+    ) -> Result<(ScenarioResult, Option<ChaosResult>), LabError> {
         let _ = self.stop.send(true);
         self.bar.set_message("stopping the users");
         for user in self.users {
@@ -306,15 +558,128 @@ impl<'a> Drive<'a> {
                 }
             }
         }
+        if let (Some(c), Err(_)) = (&self.chaos, &outcome) {
+            // A paused replica must not outlive a failed run frozen.
+            if c.fault == Fault::Pause {
+                let _ = self.cluster.resume(chaos::VICTIM);
+            }
+        }
         outcome?;
+        let checked = match self.chaos {
+            Some(c) => {
+                self.bar.set_message("checking the invariants");
+                Some(
+                    check(
+                        c,
+                        self.cluster,
+                        &self.shared,
+                        self.scenario,
+                        self.config,
+                        &self.recorder,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        let rooms_known = checked.is_some();
         drop(self.shared);
         let recorder = Arc::try_unwrap(self.recorder)
             .map_err(|_| LabError::Timeline("a user outlived the scenario".into()))?;
-        Ok(ScenarioResult::new(
-            self.scenario,
-            self.config,
-            self.timeline,
-            recorder.finish(),
+        let recorded = recorder.finish();
+        let checked = match checked {
+            Some(pending) if rooms_known => Some(pending.finish(&recorded, self.config)),
+            _ => None,
+        };
+        Ok((
+            ScenarioResult::new(self.scenario, self.config, self.timeline, recorded),
+            checked,
         ))
     }
+}
+
+/// What the checker gathered before the recorder is finished.
+struct Gathered {
+    fault: Fault,
+    times: FaultTimes,
+    histories: HashMap<String, chaos::History>,
+    watched: Vec<Watched>,
+    revocations: Revocations,
+    scenario: String,
+}
+
+impl Gathered {
+    fn finish(self, recorded: &super::metrics::Recorded, config: &LabConfig) -> ChaosResult {
+        chaos::check(
+            &chaos::Evidence {
+                fault: self.fault,
+                times: self.times,
+                log: &recorded.log,
+                acked: &recorded.acked,
+                histories: &self.histories,
+                watched: &self.watched,
+                revocations: &self.revocations,
+                broken_on_purpose: config.chaos_break,
+            },
+            &self.scenario,
+        )
+    }
+}
+
+/// After the users stopped: the store's histories, the subscribers caught up to them,
+/// and the revoker's last probes.
+async fn check(
+    c: ChaosDrive,
+    cluster: &Arc<Cluster>,
+    shared: &Shared,
+    scenario: &Scenario,
+    config: &LabConfig,
+    recorder: &Recorder,
+) -> Result<Gathered, LabError> {
+    let _ = (config, recorder);
+    // Every proxy restored, so that the store is read through a replica that reaches it.
+    for proxy in &c.proxies {
+        proxy.restore();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let histories = loop {
+        let replica = cluster
+            .views()
+            .into_iter()
+            .find(|r| r.state == State::Up && Some(r.id.as_str()) != c.skewed.as_deref())
+            .and_then(|r| r.port);
+        let attempt = match replica {
+            Some(port) => {
+                chaos::read_histories(&shared.client, &format!("http://127.0.0.1:{port}"), &shared.rooms)
+                    .await
+            }
+            None => Err(LabError::Timeline("no replica is up".into())),
+        };
+        match attempt {
+            Ok(h) => break h,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let last: HashMap<String, i64> = histories
+        .iter()
+        .map(|(room, h)| (room.clone(), h.messages.last().map_or(0, |m| m.0)))
+        .collect();
+    let _ = c.targets.send(Some(last));
+    let mut watched = Vec::new();
+    for subscriber in c.subscribers {
+        watched.push(subscriber.await.map_err(|e| LabError::Timeline(format!("a subscriber: {e}")))?);
+    }
+    let revocations = c
+        .revoker
+        .await
+        .map_err(|e| LabError::Timeline(format!("the revoker: {e}")))?;
+    Ok(Gathered {
+        fault: c.fault,
+        times: c.times,
+        histories,
+        watched,
+        revocations,
+        scenario: scenario.name.clone(),
+    })
 }

@@ -19,7 +19,7 @@ use crate::balancer::AFFINITY_COOKIE;
 use crate::LabError;
 
 /// Every virtual user's password (the accounts live in a throw-away store).
-const PASSWORD: &str = "lab password 1234";
+pub(crate) const PASSWORD: &str = "lab password 1234";
 
 /// A request that takes longer than this counts as failed.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,6 +124,10 @@ async fn send(
         replica,
         body,
     })
+}
+
+fn status(answer: &Result<Answer, reqwest::Error>) -> Option<u16> {
+    answer.as_ref().ok().map(|a| a.status.as_u16())
 }
 
 fn classify(answer: &Result<Answer, reqwest::Error>) -> Outcome {
@@ -382,6 +386,7 @@ impl User {
         )
         .await;
         recorder.done_side();
+        recorder.note(started, "login", classify(&answer), status(&answer));
         let wait = match classify(&answer) {
             Outcome::Ok => {
                 let now = recorder.now();
@@ -428,6 +433,7 @@ impl User {
             &mut self.affinity,
         )
         .await;
+        recorder.note(started, "refresh", classify(&answer), status(&answer));
         match classify(&answer) {
             Outcome::Ok => {
                 recorder.done_side();
@@ -456,30 +462,47 @@ impl User {
         let from = current.from;
         let (shared, recorder) = (&self.shared, &self.shared.recorder);
         let (base, room, client) = (&shared.base, &self.room, &shared.client);
-        let request = if !self.joined {
-            client.post(format!("{base}/v1/rooms/{room}/join"))
+        let mut client_id = None;
+        let (what, request) = if !self.joined {
+            ("join", client.post(format!("{base}/v1/rooms/{room}/join")))
         } else {
             match self.rng.below(10) {
-                0..=4 => client.get(format!("{base}/v1/me")),
-                5..=7 => client.get(format!(
-                    "{base}/v1/rooms/{room}/messages?after={}&limit=20",
-                    (self.last_seq - 20).max(0)
-                )),
+                0..=4 => ("me", client.get(format!("{base}/v1/me"))),
+                5..=7 => (
+                    "history",
+                    client.get(format!(
+                        "{base}/v1/rooms/{room}/messages?after={}&limit=20",
+                        (self.last_seq - 20).max(0)
+                    )),
+                ),
                 _ => {
                     self.sent += 1;
                     let (name, sent) = (&self.name, self.sent);
-                    client
+                    let id = format!("{name}-{sent}");
+                    let request = client
                         .post(format!("{base}/v1/rooms/{room}/messages"))
                         .json(&json!({
                             "body": format!("message {sent} from {name}"),
-                            "client_id": format!("{name}-{sent}"),
-                        }))
+                            "client_id": id,
+                        }));
+                    client_id = Some(id);
+                    ("send", request)
                 }
             }
         };
         let started = recorder.begin();
         let answer = send(request.bearer_auth(bearer), &mut self.affinity).await;
         let outcome = classify(&answer);
+        recorder.note(started, what, outcome, status(&answer));
+        if let (Outcome::Ok, Some(client_id), Ok(a)) = (outcome, client_id, &answer) {
+            if let Some(seq) = a.body["seq"].as_i64() {
+                recorder.acked(super::metrics::Ack {
+                    room: room.clone(),
+                    client_id,
+                    seq,
+                });
+            }
+        }
         let replica = answer.as_ref().ok().and_then(|a| a.replica.clone());
         recorder.end(self.index, started, outcome, Some(from), replica.as_deref());
         match (outcome, answer) {
