@@ -423,6 +423,8 @@ pub struct ChaosResult {
     pub cost: Option<Cost>,
     /// The failures the checker excused, by kind, and why.
     pub excused: Vec<String>,
+    /// What else the run saw (the skewed replica's share, the balancer's bounds).
+    pub notes: Vec<String>,
 }
 
 impl ChaosResult {
@@ -437,6 +439,7 @@ impl ChaosResult {
             invariants: Vec::new(),
             cost: None,
             excused: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -527,6 +530,7 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
         }
     }
     let (mut sub_broken, mut sub_seen, mut resumes) = (0u64, 0u64, 0u64);
+    let mut damaged = Vec::new();
     for w in e.watched {
         let last = e
             .histories
@@ -534,6 +538,20 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
             .and_then(|h| h.messages.last())
             .map_or(0, |m| m.0);
         let (broken, seen) = w.check(last);
+        if broken > 0 {
+            let d = w.damage(last);
+            damaged.push(format!(
+                "subscriber of room {} pinned to {} ({} resumes): {} received twice or out of \
+                 order, {} skipped, {} never delivered (last received {}, the room's last {last})",
+                w.room,
+                w.replica,
+                w.resumes,
+                d.duplicates,
+                d.skipped,
+                d.undelivered,
+                w.seqs.last().copied().unwrap_or(0),
+            ));
+        }
         sub_broken += broken;
         sub_seen += seen;
         resumes += w.resumes;
@@ -560,6 +578,7 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
         .collect();
     let mut excused: HashMap<String, u64> = HashMap::new();
     let mut unexcused = 0u64;
+    let mut unexcused_list = Vec::new();
     let mut after_detection = 0u64;
     for f in &failed {
         if f.started < start {
@@ -568,12 +587,19 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
                 .or_default() += 1;
             continue;
         }
+        let post = matches!(f.what, "send" | "join" | "login" | "refresh");
         let why = if f.started < detected {
-            Some(if e.fault.on_a_replica() {
-                "sent to the replica before the balancer took it out: a POST the balancer \
-                 cannot replay (it may have reached the replica), or a request in flight on it"
-            } else {
-                "in flight when the shared backend went away"
+            Some(match (e.fault.on_a_replica(), post, f.status) {
+                (true, true, _) => {
+                    "sent to the faulty replica before the balancer took it out: a POST the \
+                     balancer cannot replay, since it may have reached the replica"
+                }
+                (true, false, Some(_)) => {
+                    "answered with an error by the faulty replica before the balancer took it \
+                     out: the balancer replays a GET only when the replica gave no answer"
+                }
+                (true, false, None) => "in flight on the faulty replica",
+                (false, _, _) => "in flight when the shared backend went away",
             })
         } else if !e.fault.on_a_replica() && f.started <= end {
             Some(
@@ -587,7 +613,17 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
         let status = f.status.map_or_else(|| "no answer".to_owned(), |s| s.to_string());
         match why {
             Some(why) => *excused.entry(format!("{} ({status}): {why}", f.what)).or_default() += 1,
-            None => unexcused += 1,
+            None => {
+                unexcused += 1;
+                if unexcused_list.len() < 10 {
+                    unexcused_list.push(format!(
+                        "failed after detection: {} ({status}) started at {:.3} s, took {:.0} ms",
+                        f.what,
+                        f.started.as_secs_f64(),
+                        f.latency.as_secs_f64() * 1000.0
+                    ));
+                }
+            }
         }
     }
     let mut excused: Vec<String> = excused
@@ -683,6 +719,7 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
             detected_after: e.times.detected.map(|d| d.saturating_sub(start)),
         }),
         excused,
+        notes: damaged.into_iter().chain(unexcused_list).collect(),
     }
 }
 

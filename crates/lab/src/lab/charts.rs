@@ -22,6 +22,22 @@ const PALETTE: [RGBColor; 6] = [
 
 const KILL: RGBColor = RGBColor(200, 0, 0);
 const ADD: RGBColor = RGBColor(0, 140, 0);
+const FAULT_END: RGBColor = RGBColor(0, 90, 200);
+
+/// The events of a scenario to mark on its charts: the kill and the add, or under
+/// `--chaos` the fault's start and end.
+fn marks(r: &ScenarioResult) -> Vec<(Option<std::time::Duration>, String, RGBColor)> {
+    match r.timeline.fault {
+        Some(fault) => vec![
+            (r.timeline.fault_start, format!("{} starts", fault.as_str()), KILL),
+            (r.timeline.fault_end, format!("{} ends", fault.as_str()), FAULT_END),
+        ],
+        None => vec![
+            (r.timeline.kill, format!("kill {}", r.timeline.killed), KILL),
+            (r.timeline.add, format!("add {}", r.timeline.added), ADD),
+        ],
+    }
+}
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -109,11 +125,7 @@ fn timeline_chart(r: &ScenarioResult, x_end: f64) -> String {
                     PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
                 });
         }
-        let marks = [
-            (r.timeline.kill, format!("kill {}", r.timeline.killed), KILL),
-            (r.timeline.add, format!("add {}", r.timeline.added), ADD),
-        ];
-        for (at, label, colour) in marks {
+        for (at, label, colour) in marks(r) {
             let Some(at) = at else { continue };
             let x = at.as_secs_f64();
             chart.draw_series(std::iter::once(PathElement::new(
@@ -135,6 +147,121 @@ fn timeline_chart(r: &ScenarioResult, x_end: f64) -> String {
         root.present()?;
         Ok(())
     })
+}
+
+/// p50, p99 and the slowest ok request of one scenario, second by second, with its
+/// events marked: what a fault did to latency.
+fn latency_over_time_chart(r: &ScenarioResult, x_end: f64) -> String {
+    const SIZE: (u32, u32) = (720, 280);
+    svg(SIZE, |out| {
+        let p50 = series(r, |s| s.p50_ms.unwrap_or(0.0));
+        let p99 = series(r, |s| s.p99_ms.unwrap_or(0.0));
+        let max = series(r, |s| s.max_ms.unwrap_or(0.0));
+        let y_end = max.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+        let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: latency of ok requests per second", r.scenario.name),
+                ("sans-serif", 16),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..x_end, 0f64..y_end)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the users started")
+            .y_desc("milliseconds")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .light_line_style(WHITE)
+            .draw()?;
+        let lines = [
+            ("p50", p50, PALETTE[2]),
+            ("p99", p99, PALETTE[1]),
+            ("slowest", max, BLACK),
+        ];
+        for (label, points, colour) in lines {
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+        }
+        for (at, label, colour) in marks(r) {
+            let Some(at) = at else { continue };
+            let x = at.as_secs_f64();
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x, 0.0), (x, y_end)],
+                colour.stroke_width(2),
+            )))?;
+            chart.draw_series(std::iter::once(Text::new(
+                label,
+                (x + x_end * 0.005, y_end * 0.97),
+                ("sans-serif", 12).into_font().color(&colour),
+            )))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::MiddleRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })
+}
+
+/// A section per fault under `--chaos`: its invariants as a table, what it cost, what
+/// was excused, and its two charts.
+fn chaos_sections(report: &Report, x_end: f64) -> String {
+    let mut page = String::from("<h2>Faults</h2>\n");
+    for c in &report.chaos {
+        let _ = write!(page, "<h3>{}: {}</h3>\n", c.fault.as_str(), c.status);
+        if let Some(reason) = &c.reason {
+            let _ = write!(page, "<p>Skipped: {}</p>\n", escape(reason));
+            continue;
+        }
+        page.push_str("<table><tr><th>invariant</th><th>held</th><th>broken</th><th>checked</th><th>what was checked</th></tr>\n");
+        for i in &c.invariants {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(i.name),
+                if i.held { "held" } else { "<b>broken</b>" },
+                i.broken,
+                i.checked,
+                escape(&i.note)
+            );
+        }
+        page.push_str("</table>\n");
+        if let Some(cost) = &c.cost {
+            let _ = write!(
+                page,
+                "<p>Cost: {} failed requests; slowest request around the fault {}; recovered {:.2} s after the start; the balancer stopped using the replica {} after the start.</p>\n",
+                cost.failed,
+                cost.slowest.map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+                cost.time_to_recover.as_secs_f64(),
+                cost.detected_after.map_or_else(|| "never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+            );
+        }
+        for note in c.excused.iter().map(|e| format!("excused: {e}")).chain(c.notes.iter().cloned()) {
+            let _ = write!(page, "<p>{}</p>\n", escape(&note));
+        }
+        if let Some(r) = report
+            .scenarios
+            .iter()
+            .find(|r| Some(&r.scenario.name) == c.scenario.as_ref())
+        {
+            page.push_str("<figure>");
+            page.push_str(&timeline_chart(r, x_end));
+            page.push_str("</figure>\n<figure>");
+            page.push_str(&latency_over_time_chart(r, x_end));
+            page.push_str("</figure>\n");
+        }
+    }
+    page
 }
 
 /// ok/s of every scenario on one chart.
@@ -170,7 +297,7 @@ fn throughput_chart(report: &Report, x_end: f64) -> String {
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
                 });
-            for at in [r.timeline.kill, r.timeline.add].into_iter().flatten() {
+            for at in marks(r).into_iter().filter_map(|m| m.0) {
                 let x = at.as_secs_f64();
                 chart.draw_series(std::iter::once(PathElement::new(
                     vec![(x, 0.0), (x, y_end)],
@@ -308,7 +435,13 @@ store.</p>
     page.push_str(&throughput_chart(report, x_end));
     page.push_str("</figure>\n<h2>Latency</h2>\n<figure>");
     page.push_str(&latency_chart(report));
-    page.push_str("</figure>\n<h2>Each scenario</h2>\n");
+    page.push_str("</figure>\n");
+    if !report.chaos.is_empty() {
+        page.push_str(&chaos_sections(report, x_end));
+        page.push_str("</body></html>\n");
+        return page;
+    }
+    page.push_str("<h2>Each scenario</h2>\n");
     for r in &report.scenarios {
         let _ = write!(
             page,

@@ -92,6 +92,8 @@ pub struct SecondRow {
     pub unexpected: u64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// The slowest ok request that ended in this second.
+    pub max_ms: Option<f64>,
 }
 
 /// Latency at a percentile, for the distribution chart.
@@ -230,6 +232,7 @@ impl ScenarioResult {
                     unexpected: s.unexpected,
                     p50_ms: quantile_ms(&s.latency, 0.5),
                     p99_ms: quantile_ms(&s.latency, 0.99),
+                    max_ms: (!s.latency.is_empty()).then(|| ms(s.latency.max())),
                 })
                 .collect(),
             latency,

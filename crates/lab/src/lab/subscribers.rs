@@ -26,25 +26,42 @@ pub(crate) struct Watched {
     pub seqs: Vec<i64>,
     /// Reconnections after the first subscription.
     pub resumes: u64,
+    /// The replica it was pinned to.
+    pub replica: String,
 }
 
 impl Watched {
     /// (breaks, seqs received) against a room whose last seq is `last`: a seq received
     /// twice or out of order, each seq skipped, and each never delivered by the end.
     pub fn check(&self, last: i64) -> (u64, u64) {
-        let mut broken = 0u64;
+        let d = self.damage(last);
+        (d.duplicates + d.skipped + d.undelivered, self.seqs.len() as u64)
+    }
+
+    /// What went wrong, by kind.
+    pub fn damage(&self, last: i64) -> Damage {
+        let mut d = Damage::default();
         let mut previous = 0i64;
         for &seq in &self.seqs {
             if seq <= previous {
-                broken += 1;
+                d.duplicates += 1;
             } else {
-                broken += u64::try_from(seq - previous - 1).unwrap_or(0);
+                d.skipped += u64::try_from(seq - previous - 1).unwrap_or(0);
                 previous = seq;
             }
         }
-        broken += u64::try_from(last - previous).unwrap_or(0);
-        (broken, self.seqs.len() as u64)
+        d.undelivered = u64::try_from(last - previous).unwrap_or(0);
+        d
     }
+}
+
+/// A subscriber's damage: seqs received again or out of order, seqs skipped (a later
+/// one came first), and seqs never delivered by the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub duplicates: u64,
+    pub skipped: u64,
+    pub undelivered: u64,
 }
 
 /// One subscriber's settings.
@@ -67,6 +84,7 @@ pub(crate) async fn run(
 ) -> Watched {
     let mut watched = Watched {
         room: s.room.clone(),
+        replica: s.replica.clone(),
         ..Watched::default()
     };
     let mut token: Option<String> = None;
@@ -171,6 +189,13 @@ pub(crate) async fn run(
             let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
                 continue;
             };
+            if frame["type"] == "error" && frame.get("client_id").is_none() {
+                // The subscribe was refused (`unavailable`: the replica could not read the
+                // store): the protocol says retry, so reconnect and subscribe again.
+                let _ = ws.close(None).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                break;
+            }
             if frame["type"] == "message" && frame["room"] == s.room.as_str() {
                 if let Some(seq) = frame["seq"].as_i64() {
                     watched.seqs.push(seq);
@@ -207,6 +232,7 @@ mod tests {
             room: "r".into(),
             seqs: seqs.to_vec(),
             resumes: 0,
+            replica: "r1".into(),
         };
         assert_eq!(w(&[1, 2, 3]).check(3), (0, 3));
         assert_eq!(w(&[1, 2, 2, 3]).check(3).0, 1, "a duplicate");

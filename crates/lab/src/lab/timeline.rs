@@ -606,11 +606,12 @@ struct Gathered {
     watched: Vec<Watched>,
     revocations: Revocations,
     scenario: String,
+    notes: Vec<String>,
 }
 
 impl Gathered {
     fn finish(self, recorded: &super::metrics::Recorded, config: &LabConfig) -> ChaosResult {
-        chaos::check(
+        let result = chaos::check(
             &chaos::Evidence {
                 fault: self.fault,
                 times: self.times,
@@ -622,7 +623,10 @@ impl Gathered {
                 broken_on_purpose: config.chaos_break,
             },
             &self.scenario,
-        )
+        );
+        let mut result = result;
+        result.notes.extend(self.notes);
+        result
     }
 }
 
@@ -636,7 +640,56 @@ async fn check(
     config: &LabConfig,
     recorder: &Recorder,
 ) -> Result<Gathered, LabError> {
-    let _ = (config, recorder);
+    let _ = recorder;
+    let views = cluster.views();
+    let served = |id: &str| {
+        views
+            .iter()
+            .find(|r| r.id == id)
+            .map_or(0, |r| r.requests_served)
+    };
+    let edge = cluster.config.edge;
+    let mut notes = vec![format!(
+        "The balancer asks each replica's /readyz every {} ms (each ask bounded at 1 s) and \
+         gives one try at a replica {} s (its per-try timeout) before a safe request is retried \
+         elsewhere or another gets 504; a safe request waiting on a replica that leaves \
+         rotation is retried at once.",
+        cluster.config.health_interval.as_millis(),
+        edge.upstream_timeout.as_secs_f64()
+    )];
+    match c.fault {
+        Fault::Clock => {
+            if let Some(id) = &c.skewed {
+                notes.push(format!(
+                    "{id} ran with its clock {CLOCK_AHEAD} ahead (libfaketime) and was sent {} \
+                     requests before its drain.",
+                    served(id)
+                ));
+            }
+        }
+        Fault::Cut => {
+            notes.push(format!(
+                "{} reached {} through the lab's proxy, which dropped its connections and \
+                 refused new ones from the start to the end.",
+                chaos::VICTIM,
+                if c.proxies.len() > 1 { "PostgreSQL and Redis" } else { "PostgreSQL" }
+            ));
+        }
+        Fault::RedisRestart => notes.push(
+            "The Redis killed (SIGKILL) and started again, empty, was the scenario's own \
+             redis-server."
+                .to_owned(),
+        ),
+        Fault::PostgresKill => notes.push(
+            "Every connection to the scenario's own database was ended \
+             (pg_terminate_backend); the server itself was not restarted."
+                .to_owned(),
+        ),
+        _ => {}
+    }
+    if let Some(b) = config.chaos_break {
+        notes.push(format!("BROKEN ON PURPOSE (--chaos-break {b:?}): this run tests the checker."));
+    }
     // Every proxy restored, so that the store is read through a replica that reaches it.
     for proxy in &c.proxies {
         proxy.restore();
@@ -681,5 +734,6 @@ async fn check(
         watched,
         revocations,
         scenario: scenario.name.clone(),
+        notes,
     })
 }
