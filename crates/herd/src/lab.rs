@@ -68,7 +68,10 @@ impl OwnRedis {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        anyhow::bail!("redis-server on port {} did not listen within 10 s", self.port)
+        anyhow::bail!(
+            "redis-server on port {} did not listen within 10 s",
+            self.port
+        )
     }
 
     fn kill(&mut self) {
@@ -233,7 +236,10 @@ impl Environment for Stores {
                 let _ = connection.close().await;
                 Ok(())
             }
-            other => Err(format!("{} is not a fault of the shared backends", other.as_str())),
+            other => Err(format!(
+                "{} is not a fault of the shared backends",
+                other.as_str()
+            )),
         }
     }
 

@@ -501,7 +501,9 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
         let mut m: HashMap<(&str, &str), Vec<i64>> = HashMap::new();
         for (room, h) in e.histories {
             for (seq, id) in &h.messages {
-                m.entry((room.as_str(), id.as_str())).or_default().push(*seq);
+                m.entry((room.as_str(), id.as_str()))
+                    .or_default()
+                    .push(*seq);
             }
         }
         m
@@ -556,11 +558,7 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
         sub_seen += seen;
         resumes += w.resumes;
     }
-    let authenticated = e
-        .log
-        .iter()
-        .filter(|l| !matches!(l.what, "login"))
-        .count() as u64;
+    let authenticated = e.log.iter().filter(|l| !matches!(l.what, "login")).count() as u64;
     let logged_out = e
         .log
         .iter()
@@ -610,9 +608,15 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
             None
         };
         after_detection += u64::from(f.started >= detected);
-        let status = f.status.map_or_else(|| "no answer".to_owned(), |s| s.to_string());
+        let status = f
+            .status
+            .map_or_else(|| "no answer".to_owned(), |s| s.to_string());
         match why {
-            Some(why) => *excused.entry(format!("{} ({status}): {why}", f.what)).or_default() += 1,
+            Some(why) => {
+                *excused
+                    .entry(format!("{} ({status}): {why}", f.what))
+                    .or_default() += 1
+            }
             None => {
                 unexcused += 1;
                 if unexcused_list.len() < 10 {
@@ -651,7 +655,10 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
             "no acknowledged message lost",
             lost,
             acked.len() as u64,
-            format!("{} sends acknowledged, looked up in the store after the run", acked.len()),
+            format!(
+                "{} sends acknowledged, looked up in the store after the run",
+                acked.len()
+            ),
         ),
         invariant(
             "no message stored twice for one client id",
@@ -734,7 +741,11 @@ pub(crate) fn subscriber_plan(
     (0..n)
         .map(|i| {
             let user = i % users.max(1);
-            (user, user % rooms.max(1), format!("r{}", i % replicas.max(1) + 1))
+            (
+                user,
+                user % rooms.max(1),
+                format!("r{}", i % replicas.max(1) + 1),
+            )
         })
         .collect()
 }

@@ -29,8 +29,16 @@ const FAULT_END: RGBColor = RGBColor(0, 90, 200);
 fn marks(r: &ScenarioResult) -> Vec<(Option<std::time::Duration>, String, RGBColor)> {
     match r.timeline.fault {
         Some(fault) => vec![
-            (r.timeline.fault_start, format!("{} starts", fault.as_str()), KILL),
-            (r.timeline.fault_end, format!("{} ends", fault.as_str()), FAULT_END),
+            (
+                r.timeline.fault_start,
+                format!("{} starts", fault.as_str()),
+                KILL,
+            ),
+            (
+                r.timeline.fault_end,
+                format!("{} ends", fault.as_str()),
+                FAULT_END,
+            ),
         ],
         None => vec![
             (r.timeline.kill, format!("kill {}", r.timeline.killed), KILL),
@@ -246,7 +254,12 @@ fn chaos_sections(report: &Report, x_end: f64) -> String {
                 cost.detected_after.map_or_else(|| "never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
             );
         }
-        for note in c.excused.iter().map(|e| format!("excused: {e}")).chain(c.notes.iter().cloned()) {
+        for note in c
+            .excused
+            .iter()
+            .map(|e| format!("excused: {e}"))
+            .chain(c.notes.iter().cloned())
+        {
             let _ = write!(page, "<p>{}</p>\n", escape(&note));
         }
         if let Some(r) = report

@@ -200,9 +200,10 @@ pub trait Environment {
     /// before the fault's run, which is then reported as skipped.
     fn can_inject(&self, fault: Fault) -> Result<(), String> {
         match fault {
-            Fault::RedisRestart | Fault::PostgresKill | Fault::Cut => {
-                Err(format!("cannot inject {}: the environment has no way to", fault.as_str()))
-            }
+            Fault::RedisRestart | Fault::PostgresKill | Fault::Cut => Err(format!(
+                "cannot inject {}: the environment has no way to",
+                fault.as_str()
+            )),
             _ => Ok(()),
         }
     }
@@ -277,7 +278,10 @@ pub async fn run(
         let released = env.release(&scenario).await;
         let (result, checked) = result?;
         let checked = checked.ok_or_else(|| {
-            LabError::Timeline(format!("{}: the fault's run was not checked", scenario.name))
+            LabError::Timeline(format!(
+                "{}: the fault's run was not checked",
+                scenario.name
+            ))
         })?;
         released
             .map_err(|e| LabError::Environment(format!("cleaning up {}: {e}", scenario.name)))?;

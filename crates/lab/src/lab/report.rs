@@ -34,7 +34,10 @@ pub(crate) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
     s.serialize_f64(round3(d.as_secs_f64() * 1000.0))
 }
 
-pub(crate) fn optional_seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn optional_seconds<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => seconds(d, s),
         None => s.serialize_none(),
@@ -302,11 +305,15 @@ impl Report {
                 out.push_str(&format!(
                     "  cost: {} failed, slowest {}, recovered after {:.2} s, detected after {}\n",
                     cost.failed,
-                    cost.slowest
-                        .map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+                    cost.slowest.map_or_else(
+                        || "-".to_owned(),
+                        |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+                    ),
                     cost.time_to_recover.as_secs_f64(),
-                    cost.detected_after
-                        .map_or_else(|| "never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+                    cost.detected_after.map_or_else(
+                        || "never".to_owned(),
+                        |d| format!("{:.2} s", d.as_secs_f64())
+                    ),
                 ));
             }
             for e in &c.excused {

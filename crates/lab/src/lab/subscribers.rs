@@ -35,7 +35,10 @@ impl Watched {
     /// twice or out of order, each seq skipped, and each never delivered by the end.
     pub fn check(&self, last: i64) -> (u64, u64) {
         let d = self.damage(last);
-        (d.duplicates + d.skipped + d.undelivered, self.seqs.len() as u64)
+        (
+            d.duplicates + d.skipped + d.undelivered,
+            self.seqs.len() as u64,
+        )
     }
 
     /// What went wrong, by kind.
@@ -93,9 +96,13 @@ pub(crate) async fn run(
     let mut catch_up_until: Option<tokio::time::Instant> = None;
     let ws_base = s.base.replacen("http://", "ws://", 1);
     loop {
-        let target = targets.borrow().as_ref().map(|t| t.get(&s.room).copied().unwrap_or(0));
+        let target = targets
+            .borrow()
+            .as_ref()
+            .map(|t| t.get(&s.room).copied().unwrap_or(0));
         if let Some(target) = target {
-            let until = *catch_up_until.get_or_insert_with(|| tokio::time::Instant::now() + CATCH_UP);
+            let until =
+                *catch_up_until.get_or_insert_with(|| tokio::time::Instant::now() + CATCH_UP);
             let last = watched.seqs.last().copied().unwrap_or(0);
             if last >= target || tokio::time::Instant::now() >= until {
                 return watched;
@@ -134,9 +141,11 @@ pub(crate) async fn run(
             headers.insert("authorization", auth);
             headers.insert("cookie", cookie);
         }
-        let connected =
-            tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(request))
-                .await;
+        let connected = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await;
         let mut ws = match connected {
             Ok(Ok((ws, _))) => ws,
             _ => {

@@ -197,19 +197,27 @@ async fn drive<E: Environment>(
         let step = if drive.chaos.is_some() {
             drive.chaos_tick()
         } else {
-            drive.tick().map(|done| if done { Step::Done } else { Step::Continue })
+            drive
+                .tick()
+                .map(|done| if done { Step::Done } else { Step::Continue })
         };
         match step {
             Ok(Step::Done) => break Ok(()),
             Ok(Step::Continue) => {}
             Ok(Step::Inject(fault)) => {
                 if let Err(e) = env.inject(fault).await {
-                    break Err(LabError::Timeline(format!("injecting {}: {e}", fault.as_str())));
+                    break Err(LabError::Timeline(format!(
+                        "injecting {}: {e}",
+                        fault.as_str()
+                    )));
                 }
             }
             Ok(Step::Heal(fault)) => {
                 if let Err(e) = env.heal(fault).await {
-                    break Err(LabError::Timeline(format!("ending {}: {e}", fault.as_str())));
+                    break Err(LabError::Timeline(format!(
+                        "ending {}: {e}",
+                        fault.as_str()
+                    )));
                 }
                 let now = drive.recorder.now();
                 if let Some(c) = drive.chaos.as_mut() {
@@ -277,22 +285,23 @@ impl<'a> Drive<'a> {
             .collect();
         let chaos = scenario.fault.map(|fault| {
             let (targets, watching) = watch::channel(None);
-            let subscribers = chaos::subscriber_plan(config.users, shared.rooms.len(), config.replicas)
-                .into_iter()
-                .map(|(user, room, replica)| {
-                    tokio::spawn(subscribers::run(
-                        subscribers::Subscriber {
-                            client: shared.client.clone(),
-                            base: base.to_owned(),
-                            user: workload::username(user),
-                            room: shared.rooms[room].clone(),
-                            replica,
-                            no_resume: config.chaos_break == Some(Break::Resume),
-                        },
-                        watching.clone(),
-                    ))
-                })
-                .collect();
+            let subscribers =
+                chaos::subscriber_plan(config.users, shared.rooms.len(), config.replicas)
+                    .into_iter()
+                    .map(|(user, room, replica)| {
+                        tokio::spawn(subscribers::run(
+                            subscribers::Subscriber {
+                                client: shared.client.clone(),
+                                base: base.to_owned(),
+                                user: workload::username(user),
+                                room: shared.rooms[room].clone(),
+                                replica,
+                                no_resume: config.chaos_break == Some(Break::Resume),
+                            },
+                            watching.clone(),
+                        ))
+                    })
+                    .collect();
             let exempt = Exempt::default();
             let started = recorder.started_at();
             let revoker = tokio::spawn(chaos::revoker(
@@ -356,9 +365,21 @@ impl<'a> Drive<'a> {
             self.timeline.users_served_at_kill = self.recorder.served_users();
             let mut step = Step::Continue;
             match c.fault {
-                Fault::Kill => drop(self.cluster.kill(chaos::VICTIM).map_err(|e| failed("killing", e))?),
-                Fault::Pause => drop(self.cluster.pause(chaos::VICTIM).map_err(|e| failed("pausing", e))?),
-                Fault::Drain => drop(self.cluster.drain(chaos::VICTIM).map_err(|e| failed("draining", e))?),
+                Fault::Kill => drop(
+                    self.cluster
+                        .kill(chaos::VICTIM)
+                        .map_err(|e| failed("killing", e))?,
+                ),
+                Fault::Pause => drop(
+                    self.cluster
+                        .pause(chaos::VICTIM)
+                        .map_err(|e| failed("pausing", e))?,
+                ),
+                Fault::Drain => drop(
+                    self.cluster
+                        .drain(chaos::VICTIM)
+                        .map_err(|e| failed("draining", e))?,
+                ),
                 Fault::Cut => {
                     *c.exempt.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((chaos::VICTIM.to_owned(), None));
@@ -372,7 +393,10 @@ impl<'a> Drive<'a> {
             let now = self.recorder.now();
             c.times.start = Some(now);
             self.timeline.fault_start = Some(now);
-            if matches!(c.fault, Fault::Drain | Fault::RedisRestart | Fault::PostgresKill | Fault::Clock) {
+            if matches!(
+                c.fault,
+                Fault::Drain | Fault::RedisRestart | Fault::PostgresKill | Fault::Clock
+            ) {
                 c.times.detected = Some(now);
             }
             if c.fault == Fault::PostgresKill {
@@ -383,9 +407,9 @@ impl<'a> Drive<'a> {
         };
         // Detection: the balancer no longer sends the replica requests.
         if c.times.detected.is_none() {
-            let out = views.iter().any(|r| {
-                r.id == chaos::VICTIM && matches!(r.state, State::Down | State::Dead)
-            });
+            let out = views
+                .iter()
+                .any(|r| r.id == chaos::VICTIM && matches!(r.state, State::Down | State::Dead));
             if out {
                 c.times.detected = Some(t);
             }
@@ -407,7 +431,11 @@ impl<'a> Drive<'a> {
             let mut step = Step::Continue;
             match c.fault {
                 Fault::Pause => {
-                    drop(self.cluster.resume(chaos::VICTIM).map_err(|e| failed("resuming", e))?);
+                    drop(
+                        self.cluster
+                            .resume(chaos::VICTIM)
+                            .map_err(|e| failed("resuming", e))?,
+                    );
                 }
                 Fault::Cut => {
                     for proxy in &c.proxies {
@@ -672,7 +700,11 @@ async fn check(
                 "{} reached {} through the lab's proxy, which dropped its connections and \
                  refused new ones from the start to the end.",
                 chaos::VICTIM,
-                if c.proxies.len() > 1 { "PostgreSQL and Redis" } else { "PostgreSQL" }
+                if c.proxies.len() > 1 {
+                    "PostgreSQL and Redis"
+                } else {
+                    "PostgreSQL"
+                }
             ));
         }
         Fault::RedisRestart => notes.push(
@@ -688,7 +720,9 @@ async fn check(
         _ => {}
     }
     if let Some(b) = config.chaos_break {
-        notes.push(format!("BROKEN ON PURPOSE (--chaos-break {b:?}): this run tests the checker."));
+        notes.push(format!(
+            "BROKEN ON PURPOSE (--chaos-break {b:?}): this run tests the checker."
+        ));
     }
     // Every proxy restored, so that the store is read through a replica that reaches it.
     for proxy in &c.proxies {
@@ -703,8 +737,12 @@ async fn check(
             .and_then(|r| r.port);
         let attempt = match replica {
             Some(port) => {
-                chaos::read_histories(&shared.client, &format!("http://127.0.0.1:{port}"), &shared.rooms)
-                    .await
+                chaos::read_histories(
+                    &shared.client,
+                    &format!("http://127.0.0.1:{port}"),
+                    &shared.rooms,
+                )
+                .await
             }
             None => Err(LabError::Timeline("no replica is up".into())),
         };
@@ -721,7 +759,11 @@ async fn check(
     let _ = c.targets.send(Some(last));
     let mut watched = Vec::new();
     for subscriber in c.subscribers {
-        watched.push(subscriber.await.map_err(|e| LabError::Timeline(format!("a subscriber: {e}")))?);
+        watched.push(
+            subscriber
+                .await
+                .map_err(|e| LabError::Timeline(format!("a subscriber: {e}")))?,
+        );
     }
     let revocations = c
         .revoker
