@@ -226,16 +226,16 @@ fn latency_over_time_chart(r: &ScenarioResult, x_end: f64) -> String {
 fn chaos_sections(report: &Report, x_end: f64) -> String {
     let mut page = String::from("<h2>Faults</h2>\n");
     for c in &report.chaos {
-        let _ = write!(page, "<h3>{}: {}</h3>\n", c.fault.as_str(), c.status);
+        let _ = writeln!(page, "<h3>{}: {}</h3>", c.fault.as_str(), c.status);
         if let Some(reason) = &c.reason {
-            let _ = write!(page, "<p>Skipped: {}</p>\n", escape(reason));
+            let _ = writeln!(page, "<p>Skipped: {}</p>", escape(reason));
             continue;
         }
         page.push_str("<table><tr><th>invariant</th><th>held</th><th>broken</th><th>checked</th><th>what was checked</th></tr>\n");
         for i in &c.invariants {
-            let _ = write!(
+            let _ = writeln!(
                 page,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(i.name),
                 if i.held { "held" } else { "<b>broken</b>" },
                 i.broken,
@@ -245,9 +245,9 @@ fn chaos_sections(report: &Report, x_end: f64) -> String {
         }
         page.push_str("</table>\n");
         if let Some(cost) = &c.cost {
-            let _ = write!(
+            let _ = writeln!(
                 page,
-                "<p>Cost: {} failed requests; slowest request around the fault {}; recovered {:.2} s after the start; the balancer stopped using the replica {} after the start.</p>\n",
+                "<p>Cost: {} failed requests; slowest request around the fault {}; recovered {:.2} s after the start; the balancer stopped using the replica {} after the start.</p>",
                 cost.failed,
                 cost.slowest.map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
                 cost.time_to_recover.as_secs_f64(),
@@ -260,7 +260,7 @@ fn chaos_sections(report: &Report, x_end: f64) -> String {
             .map(|e| format!("excused: {e}"))
             .chain(c.notes.iter().cloned())
         {
-            let _ = write!(page, "<p>{}</p>\n", escape(&note));
+            let _ = writeln!(page, "<p>{}</p>", escape(&note));
         }
         if let Some(r) = report
             .scenarios
@@ -497,6 +497,9 @@ mod tests {
             rooms: 1,
             out_dir: "unused".into(),
             progress: false,
+            chaos: Vec::new(),
+            chaos_break: None,
+            faketime: None,
             setup_timeout: s(1),
             store: "SQLite <test>".into(),
         };
