@@ -57,6 +57,19 @@ step chat env RATE=50 WARMUP=0.5 DURATION=1 LAT_SUBSCRIBERS=2 POLL_INTERVALS=10m
     LAT_DIAGNOSTIC=0 QUIET_WAIT=0 ATTEMPTS=1 NOISE_MAX=1000 RUN_TIMEOUT=60 bench/chat.sh
 step store-load env N=20 N_SLOW=5 IDLE_S=1 STABLE_S=0.5 bench/store-load.py
 
+# herd lab --chaos (docs/lab.md, "Chaos"): every fault SQLite can take, at a tiny size
+# (PostgreSQL and Redis are crates/herd/tests/it/lab.rs's); it fails when an invariant
+# breaks, and the check below when a fault that ran checked nothing.
+step chaos "$HERD_BIN" lab --chaos all --users 6 --no-progress --warmup 1s --kill-at 2s \
+    --add-at 3s --stop-at 4s --out "$scratch/chaos" \
+    -- --argon2-memory-kib 64 --argon2-iterations 1
+python3 - "$scratch/chaos/results.json" <<'PY' || { echo "bench smoke: the chaos run measured nothing" >&2; exit 1; }
+import json, sys
+chaos = json.load(open(sys.argv[1]))["chaos"]
+ran = [c for c in chaos if c["status"] == "ran"]
+assert ran and all(i["checked"] > 0 for c in ran for i in c["invariants"]), chaos
+PY
+
 for section in wrk strategies chat store-load; do
     grep -q "<!-- $section:begin -->" "$HERD_BENCH_DOCS" ||
         { echo "bench smoke: no $section section was written" >&2; exit 1; }
