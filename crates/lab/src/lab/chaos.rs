@@ -586,8 +586,9 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
             continue;
         }
         let post = matches!(f.what, "send" | "join" | "login" | "refresh");
-        let why = if f.started < detected {
-            Some(match (e.fault.on_a_replica(), post, f.status) {
+        let why =
+            if f.started < detected {
+                Some(match (e.fault.on_a_replica(), post, f.status.as_ref().ok()) {
                 (true, true, _) => {
                     "sent to the faulty replica before the balancer took it out: a POST the \
                      balancer cannot replay, since it may have reached the replica"
@@ -599,18 +600,19 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
                 (true, false, None) => "in flight on the faulty replica",
                 (false, _, _) => "in flight when the shared backend went away",
             })
-        } else if !e.fault.on_a_replica() && f.started <= end {
-            Some(
-                "while the one backend every replica shares was down: no replica can serve \
+            } else if !e.fault.on_a_replica() && f.started <= end {
+                Some(
+                    "while the one backend every replica shares was down: no replica can serve \
                  what needs it",
-            )
-        } else {
-            None
-        };
+                )
+            } else {
+                None
+            };
         after_detection += u64::from(f.started >= detected);
-        let status = f
-            .status
-            .map_or_else(|| "no answer".to_owned(), |s| s.to_string());
+        let status = match &f.status {
+            Ok(code) => code.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
         match why {
             Some(why) => {
                 *excused
@@ -621,8 +623,11 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
                 unexcused += 1;
                 if unexcused_list.len() < 10 {
                     unexcused_list.push(format!(
-                        "failed after detection: {} ({status}) started at {:.3} s, took {:.0} ms",
+                        "failed after detection: {} ({}) started at {:.3} s, took {:.0} ms",
                         f.what,
+                        f.status
+                            .as_ref()
+                            .map_or_else(Clone::clone, ToString::to_string),
                         f.started.as_secs_f64(),
                         f.latency.as_secs_f64() * 1000.0
                     ));
@@ -838,7 +843,7 @@ mod tests {
             latency: Duration::from_millis(5),
             what: "me",
             outcome: Outcome::Failed,
-            status: Some(502),
+            status: Ok(502),
         };
         let log = [failure(3), failure(5)];
         let r = check(&evidence(&[], &good, &[], &revocations, &log), "s");

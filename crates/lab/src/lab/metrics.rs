@@ -100,8 +100,8 @@ pub(crate) struct Logged {
     /// `login`, `refresh`, `join`, `me`, `history`, `send`.
     pub what: &'static str,
     pub outcome: Outcome,
-    /// The status, when there was an answer.
-    pub status: Option<u16>,
+    /// The status, or why there was no answer.
+    pub status: Result<u16, String>,
 }
 
 /// A send the server acknowledged (2xx with the stored message's seq).
@@ -261,7 +261,7 @@ impl Recorder {
         started: Duration,
         what: &'static str,
         outcome: Outcome,
-        status: Option<u16>,
+        status: Result<u16, String>,
     ) {
         let latency = self.now().saturating_sub(started);
         self.inner().log.push(Logged {

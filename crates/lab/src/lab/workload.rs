@@ -126,8 +126,21 @@ async fn send(
     })
 }
 
-fn status(answer: &Result<Answer, reqwest::Error>) -> Option<u16> {
-    answer.as_ref().ok().map(|a| a.status.as_u16())
+/// The status of an answer, or why there was none (for the chaos checks' notes).
+fn status(answer: &Result<Answer, reqwest::Error>) -> Result<u16, String> {
+    match answer {
+        Ok(a) => Ok(a.status.as_u16()),
+        Err(e) => {
+            // reqwest's own message is "error sending request"; the cause says more.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                why = format!("{why}: {cause}");
+                source = cause.source();
+            }
+            Err(why)
+        }
+    }
 }
 
 fn classify(answer: &Result<Answer, reqwest::Error>) -> Outcome {
