@@ -274,6 +274,13 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_BUS", value_enum, default_value_t = BusArg::Auto)]
     pub bus: BusArg,
 
+    /// How long a logout (or another revocation) waits for every live replica to
+    /// confirm that it refuses the session's tokens before answering anyway; the answer
+    /// then names the replicas that had not confirmed (header herd-unconfirmed), and
+    /// they refuse at their next upkeep.
+    #[arg(long, env = "HERD_CONFIRM_DEADLINE", default_value = "1s", value_parser = parse_duration)]
+    pub confirm_deadline: Duration,
+
     /// How often the SQL-tail bus polls the event log (e.g. 50ms).
     #[arg(long, env = "HERD_BUS_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub bus_poll_interval: Duration,
@@ -931,6 +938,7 @@ impl ServeArgs {
             connections: self.connection_limits()?,
             issuer_follows_listen: self.identity.issuer.is_none(),
             drain_delay: self.drain_delay,
+            confirm_deadline: self.confirm_deadline,
         })
     }
 
