@@ -87,11 +87,20 @@ pub enum KeysCommand {
     /// ignoring --key-publish-delay: verifiers whose JWKS cache lacks the new key refuse
     /// its tokens until their cache expires, which beats accepting tokens signed with a
     /// leaked key. Sessions survive: clients refresh and get tokens from the new key.
+    /// It joins the replicas' bus (the database's event log, or --redis-url) and
+    /// returns once every live replica has confirmed dropping the key, or after
+    /// --confirm-deadline, naming those that had not.
     Revoke {
         /// The id of the key to withdraw, as `herd keys list` shows it.
         kid: String,
         #[command(flatten)]
         identity: IdentityArgs,
+        /// The replicas' Redis bus, when they use one; else the database's event log.
+        #[arg(long, env = "HERD_REDIS_URL")]
+        redis_url: Option<String>,
+        /// How long to wait for every live replica to confirm.
+        #[arg(long, env = "HERD_CONFIRM_DEADLINE", default_value = "1s", value_parser = parse_duration)]
+        confirm_deadline: Duration,
     },
 }
 
