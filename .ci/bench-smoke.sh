@@ -57,7 +57,7 @@ step chat env RATE=50 WARMUP=0.5 DURATION=1 LAT_SUBSCRIBERS=2 POLL_INTERVALS=10m
     TP_SUBSCRIBERS=2 TP_BUSES="in-process redis" IDLE_CONNECTIONS=20 IDLE_BATCH=10 \
     LAT_DIAGNOSTIC=0 QUIET_WAIT=0 ATTEMPTS=1 NOISE_MAX=1000 RUN_TIMEOUT=60 bench/chat.sh
 step store-load env N=20 N_SLOW=5 IDLE_S=1 STABLE_S=0.5 bench/store-load.py
-step logout env LOGOUTS=5 BUSES="sqlite-sql postgres-sql postgres-redis" bench/logout.sh
+step logout env LOGOUTS=5 BASELINE=0 BUSES="sqlite-sql postgres-sql postgres-redis" bench/logout.sh
 
 for section in wrk strategies chat store-load logout; do
     grep -q "<!-- $section:begin -->" "$HERD_BENCH_DOCS" ||

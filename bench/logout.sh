@@ -14,6 +14,8 @@
 #   BUSES="sqlite-sql postgres-sql postgres-redis"
 #   REPLICAS=3
 #   POLL_INTERVAL=50ms   the SQL tail's --bus-poll-interval (herd serve's default)
+#   BASELINE=1           also run each bus with --confirm-deadline 0s: the logout answers
+#                        without waiting for confirmations, as herd did before them
 #   PG_PORT=5432 PG_ADMIN_DB=postgres   PostgreSQL on 127.0.0.1 (user postgres, trust)
 #   REDIS_PORT=6379 REDIS_DB=11         Redis on 127.0.0.1; the login meters go in this
 #                        db index, under keys that expire (nothing is flushed)
@@ -37,6 +39,7 @@ PG_ADMIN_DB=${PG_ADMIN_DB:-postgres}
 REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_DB=${REDIS_DB:-11}
 STARTUP_TIMEOUT_S=${STARTUP_TIMEOUT_S:-60}
+BASELINE=${BASELINE:-1}
 
 INVOCATION="bench/logout.sh (LOGOUTS=$LOGOUTS REPLICAS=$REPLICAS POLL_INTERVAL=$POLL_INTERVAL)"
 
@@ -59,12 +62,12 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Starts `herd cluster` on the given database (and Redis URL, if any) as the bench's
 # "server" (bench_stop_server stops it, and its replicas with it); sets BASE.
-start_cluster() { # name database [redis-url]
-    local name=$1 database=$2 redis=${3:-}
+start_cluster() { # name deadline database [redis-url]
+    local name=$1 deadline=$2 database=$3 redis=${4:-}
     SERVER_LOG=$WORK/cluster-$name.log
     local args=(cluster --listen 127.0.0.1:0 --replicas "$REPLICAS" --database "$database")
-    [[ -n $redis ]] && args+=(--redis-url "$redis")
-    args+=(-- --bus-poll-interval "$POLL_INTERVAL" --login-limit-address off
+    if [[ -n $redis ]]; then args+=(--redis-url "$redis"); fi
+    args+=(-- --bus-poll-interval "$POLL_INTERVAL" --confirm-deadline "$deadline" --login-limit-address off
         --login-limit-account off --login-limit-account-address off --signup-limit-address off)
     log "starting herd ${args[*]}"
     HERD_LOG_FORMAT=json RUST_LOG=info "$HERD" --log-format json "${args[@]}" >"$SERVER_LOG" 2>&1 &
@@ -91,7 +94,7 @@ PY
 }
 
 # Runs the client against BASE; prints one JSON line of results.
-measure() { # name
+measure() {
     python3 - "$BASE" "$LOGOUTS" "$REPLICAS" "$STARTUP_TIMEOUT_S" <<'PY'
 import http.client, json, secrets, statistics, sys, time, urllib.parse
 
@@ -131,11 +134,13 @@ status, _, body = call("POST", "/v1/auth/signup", user)
 assert status == 201, (status, body)
 
 latencies, accepted, unconfirmed, refusers = [], 0, 0, set()
-for _ in range(logouts):
+for i in range(logouts):
     status, _, body = call("POST", "/v1/auth/login", user)
     assert status == 200, (status, body)
     token = json.loads(body)["access_token"]
-    for _ in range(replicas):
+    # Every replica verifies (and caches) the token; one more now and then, so that the
+    # logout lands on each replica in turn.
+    for _ in range(replicas + i % replicas):
         status, _, _ = call("GET", "/v1/me", token=token)
         assert status == 200, status
     started = time.perf_counter()
@@ -164,22 +169,30 @@ PY
 }
 
 declare -A RESULT=()
+RUNS=()
 for bus in $BUSES; do
+    RUNS+=("$bus")
+    if [[ $BASELINE == 1 ]]; then RUNS+=("$bus/no-wait"); fi
+done
+for run in "${RUNS[@]}"; do
+    bus=${run%/no-wait}
+    deadline=1s
+    if [[ $run == */no-wait ]]; then deadline=0s; fi
     case $bus in
-        sqlite-sql) start_cluster "$bus" "sqlite://$WORK/herd-$bus.db" ;;
+        sqlite-sql) start_cluster "${run//\//-}" "$deadline" "sqlite://$WORK/herd-${run//\//-}.db" ;;
         postgres-sql | postgres-redis)
             command -v psql >/dev/null || die "psql is required for $bus"
             PG_DB=herd_bench_logout_$$_$RANDOM
             psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$PG_ADMIN_DB" -c "CREATE DATABASE \"$PG_DB\"" >/dev/null
             redis=
-            [[ $bus == postgres-redis ]] && redis=redis://127.0.0.1:$REDIS_PORT/$REDIS_DB
-            start_cluster "$bus" "postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB" "$redis"
+            if [[ $bus == postgres-redis ]]; then redis=redis://127.0.0.1:$REDIS_PORT/$REDIS_DB; fi
+            start_cluster "${run//\//-}" "$deadline" "postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB" "$redis"
             ;;
         *) die "unknown bus $bus" ;;
     esac
-    log "measuring $bus: $LOGOUTS logouts through $BASE"
-    RESULT[$bus]=$(measure "$bus") || die "$bus: the client failed"
-    log "$bus: ${RESULT[$bus]}"
+    log "measuring $run: $LOGOUTS logouts through $BASE (--confirm-deadline $deadline)"
+    RESULT[$run]=$(measure) || die "$run: the client failed"
+    log "$run: ${RESULT[$run]}"
     bench_stop_server
     bench_on_exit
     PG_DB=
@@ -187,8 +200,8 @@ done
 
 field() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
-for bus in $BUSES; do
-    (($(field "${RESULT[$bus]}" logouts) > 0)) || die "$bus: no logout was measured"
+for run in "${RUNS[@]}"; do
+    (($(field "${RESULT[$run]}" logouts) > 0)) || die "$run: no logout was measured"
 done
 
 SECTION=$(
@@ -196,12 +209,14 @@ SECTION=$(
     printf '### Read-your-logout across replicas\n\n'
     printf 'Command: `%s`, profile `%s`. `herd cluster` with %s replicas; a client through the\n' "$INVOCATION" "$PROFILE" "$REPLICAS"
     printf 'balancer logs in, touches every replica, logs out (timed), and at once sends the same\n'
-    printf 'access token again, which the round-robin balancer hands to another replica.\n\n'
+    printf 'access token again, which the round-robin balancer hands to another replica.\n'
+    printf 'Rows marked `no-wait` run `--confirm-deadline 0s`: the logout answers without waiting\n'
+    printf 'for confirmations, as herd did before them.\n\n'
     printf '| bus | logouts | token accepted after logout | answers naming an unconfirmed replica | logout p50 | logout p99 |\n'
     printf '|---|---:|---:|---:|---:|---:|\n'
-    for bus in $BUSES; do
-        r=${RESULT[$bus]}
-        printf '| %s | %s | %s | %s | %s | %s |\n' "$bus" "$(field "$r" logouts)" "$(field "$r" accepted)" \
+    for run in "${RUNS[@]}"; do
+        r=${RESULT[$run]}
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$run" "$(field "$r" logouts)" "$(field "$r" accepted)" \
             "$(field "$r" unconfirmed)" "$(fmt_us "$(field "$r" p50_us)")" "$(fmt_us "$(field "$r" p99_us)")"
     done
     printf '\n'
