@@ -86,7 +86,10 @@ impl SqlTail {
     /// Polls every [`HURRIED_POLL`] for the next `span`, starting now.
     pub(crate) fn hurry(&self, span: Duration) {
         let until = Instant::now() + span;
-        let mut hurried = self.hurried_until.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut hurried = self
+            .hurried_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         *hurried = Some(hurried.map_or(until, |at| at.max(until)));
         drop(hurried);
         self.wake.notify_one();
@@ -146,7 +149,10 @@ impl Poller {
 
     /// The poll interval now: [`HURRIED_POLL`] while someone waits for news.
     fn interval(&self) -> Duration {
-        let hurried = self.hurried_until.lock().unwrap_or_else(PoisonError::into_inner);
+        let hurried = self
+            .hurried_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match *hurried {
             Some(until) if Instant::now() < until => HURRIED_POLL.min(self.poll_interval),
             _ => self.poll_interval,

@@ -94,9 +94,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     let mut tasks = tokio::task::JoinSet::new();
                     news::relay(confirmations.clone(), &mut tasks).await;
                     tokio::time::sleep(news::HEARTBEAT + Duration::from_millis(500)).await;
-                    let (done, unconfirmed) = confirmations
-                        .revoke_everywhere(auth.revoke_key(&kid))
-                        .await;
+                    let (done, unconfirmed) =
+                        confirmations.revoke_everywhere(auth.revoke_key(&kid)).await;
                     let done = done.context("revoking a signing key")?;
                     let _ = confirmations.announce(true).await;
                     tasks.shutdown().await;

@@ -697,7 +697,11 @@ impl Auth {
 
     /// Numbers `notice` and sends it to whoever listens.
     fn announce(&self, notice: Notice) {
-        let mut announced = self.inner.announced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut announced = self
+            .inner
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         *announced += 1;
         let _ = self.inner.notices.send((*announced, notice));
     }
@@ -706,7 +710,11 @@ impl Auth {
     /// that reads it after a revocation returned knows that the revocation's notice is
     /// numbered at most this, and can wait for the other replicas to confirm it.
     pub fn announced(&self) -> u64 {
-        *self.inner.announced.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .inner
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies a revocation another replica announced.

@@ -345,8 +345,7 @@ impl Confirmations {
     /// Tells the publisher of `from` that its notice is applied here, if it is a peer
     /// of this deployment and not this replica.
     async fn confirm(&self, from: &Origin) {
-        if from.deployment != self.inner.deployment || from.incarnation == self.inner.incarnation
-        {
+        if from.deployment != self.inner.deployment || from.incarnation == self.inner.incarnation {
             return;
         }
         let confirm = Confirm {

@@ -305,7 +305,13 @@ async fn keys_revoke_returns_once_every_live_replica_refuses_the_key() {
     let replica = Replica::start("k1", &db, &flags);
     let client = reqwest::Client::new();
     let credentials = json!({ "username": "keyholder", "password": "correct horse" });
-    post(&client, replica.url("/v1/auth/signup"), None, credentials.clone()).await;
+    post(
+        &client,
+        replica.url("/v1/auth/signup"),
+        None,
+        credentials.clone(),
+    )
+    .await;
     let login = post(&client, replica.url("/v1/auth/login"), None, credentials).await;
     let token = login["access_token"].as_str().expect("token").to_owned();
     let me = |token: String| {
@@ -346,12 +352,20 @@ async fn keys_revoke_returns_once_every_live_replica_refuses_the_key() {
     .await
     .expect("joined");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains("every live replica (k1) refuses its tokens now"),
         "{stdout}"
     );
-    assert_eq!(me(token).await, 401, "refused as soon as the command returned");
+    assert_eq!(
+        me(token).await,
+        401,
+        "refused as soon as the command returned"
+    );
 }
 
 async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {

@@ -869,14 +869,19 @@ fn a_replica_cut_off_from_the_bus_still_learns_of_logouts_from_the_store() {
                 .await
                 .ok()
         })?;
-        text.lines()
-            .any(|l| l == "herd_live_peers 1")
-            .then_some(())
+        text.lines().any(|l| l == "herd_live_peers 1").then_some(())
     });
     let warm = login(&lb, a, "bus_warm_user");
     let answer = logout_on_a(&warm);
-    assert_eq!(answer.unconfirmed, None, "rb confirms while it hears the bus: {answer:?}");
-    assert_eq!(me_on_b(&warm).status, 401, "refused on rb once the logout answered");
+    assert_eq!(
+        answer.unconfirmed, None,
+        "rb confirms while it hears the bus: {answer:?}"
+    );
+    assert_eq!(
+        me_on_b(&warm).status,
+        401,
+        "refused on rb once the logout answered"
+    );
 
     let during = login(&lb, a, "bus_cut_user");
     assert_eq!(me_on_b(&during).status, 200);

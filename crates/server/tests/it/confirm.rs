@@ -39,7 +39,10 @@ fn unthrottled() -> ThrottleConfig {
 
 /// A username no other run of the test has used (Redis-backed meters outlive a run).
 fn fresh_user(prefix: &str) -> String {
-    format!("{prefix}{}", &herd_identity::random_id().replace('-', "")[..8])
+    format!(
+        "{prefix}{}",
+        &herd_identity::random_id().replace('-', "")[..8]
+    )
 }
 
 /// Three replicas on one SQLite file and one bus, each knowing the other two as live.
@@ -66,7 +69,11 @@ async fn until_live(replica: &TestApp, ids: &[&str]) {
     let started = Instant::now();
     loop {
         let live = replica.state.confirmations().live_peers();
-        if ids.iter().filter(|id| **id != me).all(|id| live.iter().any(|l| l == id)) {
+        if ids
+            .iter()
+            .filter(|id| **id != me)
+            .all(|id| live.iter().any(|l| l == id))
+        {
             return;
         }
         assert!(
@@ -199,7 +206,10 @@ async fn a_replica_that_never_confirms_is_named(kind: BusKind) {
         "{kind:?}: the silent replica is named, the confirming one is not"
     );
     // The replica that confirmed refuses the token already.
-    assert_eq!(r2.me(&tokens.access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r2.me(&tokens.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -226,7 +236,13 @@ async fn a_stopped_replica_is_not_waited_for() {
     r3.stop().await.expect("r3 stops");
     let r1 = &replicas[0];
     let started = Instant::now();
-    while r1.state.confirmations().live_peers().iter().any(|id| id == "r3") {
+    while r1
+        .state
+        .confirmations()
+        .live_peers()
+        .iter()
+        .any(|id| id == "r3")
+    {
         assert!(started.elapsed() < Duration::from_secs(10), "r3 still live");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
