@@ -155,7 +155,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// This replica's id, sent in x-herd-replica [default: HOSTNAME:PORT].
+    /// This replica's id, sent in x-herd-replica and named in herd-unconfirmed; unique
+    /// among the replicas sharing a store [default: HOSTNAME:PORT].
     #[arg(long, env = "HERD_REPLICA_ID")]
     pub replica_id: Option<String>,
 

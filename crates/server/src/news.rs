@@ -309,6 +309,15 @@ impl Confirmations {
         if presence.incarnation == self.inner.incarnation {
             return;
         }
+        if presence.replica == self.inner.replica {
+            // Peers would take one's confirmations for the other's: the guarantee needs
+            // ids unique within a deployment.
+            tracing::warn!(
+                replica = %presence.replica,
+                "another replica announces this replica's id; give each replica its own --replica-id"
+            );
+            return;
+        }
         let mut peers = self.peers();
         if presence.leaving {
             peers.seen.remove(&presence.replica);
