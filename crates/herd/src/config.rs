@@ -91,7 +91,9 @@ pub enum KeysCommand {
     /// returns once every live replica has confirmed dropping the key, or after
     /// --confirm-deadline, naming those that had not.
     Revoke {
-        /// The id of the key to withdraw, as `herd keys list` shows it.
+        /// The id of the key to withdraw, as `herd keys list` shows it. A kid is
+        /// base64url and may start with `-`: it is taken as the kid, not as a flag.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[command(flatten)]
         identity: IdentityArgs,
