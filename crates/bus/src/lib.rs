@@ -230,6 +230,17 @@ impl Bus {
         }
     }
 
+    /// Someone on this replica awaits answers from the others for the next `span` (the
+    /// confirmations of a revocation): on the SQL tail, the poller reads the log every
+    /// few milliseconds until then instead of every poll interval, so that an answer
+    /// costs no whole interval more than it must. The other backends deliver at once
+    /// and ignore it.
+    pub fn hurry(&self, span: Duration) {
+        if let Backend::SqlTail(tail) = &self.inner.backend {
+            tail.hurry(span);
+        }
+    }
+
     /// Whether the backend answers now (within a second), for readiness. On Redis,
     /// also whether the subscribing connection is up.
     pub async fn healthy(&self) -> bool {

@@ -2,7 +2,7 @@
 //! learn of each other's messages by polling it, one poller per [`Bus`](crate::Bus).
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_store::Store;
@@ -25,6 +25,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// catches up, rather than loading the whole backlog at once.
 const BATCH: i64 = 500;
 
+/// The poll interval while someone waits for news (see [`SqlTail::hurry`]): answers to
+/// a message this replica published (confirmations of a revocation) are read within
+/// about this long, not a whole poll interval later.
+const HURRIED_POLL: Duration = Duration::from_millis(2);
+
 #[derive(Debug)]
 pub(crate) struct SqlTail {
     store: Store,
@@ -33,6 +38,8 @@ pub(crate) struct SqlTail {
     wake: Arc<Notify>,
     /// The id of the last event the poller handed out.
     cursor: Arc<AtomicI64>,
+    /// Until when the poller polls every [`HURRIED_POLL`] instead of its interval.
+    hurried_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl SqlTail {
@@ -48,12 +55,14 @@ impl SqlTail {
             store: store.clone(),
             wake: Arc::new(Notify::new()),
             cursor: Arc::new(AtomicI64::new(start)),
+            hurried_until: Arc::default(),
         };
         let poller = Poller {
             store,
             hub,
             wake: tail.wake.clone(),
             cursor: tail.cursor.clone(),
+            hurried_until: tail.hurried_until.clone(),
             poll_interval,
             last_read: Instant::now(),
             failing: false,
@@ -72,6 +81,18 @@ impl SqlTail {
             .map_err(unavailable)?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Polls every [`HURRIED_POLL`] for the next `span`, starting now.
+    pub(crate) fn hurry(&self, span: Duration) {
+        let until = Instant::now() + span;
+        let mut hurried = self
+            .hurried_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *hurried = Some(hurried.map_or(until, |at| at.max(until)));
+        drop(hurried);
+        self.wake.notify_one();
     }
 
     /// Opens the subscription, then reads where the log ends: every event after that
@@ -105,6 +126,7 @@ struct Poller {
     hub: Arc<Hub>,
     wake: Arc<Notify>,
     cursor: Arc<AtomicI64>,
+    hurried_until: Arc<Mutex<Option<Instant>>>,
     poll_interval: Duration,
     /// When the log was last read successfully.
     last_read: Instant,
@@ -117,11 +139,23 @@ impl Poller {
     async fn run(mut self) {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(self.poll_interval) => {}
+                () = tokio::time::sleep(self.interval()) => {}
                 () = self.wake.notified() => {}
             }
             self.poll().await;
             self.prune().await;
+        }
+    }
+
+    /// The poll interval now: [`HURRIED_POLL`] while someone waits for news.
+    fn interval(&self) -> Duration {
+        let hurried = self
+            .hurried_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *hurried {
+            Some(until) if Instant::now() < until => HURRIED_POLL.min(self.poll_interval),
+            _ => self.poll_interval,
         }
     }
 

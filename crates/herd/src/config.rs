@@ -87,11 +87,22 @@ pub enum KeysCommand {
     /// ignoring --key-publish-delay: verifiers whose JWKS cache lacks the new key refuse
     /// its tokens until their cache expires, which beats accepting tokens signed with a
     /// leaked key. Sessions survive: clients refresh and get tokens from the new key.
+    /// It joins the replicas' bus (the database's event log, or --redis-url) and
+    /// returns once every live replica has confirmed dropping the key, or after
+    /// --confirm-deadline, naming those that had not.
     Revoke {
-        /// The id of the key to withdraw, as `herd keys list` shows it.
+        /// The id of the key to withdraw, as `herd keys list` shows it. A kid is
+        /// base64url and may start with `-`: it is taken as the kid, not as a flag.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[command(flatten)]
         identity: IdentityArgs,
+        /// The replicas' Redis bus, when they use one; else the database's event log.
+        #[arg(long, env = "HERD_REDIS_URL")]
+        redis_url: Option<String>,
+        /// How long to wait for every live replica to confirm.
+        #[arg(long, env = "HERD_CONFIRM_DEADLINE", default_value = "1s", value_parser = parse_duration)]
+        confirm_deadline: Duration,
     },
 }
 
@@ -146,7 +157,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// This replica's id, sent in x-herd-replica [default: HOSTNAME:PORT].
+    /// This replica's id, sent in x-herd-replica and named in herd-unconfirmed; unique
+    /// among the replicas sharing a store [default: HOSTNAME:PORT].
     #[arg(long, env = "HERD_REPLICA_ID")]
     pub replica_id: Option<String>,
 
@@ -273,6 +285,13 @@ pub struct ServeArgs {
     /// replica only.
     #[arg(long, env = "HERD_BUS", value_enum, default_value_t = BusArg::Auto)]
     pub bus: BusArg,
+
+    /// How long a logout (or another revocation) waits for every live replica to
+    /// confirm that it refuses the session's tokens before answering anyway; the answer
+    /// then names the replicas that had not confirmed (header herd-unconfirmed), and
+    /// they refuse at their next upkeep.
+    #[arg(long, env = "HERD_CONFIRM_DEADLINE", default_value = "1s", value_parser = parse_duration)]
+    pub confirm_deadline: Duration,
 
     /// How often the SQL-tail bus polls the event log (e.g. 50ms).
     #[arg(long, env = "HERD_BUS_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
@@ -969,6 +988,7 @@ impl ServeArgs {
             connections: self.connection_limits()?,
             issuer_follows_listen: self.identity.issuer.is_none(),
             drain_delay: self.drain_delay,
+            confirm_deadline: self.confirm_deadline,
         })
     }
 

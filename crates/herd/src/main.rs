@@ -8,11 +8,14 @@ mod manifests;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use herd_bus::{Bus, DEFAULT_POLL_INTERVAL};
 use herd_identity::{Auth, SystemClock};
 use herd_server::app::{bind, open_store, Schema};
+use herd_server::news::{self, Unconfirmed};
 use herd_server::App;
 
 use crate::config::{Cli, ClusterArgs, Command, KeysCommand, LogFormat};
@@ -70,12 +73,33 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .rotate_keys()
                     .await
                     .context("rotating the signing keys")?,
-                KeysCommand::Revoke { kid, .. } => {
-                    let done = auth
-                        .revoke_key(&kid)
-                        .await
-                        .context("revoking a signing key")?;
-                    print_revoked(&done);
+                KeysCommand::Revoke {
+                    kid,
+                    redis_url,
+                    confirm_deadline,
+                    ..
+                } => {
+                    let bus = match &redis_url {
+                        Some(url) => Bus::redis(url).await.context("connecting to --redis-url")?,
+                        None => Bus::sql_tail(auth.store().clone(), DEFAULT_POLL_INTERVAL)
+                            .await
+                            .context("reading the database's event log")?,
+                    };
+                    // This command joins the bus as a short-lived member, learns who is
+                    // live from their announcements (one heartbeat and a margin), then
+                    // revokes through the one path every revocation takes.
+                    let me = format!("herd-keys-{}", &herd_identity::random_id()[..8]);
+                    let confirmations =
+                        news::Confirmations::new(auth.clone(), bus, &me, confirm_deadline);
+                    let mut tasks = tokio::task::JoinSet::new();
+                    news::relay(confirmations.clone(), &mut tasks).await;
+                    tokio::time::sleep(news::HEARTBEAT + Duration::from_millis(500)).await;
+                    let (done, unconfirmed) =
+                        confirmations.revoke_everywhere(auth.revoke_key(&kid)).await;
+                    let done = done.context("revoking a signing key")?;
+                    let _ = confirmations.announce(true).await;
+                    tasks.shutdown().await;
+                    print_revoked(&done, &confirmations.live_peers(), &unconfirmed);
                     done.keys
                 }
             };
@@ -141,14 +165,22 @@ fn init_logging(format: LogFormat, default_filter: &str) {
 }
 
 #[allow(clippy::print_stdout)]
-fn print_revoked(done: &herd_identity::KeyRevoked) {
+fn print_revoked(done: &herd_identity::KeyRevoked, live: &[String], unconfirmed: &Unconfirmed) {
     if let Some(added) = &done.added {
         println!("added {added}: it signs now, in place of the revoked key");
     }
-    println!(
-        "revoked {}: every replica refuses its tokens after its next upkeep",
-        done.revoked
-    );
+    if unconfirmed.is_empty() {
+        println!(
+            "revoked {}: every live replica ({}) refuses its tokens now; any other at its next upkeep",
+            done.revoked,
+            if live.is_empty() { "none heard".to_owned() } else { live.join(", ") }
+        );
+    } else {
+        println!(
+            "revoked {}: not confirmed by {unconfirmed}, which refuse its tokens at their next upkeep; the others now",
+            done.revoked
+        );
+    }
     println!();
 }
 

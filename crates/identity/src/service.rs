@@ -276,7 +276,11 @@ struct Inner {
     /// Where `memory` and `shared` sessions live; `None` under `token`.
     sessions: Option<SessionStore>,
     throttle: Throttle,
-    notices: broadcast::Sender<Notice>,
+    /// Notices, each with its number: the `n`th notice this `Auth` sent carries `n`.
+    notices: broadcast::Sender<(u64, Notice)>,
+    /// The number of the last notice sent. Numbering and sending happen under this lock,
+    /// so that notices reach their receivers in the order of their numbers.
+    announced: Mutex<u64>,
     revoked_tx: broadcast::Sender<String>,
     /// When the store was last pruned, in clock seconds.
     last_prune: std::sync::atomic::AtomicI64,
@@ -373,6 +377,7 @@ impl Auth {
                 binding_secret,
                 last_kid_reload: Mutex::new(None),
                 notices: broadcast::channel(1024).0,
+                announced: Mutex::new(0),
                 revoked_tx: broadcast::channel(1024).0,
                 last_prune: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
                 config,
@@ -571,6 +576,16 @@ impl Auth {
         URL_SAFE_NO_PAD.encode(hmac_of(&self.inner.binding_secret, session_id.as_bytes()))
     }
 
+    /// A short name for this deployment (the replicas sharing this store), the same on
+    /// every replica and different for every store: what keeps replicas of two
+    /// deployments that share one Redis from counting each other as peers. It names
+    /// nothing secret: it is an HMAC under the binding secret of a fixed label that no
+    /// session id can equal (session ids are random base64url, never with a space).
+    pub fn deployment(&self) -> String {
+        let mac = hmac_of(&self.inner.binding_secret, b"herd deployment");
+        URL_SAFE_NO_PAD.encode(&mac[..9])
+    }
+
     /// The login session a refresh token belongs to, spent or not, without spending it:
     /// what a browser's refresh is checked against before it is made. `None` for a
     /// token that is malformed or unknown.
@@ -674,10 +689,32 @@ impl Auth {
     fn revoked_here(&self, session_id: &str, until: i64) {
         self.inner.revoked.insert(session_id, until);
         let _ = self.inner.revoked_tx.send(session_id.to_owned());
-        let _ = self.inner.notices.send(Notice::Revoked {
+        self.announce(Notice::Revoked {
             session_id: session_id.to_owned(),
             until,
         });
+    }
+
+    /// Numbers `notice` and sends it to whoever listens.
+    fn announce(&self, notice: Notice) {
+        let mut announced = self
+            .inner
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *announced += 1;
+        let _ = self.inner.notices.send((*announced, notice));
+    }
+
+    /// The number of the last notice this `Auth` sent (0 before the first): a caller
+    /// that reads it after a revocation returned knows that the revocation's notice is
+    /// numbered at most this, and can wait for the other replicas to confirm it.
+    pub fn announced(&self) -> u64 {
+        *self
+            .inner
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies a revocation another replica announced.
@@ -701,7 +738,8 @@ impl Auth {
 
     /// News for other replicas: revocations made here, keys rotated here. Nothing is
     /// lost if no one listens: the store has it all, and replicas read it periodically.
-    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+    /// Each comes with its number (see [`Auth::announced`]).
+    pub fn notices(&self) -> broadcast::Receiver<(u64, Notice)> {
         self.inner.notices.subscribe()
     }
 
@@ -911,7 +949,7 @@ impl Auth {
             }
         }
         self.reload_keys().await?;
-        let _ = self.inner.notices.send(Notice::KeysChanged);
+        self.announce(Notice::KeysChanged);
         self.keys().await
     }
 
@@ -959,7 +997,7 @@ impl Auth {
         self.inner.store.delete_signing_key(kid).await?;
         tracing::warn!(%kid, "revoked a signing key");
         self.reload_keys().await?;
-        let _ = self.inner.notices.send(Notice::KeysChanged);
+        self.announce(Notice::KeysChanged);
         Ok(KeyRevoked {
             revoked: kid.to_owned(),
             added,

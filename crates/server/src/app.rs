@@ -60,6 +60,9 @@ pub struct Settings {
     /// After the stop signal, how long `/readyz` fails while every other request is
     /// still served, before the listener closes.
     pub drain_delay: Duration,
+    /// How long a revocation (logout, refresh-token reuse, ...) waits for every live
+    /// replica to confirm it before answering anyway, naming those that did not.
+    pub confirm_deadline: Duration,
 }
 
 /// What start-up does with the store's schema.
@@ -259,6 +262,7 @@ impl AppBuilder {
                 chat: settings.chat,
                 trusted_proxies: settings.trusted_proxies,
                 connections: settings.connections,
+                confirm_deadline: settings.confirm_deadline,
             },
         )
         .map_err(StartError::ReplicaId)?

@@ -346,7 +346,13 @@ async fn refresh(
             ))
         }
     };
-    match state.auth.refresh(&token).await {
+    // A reused refresh token revokes its session: that answer, too, waits until every
+    // live replica refuses the session's access tokens.
+    let (refreshed, unconfirmed) = state
+        .confirmations()
+        .revoke_everywhere(state.auth.refresh(&token))
+        .await;
+    match refreshed {
         Ok(pair) => Ok(token_response(&state, pair, via_cookie)),
         Err(e) => {
             if let AuthError::InvalidRefresh(why) = &e {
@@ -355,23 +361,37 @@ async fn refresh(
                     .record_auth_failure("refresh_token", why.reason());
                 tracing::info!(reason = why.reason(), "refresh refused");
             }
-            Err(e.into())
+            let mut response = ApiError::from(e).into_response();
+            unconfirmed.stamp(&mut response);
+            Ok(response)
         }
     }
 }
 
 /// Logs out: the login session's refresh and access tokens stop working on every replica.
+/// The answer comes once every live replica has confirmed that it refuses them, or after
+/// the confirmation deadline (1 s by default) naming those that had not.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
-    responses((status = 204, description = "Logged out; the browser's cookies are cleared.")),
+    responses((status = 204, description = "Logged out; the browser's cookies are cleared. \
+        Every live replica refuses the session's tokens, except those named in \
+        `herd-unconfirmed`, which refuse them by their next upkeep.",
+        headers(("herd-unconfirmed" = String, description = "The live replicas (ids, \
+            comma-separated) that had not confirmed the logout by the deadline; absent \
+            when all did.")))),
     security(("bearer" = []), ("cookie" = [])),
 )]
 async fn logout(
     State(state): State<AppState>,
     Identity(principal): Identity,
 ) -> ApiResult<Response> {
-    state.auth.logout(&principal).await?;
+    let (logged_out, unconfirmed) = state
+        .confirmations()
+        .revoke_everywhere(state.auth.logout(&principal))
+        .await;
+    logged_out?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     state.cookies().clear_all(response.headers_mut());
+    unconfirmed.stamp(&mut response);
     Ok(response)
 }
 

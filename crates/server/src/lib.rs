@@ -97,6 +97,9 @@ pub struct ServerConfig {
     pub trusted_proxies: TrustedProxies,
     /// Header size, header-read and idle timeouts of every client connection.
     pub connections: ConnectionLimits,
+    /// How long a revocation waits for every live replica to confirm it before it
+    /// answers anyway, naming those that did not (`--confirm-deadline`).
+    pub confirm_deadline: Duration,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -108,6 +111,9 @@ pub struct AppState {
     replica_header: HeaderValue,
     config: Arc<ServerConfig>,
     bus: Bus,
+    /// Peers and their confirmations: how a revocation waits until every live replica
+    /// refuses what it revoked.
+    confirmations: news::Confirmations,
     /// Rooms and messages: what both chat transports (REST and WebSocket) stand on.
     pub(crate) chat: Chat,
     /// The WebSocket's per-replica state: limits, open connections, shutdown.
@@ -136,7 +142,14 @@ impl AppState {
         let chat = Chat::new(auth.store().clone(), bus.clone(), move || clock.now())
             .with_limits(config.chat.chat());
         let cookies = Arc::new(Cookies::new(config.cookies.clone(), auth.clone()));
+        let confirmations = news::Confirmations::new(
+            auth.clone(),
+            bus.clone(),
+            &config.replica_id,
+            config.confirm_deadline,
+        );
         Ok(AppState {
+            confirmations,
             cookies,
             auth,
             replica: config.replica_id.as_str().into(),
@@ -166,8 +179,21 @@ impl AppState {
     /// chat announces and follows messages over it too.
     pub fn with_bus(mut self, bus: Bus) -> AppState {
         self.chat = self.chat.with_bus(bus.clone());
+        self.confirmations = news::Confirmations::new(
+            self.auth.clone(),
+            bus.clone(),
+            &self.config.replica_id,
+            self.config.confirm_deadline,
+        );
         self.bus = bus;
         self
+    }
+
+    /// Peers, their confirmations, and
+    /// [`revoke_everywhere`](news::Confirmations::revoke_everywhere), the one way a
+    /// revocation answers.
+    pub fn confirmations(&self) -> &news::Confirmations {
+        &self.confirmations
     }
 
     pub fn bus(&self) -> &Bus {
@@ -282,7 +308,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(upkeep(state.auth.clone(), state.config.upkeep_interval));
-    news::relay(state.auth.clone(), state.bus.clone(), &mut tasks).await;
+    let confirmations = state.confirmations.clone();
+    news::relay(confirmations.clone(), &mut tasks).await;
     let live = state.live.clone();
     let shutdown = async move {
         shutdown.await;
@@ -292,6 +319,10 @@ pub async fn serve(
     };
     let limits = state.config.connections;
     let served = listen::run(listener, router(state), limits, shutdown).await;
+    // Peers stop waiting for this replica's confirmations at once, not LIVE_FOR later.
+    if let Err(e) = confirmations.announce(true).await {
+        tracing::debug!(error = %e, "could not tell peers this replica is leaving");
+    }
     tasks.shutdown().await;
     served
 }

@@ -163,6 +163,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          # TYPE herd_revoked_sessions gauge\nherd_revoked_sessions {}",
         state.auth.revoked_sessions()
     );
+    let _ = writeln!(
+        body,
+        "# HELP herd_live_peers Other replicas heard announcing themselves on the bus within \
+         the last 3 s: those a revocation waits for.\n\
+         # TYPE herd_live_peers gauge\nherd_live_peers {}",
+        state.confirmations().live_peers().len()
+    );
     (
         [(
             header::CONTENT_TYPE,

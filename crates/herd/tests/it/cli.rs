@@ -295,6 +295,79 @@ async fn a_draining_replica_fails_readiness_but_keeps_serving_until_told_again()
     assert!(status.success(), "exited with {status}");
 }
 
+/// `herd keys revoke` joins the replicas' bus and returns once every live replica has
+/// confirmed dropping the key: the very next request with a token it signed is refused.
+#[tokio::test]
+async fn keys_revoke_returns_once_every_live_replica_refuses_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(&dir);
+    let flags = ["--bus", "sql", "--issuer", "http://herd.test"];
+    let replica = Replica::start("k1", &db, &flags);
+    let client = reqwest::Client::new();
+    let credentials = json!({ "username": "keyholder", "password": "correct horse" });
+    post(
+        &client,
+        replica.url("/v1/auth/signup"),
+        None,
+        credentials.clone(),
+    )
+    .await;
+    let login = post(&client, replica.url("/v1/auth/login"), None, credentials).await;
+    let token = login["access_token"].as_str().expect("token").to_owned();
+    let me = |token: String| {
+        let client = client.clone();
+        let url = replica.url("/v1/me");
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("me")
+                .status()
+        }
+    };
+    assert_eq!(me(token.clone()).await, 200);
+
+    let listed = herd()
+        .args(["keys", "list", "--database", &db])
+        .output()
+        .expect("run");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let kid = listed
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("one key")
+        .to_owned();
+    let out = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || {
+            herd()
+                .args(["keys", "revoke", &kid, "--database", &db])
+                .output()
+                .expect("run")
+        }
+    })
+    .await
+    .expect("joined");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("every live replica (k1) refuses its tokens now"),
+        "{stdout}"
+    );
+    assert_eq!(
+        me(token).await,
+        401,
+        "refused as soon as the command returned"
+    );
+}
+
 async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
     let mut request = client.post(url).json(&body);
     if let Some(token) = token {

@@ -486,11 +486,13 @@ fn client(timeout: Duration) -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-/// An answer: status (0 for no answer) and the replica that gave it.
+/// An answer: status (0 for no answer), the replica that gave it, and the replicas it
+/// names as not having confirmed a revocation (`herd-unconfirmed`).
 #[derive(Debug, Clone)]
 struct Answer {
     status: u16,
     replica: String,
+    unconfirmed: Option<String>,
     body: Value,
 }
 
@@ -517,11 +519,17 @@ async fn send(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned(),
+            unconfirmed: response
+                .headers()
+                .get("herd-unconfirmed")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             body: response.json().await.unwrap_or(Value::Null),
         },
         Err(e) => Answer {
             status: 0,
             replica: String::new(),
+            unconfirmed: None,
             body: json!({ "error": e.to_string() }),
         },
     }
@@ -846,7 +854,34 @@ fn a_replica_cut_off_from_the_bus_still_learns_of_logouts_from_the_store() {
             None,
         );
         assert_eq!(answer.status, 204, "{answer:?}");
+        answer
     };
+    // Both replicas know each other as live before the cut (they announce themselves
+    // every second), so a logout on A waits for B's confirmation.
+    wait_for(REVOCATION_BOUND, "ra to count rb as live", || {
+        let text = block_in(&lb, move || async move {
+            client(Duration::from_secs(3))
+                .get(format!("{a}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+        })?;
+        text.lines().any(|l| l == "herd_live_peers 1").then_some(())
+    });
+    let warm = login(&lb, a, "bus_warm_user");
+    let answer = logout_on_a(&warm);
+    assert_eq!(
+        answer.unconfirmed, None,
+        "rb confirms while it hears the bus: {answer:?}"
+    );
+    assert_eq!(
+        me_on_b(&warm).status,
+        401,
+        "refused on rb once the logout answered"
+    );
 
     let during = login(&lb, a, "bus_cut_user");
     assert_eq!(me_on_b(&during).status, 200);
@@ -854,7 +889,14 @@ fn a_replica_cut_off_from_the_bus_still_learns_of_logouts_from_the_store() {
     // rb loses Redis only: the bus. PostgreSQL is still there.
     net.set_link("rb", "rd", false);
     let logged_out = Instant::now();
-    logout_on_a(&during);
+    // rb was live a moment ago and now hears nothing: the logout answers after the
+    // confirmation deadline, naming it; rb converges from the store.
+    let answer = logout_on_a(&during);
+    assert_eq!(
+        answer.unconfirmed.as_deref(),
+        Some("rb"),
+        "the logout names the replica cut off from the bus: {answer:?}"
+    );
     let refused_during = wait_for(REVOCATION_BOUND * 2, "rb to refuse the token", || {
         let answer = me_on_b(&during);
         assert_ne!(answer.status, 0, "rb stopped answering: {answer:?}");

@@ -56,6 +56,8 @@ pub struct Options {
     pub connections: herd_server::ConnectionLimits,
     /// Session lifetimes under `shared` and `memory`.
     pub sessions: Timeouts,
+    /// How long a revocation waits for the other live replicas to confirm it.
+    pub confirm_deadline: Duration,
 }
 
 /// Which bus a test replica relays news over.
@@ -95,6 +97,7 @@ impl Default for Options {
             hash_permit_wait: Duration::from_secs(5),
             connections: herd_server::ConnectionLimits::default(),
             sessions: TIMEOUTS,
+            confirm_deadline: herd_server::news::DEFAULT_CONFIRM_DEADLINE,
         }
     }
 }
@@ -235,6 +238,7 @@ async fn spawn_on(
         connections: options.connections,
         issuer_follows_listen: false,
         drain_delay: Duration::ZERO,
+        confirm_deadline: options.confirm_deadline,
     };
     let mut builder = App::builder(settings).clock(clock.clone());
     if let TestBus::InProcess(bus) = &options.bus {

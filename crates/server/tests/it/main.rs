@@ -4,6 +4,7 @@
 mod auth;
 mod chat;
 mod chat_attacks;
+mod confirm;
 mod cookies;
 mod edge;
 mod errors;

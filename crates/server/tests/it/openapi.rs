@@ -39,6 +39,7 @@ async fn state(dir: &tempfile::TempDir) -> AppState {
             chat: herd_server::chat::ChatLimits::default(),
             trusted_proxies: Default::default(),
             connections: Default::default(),
+            confirm_deadline: herd_server::news::DEFAULT_CONFIRM_DEADLINE,
         },
     )
     .expect("state")
