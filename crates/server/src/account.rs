@@ -131,7 +131,8 @@ impl ReadFields for ChangePasswordRequest {
 
 impl std::fmt::Debug for ChangePasswordRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChangePasswordRequest").finish_non_exhaustive()
+        f.debug_struct("ChangePasswordRequest")
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,7 +153,8 @@ impl ReadFields for DeleteAccountRequest {
 
 impl std::fmt::Debug for DeleteAccountRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeleteAccountRequest").finish_non_exhaustive()
+        f.debug_struct("DeleteAccountRequest")
+            .finish_non_exhaustive()
     }
 }
 

@@ -120,7 +120,9 @@ impl Auth {
         device: Option<&str>,
     ) -> Result<Vec<String>, AuthError> {
         self.require_tokens()?;
-        let user = self.confirm_password(principal, current, client, device).await?;
+        let user = self
+            .confirm_password(principal, current, client, device)
+            .await?;
         let fresh = self
             .inner
             .hasher

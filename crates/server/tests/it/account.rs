@@ -159,12 +159,19 @@ async fn ending_every_other_session_keeps_this_one_and_ending_all_ends_it_too() 
     }
     assert_eq!(app.me(&this.access).await.status(), StatusCode::OK);
     assert_eq!(app.sessions(&this.access).await.len(), 1);
-    assert_eq!(app.works(&bobs).await, (true, true), "bob's are not alice's");
+    assert_eq!(
+        app.works(&bobs).await,
+        (true, true),
+        "bob's are not alice's"
+    );
 
     let second = app.login("alice").await;
     let response = app.delete_authed(&this.access, "/v1/sessions").await;
     assert_eq!(ended(response).await, 2);
-    assert_eq!(app.me(&this.access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.me(&this.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(app.works(&second).await, (false, false));
 }
 
@@ -205,8 +212,12 @@ async fn a_new_password_is_checked_like_a_signups() {
             json!({ "current_password": PASSWORD, "new_password": "short" }),
         )
         .await;
-    let body = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed")
-        .await;
+    let body = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    )
+    .await;
     assert_eq!(body["errors"][0]["field"], "new_password");
     assert_eq!(
         app.try_login("alice", PASSWORD).await.status(),
@@ -352,7 +363,10 @@ async fn a_session_ended_on_one_replica_is_refused_by_the_other() {
     let deadline = Instant::now() + Duration::from_secs(1);
     for other in &others {
         while peer.me(&other.access).await.status() != StatusCode::UNAUTHORIZED {
-            assert!(Instant::now() < deadline, "the peer still accepts an ended session");
+            assert!(
+                Instant::now() < deadline,
+                "the peer still accepts an ended session"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
