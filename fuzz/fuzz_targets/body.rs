@@ -4,6 +4,7 @@
 #![no_main]
 
 use axum::response::IntoResponse as _;
+use herd_server::account::{ChangePasswordRequest, DeleteAccountRequest};
 use herd_server::auth::{LoginRequest, RefreshRequest, SignupRequest};
 use herd_server::error::ApiError;
 use herd_server::extract::{JsonObject, ReadFields as _};
@@ -53,6 +54,15 @@ fuzz_target!(|data: &[u8]| {
     });
     endpoint(data, |mut b| {
         let request = RefreshRequest::read(&mut b);
+        b.finish(request).map(drop)
+    });
+    // POST /v1/account/password and /delete
+    endpoint(data, |mut b| {
+        let request = ChangePasswordRequest::read(&mut b);
+        b.finish(request).map(drop)
+    });
+    endpoint(data, |mut b| {
+        let request = DeleteAccountRequest::read(&mut b);
         b.finish(request).map(drop)
     });
     // POST /v1/rooms

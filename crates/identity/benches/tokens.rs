@@ -31,7 +31,7 @@ fn tokens(c: &mut Criterion) {
         let pw = herd_identity::Password::parse("bench-password").expect("pw");
         cached.signup(&name, &pw, None).await.expect("signup");
         cached
-            .login("bench", "bench-password", None, None)
+            .login("bench", "bench-password", None, None, None)
             .await
             .expect("login")
     });

@@ -7,7 +7,9 @@
 //! SQL: persistence is [`herd_store::Store`], time is a [`Clock`].
 //!
 //! Layout:
-//! - `service.rs`: [`Auth`], the operations, and the per-replica derived state.
+//! - `service.rs`: [`Auth`], the operations, and the per-replica derived state;
+//!   `service/account.rs` what a user controls of their account (sessions, password,
+//!   deletion).
 //! - `jwt.rs`: signing and the strict verifier, with a [`Rejection`] for every failure.
 //! - `keyring.rs`: keys, their life cycle and JWKS.
 //! - `revocation.rs`, `cache.rs`: the revoked-session set and the verified-token cache.
@@ -42,7 +44,7 @@ pub use keyring::{KeyInfo, KeyState, PublicKey};
 pub use password::{HashError, HashParams};
 pub use service::{
     random_id, random_token_bytes, Auth, AuthConfig, AuthError, AuthnError, KeyRevoked, NewAccount,
-    Notice, Principal, RefreshFailure, TokenPair, DEVICE_TTL,
+    Notice, Principal, RefreshFailure, SessionInfo, TokenPair, DEVICE_TTL,
 };
 pub use sessions::{SessionData, SessionTimeouts, Strategy, Unavailable};
 pub use throttle::{Rate, ThrottleConfig};

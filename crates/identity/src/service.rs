@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use herd_store::{NewRefresh, RefreshLimit, Rotation, Store, StoreError, UserRecord};
+use herd_store::{
+    NewRefresh, RefreshLimit, Rotation, SessionOrigin, Store, StoreError, UserRecord,
+};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
@@ -26,6 +28,9 @@ use crate::sessions::{
     Unavailable,
 };
 use crate::throttle::{LoginAttempt, Throttle, ThrottleConfig, Throttled};
+
+mod account;
+pub use account::SessionInfo;
 
 /// How identity behaves. Spans are `Duration`s; the clock and the store count whole
 /// seconds, so identity reads them with [`seconds`].
@@ -124,6 +129,16 @@ pub enum AuthError {
     UnknownKey(String),
     #[error("refresh tokens exist only under the token strategy; this replica runs {0}")]
     RefreshNotSupported(&'static str),
+    /// Listing and ending one's sessions, changing a password and deleting an account
+    /// exist only under `token` (see `service/account.rs`).
+    #[error("managing sessions and accounts exists only under the token strategy; this replica runs {0}")]
+    AccountsNotSupported(&'static str),
+    /// The password given to confirm a change of the account is not its password.
+    #[error("the password is wrong")]
+    WrongPassword,
+    /// No live session of the caller's has that id (another user's counts as none).
+    #[error("no such session")]
+    NoSuchSession,
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
     #[error("configuration: {0}")]
@@ -237,6 +252,12 @@ impl std::fmt::Debug for TokenPair {
             .field("expires_in", &self.expires_in)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a login came from, as kept with its session.
+struct Origin {
+    client_addr: Option<String>,
+    user_agent: Option<String>,
 }
 
 /// An account just created.
@@ -452,7 +473,8 @@ impl Auth {
     }
 
     /// Logs in `username` from `client` (the caller's address, when known), with the
-    /// device token this browser was given at an earlier login, if any. An unknown
+    /// device token this browser was given at an earlier login, if any, and the client's
+    /// `User-Agent` (kept with the session, for its owner's list). An unknown
     /// user, a malformed username and a wrong password all cost one argon2
     /// verification and fail alike. Past the throttle's limits the attempt is refused
     /// before any hashing, with how long to wait. A password stored under weaker argon2
@@ -463,6 +485,7 @@ impl Auth {
         password: &str,
         client: Option<IpAddr>,
         device: Option<&str>,
+        user_agent: Option<&str>,
     ) -> Result<TokenPair, AuthError> {
         let now = self.now();
         let device = device.and_then(|token| self.device_of(token, username, now));
@@ -492,15 +515,28 @@ impl Auth {
             _ => return Err(AuthError::InvalidCredentials),
         };
         self.inner.throttle.forgive_login(metered, now).await;
-        self.upgrade_hash(&user, &attempt).await;
+        let verified = self.upgrade_hash(&user, &attempt).await;
         let device_token = Some(self.device_token(&user.username, now));
-        let mut pair = self.open_session(user, now).await?;
+        let origin = Origin {
+            client_addr: client.map(|ip| ip.to_string()),
+            user_agent: user_agent.map(account::user_agent),
+        };
+        let mut pair = self.open_session(user, &verified, &origin, now).await?;
         pair.device_token = device_token;
         Ok(pair)
     }
 
-    /// Opens a login session for `user`, by this replica's strategy.
-    async fn open_session(&self, user: UserRecord, now: i64) -> Result<TokenPair, AuthError> {
+    /// Opens a login session for `user`, whose password hash `verified` was just checked,
+    /// by this replica's strategy. A token session is opened only if the hash is still
+    /// that one and the account still there: a login racing with a password change or the
+    /// account's deletion fails as a wrong password rather than outlive them.
+    async fn open_session(
+        &self,
+        user: UserRecord,
+        verified: &str,
+        origin: &Origin,
+        now: i64,
+    ) -> Result<TokenPair, AuthError> {
         if let Some(sessions) = &self.inner.sessions {
             let credential = random_bytes::<32>();
             let credential = URL_SAFE_NO_PAD.encode(credential);
@@ -523,34 +559,44 @@ impl Auth {
         let session_id = random_id();
         let refresh = random_bytes::<32>();
         let refresh_hash = sha256(&refresh);
-        self.inner
+        let opened = self
+            .inner
             .store
-            .create_session(
+            .open_session(
                 &session_id,
                 &user.id,
+                verified,
                 now,
                 NewRefresh {
                     hash: &refresh_hash,
                     expires_at: now + seconds(self.inner.config.refresh_ttl),
                 },
+                SessionOrigin {
+                    client_addr: origin.client_addr.as_deref(),
+                    user_agent: origin.user_agent.as_deref(),
+                },
             )
             .await?;
+        if !opened {
+            return Err(AuthError::InvalidCredentials);
+        }
         self.issue(&user.id, &user.username, &session_id, &refresh)
     }
 
     /// Replaces `user`'s stored hash by one under the configured parameters, when it was
     /// made under weaker ones, now that the password is known. It costs one more hash, once
     /// per account and parameter change. The login goes on whatever happens here: the
-    /// old hash still verifies, and the next login tries again.
-    async fn upgrade_hash(&self, user: &UserRecord, password: &Password) {
+    /// old hash still verifies, and the next login tries again. Returns the hash the
+    /// store holds for the password now, as far as this login knows.
+    async fn upgrade_hash(&self, user: &UserRecord, password: &Password) -> String {
         if !self.inner.hasher.needs_rehash(&user.password_hash) {
-            return;
+            return user.password_hash.clone();
         }
         let fresh = match self.inner.hasher.hash(password).await {
             Ok(fresh) => fresh,
             Err(e) => {
                 tracing::warn!(error = %e, user_id = %user.id, "could not rehash a password");
-                return;
+                return user.password_hash.clone();
             }
         };
         // Only over the hash just verified: a password changed meanwhile stays changed.
@@ -561,11 +607,13 @@ impl Auth {
             .await
         {
             Ok(true) => {
-                tracing::info!(user_id = %user.id, "password rehashed with the configured argon2id parameters")
+                tracing::info!(user_id = %user.id, "password rehashed with the configured argon2id parameters");
+                fresh
             }
-            Ok(false) => {}
+            Ok(false) => user.password_hash.clone(),
             Err(e) => {
-                tracing::warn!(error = %e, user_id = %user.id, "could not store a rehashed password")
+                tracing::warn!(error = %e, user_id = %user.id, "could not store a rehashed password");
+                user.password_hash.clone()
             }
         }
     }

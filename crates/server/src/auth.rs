@@ -252,7 +252,14 @@ async fn login(
         cookies: want_cookies,
     } = request;
     let device = cookies::cookie(&headers, cookies::DEVICE);
-    match state.auth.login(&username, &password, client, device).await {
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    match state
+        .auth
+        .login(&username, &password, client, device, user_agent)
+        .await
+    {
         Ok(pair) => {
             let device = pair.device_token.clone();
             let mut response = token_response(&state, pair, want_cookies);

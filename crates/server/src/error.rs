@@ -28,6 +28,10 @@ pub enum Code {
     UsernameTaken,
     CsrfFailed,
     RefreshNotSupported,
+    /// Sessions and accounts are managed only under `--sessions token`.
+    AccountsNotSupported,
+    /// The password confirming a change of the account is wrong.
+    WrongPassword,
     NotAMember,
     NotFound,
     MethodNotAllowed,
@@ -127,6 +131,16 @@ impl Code {
                 "refresh-not-supported",
                 StatusCode::BAD_REQUEST,
                 "This replica's session strategy has no refresh tokens",
+            ),
+            AccountsNotSupported => (
+                "accounts-not-supported",
+                StatusCode::BAD_REQUEST,
+                "This replica's session strategy cannot list or end a user's sessions",
+            ),
+            WrongPassword => (
+                "wrong-password",
+                StatusCode::FORBIDDEN,
+                "The password is wrong",
             ),
             UsernameTaken => (
                 "username-taken",
@@ -406,6 +420,22 @@ impl From<AuthError> for ApiError {
                     "this replica runs --sessions {strategy}: log in again when the session ends"
                 ),
             ),
+            AuthError::AccountsNotSupported(strategy) => ApiError::new(
+                Code::AccountsNotSupported,
+                format!(
+                    "this replica runs --sessions {strategy}, which keeps no list of a \
+                     user's sessions; only --sessions token manages sessions and accounts"
+                ),
+            ),
+            // 403, not 401: the credential is fine, and a client that logs out on 401
+            // must not do so for a mistyped password.
+            AuthError::WrongPassword => ApiError::new(
+                Code::WrongPassword,
+                "the password is not this account's; it counts as a failed login",
+            ),
+            AuthError::NoSuchSession => {
+                ApiError::new(Code::NotFound, "you have no live session with that id")
+            }
             AuthError::Unavailable(e) => ApiError::unavailable(e),
             AuthError::Store(e) if e.is_unavailable() => ApiError::unavailable(e),
             e => ApiError::internal(e),

@@ -10,6 +10,9 @@
 //! Layout: `app.rs` is the start-up above; then one module a feature, each with its own
 //! `router()`:
 //! - `auth.rs`: signup, login, refresh, logout, `GET /v1/me`.
+//! - `account.rs`: what a user controls: their sessions (`/v1/sessions`), their password
+//!   and the account (`/v1/account/...`); every revocation it makes goes through
+//!   `account::revoke`.
 //! - `rooms.rs`: rooms and message history over HTTP (stateless), a thin transport over
 //!   [`herd_chat::Chat`].
 //! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica: a
@@ -31,6 +34,7 @@
 //! - `metrics.rs`: the Prometheus registry.
 //! - `news.rs`: revocations and key rotations relayed between replicas over the bus.
 
+pub mod account;
 pub mod app;
 pub mod auth;
 pub mod chat;
@@ -231,6 +235,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(auth::router())
+        .merge(account::router())
         .merge(rooms::router())
         .merge(chat::router())
         .merge(wellknown::router())

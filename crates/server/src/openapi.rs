@@ -22,7 +22,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, Header, OpenApi as Document, Ref, RefOr, Response as Answer};
 use utoipa::{Modify, OpenApi};
 
-use crate::{auth, chat, error, health, metrics, rooms, web, wellknown, AppState};
+use crate::{account, auth, chat, error, health, metrics, rooms, web, wellknown, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +37,8 @@ use crate::{auth, chat, error, health, metrics, rooms, web, wellknown, AppState}
     ),
     paths(
         auth::signup, auth::login, auth::refresh, auth::logout, auth::me,
+        account::list, account::end_one, account::end_others, account::end_all,
+        account::change_password, account::delete_account,
         rooms::create, rooms::mine, rooms::join, rooms::leave, rooms::send, rooms::history,
         chat::upgrade,
         wellknown::jwks, wellknown::openid_configuration,
@@ -48,6 +50,8 @@ use crate::{auth, chat, error, health, metrics, rooms, web, wellknown, AppState}
     components(schemas(error::Problem, error::FieldError, auth::Tokens, auth::CookieSession)),
     tags(
         (name = "auth", description = "Accounts, login, tokens, logout."),
+        (name = "account", description = "What a user controls: their sessions, their \
+            password, their account. Under `--sessions token` only."),
         (name = "rooms", description = "Rooms and message history (stateless, any replica)."),
         (name = "chat", description = "Live chat over WebSocket."),
         (name = "discovery", description = "Keys and metadata for third-party verifiers."),

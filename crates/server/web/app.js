@@ -28,6 +28,10 @@
 //                  for a refused one, with .retry and .dismiss buttons
 //   #message-body #message-send      send a message (the form is #message-form);
 //                  #message-count counts characters, #message-error says why not sent
+//   #sessions      my login sessions (hidden when logged out, or when the server keeps no
+//                  list of them): #sessions-list li[data-session-id] ([data-current]
+//                  on this browser's), each other one with an .end button;
+//                  #sessions-end-others ends all but this one; #sessions-error
 //   #cluster       the cluster panel, hidden unless GET /_cluster/replicas answers JSON
 //   #cluster-replicas tr[data-id]    one row a replica, [data-state] as the API says and
 //                                    [data-ended] once dead (killed|drained|crashed|stopped),
@@ -285,6 +289,7 @@
     $('chat').hidden = false;
     $('logout').hidden = false;
     loadRooms();
+    loadSessions();
     connect();
     startHeartbeat();
   }
@@ -349,6 +354,8 @@
     $('auth').hidden = false;
     $('chat').hidden = true;
     $('logout').hidden = true;
+    $('sessions').hidden = true;
+    $('sessions-list').replaceChildren();
     stopHeartbeat();
     if (why && wasIn) {
       notice(why, true);
@@ -363,6 +370,74 @@
       renderMe(res.replica);
     }
     return res;
+  }
+
+  // ---- sessions ------------------------------------------------------------------
+
+  // Lists my sessions; hides the panel when the server keeps no list of them
+  // (--sessions memory|shared answer `accounts-not-supported`).
+  async function loadSessions() {
+    const res = await api('GET', '/v1/sessions');
+    if (!state.me) return;
+    if (res.status === 400) {
+      $('sessions').hidden = true;
+      return;
+    }
+    if (!res.ok) {
+      showError('sessions-error', problemText(res));
+      return;
+    }
+    showError('sessions-error', '');
+    $('sessions').hidden = false;
+    renderSessions(res.body.sessions);
+  }
+
+  function renderSessions(sessions) {
+    const list = $('sessions-list');
+    list.replaceChildren();
+    for (const s of sessions) {
+      const li = document.createElement('li');
+      li.dataset.sessionId = s.id;
+      const when = new Date(s.created_at * 1000).toLocaleString();
+      const refreshed = s.refreshed_at ? `, last refreshed ${time(s.refreshed_at)}` : '';
+      const from = s.client_address || 'an unknown address';
+      const agent = s.user_agent || 'an unknown client';
+      const text = document.createElement('span');
+      text.textContent = `${agent} from ${from}, logged in ${when}${refreshed}`;
+      li.append(text);
+      if (s.current) {
+        li.dataset.current = 'true';
+        const mark = document.createElement('strong');
+        mark.textContent = ' (this browser)';
+        li.append(mark);
+      } else {
+        const end = document.createElement('button');
+        end.type = 'button';
+        end.className = 'end';
+        end.textContent = 'End';
+        end.addEventListener('click', () => endSession(s.id));
+        li.append(' ', end);
+      }
+      list.append(li);
+    }
+    $('sessions-end-others').disabled = sessions.length < 2;
+  }
+
+  async function endSession(id) {
+    const res = await api('DELETE', `/v1/sessions/${encodeURIComponent(id)}`);
+    if (!res.ok && res.status !== 404) showError('sessions-error', problemText(res));
+    else logEvent('session-ended', `ended session ${id.slice(0, 8)}…`);
+    loadSessions();
+  }
+
+  async function endOtherSessions() {
+    const res = await api('DELETE', '/v1/sessions/others');
+    if (!res.ok) {
+      showError('sessions-error', problemText(res));
+      return;
+    }
+    notice(`Logged out ${res.body.ended} other session${res.body.ended === 1 ? '' : 's'}.`);
+    loadSessions();
   }
 
   // ---- rooms ---------------------------------------------------------------------
@@ -1216,6 +1291,8 @@
     if (error) showError('signup-error', error);
     else $('signup-password').value = '';
   });
+
+  $('sessions-end-others').addEventListener('click', endOtherSessions);
 
   $('logout').addEventListener('click', async () => {
     await api('POST', '/v1/auth/logout', undefined, { retry: false });

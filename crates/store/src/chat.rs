@@ -138,13 +138,15 @@ impl Store {
     }
 }
 
-/// `SELECT`s messages with their author's name, in the columns `message_from` reads,
+/// `SELECT`s messages with their author's name (`[deleted]` once the account is deleted:
+/// no username has brackets, so it cannot be mistaken for one), in the columns `message_from` reads,
 /// from `messages m`; `$where` picks them (and may order and limit them).
 macro_rules! select_messages {
     ($where:literal) => {
         concat!(
-            "SELECT m.room_id, m.seq, m.id, m.author_id, u.username, m.body, m.client_id, \
-             m.created_at FROM messages m JOIN users u ON u.id = m.author_id WHERE ",
+            "SELECT m.room_id, m.seq, m.id, m.author_id, \
+             CASE WHEN u.deleted_at IS NULL THEN u.username ELSE '[deleted]' END, \
+             m.body, m.client_id, m.created_at FROM messages m JOIN users u ON u.id = m.author_id WHERE ",
             $where
         )
     };

@@ -22,6 +22,8 @@
 //!   the migration bookkeeping statements.
 //! - `shared_sessions.rs`: sessions of identity's `shared` strategy, for when there is
 //!   no Redis: the record, its `Store` methods and their queries.
+//! - `accounts.rs`: what a user controls of their account: their sessions listed and
+//!   ended, their password changed, the account deleted (kept as a tombstone).
 //! - `chat.rs`: rooms, membership and messages, numbered per room without gaps: the
 //!   records, their `Store` methods and their queries, laid out as `shared_sessions.rs`.
 //! - `migrate.rs`: the embedded migrations and the runner that applies them.
@@ -69,6 +71,7 @@ macro_rules! impl_queries {
     };
 }
 
+mod accounts;
 mod chat;
 mod databases;
 mod dialect;
@@ -87,6 +90,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
+pub use accounts::{SessionOrigin, SessionRecord, SessionScope};
 pub use chat::{MessageRecord, Posted, RoomRecord};
 pub use databases::{create_postgres_database, drop_postgres_database, with_database};
 pub use migrate::{Migration, MIGRATIONS};
@@ -341,6 +345,7 @@ impl Store {
         dispatch!(self, db => db.create_user(user).await)
     }
 
+    /// The account called `username`, unless it was deleted (its name stays taken).
     pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
         dispatch!(self, db => db.user_by_name(username).await)
     }

@@ -81,7 +81,8 @@ impl_queries! {
 
     pub(crate) async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
         let select = sqlx::query(
-            "SELECT id, username, password_hash, created_at FROM users WHERE username = $1",
+            "SELECT id, username, password_hash, created_at FROM users \
+             WHERE username = $1 AND deleted_at IS NULL",
         )
         .bind(username);
         let row = self.pool.fetch_optional(select).await?;
@@ -176,6 +177,11 @@ impl_queries! {
                 return Ok(Rotation::Throttled { retry_after: wait });
             }
             Self::insert_refresh(&mut tx, &owner.session_id, now, successor).await?;
+            // What the owner sees in their list of sessions as "last refreshed".
+            let refreshed = sqlx::query("UPDATE sessions SET refreshed_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(owner.session_id.as_str());
+            tx.execute(refreshed).await?;
             tx.commit().await?;
             return Ok(Rotation::Rotated(owner));
         }
@@ -417,7 +423,7 @@ fn conflict_on(e: sqlx::Error, constraint: &'static str) -> StoreError {
 
 // The steps a transaction above shares, run on that transaction.
 impl_queries! {
-async fn insert_refresh(
+pub(crate) async fn insert_refresh(
     tx: &mut Transaction<'static, DB>,
     session_id: &str,
     now: i64,

@@ -1,6 +1,7 @@
 //! herd-server's integration tests: real HTTP against replicas on port 0, each with its
 //! own SQLite file and a clock the test moves.
 
+mod account;
 mod auth;
 mod chat;
 mod chat_attacks;

@@ -40,8 +40,9 @@ async fn schemathesis_finds_no_5xx_no_schema_break_and_no_undocumented_status() 
         .await;
     let base = app.base.clone();
     let token2 = token.clone();
-    // Logout ends the session the token belongs to, so it runs last, on its own; the
-    // WebSocket path is not HTTP past the upgrade (tests/it/ws.rs and protocol.rs).
+    // Logout, ending every session (`DELETE /v1/sessions`) and deleting the account end
+    // the session the token belongs to, so they run last, on their own; the WebSocket
+    // path is not HTTP past the upgrade (tests/it/ws.rs and protocol.rs).
     tokio::task::spawn_blocking(move || {
         run(
             &st,
@@ -50,6 +51,10 @@ async fn schemathesis_finds_no_5xx_no_schema_break_and_no_undocumented_status() 
             &[
                 "--exclude-path",
                 "/v1/auth/logout",
+                "--exclude-path",
+                "/v1/sessions",
+                "--exclude-path",
+                "/v1/account/delete",
                 "--exclude-path",
                 "/v1/ws",
             ],
@@ -61,6 +66,10 @@ async fn schemathesis_finds_no_5xx_no_schema_break_and_no_undocumented_status() 
             &[
                 "--include-path",
                 "/v1/auth/logout",
+                "--include-path",
+                "/v1/sessions",
+                "--include-path",
+                "/v1/account/delete",
                 "--phases",
                 "examples,coverage,fuzzing",
             ],

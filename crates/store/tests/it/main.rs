@@ -37,6 +37,7 @@ macro_rules! backend_tests {
     };
 }
 
+mod accounts;
 mod chat;
 mod events;
 mod harness;
