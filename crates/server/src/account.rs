@@ -24,6 +24,7 @@ use crate::client::ClientAddr;
 use crate::cookies;
 use crate::error::{ApiResult, Problem};
 use crate::extract::{Fields, Identity, JsonObject, ReadFields};
+use crate::news::UNCONFIRMED_HEADER;
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -41,27 +42,28 @@ pub fn router() -> Router<AppState> {
 pub struct Revoked {
     /// The login sessions ended.
     pub sessions: Vec<String>,
-    /// Headers the answer carries about the revocation (none yet).
+    /// Headers the answer carries about the revocation: `herd-unconfirmed` naming the live
+    /// replicas that did not confirm by the deadline, when some did not.
     pub headers: HeaderMap,
 }
 
 /// Every revocation this module's routes make goes through here: `revocation` is the
 /// identity operation that ends the sessions (in the store, and on this replica at once;
 /// the bus carries them to the others, which also read the store's log on their upkeep).
-///
-/// This is the one function to change for "answer once every live replica has
-/// confirmed" (issue 16, item 1): wait here for the other replicas to confirm
-/// `sessions`, and put what did not confirm in `headers`, which every route adds to its
-/// answer.
+/// The answer waits until every live replica has confirmed, up to the deadline
+/// (`news::Confirmations::revoke_everywhere`), as logout's does; what did not confirm is
+/// named in `headers`, which every route adds to its answer.
 pub async fn revoke(
-    _state: &AppState,
+    state: &AppState,
     revocation: impl Future<Output = Result<Vec<String>, AuthError>>,
 ) -> ApiResult<Revoked> {
-    let sessions = revocation.await?;
-    Ok(Revoked {
-        sessions,
-        headers: HeaderMap::new(),
-    })
+    let (outcome, unconfirmed) = state.confirmations().revoke_everywhere(revocation).await;
+    let sessions = outcome?;
+    let mut headers = HeaderMap::new();
+    if let Some(value) = unconfirmed.header_value() {
+        headers.insert(UNCONFIRMED_HEADER, value);
+    }
+    Ok(Revoked { sessions, headers })
 }
 
 /// One of the caller's live login sessions.
