@@ -17,7 +17,7 @@ use crate::cache::{self, TokenCache};
 use crate::clock::Clock;
 use crate::domain::{Password, Username};
 use crate::jwt::{self, AccessClaims, Expectations, Rejection};
-use crate::keyring::{key_states, KeyInfo, KeyRing, PublicKey, SigningKey};
+use crate::keyring::{key_states, KeyInfo, KeyRing, PublicKey, SigningKey, ToRecord as _};
 use crate::password::{random_bytes, HashError, HashParams, PasswordHasher};
 use crate::redis_pool::RedisPool;
 use crate::revocation::RevocationSet;
