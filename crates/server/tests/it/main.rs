@@ -7,6 +7,7 @@ mod chat_attacks;
 mod cookies;
 mod edge;
 mod errors;
+mod feed;
 mod helpers;
 mod keys;
 mod lockout;
