@@ -250,7 +250,7 @@ async fn resuming_with_last_event_id_misses_nothing_and_repeats_nothing() {
     assert!(revoked[0].data.contains(&before));
     let live = logged_out(&app, "alice").await;
     let heard = sse.revoked(1).await;
-    assert_eq!(subjects(&heard), [live.clone()]);
+    assert_eq!(subjects(&heard), [live]);
     assert_eq!(heard[0]["kind"], "session");
     let last_id = heard[0]["id"].to_string();
     drop(sse);
