@@ -41,7 +41,8 @@ async fn schemathesis_finds_no_5xx_no_schema_break_and_no_undocumented_status() 
     let base = app.base.clone();
     let token2 = token.clone();
     // Logout ends the session the token belongs to, so it runs last, on its own; the
-    // WebSocket path is not HTTP past the upgrade (tests/it/ws.rs and protocol.rs).
+    // WebSocket path is not HTTP past the upgrade (tests/it/ws.rs and protocol.rs), and
+    // the revocation stream is an answer that never ends (tests/it/feed.rs).
     tokio::task::spawn_blocking(move || {
         run(
             &st,
@@ -52,6 +53,8 @@ async fn schemathesis_finds_no_5xx_no_schema_break_and_no_undocumented_status() 
                 "/v1/auth/logout",
                 "--exclude-path",
                 "/v1/ws",
+                "--exclude-path",
+                "/v1/revocations/stream",
             ],
         );
         run(
