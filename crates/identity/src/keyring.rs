@@ -13,61 +13,26 @@ use base64::Engine as _;
 use ed25519_dalek::VerifyingKey;
 use herd_store::SigningKeyRecord;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::password::random_bytes;
+pub use herd_token::keys::SigningKey;
+use herd_token::keys::VerifyingKeys;
 
-/// A private key with its id.
-#[derive(Clone)]
-pub struct SigningKey {
-    kid: String,
-    key: ed25519_dalek::SigningKey,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SigningKey {
-    /// A fresh key from the operating system's generator. Its id is its RFC 7638 JWK
-    /// thumbprint, so the id says which key it is to anyone holding the public half.
-    pub fn generate() -> SigningKey {
-        let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes::<32>());
-        SigningKey {
-            kid: thumbprint(&key.verifying_key()),
-            key,
-        }
-    }
-
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
-    pub(crate) fn key(&self) -> &ed25519_dalek::SigningKey {
-        &self.key
-    }
-
+/// A signing key as the store keeps it.
+pub trait ToRecord {
     /// The record to store, signing from `sign_from`.
-    pub fn to_record(&self, created_at: i64, sign_from: i64) -> SigningKeyRecord {
+    fn to_record(&self, created_at: i64, sign_from: i64) -> SigningKeyRecord;
+}
+
+impl ToRecord for SigningKey {
+    fn to_record(&self, created_at: i64, sign_from: i64) -> SigningKeyRecord {
         SigningKeyRecord {
-            kid: self.kid.clone(),
-            secret: self.key.to_bytes().to_vec(),
-            public: self.key.verifying_key().to_bytes().to_vec(),
+            kid: self.kid().to_owned(),
+            secret: self.key().to_bytes().to_vec(),
+            public: self.key().verifying_key().to_bytes().to_vec(),
             created_at,
             sign_from,
         }
     }
-}
-
-fn thumbprint(key: &VerifyingKey) -> String {
-    // Members in lexicographic order with no white space, as RFC 7638 requires.
-    let x = URL_SAFE_NO_PAD.encode(key.as_bytes());
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
 /// Where a key is in its life at a given time.
@@ -180,10 +145,7 @@ impl KeyRing {
                 .insert(record.kid.clone(), key.verifying_key());
             ring.keys.push((
                 record.sign_from,
-                Arc::new(SigningKey {
-                    kid: record.kid.clone(),
-                    key,
-                }),
+                Arc::new(SigningKey::from_parts(record.kid.clone(), key)),
             ));
         }
         ring
@@ -222,10 +184,16 @@ impl KeyRing {
         self.keys
             .iter()
             .map(|(_, k)| PublicKey {
-                kid: k.kid.clone(),
-                x: URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes()),
+                kid: k.kid().to_owned(),
+                x: URL_SAFE_NO_PAD.encode(k.key().verifying_key().as_bytes()),
             })
             .collect()
+    }
+}
+
+impl VerifyingKeys for KeyRing {
+    fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
+        KeyRing::verifying_key(self, kid)
     }
 }
 
@@ -268,18 +236,5 @@ mod tests {
         assert_eq!(ring.signer(200).map(|k| k.kid()), Some("new"));
         assert!(ring.verifying_key("old").is_none(), "a retired key is not");
         assert_eq!(ring.public_keys().len(), 1);
-    }
-
-    #[test]
-    fn kid_is_the_jwk_thumbprint() {
-        // RFC 8037 appendix A.3 gives this thumbprint for its example key.
-        let x = URL_SAFE_NO_PAD
-            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
-            .expect("b64");
-        let key = VerifyingKey::from_bytes(&x.try_into().expect("32 bytes")).expect("key");
-        assert_eq!(
-            thumbprint(&key),
-            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-        );
     }
 }

@@ -10,7 +10,8 @@
 //! - `service.rs`: [`Auth`], the operations, and the per-replica derived state;
 //!   `service/account.rs` what a user controls of their account (sessions, password,
 //!   deletion).
-//! - `jwt.rs`: signing and the strict verifier, with a [`Rejection`] for every failure.
+//! - `jwt`: signing and the strict verifier, with a [`Rejection`] for every failure,
+//!   re-exported from `herd-token` (shared with `herd-verify`).
 //! - `keyring.rs`: keys, their life cycle and JWKS.
 //! - `revocation.rs`, `cache.rs`: the revoked-session set and the verified-token cache.
 //! - `sessions.rs`: the stateful strategies herd argues against, `memory` and `shared`
@@ -28,7 +29,7 @@
 mod cache;
 mod clock;
 mod domain;
-pub mod jwt;
+pub use herd_token::jwt;
 pub mod keyring;
 mod password;
 mod redis_pool;

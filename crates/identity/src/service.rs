@@ -19,7 +19,7 @@ use crate::cache::{self, TokenCache};
 use crate::clock::Clock;
 use crate::domain::{Password, Username};
 use crate::jwt::{self, AccessClaims, Expectations, Rejection};
-use crate::keyring::{key_states, KeyInfo, KeyRing, PublicKey, SigningKey};
+use crate::keyring::{key_states, KeyInfo, KeyRing, PublicKey, SigningKey, ToRecord as _};
 use crate::password::{random_bytes, HashError, HashParams, PasswordHasher};
 use crate::redis_pool::RedisPool;
 use crate::revocation::RevocationSet;
@@ -953,6 +953,26 @@ impl Auth {
         Ok(lines.len())
     }
 
+    /// At most `limit` revocations logged after `after_id` and still in force, oldest
+    /// first: a page of the revocation feed (session ids, and withdrawn keys under
+    /// [`herd_store::KEY_SUBJECT_PREFIX`]).
+    pub async fn revocation_page(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<herd_store::Revocation>, AuthError> {
+        Ok(self
+            .inner
+            .store
+            .revocation_page(after_id, self.now(), limit)
+            .await?)
+    }
+
+    /// The oldest id still in the revocation log (`None` when empty) and the newest.
+    pub async fn revocation_bounds(&self) -> Result<(Option<i64>, i64), AuthError> {
+        Ok(self.inner.store.revocation_bounds().await?)
+    }
+
     /// One round of upkeep: reload the ring, tail the revocation log, prune the store.
     ///
     /// Pruning is a write, and on a SQLite file shared by replicas every write waits for
@@ -1042,7 +1062,12 @@ impl Auth {
                 self.inner.store.delete_signing_key(&info.kid).await?;
             }
         }
-        self.inner.store.delete_signing_key(kid).await?;
+        // Logged with the revocations, until the last token it signed has expired, so
+        // that services verifying herd's tokens offline hear of it on the feed.
+        self.inner
+            .store
+            .revoke_signing_key(kid, now, self.revocation_expiry(now))
+            .await?;
         tracing::warn!(%kid, "revoked a signing key");
         self.reload_keys().await?;
         self.announce(Notice::KeysChanged);

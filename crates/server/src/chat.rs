@@ -1102,6 +1102,12 @@ pub struct ChatState {
 }
 
 impl ChatState {
+    /// Turns true when the replica stops: long-lived responses (the revocation feed's
+    /// streams) end then, as WebSockets close.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
     pub fn new(limits: ChatLimits) -> ChatState {
         ChatState {
             connections: Arc::new(Semaphore::new(limits.max_connections)),

@@ -55,6 +55,10 @@ pub enum Code {
     TooManyConnections,
     /// WebSocket only: the fresh token of a `reauth` was refused.
     ReauthFailed,
+    /// The revocation feed's cursor is not a revocation id.
+    InvalidCursor,
+    /// The revocation feed no longer holds what follows the cursor.
+    CursorExpired,
 }
 
 impl Code {
@@ -212,6 +216,16 @@ impl Code {
                 "reauth-failed",
                 StatusCode::UNAUTHORIZED,
                 "The fresh access token was refused",
+            ),
+            InvalidCursor => (
+                "invalid-cursor",
+                StatusCode::BAD_REQUEST,
+                "The cursor is not a revocation id",
+            ),
+            CursorExpired => (
+                "cursor-expired",
+                StatusCode::GONE,
+                "The cursor is older than the revocations kept",
             ),
         }
     }

@@ -18,6 +18,8 @@
 //! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica: a
 //!   connection is a `Handler` value over the same `Chat`.
 //! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
+//! - `feed.rs`: the revocation feed (a page, and Server-Sent Events) for services that
+//!   verify herd's tokens themselves.
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
 //! - `web.rs`: the web page at `/` and the API reference at `/docs/api` (HTML, CSS and
 //!   JavaScript embedded from `web/`), served under a Content-Security-Policy that allows
@@ -42,6 +44,7 @@ pub mod client;
 pub mod cookies;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod health;
 pub mod listen;
 pub mod metrics;
@@ -127,6 +130,8 @@ pub struct AppState {
     draining: Arc<AtomicBool>,
     /// The cookie policy with this deployment's public origin and CSRF binding.
     cookies: Arc<Cookies>,
+    /// The revocation feed's bound on open streams.
+    pub(crate) feed: Arc<feed::FeedState>,
 }
 
 impl AppState {
@@ -164,6 +169,7 @@ impl AppState {
             config: Arc::new(config),
             bus,
             draining: Arc::default(),
+            feed: Arc::default(),
         })
     }
 
@@ -239,6 +245,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rooms::router())
         .merge(chat::router())
         .merge(wellknown::router())
+        .merge(feed::router())
         .merge(health::router())
         .merge(web::router())
         .merge(openapi::router())

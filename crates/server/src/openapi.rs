@@ -22,7 +22,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, Header, OpenApi as Document, Ref, RefOr, Response as Answer};
 use utoipa::{Modify, OpenApi};
 
-use crate::{account, auth, chat, error, health, metrics, rooms, web, wellknown, AppState};
+use crate::{account, auth, chat, error, feed, health, metrics, rooms, web, wellknown, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,19 +42,22 @@ use crate::{account, auth, chat, error, health, metrics, rooms, web, wellknown, 
         rooms::create, rooms::mine, rooms::join, rooms::leave, rooms::send, rooms::history,
         chat::upgrade,
         wellknown::jwks, wellknown::openid_configuration,
+        feed::page, feed::stream,
         health::healthz, health::readyz, metrics::metrics,
         web::index, web::app_js, web::style_css, web::favicon,
         web::api_reference, web::api_reference_js, web::api_reference_css,
         openapi_json,
     ),
-    components(schemas(error::Problem, error::FieldError, auth::Tokens, auth::CookieSession)),
+    components(schemas(error::Problem, error::FieldError, auth::Tokens, auth::CookieSession,
+        feed::RevocationEntry, feed::Kind)),
     tags(
         (name = "auth", description = "Accounts, login, tokens, logout."),
         (name = "account", description = "What a user controls: their sessions, their \
             password, their account. Under `--sessions token` only."),
         (name = "rooms", description = "Rooms and message history (stateless, any replica)."),
         (name = "chat", description = "Live chat over WebSocket."),
-        (name = "discovery", description = "Keys and metadata for third-party verifiers."),
+        (name = "discovery", description = "Keys, metadata and the revocation feed for \
+            third-party verifiers."),
         (name = "operations", description = "Health, readiness and metrics."),
         (name = "web", description = "The web page and this API's reference page."),
     ),

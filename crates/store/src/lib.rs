@@ -250,10 +250,15 @@ pub struct RefreshLimit {
     pub tolerance: i64,
 }
 
+/// The revocation log's subject for a withdrawn signing key is this prefix and its kid;
+/// any other subject is a login session id (random base64url, which never has a colon).
+pub const KEY_SUBJECT_PREFIX: &str = "key:";
+
 /// One line of the revocation log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
     pub id: i64,
+    /// A login session id, or [`KEY_SUBJECT_PREFIX`] and a key id.
     pub session_id: String,
     /// The last second at which an access token of the session may still pass
     /// verification (its expiry plus the leeway); after it the line is moot.
@@ -424,6 +429,31 @@ impl Store {
     /// grow in commit order, so a reader that remembers the last id it saw misses nothing.
     pub async fn revocations_since(&self, after_id: i64, now: i64) -> Result<Vec<Revocation>> {
         dispatch!(self, db => db.revocations_since(after_id, now).await)
+    }
+
+    /// At most `limit` revocations logged after `after_id` that still matter at `now`,
+    /// oldest first: a page of the revocation feed.
+    pub async fn revocation_page(
+        &self,
+        after_id: i64,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<Revocation>> {
+        dispatch!(self, db => db.revocation_page(after_id, now, limit).await)
+    }
+
+    /// The lowest id still in the revocation log (`None` when it is empty) and the
+    /// highest (0 when empty). Pruning deletes lines oldest first, so ids below the lowest
+    /// may have been pruned: the feed refuses a cursor from before it.
+    pub async fn revocation_bounds(&self) -> Result<(Option<i64>, i64)> {
+        dispatch!(self, db => db.revocation_bounds().await)
+    }
+
+    /// Withdraws signing key `kid` and logs its revocation (subject
+    /// [`KEY_SUBJECT_PREFIX`] + kid) until `access_expiry`, in one transaction, so that
+    /// services following the revocation feed hear of it in order with logouts.
+    pub async fn revoke_signing_key(&self, kid: &str, now: i64, access_expiry: i64) -> Result<()> {
+        dispatch!(self, db => db.revoke_signing_key(kid, now, access_expiry).await)
     }
 
     /// The highest revocation id logged so far (0 when none), so a tail can start there.

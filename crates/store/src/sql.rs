@@ -266,6 +266,63 @@ impl_queries! {
             .collect())
     }
 
+    pub(crate) async fn revocation_page(
+        &self,
+        after_id: i64,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<Revocation>> {
+        let select = sqlx::query(
+            "SELECT id, session_id, expires_at FROM revocations \
+             WHERE id > $1 AND expires_at >= $2 ORDER BY id LIMIT $3",
+        )
+        .bind(after_id)
+        .bind(now)
+        .bind(limit);
+        let rows = self.pool.fetch_all(select).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Revocation {
+                id: r.get(0),
+                session_id: r.get(1),
+                expires_at: r.get(2),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn revocation_bounds(&self) -> Result<(Option<i64>, i64)> {
+        let row = self
+            .pool
+            .fetch_one(sqlx::query("SELECT MIN(id), MAX(id) FROM revocations"))
+            .await?;
+        Ok((
+            row.get::<Option<i64>, _>(0),
+            row.get::<Option<i64>, _>(1).unwrap_or(0),
+        ))
+    }
+
+    pub(crate) async fn revoke_signing_key(
+        &self,
+        kid: &str,
+        now: i64,
+        access_expiry: i64,
+    ) -> Result<()> {
+        let mut tx = DB::begin(&self.pool).await?;
+        let delete = sqlx::query("DELETE FROM signing_keys WHERE kid = $1").bind(kid);
+        tx.execute(delete).await?;
+        DB::lock(&mut tx, Lock::Revocations).await?;
+        let subject = format!("{}{kid}", crate::KEY_SUBJECT_PREFIX);
+        let log = sqlx::query(
+            "INSERT INTO revocations (session_id, revoked_at, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(subject.as_str())
+        .bind(now)
+        .bind(access_expiry);
+        tx.execute(log).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(crate) async fn last_revocation_id(&self) -> Result<i64> {
         let row = self
             .pool

@@ -5,6 +5,8 @@
 //! - `cli`: flags, migrations, keys, SIGTERM, a replica SIGKILLed mid-flood;
 //! - `cluster`, `balance`: `herd cluster` and `herd balance` with their replicas;
 //! - `lab`: a short `herd lab` run whose results.json must show the design claims;
+//! - `verify`: the example service on `herd-verify` refusing logged-out tokens, with herd
+//!   up, away and back;
 //! - `security`: logs searched for secrets; clock skew (libfaketime) and third-party
 //!   JOSE libraries when their tools are named;
 //! - `nginx`, `browser`, `kubernetes`, `partition`: the deployment's own tools (nginx,
@@ -28,3 +30,4 @@ mod lab;
 mod nginx;
 mod partition;
 mod security;
+mod verify;

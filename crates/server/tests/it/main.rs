@@ -9,6 +9,7 @@ mod confirm;
 mod cookies;
 mod edge;
 mod errors;
+mod feed;
 mod helpers;
 mod keys;
 mod lockout;

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use herd_store::{NewRefresh, Rotation, Store};
+use herd_store::{NewRefresh, Rotation, Store, KEY_SUBJECT_PREFIX};
 
 use crate::harness::{self, TestDb, NOW};
 
@@ -12,6 +12,7 @@ backend_tests!(
     the_log_reads_in_id_order_after_an_id_and_skips_the_moot,
     prune_deletes_what_can_no_longer_matter,
     a_tail_misses_no_revocation_logged_concurrently,
+    a_withdrawn_key_is_logged_with_the_sessions_and_pages_read_in_order,
 );
 
 async fn sessions(store: &Store, ids: &[&str], token_expiry: i64) {
@@ -251,4 +252,59 @@ async fn a_tail_misses_no_revocation_logged_concurrently(db: TestDb) {
     let all = revocation_ids(&store).await;
     assert_eq!(all.len(), ids.len());
     assert_eq!(seen, all, "the tail skipped a revocation");
+}
+
+/// The revocation feed reads the log a page at a time, and a key withdrawn with `herd
+/// keys revoke` is a line of the same log, so that followers hear of it in order.
+async fn a_withdrawn_key_is_logged_with_the_sessions_and_pages_read_in_order(db: TestDb) {
+    let store = db.connect().await;
+    assert_eq!(store.revocation_bounds().await.expect("bounds"), (None, 0));
+    sessions(&store, &["s1", "s2"], NOW + 3600).await;
+    let key = harness::key("k1", NOW, NOW);
+    store.insert_signing_key(&key).await.expect("insert key");
+    store
+        .revoke_session("s1", NOW, NOW + 300)
+        .await
+        .expect("revoke");
+    store
+        .revoke_signing_key("k1", NOW, NOW + 300)
+        .await
+        .expect("revoke key");
+    store
+        .revoke_session("s2", NOW, NOW + 300)
+        .await
+        .expect("revoke");
+    assert!(
+        store.signing_keys().await.expect("keys").is_empty(),
+        "the key is gone"
+    );
+
+    let first = store.revocation_page(0, NOW, 2).await.expect("page");
+    let rest = store
+        .revocation_page(first[1].id, NOW, 2)
+        .await
+        .expect("page");
+    let subjects: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|r| r.session_id.clone())
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "s1".to_owned(),
+            format!("{KEY_SUBJECT_PREFIX}k1"),
+            "s2".to_owned()
+        ]
+    );
+    let (oldest, newest) = store.revocation_bounds().await.expect("bounds");
+    assert_eq!((oldest, newest), (Some(first[0].id), rest[0].id));
+    assert!(
+        store
+            .revocation_page(0, NOW + 301, 10)
+            .await
+            .expect("page")
+            .is_empty(),
+        "lines past their expiry are not in force"
+    );
 }

@@ -36,8 +36,20 @@ impl Replica {
         flags: &[&str],
         env: &[(&str, &str)],
     ) -> Replica {
+        Replica::start_at(id, "127.0.0.1:0", database, flags, env)
+    }
+
+    /// [`Replica::start_with_env`] listening on `listen`: a replica that comes back at
+    /// the address its clients know.
+    pub fn start_at(
+        id: &str,
+        listen: &str,
+        database: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Replica {
         let mut child = herd()
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "serve", "--listen", listen])
             .args(["--replica-id", id, "--database", database])
             .args(CHEAP_HASH)
             .args(flags)

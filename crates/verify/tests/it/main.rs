@@ -1,0 +1,3 @@
+//! herd-verify's integration tests: the verifier against a stand-in for herd.
+
+mod feed;
