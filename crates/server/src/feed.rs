@@ -129,8 +129,10 @@ pub struct RevocationPage {
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// The id of the last revocation seen; absent (or 0) for every revocation in force.
+    #[param(minimum = 0, maximum = 999_999_999_999_999_999_i64)]
     after: Option<i64>,
     /// At most this many revocations, 1 to 1000 (500 by default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -240,8 +242,8 @@ async fn page(
     params(
         ("Last-Event-ID" = Option<String>, Header,
             description = "The id of the last event received; wins over `after`."),
-        ("after" = Option<i64>, Query, description = "The cursor, for clients that cannot set \
-            headers."),
+        ("after" = Option<i64>, Query, minimum = 0, maximum = 999_999_999_999_999_999_i64,
+            description = "The cursor, for clients that cannot set headers."),
     ),
     responses(
         (status = 200, description = "The event stream.", content_type = "text/event-stream",

@@ -10,7 +10,9 @@ use serde_json::json;
 use crate::helpers::{spawn_app, PASSWORD};
 
 fn run(st: &str, base: &str, token: &str, filter: &[&str]) {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schemathesis.toml");
     let output = Command::new(st)
+        .args(["--config-file", config])
         .args(["run", &format!("{base}/openapi.json"), "--checks", "all"])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         // Bounded so the run takes a minute or two on CI; the seed varies between runs.
