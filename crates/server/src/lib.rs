@@ -14,7 +14,9 @@
 //!   [`herd_chat::Chat`].
 //! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica: a
 //!   connection is a `Handler` value over the same `Chat`.
-//! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
+//! - `wellknown.rs`: JWKS and the authorization server metadata (RFC 8414).
+//! - `oauth.rs`: the standard spellings: the OAuth token endpoint (`refresh_token`
+//!   grant), token revocation (RFC 7009) and the Token Status List.
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
 //! - `web.rs`: the web page at `/` and the API reference at `/docs/api` (HTML, CSS and
 //!   JavaScript embedded from `web/`), served under a Content-Security-Policy that allows
@@ -42,6 +44,7 @@ pub mod health;
 pub mod listen;
 pub mod metrics;
 pub mod news;
+pub mod oauth;
 pub mod openapi;
 pub mod rooms;
 pub mod web;
@@ -208,6 +211,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rooms::router())
         .merge(chat::router())
         .merge(wellknown::router())
+        .merge(oauth::router())
         .merge(health::router())
         .merge(web::router())
         .merge(openapi::router())
