@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark tool, run at a tiny size so that none can rot silently: bench/wrk.sh,
-# bench/strategies.sh, bench/chat.sh (chatbench's latency, throughput and idle modes) and
-# bench/store-load.py. Each fails when it measured nothing (wrk completed no request,
+# bench/strategies.sh, bench/chat.sh (chatbench's latency, throughput and idle modes),
+# bench/store-load.py and bench/status-list.sh. Each fails when it measured nothing (wrk completed no request,
 # chatbench received or delivered no message or kept no connection open, store-load
 # counted no row written), and then so does this script.
 #
@@ -56,8 +56,9 @@ step chat env RATE=50 WARMUP=0.5 DURATION=1 LAT_SUBSCRIBERS=2 POLL_INTERVALS=10m
     TP_SUBSCRIBERS=2 TP_BUSES="in-process redis" IDLE_CONNECTIONS=20 IDLE_BATCH=10 \
     LAT_DIAGNOSTIC=0 QUIET_WAIT=0 ATTEMPTS=1 NOISE_MAX=1000 RUN_TIMEOUT=60 bench/chat.sh
 step store-load env N=20 N_SLOW=5 IDLE_S=1 STABLE_S=0.5 bench/store-load.py
+step status-list env SESSIONS=1000 ROUNDS=1 bench/status-list.sh
 
-for section in wrk strategies chat store-load; do
+for section in wrk strategies chat store-load status-list; do
     grep -q "<!-- $section:begin -->" "$HERD_BENCH_DOCS" ||
         { echo "bench smoke: no $section section was written" >&2; exit 1; }
 done

@@ -56,6 +56,9 @@ pub struct Options {
     pub connections: herd_server::ConnectionLimits,
     /// Session lifetimes under `shared` and `memory`.
     pub sessions: Timeouts,
+    /// No `--issuer`: the replica names its own address, so that a client discovering
+    /// its keys from the issuer reaches it.
+    pub issuer_follows_listen: bool,
 }
 
 /// Which bus a test replica relays news over.
@@ -95,6 +98,7 @@ impl Default for Options {
             hash_permit_wait: Duration::from_secs(5),
             connections: herd_server::ConnectionLimits::default(),
             sessions: TIMEOUTS,
+            issuer_follows_listen: false,
         }
     }
 }
@@ -233,7 +237,7 @@ async fn spawn_on(
             TestBus::Redis(url) => BusSettings::Redis { url: url.clone() },
         },
         connections: options.connections,
-        issuer_follows_listen: false,
+        issuer_follows_listen: options.issuer_follows_listen,
         drain_delay: Duration::ZERO,
     };
     let mut builder = App::builder(settings).clock(clock.clone());
