@@ -22,11 +22,7 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let rounds: usize = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5)
-        .max(1);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5).max(1);
     let key = SigningKey::generate();
     let mut out = String::from(
         "| sessions | revoked | raw bytes | compressed bytes | JWT bytes | build (median) |\n\
@@ -50,11 +46,7 @@ fn main() {
             };
             let jwt = status_list::sign(&claims, &key);
             times.push(started.elapsed());
-            built = Some((
-                bytes.len(),
-                claims.status_list.lst.len() * 3 / 4,
-                jwt.len(),
-            ));
+            built = Some((bytes.len(), claims.status_list.lst.len() * 3 / 4, jwt.len()));
         }
         times.sort();
         let Some((raw, compressed, jwt)) = built else {

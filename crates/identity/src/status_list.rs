@@ -58,7 +58,9 @@ pub fn reuse_margin(ttl: i64, leeway: i64) -> i64 {
 /// (draft section 4.1). At least one byte, so that an empty list still decodes.
 /// Indices at or past `len`, or negative, are ignored.
 pub fn pack(len: u64, set: &[i64]) -> Vec<u8> {
-    let bytes = usize::try_from(len.div_ceil(8)).unwrap_or(usize::MAX).max(1);
+    let bytes = usize::try_from(len.div_ceil(8))
+        .unwrap_or(usize::MAX)
+        .max(1);
     let mut out = vec![0u8; bytes];
     for &idx in set {
         let Ok(i) = u64::try_from(idx) else { continue };

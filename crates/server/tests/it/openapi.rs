@@ -153,8 +153,8 @@ async fn openapi_json_describes_security_errors_and_schemas() {
                     "{method} {path}: no 401 with WWW-Authenticate"
                 );
             }
-            let form = op["requestBody"]["content"]["application/x-www-form-urlencoded"]
-                .is_object();
+            let form =
+                op["requestBody"]["content"]["application/x-www-form-urlencoded"].is_object();
             if form {
                 // The OAuth endpoints answer RFC 6749 errors; only the body reader's
                 // timeout and size limit are herd's problems.

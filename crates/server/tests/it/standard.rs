@@ -14,6 +14,9 @@ use crate::helpers::{spawn_app, spawn_with, Options, TestApp};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
+/// A form's fields, in order.
+type Pairs<'a> = &'a [(&'a str, &'a str)];
+
 async fn form(app: &TestApp, path: &str, pairs: &[(&str, &str)]) -> Response {
     app.client
         .post(app.url(path))
@@ -28,7 +31,8 @@ async fn form(app: &TestApp, path: &str, pairs: &[(&str, &str)]) -> Response {
 async fn assert_oauth_error(response: Response, status: StatusCode, error: &str) -> Value {
     assert_eq!(response.status(), status);
     assert_eq!(
-        response.headers()["cache-control"], "no-store",
+        response.headers()["cache-control"],
+        "no-store",
         "token errors are not cached either"
     );
     assert!(response.headers()["content-type"]
@@ -58,7 +62,10 @@ async fn the_metadata_publishes_only_what_herd_does() {
         assert_eq!(meta["jwks_uri"], "http://herd.test/.well-known/jwks.json");
         assert_eq!(meta["token_endpoint"], "http://herd.test/oauth/token");
         assert_eq!(meta["revocation_endpoint"], "http://herd.test/oauth/revoke");
-        assert_eq!(meta["grant_types_supported"], serde_json::json!(["refresh_token"]));
+        assert_eq!(
+            meta["grant_types_supported"],
+            serde_json::json!(["refresh_token"])
+        );
         assert_eq!(meta["response_types_supported"], serde_json::json!([]));
         assert!(
             meta.get("id_token_signing_alg_values_supported").is_none(),
@@ -108,7 +115,10 @@ async fn the_token_endpoint_refreshes_a_form_encoded_refresh_token() {
     let reused = form(
         &app,
         "/oauth/token",
-        &[("grant_type", "refresh_token"), ("refresh_token", &tokens.refresh)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &tokens.refresh),
+        ],
     )
     .await;
     assert_oauth_error(reused, StatusCode::BAD_REQUEST, "invalid_grant").await;
@@ -119,9 +129,13 @@ async fn the_token_endpoint_refreshes_a_form_encoded_refresh_token() {
 async fn the_token_endpoint_answers_rfc_6749_errors() {
     let app = spawn_app().await;
     let tokens = app.user("bob").await;
-    let cases: [(&[(&str, &str)], StatusCode, &str); 7] = [
+    let cases: [(Pairs, StatusCode, &str); 7] = [
         (
-            &[("grant_type", "password"), ("username", "bob"), ("password", "x")],
+            &[
+                ("grant_type", "password"),
+                ("username", "bob"),
+                ("password", "x"),
+            ],
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
         ),
@@ -130,10 +144,21 @@ async fn the_token_endpoint_answers_rfc_6749_errors() {
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
         ),
-        (&[("grant_type", "refresh_token")], StatusCode::BAD_REQUEST, "invalid_request"),
-        (&[("refresh_token", "x")], StatusCode::BAD_REQUEST, "invalid_request"),
         (
-            &[("grant_type", "refresh_token"), ("refresh_token", "not-a-refresh-token")],
+            &[("grant_type", "refresh_token")],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            &[("refresh_token", "x")],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "not-a-refresh-token"),
+            ],
             StatusCode::BAD_REQUEST,
             "invalid_grant",
         ),
@@ -178,20 +203,29 @@ async fn revocation_ends_the_session_of_either_token_and_answers_200_for_any_tok
     let by_refresh = app.user("carol").await;
     let response = form(&app, "/oauth/revoke", &[("token", &by_refresh.refresh)]).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(app.me(&by_refresh.access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.me(&by_refresh.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     let by_access = app.login("carol").await;
     let response = form(
         &app,
         "/oauth/revoke",
-        &[("token", &by_access.access), ("token_type_hint", "access_token")],
+        &[
+            ("token", &by_access.access),
+            ("token_type_hint", "access_token"),
+        ],
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
     let refreshed = form(
         &app,
         "/oauth/token",
-        &[("grant_type", "refresh_token"), ("refresh_token", &by_access.refresh)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &by_access.refresh),
+        ],
     )
     .await;
     assert_oauth_error(refreshed, StatusCode::BAD_REQUEST, "invalid_grant").await;
@@ -201,7 +235,12 @@ async fn revocation_ends_the_session_of_either_token_and_answers_200_for_any_tok
         let response = form(&app, "/oauth/revoke", &[("token", token)]).await;
         assert_eq!(response.status(), StatusCode::OK, "{token}");
     }
-    let missing = form(&app, "/oauth/revoke", &[("token_type_hint", "access_token")]).await;
+    let missing = form(
+        &app,
+        "/oauth/revoke",
+        &[("token_type_hint", "access_token")],
+    )
+    .await;
     assert_oauth_error(missing, StatusCode::BAD_REQUEST, "invalid_request").await;
 }
 
@@ -287,7 +326,10 @@ async fn the_status_list_sets_a_sessions_bit_when_it_is_revoked() {
     let (_, again) = status_list_of(&app).await;
     assert_eq!(again, first, "no revocation, no rebuild");
 
-    assert_eq!(app.logout(&dave.access).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.logout(&dave.access).await.status(),
+        StatusCode::NO_CONTENT
+    );
     let (list, _) = status_list_of(&app).await;
     assert!(listed_revoked(&list, &dave.access), "logged out");
     assert!(!listed_revoked(&list, &erin.access));
@@ -317,7 +359,10 @@ async fn another_replica_lists_a_revocation_it_heard_of_on_the_bus() {
     let frank = a.user("frank").await;
     let (list, _) = status_list_of(&b).await;
     assert!(!listed_revoked(&list, &frank.access));
-    assert_eq!(a.logout(&frank.access).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        a.logout(&frank.access).await.status(),
+        StatusCode::NO_CONTENT
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let sid = segment(&frank.access, 1)["sid"]
         .as_str()
@@ -328,7 +373,10 @@ async fn another_replica_lists_a_revocation_it_heard_of_on_the_bus() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let (list, _) = status_list_of(&b).await;
-    assert!(listed_revoked(&list, &frank.access), "b rebuilt on the news");
+    assert!(
+        listed_revoked(&list, &frank.access),
+        "b rebuilt on the news"
+    );
 }
 
 /// A resource server written with `jwt-authorizer` (axum 0.7), which finds herd's keys

@@ -48,7 +48,11 @@ async fn each_session_gets_its_own_index_from_zero(db: TestDb) {
         got.push(new_session(&store, id, NOW + 3600, NOW).await);
     }
     assert_eq!(got, [0, 1, 2]);
-    assert_eq!(listed(&store, NOW).await, (3, vec![]), "nothing revoked yet");
+    assert_eq!(
+        listed(&store, NOW).await,
+        (3, vec![]),
+        "nothing revoked yet"
+    );
 }
 
 async fn a_revoked_session_stays_listed_after_its_row_is_pruned(db: TestDb) {
@@ -81,14 +85,20 @@ async fn an_index_is_reused_only_after_its_tokens_expire_and_the_margin(db: Test
 
     let early = NOW + 300 + MARGIN;
     let third = new_session(&store, "s3", early + 3600, early).await;
-    assert_eq!(third, 2, "not yet: a cached list may still show the bit set");
+    assert_eq!(
+        third, 2,
+        "not yet: a cached list may still show the bit set"
+    );
 
     let later = early + 1;
     let fourth = new_session(&store, "s4", later + 3600, later).await;
     assert_eq!(fourth, first, "the lowest freed index is taken first");
     let (length, revoked) = listed(&store, later).await;
     assert_eq!(length, 3, "reuse keeps the list as long as the peak");
-    assert!(revoked.is_empty(), "the new session's bit is clear: {revoked:?}");
+    assert!(
+        revoked.is_empty(),
+        "the new session's bit is clear: {revoked:?}"
+    );
 }
 
 async fn an_expired_sessions_index_is_freed_when_it_is_pruned(db: TestDb) {

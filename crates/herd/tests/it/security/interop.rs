@@ -247,17 +247,28 @@ async fn authlib_refreshes_and_revokes_and_pyjwt_with_the_status_list_refuses_th
 
     // The spent token again, by a client nobody here wrote: an OAuth error it understands.
     let spent = run("python3", "authlib_check.py", &["refresh", issuer, refresh]);
-    assert!(spent.is_ok() || spent.as_ref().is_err_and(|e| e.contains("invalid_grant")), "{spent:?}");
+    assert!(
+        spent.is_ok() || spent.as_ref().is_err_and(|e| e.contains("invalid_grant")),
+        "{spent:?}"
+    );
 
-    let revoked = run("python3", "authlib_check.py", &["revoke", issuer, next, "refresh_token"])
-        .unwrap_or_else(|e| panic!("Authlib could not revoke: {e}"));
+    let revoked = run(
+        "python3",
+        "authlib_check.py",
+        &["revoke", issuer, next, "refresh_token"],
+    )
+    .unwrap_or_else(|e| panic!("Authlib could not revoke: {e}"));
     assert_eq!(revoked.trim(), "200");
     assert_eq!(replica.me(access).await, StatusCode::UNAUTHORIZED);
     let refused = verify(access).expect_err("a revoked session's token is refused");
     assert!(refused.contains("revoked"), "{refused}");
 
     // Revoking what is no longer live is still 200 (RFC 7009 section 2.2).
-    let again = run("python3", "authlib_check.py", &["revoke", issuer, next, "refresh_token"])
-        .unwrap_or_else(|e| panic!("Authlib: {e}"));
+    let again = run(
+        "python3",
+        "authlib_check.py",
+        &["revoke", issuer, next, "refresh_token"],
+    )
+    .unwrap_or_else(|e| panic!("Authlib: {e}"));
     assert_eq!(again.trim(), "200");
 }
