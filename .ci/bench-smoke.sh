@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every benchmark tool, run at a tiny size so that none can rot silently: bench/wrk.sh,
 # bench/strategies.sh, bench/chat.sh (chatbench's latency, throughput and idle modes),
-# bench/store-load.py and bench/logout.sh. Each fails when it measured nothing (wrk
-# completed no request, chatbench received or delivered no message or kept no connection
-# open, store-load counted no row written, logout.sh timed no logout), and then so does
-# this script.
+# bench/store-load.py, bench/logout.sh and bench/status-list.sh. Each fails when it
+# measured nothing (wrk completed no request, chatbench received or delivered no message
+# or kept no connection open, store-load counted no row written, logout.sh timed no
+# logout, status-list.sh built no list), and then so does this script.
 #
 # The figures are meaningless and go nowhere: the tools write their sections into a copy
 # of docs/benchmarks.md in a temporary directory, which is then checked to hold every
@@ -57,6 +57,8 @@ step chat env RATE=50 WARMUP=0.5 DURATION=1 LAT_SUBSCRIBERS=2 POLL_INTERVALS=10m
     TP_SUBSCRIBERS=2 TP_BUSES="in-process redis" IDLE_CONNECTIONS=20 IDLE_BATCH=10 \
     LAT_DIAGNOSTIC=0 QUIET_WAIT=0 ATTEMPTS=1 NOISE_MAX=1000 RUN_TIMEOUT=60 bench/chat.sh
 step store-load env N=20 N_SLOW=5 IDLE_S=1 STABLE_S=0.5 bench/store-load.py
+step status-list env SESSIONS=1000 ROUNDS=1 bench/status-list.sh
+
 step logout env LOGOUTS=5 BASELINE=0 BUSES="sqlite-sql postgres-sql postgres-redis" bench/logout.sh
 
 # herd lab --chaos (docs/lab.md, "Chaos"): every fault SQLite can take, at a tiny size
@@ -72,7 +74,7 @@ ran = [c for c in chaos if c["status"] == "ran"]
 assert ran and all(i["checked"] > 0 for c in ran for i in c["invariants"]), chaos
 PY
 
-for section in wrk strategies chat store-load logout; do
+for section in wrk strategies chat store-load logout status-list; do
     grep -q "<!-- $section:begin -->" "$HERD_BENCH_DOCS" ||
         { echo "bench smoke: no $section section was written" >&2; exit 1; }
 done

@@ -14,6 +14,8 @@
 //!   re-exported from `herd-token` (shared with `herd-verify`).
 //! - `keyring.rs`: keys, their life cycle and JWKS.
 //! - `revocation.rs`, `cache.rs`: the revoked-session set and the verified-token cache.
+//! - `status_list.rs`: the Token Status List (draft-ietf-oauth-status-list) the same
+//!   revocations are published as, for verifiers other than herd.
 //! - `sessions.rs`: the stateful strategies herd argues against, `memory` and `shared`
 //!   (Redis or SQL), kept to be compared with tokens behind the same API.
 //! - `throttle.rs`: login throttling per account, client address and device cookie, and
@@ -36,11 +38,12 @@ mod redis_pool;
 mod revocation;
 mod service;
 mod sessions;
+pub mod status_list;
 mod throttle;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{Invalid, Password, Username};
-pub use jwt::{AccessClaims, Rejection};
+pub use jwt::{AccessClaims, Rejection, StatusListRef, TokenStatus};
 pub use keyring::{KeyInfo, KeyState, PublicKey};
 pub use password::{HashError, HashParams};
 pub use service::{

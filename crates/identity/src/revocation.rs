@@ -1,6 +1,7 @@
 //! The replica-local set of revoked sessions, fed from the store's revocation log.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use herd_store::Revocation;
@@ -10,6 +11,9 @@ use herd_store::Revocation;
 #[derive(Debug, Default)]
 pub struct RevocationSet {
     inner: RwLock<Inner>,
+    /// Counts the revocations added, however they came: what the token status list is
+    /// rebuilt on.
+    changes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -25,8 +29,14 @@ impl RevocationSet {
         !inner.sessions.is_empty() && inner.sessions.contains_key(session_id)
     }
 
+    /// How many revocations were added so far: it changes when the set gains one.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// Adds a revocation this replica made itself, ahead of reading it from the log.
     pub fn insert(&self, session_id: &str, expires_at: i64) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let until = inner
             .sessions
@@ -37,6 +47,9 @@ impl RevocationSet {
 
     /// Applies log lines read from the store, oldest first.
     pub fn apply(&self, lines: &[Revocation]) {
+        if !lines.is_empty() {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for line in lines {
             let until = inner

@@ -68,6 +68,9 @@ pub struct AuthConfig {
     pub redis_pool: usize,
     /// Login attempts allowed per account and per client address.
     pub throttle: ThrottleConfig,
+    /// How long verifiers may keep the token status list before fetching it again (its
+    /// `ttl`); its `exp` is as long after it was built.
+    pub status_list_ttl: Duration,
 }
 
 impl AuthConfig {
@@ -91,7 +94,18 @@ impl AuthConfig {
             redis_url: None,
             redis_pool: 4,
             throttle: ThrottleConfig::default(),
+            status_list_ttl: Duration::from_secs(60),
         }
+    }
+
+    /// The URI of the token status list, which access tokens name in their `status`
+    /// claim and which is the list's `sub`.
+    pub fn status_list_uri(&self) -> String {
+        format!(
+            "{}{}",
+            self.issuer.trim_end_matches('/'),
+            crate::status_list::PATH
+        )
     }
 
     /// How long after a key stops signing it must still verify, in seconds.
@@ -305,6 +319,27 @@ struct Inner {
     revoked_tx: broadcast::Sender<String>,
     /// When the store was last pruned, in clock seconds.
     last_prune: std::sync::atomic::AtomicI64,
+    /// The token status list last built, rebuilt when a revocation arrives or it is
+    /// half way to its `exp`; the lock makes concurrent requests wait for one build.
+    status_list: tokio::sync::Mutex<Option<BuiltList>>,
+}
+
+/// A signed status list and what it was built from.
+#[derive(Debug)]
+struct BuiltList {
+    /// [`RevocationSet::changes`] when the build began.
+    changes: u64,
+    iat: i64,
+    exp: i64,
+    token: Arc<str>,
+}
+
+/// The token status list as served: the signed JWT and how long it may be cached.
+#[derive(Debug, Clone)]
+pub struct StatusListToken {
+    pub token: Arc<str>,
+    /// Seconds left until its `exp`, at most the configured TTL.
+    pub max_age: i64,
 }
 
 /// How long a device token exempts its browser from the per-account login ceiling, in
@@ -401,6 +436,7 @@ impl Auth {
                 announced: Mutex::new(0),
                 revoked_tx: broadcast::channel(1024).0,
                 last_prune: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
+                status_list: tokio::sync::Mutex::new(None),
                 config,
             }),
         };
@@ -559,7 +595,8 @@ impl Auth {
         let session_id = random_id();
         let refresh = random_bytes::<32>();
         let refresh_hash = sha256(&refresh);
-        let opened = self
+        let config = &self.inner.config;
+        let status_idx = self
             .inner
             .store
             .open_session(
@@ -569,18 +606,26 @@ impl Auth {
                 now,
                 NewRefresh {
                     hash: &refresh_hash,
-                    expires_at: now + seconds(self.inner.config.refresh_ttl),
+                    expires_at: now + seconds(config.refresh_ttl),
                 },
                 SessionOrigin {
                     client_addr: origin.client_addr.as_deref(),
                     user_agent: origin.user_agent.as_deref(),
                 },
+                crate::status_list::reuse_margin(
+                    seconds(config.status_list_ttl),
+                    seconds(config.leeway),
+                ),
             )
-            .await?;
-        if !opened {
-            return Err(AuthError::InvalidCredentials);
-        }
-        self.issue(&user.id, &user.username, &session_id, &refresh)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        self.issue(
+            &user.id,
+            &user.username,
+            &session_id,
+            Some(status_idx),
+            &refresh,
+        )
     }
 
     /// Replaces `user`'s stored hash by one under the configured parameters, when it was
@@ -686,6 +731,7 @@ impl Auth {
                 &owner.user_id,
                 &owner.username,
                 &owner.session_id,
+                owner.status_idx,
                 &successor,
             ),
             Rotation::Reused { session_id } => {
@@ -1097,11 +1143,57 @@ impl Auth {
         self.inner.revoked.len()
     }
 
+    /// The token status list, signed with the key signing now. It is built from the
+    /// store's revocation log once per change this replica hears of (a revocation made
+    /// here, announced on the bus or read from the log) and once half its lifetime has
+    /// passed, never per request.
+    pub async fn status_list(&self) -> Result<StatusListToken, AuthError> {
+        let ttl = seconds(self.inner.config.status_list_ttl).max(2);
+        let mut built = self.inner.status_list.lock().await;
+        let changes = self.inner.revoked.changes();
+        let now = self.now();
+        if let Some(list) = built.as_ref() {
+            if list.changes == changes && now >= list.iat && now - list.iat < ttl / 2 {
+                return Ok(StatusListToken {
+                    token: list.token.clone(),
+                    max_age: list.exp - now,
+                });
+            }
+        }
+        let (len, set) = self.inner.store.status_list(now).await?;
+        let bytes = crate::status_list::pack(u64::try_from(len).unwrap_or(0), &set);
+        let claims = crate::status_list::StatusListClaims {
+            iss: self.inner.config.issuer.clone(),
+            sub: self.inner.config.status_list_uri(),
+            iat: now.max(0).unsigned_abs(),
+            exp: (now + ttl).max(0).unsigned_abs(),
+            ttl: ttl.unsigned_abs(),
+            status_list: crate::status_list::StatusList {
+                bits: 1,
+                lst: crate::status_list::encode(&bytes),
+            },
+        };
+        let ring = self.inner.ring.load();
+        let key = ring.signer(now).ok_or(AuthError::NoSigningKey)?;
+        let token: Arc<str> = crate::status_list::sign(&claims, key).into();
+        *built = Some(BuiltList {
+            changes,
+            iat: now,
+            exp: now + ttl,
+            token: token.clone(),
+        });
+        Ok(StatusListToken {
+            token,
+            max_age: ttl,
+        })
+    }
+
     fn issue(
         &self,
         user_id: &str,
         username: &str,
         session_id: &str,
+        status_idx: Option<i64>,
         refresh: &[u8; 32],
     ) -> Result<TokenPair, AuthError> {
         let now = self.now();
@@ -1119,6 +1211,14 @@ impl Auth {
             nbf: None,
             preferred_username: username.to_owned(),
             client_id: config.client_id.clone(),
+            status: status_idx
+                .and_then(|idx| u64::try_from(idx).ok())
+                .map(|idx| jwt::TokenStatus {
+                    status_list: jwt::StatusListRef {
+                        idx,
+                        uri: config.status_list_uri(),
+                    },
+                }),
         };
         Ok(TokenPair {
             access_token: jwt::sign(&claims, key),
@@ -1272,6 +1372,7 @@ mod tests {
             nbf: None,
             preferred_username: "mallory".into(),
             client_id: "herd".into(),
+            status: None,
         };
         let forged = jwt::sign(&claims, &key);
 

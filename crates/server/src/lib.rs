@@ -17,9 +17,11 @@
 //!   [`herd_chat::Chat`].
 //! - `chat.rs`: live chat over WebSocket, with gap-free resume on any replica: a
 //!   connection is a `Handler` value over the same `Chat`.
-//! - `wellknown.rs`: JWKS and the OpenID-style discovery document.
 //! - `feed.rs`: the revocation feed (a page, and Server-Sent Events) for services that
 //!   verify herd's tokens themselves.
+//! - `wellknown.rs`: JWKS and the authorization server metadata (RFC 8414).
+//! - `oauth.rs`: the standard spellings: the OAuth token endpoint (`refresh_token`
+//!   grant), token revocation (RFC 7009) and the Token Status List.
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`.
 //! - `web.rs`: the web page at `/` and the API reference at `/docs/api` (HTML, CSS and
 //!   JavaScript embedded from `web/`), served under a Content-Security-Policy that allows
@@ -49,6 +51,7 @@ pub mod health;
 pub mod listen;
 pub mod metrics;
 pub mod news;
+pub mod oauth;
 pub mod openapi;
 pub mod rooms;
 pub mod web;
@@ -246,6 +249,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::router())
         .merge(wellknown::router())
         .merge(feed::router())
+        .merge(oauth::router())
         .merge(health::router())
         .merge(web::router())
         .merge(openapi::router())

@@ -22,7 +22,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, Header, OpenApi as Document, Ref, RefOr, Response as Answer};
 use utoipa::{Modify, OpenApi};
 
-use crate::{account, auth, chat, error, feed, health, metrics, rooms, web, wellknown, AppState};
+use crate::{account, auth, chat, error, feed, health, metrics, oauth, rooms, web, wellknown, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -41,8 +41,9 @@ use crate::{account, auth, chat, error, feed, health, metrics, rooms, web, wellk
         account::change_password, account::delete_account,
         rooms::create, rooms::mine, rooms::join, rooms::leave, rooms::send, rooms::history,
         chat::upgrade,
-        wellknown::jwks, wellknown::openid_configuration,
+        wellknown::jwks, wellknown::openid_configuration, wellknown::authorization_server,
         feed::page, feed::stream,
+        oauth::token, oauth::revoke, oauth::status_list_token,
         health::healthz, health::readyz, metrics::metrics,
         web::index, web::app_js, web::style_css, web::favicon,
         web::api_reference, web::api_reference_js, web::api_reference_css,
@@ -56,8 +57,10 @@ use crate::{account, auth, chat, error, feed, health, metrics, rooms, web, wellk
             password, their account. Under `--sessions token` only."),
         (name = "rooms", description = "Rooms and message history (stateless, any replica)."),
         (name = "chat", description = "Live chat over WebSocket."),
-        (name = "discovery", description = "Keys, metadata and the revocation feed for \
-            third-party verifiers."),
+        (name = "discovery", description = "Keys, metadata, the revocation feed and the token \
+            status list for third-party verifiers."),
+        (name = "oauth", description = "The OAuth 2.0 spellings of refresh and logout, \
+            form-encoded, with RFC 6749 errors."),
         (name = "operations", description = "Health, readiness and metrics."),
         (name = "web", description = "The web page and this API's reference page."),
     ),
@@ -200,11 +203,14 @@ fn shared_answers(method: &str, op: &mut Operation) {
     let mut add = |status: &str, answer: Answer| {
         answers.entry(status.to_owned()).or_insert(RefOr::T(answer));
     };
+    // The OAuth endpoints take forms and answer their own errors (RFC 6749 section 5.2),
+    // so the answers of a JSON body do not apply to them.
+    let json_body = op.request_body.as_ref().is_some_and(|body| {
+        body.content
+            .keys()
+            .all(|media| media != "application/x-www-form-urlencoded")
+    });
     if op.request_body.is_some() {
-        add(
-            "400",
-            problem("`malformed-json`: the body is not valid JSON."),
-        );
         add(
             "408",
             problem(
@@ -215,6 +221,12 @@ fn shared_answers(method: &str, op: &mut Operation) {
         add(
             "413",
             problem("`payload-too-large`: the body is over the limit (64 KiB by default)."),
+        );
+    }
+    if json_body {
+        add(
+            "400",
+            problem("`malformed-json`: the body is not valid JSON."),
         );
         add(
             "415",
@@ -247,7 +259,7 @@ fn shared_answers(method: &str, op: &mut Operation) {
             );
         }
     }
-    if secured || op.request_body.is_some() {
+    if secured || json_body {
         add(
             "503",
             problem("`unavailable`: the store is unavailable; try again shortly."),

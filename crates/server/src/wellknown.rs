@@ -1,5 +1,6 @@
-//! Discovery: the public keys (JWKS) and an OpenID-style configuration, so third-party
-//! verifiers can check herd's tokens without herd's code.
+//! Discovery: the public keys (JWKS) and the authorization server metadata (RFC 8414,
+//! also served at the OpenID configuration path where JWKS-discovering libraries look),
+//! so third-party verifiers and OAuth clients use herd without herd's code.
 
 use axum::extract::State;
 use axum::http::header;
@@ -18,6 +19,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/.well-known/openid-configuration",
             get(openid_configuration),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(authorization_server),
         )
 }
 
@@ -83,30 +88,60 @@ impl From<PublicKey> for Jwk {
     }
 }
 
-/// Where verifiers find the keys and the token endpoint (OpenID Connect Discovery style).
+/// Authorization server metadata (RFC 8414): only what is true of herd. It issues no ID
+/// token and has no authorization endpoint, so it publishes none of OpenID Connect's
+/// provider fields; `response_types_supported`, which RFC 8414 requires, is empty
+/// because there is no authorization endpoint to take a response type.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OpenIdConfiguration {
+pub struct ServerMetadata {
     pub issuer: String,
     pub jwks_uri: String,
+    /// `POST /oauth/token`: the `refresh_token` grant, form-encoded (RFC 6749 section 6).
     pub token_endpoint: String,
-    pub id_token_signing_alg_values_supported: Vec<&'static str>,
-    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// `POST /oauth/revoke` (RFC 7009): the standard spelling of logout.
+    pub revocation_endpoint: String,
+    /// `refresh_token` only: the password grant is not offered (RFC 9700 section 2.4).
     pub grant_types_supported: Vec<&'static str>,
+    /// Empty: herd has no authorization endpoint.
+    pub response_types_supported: Vec<&'static str>,
+    /// `none`: herd's one client is public.
+    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    pub revocation_endpoint_auth_methods_supported: Vec<&'static str>,
 }
 
-/// The discovery document.
-#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "discovery",
-    responses((status = 200, description = "Issuer, key set and token endpoint.",
-        body = OpenIdConfiguration)),
+impl ServerMetadata {
+    fn of(state: &AppState) -> ServerMetadata {
+        let config = state.auth.config();
+        let base = config.issuer.trim_end_matches('/');
+        ServerMetadata {
+            issuer: config.issuer.clone(),
+            jwks_uri: format!("{base}/.well-known/jwks.json"),
+            token_endpoint: format!("{base}/oauth/token"),
+            revocation_endpoint: format!("{base}/oauth/revoke"),
+            grant_types_supported: vec!["refresh_token"],
+            response_types_supported: vec![],
+            token_endpoint_auth_methods_supported: vec!["none"],
+            revocation_endpoint_auth_methods_supported: vec!["none"],
+        }
+    }
+}
+
+/// The authorization server metadata (RFC 8414).
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "discovery",
+    responses((status = 200, description = "Issuer, key set, token and revocation endpoints.",
+        body = ServerMetadata)),
 )]
-async fn openid_configuration(State(state): State<AppState>) -> Json<OpenIdConfiguration> {
-    let issuer = state.auth.config().issuer.trim_end_matches('/');
-    Json(OpenIdConfiguration {
-        issuer: state.auth.config().issuer.clone(),
-        jwks_uri: format!("{issuer}/.well-known/jwks.json"),
-        token_endpoint: format!("{issuer}/v1/auth/login"),
-        id_token_signing_alg_values_supported: vec![herd_identity::jwt::ALG],
-        token_endpoint_auth_methods_supported: vec!["none"],
-        grant_types_supported: vec!["password", "refresh_token"],
-    })
+async fn authorization_server(State(state): State<AppState>) -> Json<ServerMetadata> {
+    Json(ServerMetadata::of(&state))
+}
+
+/// The same metadata where JWKS-discovering libraries look for `issuer` and `jwks_uri`
+/// (jwt-authorizer reads only this path). herd is not an OpenID Provider: the document
+/// has none of the provider fields OpenID Connect Discovery requires, only true ones.
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "discovery",
+    responses((status = 200, description = "The RFC 8414 metadata, for libraries that look \
+        here for `issuer` and `jwks_uri`.", body = ServerMetadata)),
+)]
+async fn openid_configuration(State(state): State<AppState>) -> Json<ServerMetadata> {
+    Json(ServerMetadata::of(&state))
 }

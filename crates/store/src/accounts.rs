@@ -54,9 +54,11 @@ impl Store {
         now: i64,
         refresh: NewRefresh<'_>,
         origin: SessionOrigin<'_>,
-    ) -> Result<bool> {
+        status_margin: i64,
+    ) -> Result<Option<i64>> {
         dispatch!(self, db => {
-            db.open_session(session_id, user_id, verified_hash, now, refresh, origin).await
+            db.open_session(session_id, user_id, verified_hash, now, refresh, origin, status_margin)
+                .await
         })
     }
 
@@ -126,7 +128,8 @@ impl_queries! {
         now: i64,
         refresh: NewRefresh<'_>,
         origin: SessionOrigin<'_>,
-    ) -> Result<bool> {
+        status_margin: i64,
+    ) -> Result<Option<i64>> {
         let mut tx = DB::begin(self.pool()).await?;
         // A write first, for the account's row lock (PostgreSQL) or the file's write lock
         // (SQLite): a password change or deletion running now either committed before this
@@ -138,7 +141,7 @@ impl_queries! {
         .bind(user_id)
         .bind(verified_hash);
         if DB::rows_affected(&tx.execute(hold).await?) == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let insert = sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, client_addr, user_agent) \
@@ -153,8 +156,9 @@ impl_queries! {
         .bind(origin.user_agent.unwrap_or(""));
         tx.execute(insert).await?;
         Self::insert_refresh(&mut tx, session_id, now, refresh).await?;
+        let idx = Self::assign_status_idx(&mut tx, session_id, now, status_margin).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(idx))
     }
 
     async fn user_by_id(&self, user_id: &str) -> Result<Option<UserRecord>> {
@@ -309,7 +313,8 @@ async fn end_sessions(
     DB::lock(tx, Lock::Revocations).await?;
     for session_id in &ended {
         let log = sqlx::query(
-            "INSERT INTO revocations (session_id, revoked_at, expires_at) VALUES ($1, $2, $3)",
+            "INSERT INTO revocations (session_id, revoked_at, expires_at, status_idx) \
+             SELECT $1, $2, $3, status_idx FROM sessions WHERE id = $1",
         )
         .bind(session_id.as_str())
         .bind(now)

@@ -211,6 +211,9 @@ pub struct SessionOwner {
     pub session_id: String,
     pub user_id: String,
     pub username: String,
+    /// The session's index in the token status list; `None` for a session made before
+    /// there was one.
+    pub status_idx: Option<i64>,
 }
 
 /// A refresh token to be written: its hash and how long it may be used.
@@ -367,15 +370,26 @@ impl Store {
         dispatch!(self, db => db.replace_password_hash(user_id, current, replacement).await)
     }
 
-    /// Starts a login session with its first refresh token, in one transaction.
+    /// Starts a login session with its first refresh token, in one transaction, and
+    /// gives it an index in the token status list, which it returns: the lowest freed
+    /// index whose last token stopped passing more than `status_margin` seconds before
+    /// `now`, else a new one at the end of the list.
     pub async fn create_session(
         &self,
         session_id: &str,
         user_id: &str,
         now: i64,
         refresh: NewRefresh<'_>,
-    ) -> Result<()> {
-        dispatch!(self, db => db.create_session(session_id, user_id, now, refresh).await)
+        status_margin: i64,
+    ) -> Result<i64> {
+        dispatch!(self, db => db.create_session(session_id, user_id, now, refresh, status_margin).await)
+    }
+
+    /// The token status list as of `now`: its length (every index ever handed out is
+    /// below it) and the indices of revoked sessions whose tokens may still pass,
+    /// ascending.
+    pub async fn status_list(&self, now: i64) -> Result<(i64, Vec<i64>)> {
+        dispatch!(self, db => db.status_list(now).await)
     }
 
     /// Spends the refresh token with hash `presented` and stores `successor` in its
@@ -464,7 +478,8 @@ impl Store {
     /// Deletes revocations, refresh tokens and login sessions that can no longer matter.
     /// Spent tokens are kept until they expire, so that a replay is recognised as reuse
     /// all that time; a session goes once it has no token left (logged out, revoked, or
-    /// every token expired), since nothing can then refresh it.
+    /// every token expired), since nothing can then refresh it, and its status-list
+    /// index is freed as of when its last access token stops passing.
     pub async fn prune(&self, now: i64) -> Result<u64> {
         dispatch!(self, db => db.prune(now).await)
     }

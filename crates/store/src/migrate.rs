@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_shared_sessions"),
     migration!(4, "0004_chat"),
     migration!(5, "0005_refresh_limit"),
+    migration!(6, "0006_status_list"),
     migration!(7, "0007_accounts"),
 ];
 

@@ -114,7 +114,8 @@ impl_queries! {
         user_id: &str,
         now: i64,
         refresh: NewRefresh<'_>,
-    ) -> Result<()> {
+        status_margin: i64,
+    ) -> Result<i64> {
         let mut tx = DB::begin(&self.pool).await?;
         let insert =
             sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES ($1, $2, $3)")
@@ -123,8 +124,9 @@ impl_queries! {
                 .bind(now);
         tx.execute(insert).await?;
         Self::insert_refresh(&mut tx, session_id, now, refresh).await?;
+        let idx = Self::assign_status_idx(&mut tx, session_id, now, status_margin).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(idx)
     }
 
     pub(crate) async fn rotate_refresh(
@@ -154,8 +156,8 @@ impl_queries! {
         let spent = DB::rows_affected(&tx.execute(spend).await?);
 
         let select = sqlx::query(
-            "SELECT t.session_id, t.expires_at, t.spent_at, s.revoked_at, u.id, u.username \
-             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+            "SELECT t.session_id, t.expires_at, t.spent_at, s.revoked_at, u.id, u.username, \
+             s.status_idx FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
              JOIN users u ON u.id = s.user_id WHERE t.hash = $1",
         )
         .bind(presented);
@@ -166,6 +168,7 @@ impl_queries! {
             session_id: row.get(0),
             user_id: row.get(4),
             username: row.get(5),
+            status_idx: row.get(6),
         };
         let expires_at: i64 = row.get(1);
         let spent_at: Option<i64> = row.get(2);
@@ -339,6 +342,19 @@ impl_queries! {
         let tokens = DB::rows_affected(&tx.execute(tokens).await?);
         // Sessions are created with their first token in one transaction, so one without
         // any is over: logged out or revoked (which delete its tokens), or expired.
+        // Their status-list indices are freed as of the last second one of their access
+        // tokens can pass: a revoked session's log line says when; an expired one's
+        // last access token was issued with its last refresh token, which has now
+        // expired too, a refresh TTL later, so its tokens are long dead.
+        let free = sqlx::query(
+            "INSERT INTO status_free (idx, free_at) \
+             SELECT status_idx, COALESCE((SELECT MAX(r.expires_at) FROM revocations r \
+             WHERE r.session_id = sessions.id), $1) FROM sessions \
+             WHERE status_idx IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM refresh_tokens t WHERE t.session_id = sessions.id)",
+        )
+        .bind(now);
+        tx.execute(free).await?;
         let sessions = sqlx::query(
             "DELETE FROM sessions WHERE NOT EXISTS \
              (SELECT 1 FROM refresh_tokens t WHERE t.session_id = sessions.id)",
@@ -346,6 +362,21 @@ impl_queries! {
         let sessions = DB::rows_affected(&tx.execute(sessions).await?);
         tx.commit().await?;
         Ok(revocations + tokens + sessions)
+    }
+
+    pub(crate) async fn status_list(&self, now: i64) -> Result<(i64, Vec<i64>)> {
+        let next = self
+            .pool
+            .fetch_one(sqlx::query("SELECT next_idx FROM status_list"))
+            .await?
+            .get(0);
+        let select = sqlx::query(
+            "SELECT DISTINCT status_idx FROM revocations \
+             WHERE expires_at >= $1 AND status_idx IS NOT NULL ORDER BY status_idx",
+        )
+        .bind(now);
+        let rows = self.pool.fetch_all(select).await?;
+        Ok((next, rows.into_iter().map(|r| r.get(0)).collect()))
     }
 
     pub(crate) async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
@@ -498,6 +529,40 @@ pub(crate) async fn insert_refresh(
     Ok(())
 }
 
+/// Gives the new session `session_id` its token status list index, in the login's
+/// transaction (which has already written the session row).
+pub(crate) async fn assign_status_idx(
+    tx: &mut Transaction<'static, DB>,
+    session_id: &str,
+    now: i64,
+    status_margin: i64,
+) -> Result<i64> {
+    // The session row is written first, so on SQLite the transaction holds the write
+    // lock before anything reads. A freed index is taken before a new one, the lowest
+    // first, so the list stays as short as the sessions alive at once. On PostgreSQL
+    // two logins racing for one freed index queue on its row; the loser deletes
+    // nothing and takes a new index instead.
+    let reuse = sqlx::query(
+        "DELETE FROM status_free WHERE idx = \
+         (SELECT idx FROM status_free WHERE free_at < $1 ORDER BY idx LIMIT 1) RETURNING idx",
+    )
+    .bind(now.saturating_sub(status_margin));
+    let idx: i64 = match tx.fetch_optional(reuse).await? {
+        Some(row) => row.get(0),
+        None => {
+            let next = sqlx::query(
+                "UPDATE status_list SET next_idx = next_idx + 1 RETURNING next_idx - 1",
+            );
+            tx.fetch_one(next).await?.get(0)
+        }
+    };
+    let assign = sqlx::query("UPDATE sessions SET status_idx = $1 WHERE id = $2")
+        .bind(idx)
+        .bind(session_id);
+    tx.execute(assign).await?;
+    Ok(idx)
+}
+
 /// Takes one refresh from session `session_id`'s meter, or returns how many seconds until
 /// it has room. The check and the take are one statement on the session's row, so
 /// concurrent refreshes of one session queue on its row lock and each sees the last.
@@ -547,8 +612,11 @@ async fn revoke_in(
     // Readers tail the log by id; see `Lock` for why writers queue. The lock comes last,
     // after this transaction's row locks, so it is held only for the insert and commit.
     DB::lock(tx, Lock::Revocations).await?;
+    // The session's status-list index goes with the line: the bit is set while the line
+    // lives, which outlasts the session row.
     let log = sqlx::query(
-        "INSERT INTO revocations (session_id, revoked_at, expires_at) VALUES ($1, $2, $3)",
+        "INSERT INTO revocations (session_id, revoked_at, expires_at, status_idx) \
+         SELECT $1, $2, $3, status_idx FROM sessions WHERE id = $1",
     )
     .bind(session_id)
     .bind(now)

@@ -45,6 +45,25 @@ pub struct AccessClaims {
     /// The client the token was issued to, which RFC 9068 requires; herd's own API is
     /// its one client.
     pub client_id: String,
+    /// Where the token's bit is in herd's Token Status List, for verifiers that follow
+    /// draft-ietf-oauth-status-list. herd itself never reads it: its own revocation set
+    /// says the same sooner. Absent on tokens of sessions made before the list existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TokenStatus>,
+}
+
+/// The `status` claim (draft-ietf-oauth-status-list section 6.1). Members other than
+/// `status_list`, which the draft lets other status mechanisms add, are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenStatus {
+    pub status_list: StatusListRef,
+}
+
+/// The token's index in the status list at `uri`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusListRef {
+    pub idx: u64,
+    pub uri: String,
 }
 
 fn some_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -379,6 +398,22 @@ mod tests {
         assert_eq!(
             check(&f, &forge(&header(&f), &self::claims(), &f.key)).map(|c| c.sub),
             Ok("u1".into())
+        );
+    }
+
+    /// herd never reads `status` (its revocation set decides), so its inner members
+    /// are taken as they come; the claim itself must still be an object.
+    #[test]
+    fn a_status_claim_is_accepted_and_ignored_by_herds_verifier() {
+        let f = fixture();
+        let mut c = claims();
+        c["status"] = json!({"status_list": {"idx": 7, "uri": "https://herd.test/s"}, "x": 1});
+        let got = check(&f, &forge(&header(&f), &c, &f.key)).expect("verifies");
+        assert_eq!(got.status.map(|s| s.status_list.idx), Some(7));
+        c["status"] = json!("revoked");
+        assert_eq!(
+            check(&f, &forge(&header(&f), &c, &f.key)),
+            Err(Rejection::BadClaims)
         );
     }
 

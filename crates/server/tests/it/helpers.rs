@@ -58,6 +58,9 @@ pub struct Options {
     pub sessions: Timeouts,
     /// How long a revocation waits for the other live replicas to confirm it.
     pub confirm_deadline: Duration,
+    /// No `--issuer`: the replica names its own address, so that a client discovering
+    /// its keys from the issuer reaches it.
+    pub issuer_follows_listen: bool,
 }
 
 /// Which bus a test replica relays news over.
@@ -98,6 +101,7 @@ impl Default for Options {
             connections: herd_server::ConnectionLimits::default(),
             sessions: TIMEOUTS,
             confirm_deadline: herd_server::news::DEFAULT_CONFIRM_DEADLINE,
+            issuer_follows_listen: false,
         }
     }
 }
@@ -236,7 +240,7 @@ async fn spawn_on(
             TestBus::Redis(url) => BusSettings::Redis { url: url.clone() },
         },
         connections: options.connections,
-        issuer_follows_listen: false,
+        issuer_follows_listen: options.issuer_follows_listen,
         drain_delay: Duration::ZERO,
         confirm_deadline: options.confirm_deadline,
     };

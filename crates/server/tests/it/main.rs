@@ -23,6 +23,7 @@ mod replicas;
 mod rooms;
 mod schemathesis;
 mod security;
+mod standard;
 mod strategies;
 mod tokens;
 mod web;

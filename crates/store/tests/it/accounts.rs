@@ -30,9 +30,11 @@ async fn open(store: &Store, user: &UserRecord, id: &str, hash: &str, agent: &st
                 client_addr: Some("192.0.2.7"),
                 user_agent: Some(agent),
             },
+            60,
         )
         .await
         .expect("open session")
+        .is_some()
 }
 
 async fn listed(store: &Store, user: &UserRecord) -> Vec<String> {
@@ -119,6 +121,11 @@ async fn ending_sessions_touches_only_the_users_own_and_logs_each(db: TestDb) {
         .map(|r| r.session_id)
         .collect();
     assert_eq!(logged, ["a-1", "a-2"]);
+    // Sessions opened here hold status-list indices 0 to 3, in order; the two ended are
+    // set in the Token Status List, as a logout's would be.
+    let (length, revoked) = store.status_list(NOW).await.expect("status list");
+    assert_eq!(length, 4);
+    assert_eq!(revoked, [0, 1]);
 }
 
 async fn a_password_change_ends_the_other_sessions_only_over_the_current_hash(db: TestDb) {

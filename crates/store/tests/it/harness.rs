@@ -165,14 +165,14 @@ pub async fn user(store: &Store, name: &str) -> UserRecord {
 }
 
 /// Starts session `session_id` for `user` whose first refresh token has hash `token`
-/// and expires at `expires_at`.
+/// and expires at `expires_at`; returns its status-list index.
 pub async fn session(
     store: &Store,
     user: &UserRecord,
     session_id: &str,
     token: &[u8],
     expires_at: i64,
-) {
+) -> i64 {
     store
         .create_session(
             session_id,
@@ -182,9 +182,10 @@ pub async fn session(
                 hash: token,
                 expires_at,
             },
+            0,
         )
         .await
-        .expect("creating a session");
+        .expect("creating a session")
 }
 
 pub fn key(kid: &str, created_at: i64, sign_from: i64) -> SigningKeyRecord {

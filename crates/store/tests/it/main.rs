@@ -47,5 +47,6 @@ mod revocations;
 mod rotation;
 mod secrets;
 mod shared_sessions;
+mod status_list;
 mod store;
 mod users;

@@ -40,11 +40,12 @@ async fn rotate(store: &Store, presented: &[u8], successor: &[u8], now: i64) -> 
 async fn with_session(db: &TestDb) -> (Store, SessionOwner) {
     let store = db.connect().await;
     let ada = harness::user(&store, "ada").await;
-    harness::session(&store, &ada, "s1", b"t0", TOKEN_EXPIRY).await;
+    let idx = harness::session(&store, &ada, "s1", b"t0", TOKEN_EXPIRY).await;
     let owner = SessionOwner {
         session_id: "s1".to_owned(),
         user_id: ada.id,
         username: ada.username,
+        status_idx: Some(idx),
     };
     (store, owner)
 }

@@ -86,7 +86,8 @@ fn store_futures_are_send(store: &Store) {
     send(store.ping());
     send(store.create_user(&user));
     send(store.user_by_name(""));
-    send(store.create_session("", "", 0, refresh));
+    send(store.create_session("", "", 0, refresh, 0));
+    send(store.status_list(0));
     send(store.rotate_refresh(b"", refresh, 0, 0, 0, None));
     send(store.revoke_session("", 0, 0));
     send(store.revocations_since(0, 0));

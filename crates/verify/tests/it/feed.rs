@@ -41,6 +41,7 @@ fn token(key: &SigningKey, sid: &str) -> String {
             nbf: None,
             preferred_username: "ann".into(),
             client_id: "herd".into(),
+            status: None,
         },
         key,
     )

@@ -211,3 +211,64 @@ async fn herd_refuses_the_tokens_pyjwt_and_jose_forge() {
         }
     }
 }
+
+/// Authlib refreshing and revoking through herd's OAuth endpoints, found from the
+/// issuer's RFC 8414 metadata, and a Python service (`interop/herd_verify.py`, the one
+/// docs/verifying.md shows) checking tokens with PyJWT from the JWKS plus the Token
+/// Status List: a revoked session's tokens are refused with no call to herd but the
+/// list's fetch. The replica has no `--issuer`, so the issuer is where it answers.
+#[tokio::test]
+#[ignore = "needs python PyJWT and Authlib: set HERD_TEST_INTEROP=1"]
+async fn authlib_refreshes_and_revokes_and_pyjwt_with_the_status_list_refuses_the_revoked() {
+    required_env("HERD_TEST_INTEROP", IGNORED);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = Replica::start("interop", &crate::common::database(&dir), &[]);
+    let issuer = replica.url("");
+    let issuer = issuer.trim_end_matches('/');
+    replica.signup("alice").await;
+    let login = replica.login("alice").await;
+    let refresh = login["refresh_token"].as_str().expect("refresh_token");
+
+    let verify = |token: &str| run("python3", "herd_verify.py", &[issuer, AUDIENCE, token]);
+    let claims: Value = serde_json::from_str(
+        &verify(login["access_token"].as_str().expect("access_token"))
+            .unwrap_or_else(|e| panic!("herd_verify.py refused a live token: {e}")),
+    )
+    .expect("claims");
+    assert_eq!(claims["preferred_username"], "alice");
+
+    let refreshed = run("python3", "authlib_check.py", &["refresh", issuer, refresh])
+        .unwrap_or_else(|e| panic!("Authlib could not refresh: {e}"));
+    let refreshed: Value = serde_json::from_str(&refreshed).expect("token response");
+    let access = refreshed["access_token"].as_str().expect("access_token");
+    let next = refreshed["refresh_token"].as_str().expect("refresh_token");
+    assert_eq!(replica.me(access).await, StatusCode::OK);
+    verify(access).unwrap_or_else(|e| panic!("herd_verify.py refused a refreshed token: {e}"));
+
+    // The spent token again, by a client nobody here wrote: an OAuth error it understands.
+    let spent = run("python3", "authlib_check.py", &["refresh", issuer, refresh]);
+    assert!(
+        spent.is_ok() || spent.as_ref().is_err_and(|e| e.contains("invalid_grant")),
+        "{spent:?}"
+    );
+
+    let revoked = run(
+        "python3",
+        "authlib_check.py",
+        &["revoke", issuer, next, "refresh_token"],
+    )
+    .unwrap_or_else(|e| panic!("Authlib could not revoke: {e}"));
+    assert_eq!(revoked.trim(), "200");
+    assert_eq!(replica.me(access).await, StatusCode::UNAUTHORIZED);
+    let refused = verify(access).expect_err("a revoked session's token is refused");
+    assert!(refused.contains("revoked"), "{refused}");
+
+    // Revoking what is no longer live is still 200 (RFC 7009 section 2.2).
+    let again = run(
+        "python3",
+        "authlib_check.py",
+        &["revoke", issuer, next, "refresh_token"],
+    )
+    .unwrap_or_else(|e| panic!("Authlib: {e}"));
+    assert_eq!(again.trim(), "200");
+}
