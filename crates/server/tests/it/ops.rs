@@ -119,7 +119,10 @@ async fn shutdown_finishes_the_request_in_flight() {
 /// every family's type. Dashboards and alerts depend on exactly these.
 const SERIES_BEFORE: &[(&str, &[&str])] = &[
     ("herd_auth_failures_total", &["kind", "reason"]),
-    ("herd_http_request_duration_seconds_bucket", &["le", "route"]),
+    (
+        "herd_http_request_duration_seconds_bucket",
+        &["le", "route"],
+    ),
     ("herd_http_request_duration_seconds_count", &["route"]),
     ("herd_http_request_duration_seconds_sum", &["route"]),
     ("herd_http_requests_total", &["method", "route", "status"]),
@@ -161,7 +164,10 @@ async fn metrics_answer_the_same_series_names_labels_and_types_as_before() {
                     .collect();
                 (name.to_owned(), names)
             }
-            None => (line.split_once(' ').expect("name value").0.to_owned(), vec![]),
+            None => (
+                line.split_once(' ').expect("name value").0.to_owned(),
+                vec![],
+            ),
         };
         let mut labels = labels;
         labels.sort();
