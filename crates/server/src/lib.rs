@@ -220,10 +220,14 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(middleware::from_fn_with_state(
-            state.clone(),
-            listen::read_declared_body,
+            Arc::new(Edge {
+                metrics: state.metrics.clone(),
+                replica_header: state.replica_header.clone(),
+                body_limit: state.config.body_limit,
+                body_deadline: state.config.connections.header_read_timeout,
+            }),
+            observe,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 ApiError::internal("a handler panicked").into_response()
@@ -232,14 +236,29 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Around every request: the replica header, the security headers, metrics, and the one
-/// log line for an unexpected error.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// What `observe` needs of the state: one reference count per request rather than a
+/// clone of every field of [`AppState`].
+#[derive(Debug)]
+struct Edge {
+    metrics: Arc<Metrics>,
+    replica_header: HeaderValue,
+    body_limit: usize,
+    body_deadline: Duration,
+}
+
+/// Around every request: the replica header, the security headers, metrics, the one
+/// log line for an unexpected error, and the declared body read before routing
+/// (`listen::read_declared_body`).
+async fn observe(State(state): State<Arc<Edge>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     // The matched pattern's clone is a reference count: nothing is allocated per request.
     let route = metrics::Route::of(request.extensions().get::<MatchedPath>());
-    let mut response = next.run(request).await;
+    let mut response =
+        match listen::read_declared_body(state.body_limit, state.body_deadline, request).await {
+            Ok(request) => next.run(request).await,
+            Err(refused) => refused,
+        };
     let status = response.status();
     if let Some(InternalError(error)) = response.extensions_mut().remove::<InternalError>() {
         if status.is_server_error() && status != axum::http::StatusCode::SERVICE_UNAVAILABLE {
