@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Every benchmark tool, run at a tiny size so that none can rot silently: bench/wrk.sh,
-# bench/strategies.sh, bench/chat.sh (chatbench's latency, throughput and idle modes),
-# bench/store-load.py, bench/logout.sh and bench/status-list.sh. Each fails when it
-# measured nothing (wrk completed no request, chatbench received or delivered no message
-# or kept no connection open, store-load counted no row written, logout.sh timed no
-# logout, status-list.sh built no list), and then so does this script.
+# Every benchmark tool, run at a tiny size so that none can rot silently: bench/wrk.sh
+# (herd against bench/peer's bare axum and axum + tower-sessions; the peer, its own
+# small Cargo project, is built here, debug), bench/strategies.sh, bench/chat.sh
+# (chatbench's latency, throughput and idle modes), bench/store-load.py, bench/logout.sh
+# and bench/status-list.sh. Each fails when it measured nothing (wrk completed no request,
+# chatbench received or delivered no message or kept no connection open, store-load
+# counted no row written, logout.sh timed no logout, status-list.sh built no list), and
+# then so does this script.
 #
 # The figures are meaningless and go nowhere: the tools write their sections into a copy
 # of docs/benchmarks.md in a temporary directory, which is then checked to hold every
 # section. The binaries are the ones `cargo test --workspace` has just built and run
 # (HERD_BIN, CHATBENCH_BIN; cargo test builds the examples too), not built again: a
 # `cargo build -p herd` would resolve features without the tests' dev-dependencies and
-# rebuild half the workspace.
+# rebuild half the workspace. bench/peer is not in the workspace: bench/wrk.sh builds it.
 #
 # Needs what the tools need: wrk (installed by bench/lib.sh when missing), curl,
 # python3, psql, redis-cli, and PostgreSQL and Redis on 127.0.0.1 (`.ci/run` starts them).

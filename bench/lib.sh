@@ -176,13 +176,17 @@ bench_login() {
 }
 
 # The wrk script and arguments; sets WRK_ARGS and WRK_CMD. The token reaches wrk through
-# HERD_BENCH_TOKEN in the environment, so it is on no command line and in no file that
+# HERD_BENCH_TOKEN (a cookie through HERD_BENCH_COOKIE) in the environment, so it is on no command line and in no file that
 # outlives the run. done() prints one machine-readable line for the table.
 bench_prepare_wrk() {
     cat >"$WORK/bench.lua" <<'LUA'
 local token = os.getenv("HERD_BENCH_TOKEN")
 if token and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
+end
+local cookie = os.getenv("HERD_BENCH_COOKIE")
+if cookie and cookie ~= "" then
+  wrk.headers["Cookie"] = cookie
 end
 
 function done(summary, latency, requests)

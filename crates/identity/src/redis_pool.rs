@@ -4,15 +4,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
 
 use crate::sessions::Unavailable;
 
-/// A small pool of multiplexed Redis connections, each connected on first use and
-/// reconnecting by itself, so herd starts while Redis is down and recovers when it
-/// returns. Shared by the `shared` sessions and the login throttle.
+/// A few of the redis crate's multiplexed connections (`ConnectionManager`: `Clone`,
+/// pipelining every caller's commands over one socket, reconnecting by itself), each
+/// opened on first use, so herd starts while Redis is down and recovers when it
+/// returns. Shared by the `shared` sessions and the login throttle. Once a connection
+/// is open, taking it is an atomic load and a clone: no lock on the request path.
 pub(crate) struct RedisPool {
     client: redis::Client,
-    pool: Vec<tokio::sync::Mutex<Option<ConnectionManager>>>,
+    pool: Vec<OnceCell<ConnectionManager>>,
     next: AtomicUsize,
     timeout: Duration,
 }
@@ -30,9 +33,7 @@ impl RedisPool {
         let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
         Ok(RedisPool {
             client,
-            pool: (0..pool_size.max(1))
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
+            pool: (0..pool_size.max(1)).map(|_| OnceCell::new()).collect(),
             next: AtomicUsize::new(0),
             timeout: Duration::from_secs(1),
         })
@@ -40,23 +41,27 @@ impl RedisPool {
 
     async fn connection(&self) -> Result<ConnectionManager, Unavailable> {
         let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
-        let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
+        if let Some(conn) = slot.get() {
             return Ok(conn.clone());
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| Unavailable("connecting to Redis timed out".into()))?
-        .map_err(|e| Unavailable(e.to_string()))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        // Not open yet (or the first attempt failed): one caller connects while the
+        // others of this slot wait for it; a failure leaves the slot empty for the next.
+        let conn = slot
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout)
+                    .set_number_of_retries(1);
+                tokio::time::timeout(
+                    self.timeout * 2,
+                    ConnectionManager::new_with_config(self.client.clone(), config),
+                )
+                .await
+                .map_err(|_| Unavailable("connecting to Redis timed out".into()))?
+                .map_err(|e| Unavailable(e.to_string()))
+            })
+            .await?;
+        Ok(conn.clone())
     }
 
     /// Runs `cmd`, once more if the connection had broken: the manager reconnects on

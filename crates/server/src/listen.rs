@@ -24,9 +24,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::header::CONTENT_LENGTH;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
@@ -39,7 +38,6 @@ use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::error::{ApiError, Code};
-use crate::AppState;
 
 /// The bounds every client connection of a replica lives under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,40 +342,36 @@ impl AsyncWrite for Tracked {
 /// /healthz`) would otherwise leave it unread, and hyper closes such a connection with
 /// the rest of the body still arriving: the proxy that is still sending it gets a reset,
 /// which nginx counts as the replica failing. Larger bodies are left to the handlers,
-/// which refuse them with 413.
+/// which refuse them with 413. Called by `observe` (lib.rs), so that it costs no
+/// middleware layer of its own.
 pub(crate) async fn read_declared_body(
-    State(state): State<AppState>,
+    limit: usize,
+    deadline: Duration,
     request: Request,
-    next: Next,
-) -> Response {
-    let limit = state.config.body_limit;
+) -> Result<Request, Response> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if !declared.is_some_and(|n| n > 0 && n <= limit as u64) {
-        return next.run(request).await;
+        return Ok(request);
     }
     let (parts, body) = request.into_parts();
-    let deadline = state.config.connections.header_read_timeout;
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Ok(Err(_)) => ApiError::new(
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
+        Ok(Err(_)) => Err(ApiError::new(
             Code::IncompleteBody,
             "the request body ended before its declared Content-Length",
         )
-        .into_response(),
-        Err(_) => ApiError::new(
+        .into_response()),
+        Err(_) => Err(ApiError::new(
             Code::RequestTimeout,
             format!(
                 "the request body did not arrive within {} s",
                 deadline.as_secs()
             ),
         )
-        .into_response(),
+        .into_response()),
     }
 }

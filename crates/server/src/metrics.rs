@@ -1,14 +1,26 @@
 //! Prometheus metrics: requests by route and status, a latency histogram by route, and
-//! authentication failures by reason. Rendered as the text exposition format.
+//! authentication failures by reason. Kept in prometheus-client's atomic counters and
+//! label families and rendered as the Prometheus text exposition format (0.0.4).
+//!
+//! On the request path nothing allocates and nothing takes an exclusive lock shared by
+//! all requests: a label set is a method from a fixed list, the route's matched pattern
+//! (axum's `MatchedPath`, whose clone is a reference count) and the status; looking a
+//! series up takes the family's read lock, shared by every reader; only the first request
+//! of a series inserts it. The latency histogram's lock is per route.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::hash::{Hash, Hasher};
 
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::http::{header, Method};
 use axum::response::IntoResponse;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
 
 use crate::AppState;
 
@@ -17,113 +29,195 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Debug, Default)]
+/// The counter families, whose text prometheus-client writes in the OpenMetrics manner
+/// (`# TYPE name counter` above `name_total` samples); `render` names them as the 0.0.4
+/// format and the dashboards do, `name_total`.
+const COUNTERS: [&str; 2] = ["herd_http_requests", "herd_auth_failures"];
+
+/// A route label: the matched route pattern, or `(unmatched)` for a request no route
+/// took. Never the path as sent: every label value comes from a set the server fixes,
+/// so no client can add series.
+#[derive(Debug, Clone)]
+pub struct Route(Option<MatchedPath>);
+
+impl Route {
+    pub fn of(matched: Option<&MatchedPath>) -> Route {
+        Route(matched.cloned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("(unmatched)", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Route) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Route {}
+impl Hash for Route {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        // prometheus-client writes label values as they are; a route pattern is the
+        // server's own, but escape as the format asks all the same.
+        for c in self.as_str().chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: Route,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: Route,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FailureLabels {
+    kind: &'static str,
+    reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    auth_failures: Family<FailureLabels, Counter>,
+    revoked_sessions: Gauge,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    requests: HashMap<(&'static str, String, u16), u64>,
-    latency: HashMap<String, Histogram>,
-    auth_failures: HashMap<(&'static str, &'static str), u64>,
-}
-
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let auth_failures = Family::<FailureLabels, Counter>::default();
+        let revoked_sessions = Gauge::default();
+        let mut registry = Registry::default();
+        // prometheus-client ends every help text with a full stop.
+        registry.register(
+            "herd_http_requests",
+            "HTTP requests served, by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "herd_http_request_duration_seconds",
+            "Time to produce a response, by route",
+            latency.clone(),
+        );
+        registry.register(
+            "herd_auth_failures",
+            "Refused credentials, by what was presented and why",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "herd_revoked_sessions",
+            "Revoked sessions this replica refuses tokens of",
+            revoked_sessions.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            auth_failures,
+            revoked_sessions,
+        }
+    }
 }
 
 impl Metrics {
-    /// Counts a request. `route` must be a matched route pattern (or a fixed stand-in),
-    /// never the path as sent: every label value comes from a set the server fixes, so
-    /// no client can add series.
-    pub fn record_request(&self, method: &Method, route: &str, status: u16, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *inner
-            .requests
-            .entry((method_label(method), route.to_owned(), status))
-            .or_default() += 1;
-        let h = inner.latency.entry(route.to_owned()).or_default();
-        h.count += 1;
-        h.sum += seconds;
-        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            h.counts[i] += 1;
-        }
+    /// Counts a request under its method, route (see [`Route`]) and status.
+    pub fn record_request(&self, method: &Method, route: Route, status: u16, elapsed: Duration) {
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method_label(method),
+                route,
+                status,
+            })
+            .inc();
     }
 
     /// Counts a refused credential: `kind` is what was presented (access_token, login,
     /// refresh_token), `reason` why it failed.
     pub fn record_auth_failure(&self, kind: &'static str, reason: &'static str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *inner.auth_failures.entry((kind, reason)).or_default() += 1;
+        self.auth_failures
+            .get_or_create(&FailureLabels { kind, reason })
+            .inc();
     }
 
-    pub fn render(&self) -> String {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::new();
-        out.push_str(
-            "# HELP herd_http_requests_total HTTP requests served, by route and status.\n",
-        );
-        out.push_str("# TYPE herd_http_requests_total counter\n");
-        let mut requests: Vec<_> = inner.requests.iter().collect();
-        requests.sort();
-        for ((method, route, status), n) in requests {
-            let _ = writeln!(
-                out,
-                "herd_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
-                escape(route)
-            );
+    /// The text exposition format (0.0.4), with `revoked_sessions` as the gauge's value.
+    pub fn render(&self, revoked_sessions: usize) -> String {
+        self.revoked_sessions
+            .set(i64::try_from(revoked_sessions).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut text, &self.registry).is_err() {
+            return String::new();
         }
-        out.push_str(
-            "# HELP herd_http_request_duration_seconds Time to produce a response, by route.\n",
-        );
-        out.push_str("# TYPE herd_http_request_duration_seconds histogram\n");
-        let mut latency: Vec<_> = inner.latency.iter().collect();
-        latency.sort_by(|a, b| a.0.cmp(b.0));
-        for (route, h) in latency {
-            let route = escape(route);
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "herd_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
-                );
+        // The OpenMetrics text names a counter family without `_total`; the 0.0.4 format
+        // (the content type served) and every dashboard name it with.
+        let mut out = String::with_capacity(text.len() + 64);
+        for line in text.lines() {
+            let counter_header = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                COUNTERS.contains(&name).then_some((prefix, name, tail))
+            });
+            if let Some((prefix, name, tail)) = counter_header {
+                let _ = writeln!(out, "{prefix}{name}_total {tail}");
+            } else if let Some(bucket) = bucket_as_before(line) {
+                out.push_str(&bucket);
+            } else {
+                out.push_str(line);
+                out.push('\n');
             }
-            let _ = writeln!(
-                out,
-                "herd_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "herd_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "herd_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
-            );
-        }
-        out.push_str(
-            "# HELP herd_auth_failures_total Refused credentials, by what was presented and why.\n",
-        );
-        out.push_str("# TYPE herd_auth_failures_total counter\n");
-        let mut failures: Vec<_> = inner.auth_failures.iter().collect();
-        failures.sort();
-        for ((kind, reason), n) in failures {
-            let _ = writeln!(
-                out,
-                "herd_auth_failures_total{{kind=\"{kind}\",reason=\"{reason}\"}} {n}"
-            );
         }
         out
     }
+}
+
+/// A bucket line as herd wrote it before prometheus-client: the route label first, then
+/// `le` with the bound written as Rust writes an `f64` (`1`, not `1.0`), so that queries
+/// naming a bucket keep matching on any Prometheus version.
+fn bucket_as_before(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("herd_http_request_duration_seconds_bucket{le=\"")?;
+    let (bound, rest) = rest.split_once("\",")?;
+    let (labels, value) = rest.split_once("} ")?;
+    let bound = match bound {
+        "+Inf" => "+Inf".to_owned(),
+        b => b.parse::<f64>().ok()?.to_string(),
+    };
+    Some(format!(
+        "herd_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {value}\n"
+    ))
 }
 
 /// The method as a label: one of the methods HTTP defines, or `other` for any token a
@@ -143,26 +237,13 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Prometheus metrics of this replica.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4.", body = String,
         content_type = "text/plain; version=0.0.4; charset=utf-8")),
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut body = state.metrics.render();
-    let _ = writeln!(
-        body,
-        "# HELP herd_revoked_sessions Revoked sessions this replica refuses tokens of.\n\
-         # TYPE herd_revoked_sessions gauge\nherd_revoked_sessions {}",
-        state.auth.revoked_sessions()
-    );
+    let mut body = state.metrics.render(state.auth.revoked_sessions());
     let _ = writeln!(
         body,
         "# HELP herd_live_peers Other replicas heard announcing themselves on the bus within \
@@ -177,4 +258,39 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format_as_before() {
+        let metrics = Metrics::default();
+        let method = Method::from_bytes(b"PROBE").expect("a method token");
+        metrics.record_request(&method, Route::of(None), 404, Duration::from_millis(2));
+        metrics.record_request(&Method::GET, Route::of(None), 404, Duration::from_secs(20));
+        metrics.record_auth_failure("access_token", "expired");
+        let text = metrics.render(3);
+        for line in [
+            "# HELP herd_http_requests_total HTTP requests served, by route and status.",
+            "# TYPE herd_http_requests_total counter",
+            r#"herd_http_requests_total{method="other",route="(unmatched)",status="404"} 1"#,
+            r#"herd_http_requests_total{method="GET",route="(unmatched)",status="404"} 1"#,
+            "# TYPE herd_http_request_duration_seconds histogram",
+            r#"herd_http_request_duration_seconds_bucket{route="(unmatched)",le="0.001"} 0"#,
+            r#"herd_http_request_duration_seconds_bucket{route="(unmatched)",le="0.0025"} 1"#,
+            r#"herd_http_request_duration_seconds_bucket{route="(unmatched)",le="1"} 1"#,
+            r#"herd_http_request_duration_seconds_bucket{route="(unmatched)",le="10"} 1"#,
+            r#"herd_http_request_duration_seconds_bucket{route="(unmatched)",le="+Inf"} 2"#,
+            r#"herd_http_request_duration_seconds_count{route="(unmatched)"} 2"#,
+            "# TYPE herd_auth_failures_total counter",
+            r#"herd_auth_failures_total{kind="access_token",reason="expired"} 1"#,
+            "# TYPE herd_revoked_sessions gauge",
+            "herd_revoked_sessions 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+    }
 }

@@ -113,3 +113,82 @@ async fn shutdown_finishes_the_request_in_flight() {
     assert!(response.contains("access_token"));
     app.stop().await.expect("server stopped cleanly");
 }
+
+/// The series `/metrics` answered before metrics went through prometheus-client, written
+/// down from main before the change: every sample's name with its label names, and
+/// every family's type. Dashboards and alerts depend on exactly these. `herd_live_peers`
+/// was added since (the replicas a revocation waits for), not changed.
+const SERIES_BEFORE: &[(&str, &[&str])] = &[
+    ("herd_auth_failures_total", &["kind", "reason"]),
+    (
+        "herd_http_request_duration_seconds_bucket",
+        &["le", "route"],
+    ),
+    ("herd_http_request_duration_seconds_count", &["route"]),
+    ("herd_http_request_duration_seconds_sum", &["route"]),
+    ("herd_http_requests_total", &["method", "route", "status"]),
+    ("herd_live_peers", &[]),
+    ("herd_revoked_sessions", &[]),
+];
+const TYPES_BEFORE: &[(&str, &str)] = &[
+    ("herd_auth_failures_total", "counter"),
+    ("herd_http_request_duration_seconds", "histogram"),
+    ("herd_http_requests_total", "counter"),
+    ("herd_live_peers", "gauge"),
+    ("herd_revoked_sessions", "gauge"),
+];
+
+#[tokio::test]
+async fn metrics_answer_the_same_series_names_labels_and_types_as_before() {
+    use std::collections::BTreeSet;
+    let app = spawn_app().await;
+    let tokens = app.user("erin").await;
+    app.me(&tokens.access).await;
+    app.me("nope").await;
+    let text = app.metrics().await;
+    let mut series = BTreeSet::new();
+    let mut types = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            types.insert((name.to_owned(), kind.to_owned()));
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name, labels) = match line.split_once('{') {
+            Some((name, rest)) => {
+                let labels = rest.rsplit_once('}').expect("closing brace").0;
+                let names: Vec<String> = labels
+                    .split("\",")
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.split_once('=').expect("name=value").0.to_owned())
+                    .collect();
+                (name.to_owned(), names)
+            }
+            None => (
+                line.split_once(' ').expect("name value").0.to_owned(),
+                vec![],
+            ),
+        };
+        let mut labels = labels;
+        labels.sort();
+        series.insert((name, labels));
+    }
+    let expected: BTreeSet<(String, Vec<String>)> = SERIES_BEFORE
+        .iter()
+        .map(|(name, labels)| {
+            (
+                (*name).to_owned(),
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(series, expected, "{text}");
+    let expected: BTreeSet<(String, String)> = TYPES_BEFORE
+        .iter()
+        .map(|(n, k)| ((*n).to_owned(), (*k).to_owned()))
+        .collect();
+    assert_eq!(types, expected, "{text}");
+}
