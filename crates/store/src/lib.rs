@@ -87,7 +87,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-pub use chat::{MessageRecord, Posted, RoomRecord};
+pub use chat::{Batched, MessageRecord, NewMessage, Posted, RoomRecord};
 pub use databases::{create_postgres_database, drop_postgres_database, with_database};
 pub use migrate::{Migration, MIGRATIONS};
 pub use shared_sessions::SharedSession;
