@@ -21,12 +21,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use herd_store::{Batched, NewMessage};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::domain::RoomId;
-use crate::service::{Chat, ChatError, Posted, Result};
+use crate::service::{Chat, ChatError, Message, Posted, Result};
 
 /// Posts committed in one transaction, at most.
 pub const MAX_BATCH: usize = 256;
@@ -41,8 +43,15 @@ pub(crate) struct Committer {
 #[derive(Debug)]
 struct Job {
     message: NewMessage,
-    answer: oneshot::Sender<Result<Posted>>,
+    answer: oneshot::Sender<Answered>,
 }
+
+/// A post's outcome, and a token its holder drops once it has passed the answer on.
+type Answered = (Result<Posted>, Option<oneshot::Sender<()>>);
+
+/// How long a batch's announcement waits for its posters to pass their answers on, at
+/// most (they do at once, unless the connection is busy with an earlier answer).
+const ANSWER_PATIENCE: Duration = Duration::from_secs(1);
 
 impl Committer {
     /// Queues `message` for `room`, starting the room's task if it has none.
@@ -93,8 +102,10 @@ async fn commit_room(chat: Chat, room: RoomId) {
         room: room.clone(),
         done: false,
     };
+    // Each batch's announcement, after the one before it.
+    let mut announced: Option<JoinHandle<()>> = None;
     while let Some(jobs) = chat.committer.next_batch(&room) {
-        commit(&chat, &room, jobs).await;
+        announced = commit(&chat, &room, jobs, announced.take()).await;
     }
     running.done = true;
 }
@@ -116,44 +127,96 @@ impl Drop for Running {
     }
 }
 
-/// Commits one batch and answers each of its posts.
-async fn commit(chat: &Chat, room: &RoomId, jobs: Vec<Job>) {
+/// Commits one batch and answers each of its posts; the new messages are announced by a
+/// task of their own once every poster has passed its answer on (so a connection says
+/// its `ack` before its subscriptions see the message) and once the batch before is
+/// announced; returns the last announcement (to come) so far. The next batch commits
+/// meanwhile.
+async fn commit(
+    chat: &Chat,
+    room: &RoomId,
+    jobs: Vec<Job>,
+    before: Option<JoinHandle<()>>,
+) -> Option<JoinHandle<()>> {
     let batch: Vec<NewMessage> = jobs.iter().map(|j| j.message.clone()).collect();
     match chat.store.post_messages(room.as_str(), &batch).await {
         Ok(answers) => {
+            let mut passed = Vec::with_capacity(jobs.len());
+            let mut fresh = Vec::new();
             for (job, answer) in jobs.into_iter().zip(answers) {
                 let result = match answer {
                     Batched::NotAMember => Err(ChatError::NotAMember),
-                    Batched::Posted(posted) => Ok(chat.stored(posted).await),
+                    Batched::Posted(posted) => {
+                        let (posted, new) = chat.answered(posted);
+                        fresh.extend(new.then(|| posted.message.clone()));
+                        Ok(posted)
+                    }
                 };
-                let _ = job.answer.send(result);
+                let (token, said) = oneshot::channel();
+                passed.push(said);
+                let _ = job.answer.send((result, Some(token)));
             }
+            let chat = chat.clone();
+            Some(tokio::spawn(announce(chat, before, passed, fresh)))
         }
         // One post the store refused fails the batch: each goes alone, so it fails alone.
         Err(e) if e.is_bad_input() && jobs.len() > 1 => {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
             for job in jobs {
                 let result = chat.post_alone(room, &job.message).await;
-                let _ = job.answer.send(result);
+                let _ = job.answer.send((result, None));
             }
+            None
         }
         Err(e) => {
             let e = ChatError::from(e);
             for job in jobs {
-                let _ = job.answer.send(Err(e.clone()));
+                let _ = job.answer.send((Err(e.clone()), None));
             }
+            before
         }
     }
 }
 
+/// Announces a committed batch's new messages, in seq order, after the batch before it
+/// and after its posters passed their answers on.
+async fn announce(
+    chat: Chat,
+    before: Option<JoinHandle<()>>,
+    passed: Vec<oneshot::Receiver<()>>,
+    fresh: Vec<Message>,
+) {
+    if let Some(before) = before {
+        let _ = before.await;
+    }
+    let _ = tokio::time::timeout(ANSWER_PATIENCE, async {
+        for said in passed {
+            let _ = said.await;
+        }
+    })
+    .await;
+    for message in &fresh {
+        chat.announce(message).await;
+    }
+}
+
 /// A submitted post's answer, from [`Chat::submit`]. Dropping it does not withdraw the
-/// post.
+/// post. A new message is announced only once the future that answered it is dropped
+/// (or a second has passed): a transport drops it after passing the answer on, so its
+/// client hears the answer before the message itself comes back to it.
 #[derive(Debug)]
 pub struct Submitted(State);
 
 #[derive(Debug)]
 enum State {
     Refused(Option<ChatError>),
-    Waiting(oneshot::Receiver<Result<Posted>>),
+    Waiting(oneshot::Receiver<Answered>),
+    /// Answered; holds the token until dropped.
+    Answered {
+        _token: Option<oneshot::Sender<()>>,
+    },
 }
 
 impl Submitted {
@@ -168,9 +231,15 @@ impl Future for Submitted {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Posted>> {
         match &mut self.0 {
             State::Refused(e) => Poll::Ready(Err(e.take().unwrap_or(ChatError::Abandoned))),
-            State::Waiting(answered) => Pin::new(answered)
-                .poll(cx)
-                .map(|answer| answer.unwrap_or(Err(ChatError::Abandoned))),
+            State::Waiting(answered) => match Pin::new(answered).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok((result, token))) => {
+                    self.0 = State::Answered { _token: token };
+                    Poll::Ready(result)
+                }
+                Poll::Ready(Err(_)) => Poll::Ready(Err(ChatError::Abandoned)),
+            },
+            State::Answered { .. } => Poll::Ready(Err(ChatError::Abandoned)),
         }
     }
 }

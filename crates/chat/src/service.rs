@@ -332,17 +332,23 @@ impl Chat {
 
     /// A stored post as answered, announced on the bus when it is new.
     pub(crate) async fn stored(&self, posted: herd_store::Posted) -> Posted {
+        let (posted, new) = self.answered(posted);
+        if new {
+            self.announce(&posted.message).await;
+        }
+        posted
+    }
+
+    /// A stored post as answered, and whether it is new (to be announced).
+    pub(crate) fn answered(&self, posted: herd_store::Posted) -> (Posted, bool) {
         let duplicate = matches!(posted, herd_store::Posted::Existing(_));
         let message = Message::from(posted.into_message());
-        if !duplicate {
-            self.announce(&message).await;
-        }
-        Posted { message, duplicate }
+        (Posted { message, duplicate }, !duplicate)
     }
 
     /// Publishes a stored message for live delivery. A failure loses nothing: followers
     /// notice the hole in seqs, or get a bus `Gap`, and read the store.
-    async fn announce(&self, message: &Message) {
+    pub(crate) async fn announce(&self, message: &Message) {
         let payload = match serde_json::to_vec(message) {
             Ok(payload) => payload,
             Err(e) => {

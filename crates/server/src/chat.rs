@@ -759,8 +759,10 @@ impl Handler {
         });
         let close = loop {
             let ended = tokio::select! {
-                frame = next_answer(&mut self.answers), if !self.answers.is_empty() => {
+                (frame, answered) = next_answer(&mut self.answers), if !self.answers.is_empty() => {
                     self.outbox.say(frame);
+                    // Queued: the message may now be announced (and come back here).
+                    drop(answered);
                     None
                 }
                 // At most SENDS_IN_FLIGHT sends wait for their commit; past that the
@@ -840,8 +842,9 @@ impl Handler {
     /// Says the answer of every send taken so far, waiting for their commits.
     async fn settle(&mut self) {
         while !self.answers.is_empty() {
-            let frame = next_answer(&mut self.answers).await;
+            let (frame, answered) = next_answer(&mut self.answers).await;
             self.outbox.say(frame);
+            drop(answered);
         }
     }
 
@@ -989,9 +992,10 @@ enum Answer {
     Ready(ServerFrame),
 }
 
-/// The first send's answer, once it has one; taken off the queue then. Cancel-safe:
+/// The first send's answer, once it has one, and the send, taken off the queue (to be
+/// dropped once its answer is queued: only then is its message announced). Cancel-safe:
 /// nothing is taken until it resolves.
-async fn next_answer(answers: &mut VecDeque<Answer>) -> ServerFrame {
+async fn next_answer(answers: &mut VecDeque<Answer>) -> (ServerFrame, Option<Answer>) {
     let frame = poll_fn(|cx| match answers.front_mut() {
         None => Poll::Pending,
         Some(Answer::Ready(frame)) => Poll::Ready(frame.clone()),
@@ -1000,8 +1004,7 @@ async fn next_answer(answers: &mut VecDeque<Answer>) -> ServerFrame {
             .map(|outcome| send_answer(client_id, outcome)),
     })
     .await;
-    answers.pop_front();
-    frame
+    (frame, answers.pop_front())
 }
 
 /// The `ack` or `error` frame a send's outcome is.
