@@ -25,6 +25,13 @@
 #   TP_BUSES="in-process redis"  the --bus of the throughput replica, one run each
 #   TP_WINDOW=128              how many messages the sender may be ahead of the slowest
 #                              subscriber (below --ws-queue, 256, so none is cut off)
+#   LAT_POSTGRES=1             also run the Redis config with both replicas on one fresh
+#                              PostgreSQL database (PG_PORT, user postgres, trust auth; it
+#                              is created in PG_ADMIN_DB and dropped on exit); 0 skips it
+#   SWEEP_RATES=""             messages a second, one more PostgreSQL + Redis latency run
+#                              each (SWEEP_SUBSCRIBERS subscribers, default 100): latency
+#                              against offered load, to find the knee; empty skips it
+#   PG_PORT=5432 PG_ADMIN_DB=postgres
 #   LAT_DIAGNOSTIC=1           also run the Redis config with the SQLite file on tmpfs
 #                              (/dev/shm), where a sync costs nothing: what the disk's syncs
 #                              of the shared file cost the tail (diagnostic); 0 skips it
@@ -65,6 +72,11 @@ TP_WINDOW=${TP_WINDOW:-128}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 IDLE_BATCH=${IDLE_BATCH:-100}
 LAT_DIAGNOSTIC=${LAT_DIAGNOSTIC:-1}
+LAT_POSTGRES=${LAT_POSTGRES:-1}
+SWEEP_RATES=${SWEEP_RATES:-}
+SWEEP_SUBSCRIBERS=${SWEEP_SUBSCRIBERS:-100}
+PG_PORT=${PG_PORT:-5432}
+PG_ADMIN_DB=${PG_ADMIN_DB:-postgres}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 QUIET_WAIT=${QUIET_WAIT:-60}
 QUIET_BUSY=${QUIET_BUSY:-25}
@@ -73,7 +85,7 @@ NOISE_MAX=${NOISE_MAX:-0.2}
 ATTEMPTS=${ATTEMPTS:-3}
 STARTUP_TIMEOUT_S=${STARTUP_TIMEOUT_S:-30}
 
-INVOCATION="bench/chat.sh (RATE=$RATE WARMUP=$WARMUP DURATION=$DURATION LAT_SUBSCRIBERS=\"$LAT_SUBSCRIBERS\" POLL_INTERVALS=\"$POLL_INTERVALS\" TP_SUBSCRIBERS=\"$TP_SUBSCRIBERS\" TP_BUSES=\"$TP_BUSES\" TP_WINDOW=$TP_WINDOW IDLE_CONNECTIONS=$IDLE_CONNECTIONS IDLE_BATCH=$IDLE_BATCH LAT_DIAGNOSTIC=$LAT_DIAGNOSTIC)"
+INVOCATION="bench/chat.sh (RATE=$RATE WARMUP=$WARMUP DURATION=$DURATION LAT_SUBSCRIBERS=\"$LAT_SUBSCRIBERS\" POLL_INTERVALS=\"$POLL_INTERVALS\" TP_SUBSCRIBERS=\"$TP_SUBSCRIBERS\" TP_BUSES=\"$TP_BUSES\" TP_WINDOW=$TP_WINDOW IDLE_CONNECTIONS=$IDLE_CONNECTIONS IDLE_BATCH=$IDLE_BATCH LAT_DIAGNOSTIC=$LAT_DIAGNOSTIC LAT_POSTGRES=$LAT_POSTGRES SWEEP_RATES=\"$SWEEP_RATES\" SWEEP_SUBSCRIBERS=$SWEEP_SUBSCRIBERS)"
 
 # ROOT, DOCS, CARGO_TARGET_DIR, log, die and bench_write_section come from lib.sh; this
 # script runs its own servers, so it uses nothing else of it.
@@ -92,6 +104,15 @@ esac
 REDIS_PORT=${REDIS_URL##*:}
 REDIS_PORT=${REDIS_PORT%%/*}
 [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>&1) == PONG ]] || die "no Redis answering at $REDIS_URL"
+PSQL=(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -X -q -At -v ON_ERROR_STOP=1)
+POSTMASTER_PID=
+if [[ $LAT_POSTGRES == 1 || -n $SWEEP_RATES ]]; then
+    command -v psql >/dev/null || die "psql is required (LAT_POSTGRES=1 or SWEEP_RATES)"
+    "${PSQL[@]}" -d "$PG_ADMIN_DB" -c 'SELECT 1' >/dev/null ||
+        die "no PostgreSQL accepting user postgres at 127.0.0.1:$PG_PORT/$PG_ADMIN_DB"
+    # PostgreSQL's CPU (its postmaster's children) is counted apart from the noise.
+    POSTMASTER_PID=$(head -n1 "$("${PSQL[@]}" -d "$PG_ADMIN_DB" -c 'SHOW data_directory')/postmaster.pid" 2>/dev/null) || POSTMASTER_PID=
+fi
 # Redis's CPU is counted apart from the noise of other work on the machine.
 REDIS_PID=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server | tr -d '\r' | sed -n 's/^process_id://p')
 
@@ -108,6 +129,7 @@ ulimit -n "$want"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/herd-chat.XXXXXX")
 SHM=
 declare -A PID=() ADDR=() LOGFILE=()
+PGDBS=()
 
 stop_replica() { # name
     local pid=${PID[$1]:-}
@@ -136,6 +158,10 @@ cleanup() {
             fi
         done
     fi
+    for name in "${PGDBS[@]}"; do
+        "${PSQL[@]}" -d "$PG_ADMIN_DB" -c "DROP DATABASE IF EXISTS $name WITH (FORCE)" ||
+            log "warning: could not drop the PostgreSQL database $name"
+    done
     rm -rf "$WORK"
     [[ -z $SHM ]] || rm -rf "$SHM"
     exit "$status"
@@ -304,21 +330,51 @@ if [[ $LAT_DIAGNOSTIC == 1 ]]; then
     fi
 fi
 
+if [[ $LAT_POSTGRES == 1 ]]; then
+    LAT_CONFIGS+=(postgres)
+    LAT_FLAGS[postgres]="--bus redis --redis-url $REDIS_URL"
+fi
+ALSO_PIDS=$REDIS_PID${POSTMASTER_PID:+,$POSTMASTER_PID}
+
+# A fresh PostgreSQL database, dropped on exit; its URL.
+fresh_postgres() {
+    local name=herd_chat_$$_$RANDOM
+    "${PSQL[@]}" -d "$PG_ADMIN_DB" -c "CREATE DATABASE $name" >&2
+    PGDBS+=("$name")
+    echo "postgres://postgres@127.0.0.1:$PG_PORT/$name"
+}
+
 for config in "${LAT_CONFIGS[@]}"; do
     read -ra flags <<<"${LAT_FLAGS[$config]}"
     db=sqlite://$WORK/latency-$config.db
     [[ $config != redis-tmpfs ]] || db=sqlite://$SHM/latency-$config.db
+    [[ $config != postgres ]] || db=$(fresh_postgres)
     start_replica a --database "$db" "${flags[@]}"
     start_replica b --database "$db" "${flags[@]}"
     for n in $LAT_SUBSCRIBERS; do
         chatbench "$WORK/latency-$config-$n.json" latency \
             --send-url "http://${ADDR[a]}" --recv-url "http://${ADDR[b]}" \
             --subscribers "$n" --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" \
-            --server-pids "${PID[a]},${PID[b]}" --also-pids "$REDIS_PID" --clk-tck "$CLK_TCK"
+            --server-pids "${PID[a]},${PID[b]}" --also-pids "$ALSO_PIDS" --clk-tck "$CLK_TCK"
     done
     stop_replica a
     stop_replica b
 done
+
+# --- 4b. latency against offered load, PostgreSQL + Redis --------------------------------
+if [[ -n $SWEEP_RATES ]]; then
+    db=$(fresh_postgres)
+    start_replica a --database "$db" --bus redis --redis-url "$REDIS_URL"
+    start_replica b --database "$db" --bus redis --redis-url "$REDIS_URL"
+    for rate in $SWEEP_RATES; do
+        chatbench "$WORK/sweep-$rate.json" latency \
+            --send-url "http://${ADDR[a]}" --recv-url "http://${ADDR[b]}" \
+            --subscribers "$SWEEP_SUBSCRIBERS" --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" \
+            --server-pids "${PID[a]},${PID[b]}" --also-pids "$ALSO_PIDS" --clk-tck "$CLK_TCK"
+    done
+    stop_replica a
+    stop_replica b
+fi
 
 # --- 5. delivered messages per core on one replica ---------------------------------------
 for bus in $TP_BUSES; do
@@ -347,7 +403,7 @@ stop_replica idle
 REDIS_VERSION=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server | tr -d '\r' | sed -n 's/^redis_version://p')
 
 SECTION=$(
-    LAT_CONFIGS="${LAT_CONFIGS[*]}" LAT_SUBSCRIBERS=$LAT_SUBSCRIBERS TP_BUSES=$TP_BUSES \
+    LAT_CONFIGS="${LAT_CONFIGS[*]}" SWEEP_RATES=$SWEEP_RATES SWEEP_SUBSCRIBERS=$SWEEP_SUBSCRIBERS LAT_SUBSCRIBERS=$LAT_SUBSCRIBERS TP_BUSES=$TP_BUSES \
         TP_SUBSCRIBERS=$TP_SUBSCRIBERS TP_WINDOW=$TP_WINDOW RATE=$RATE WARMUP=$WARMUP \
         DURATION=$DURATION NPROC=$(nproc) PROFILE=$PROFILE python3 - "$WORK" <<'PY'
 import json, os, sys
@@ -374,6 +430,8 @@ def label(config):
         return "Redis"
     if config == "redis-tmpfs":
         return "Redis, SQLite on tmpfs (diagnostic)"
+    if config == "postgres":
+        return "Redis, PostgreSQL"
     return f"SQL tail, {config[4:]} poll"
 def met(ok):
     return "**yes**" if ok else "**no**"
@@ -393,10 +451,13 @@ p("### Goals")
 p("")
 p("| measure | goal | measured | measured ÷ goal | met |")
 p("|---|---:|---:|---:|:---:|")
-for n in lat_ns:
-    r = load(f"latency-redis-{n}.json")
-    v = r["p99_us"]
-    p(f"| cross-replica fan-out p99 over Redis, {num(float(rate))} msg/s, {n} subscribers | ≤ 10 ms | {ms(v)} | {v / 10000:.2f} | {met(v is not None and v <= 10000 and r['missing'] == 0)} |")
+for config in [c for c in ("redis", "postgres") if c in lat_configs]:
+    for n in lat_ns:
+        r = load(f"latency-{config}-{n}.json")
+        v = r["p99_us"]
+        store = "SQLite" if config == "redis" else "PostgreSQL"
+        ratio = "n/a" if v is None else f"{v / 10000:.2f}"
+        p(f"| cross-replica fan-out p99 over Redis, {store}, {num(float(rate))} msg/s, {n} subscribers | ≤ 10 ms | {ms(v)} | {ratio} | {met(v is not None and v <= 10000 and r['missing'] == 0)} |")
 for bus in tp_buses:
     for n in tp_ns:
         r = load(f"throughput-{bus}-{n}.json")
@@ -457,7 +518,8 @@ for config in lat_configs:
             problems.append(f"{label(config)}, {n} subscribers: " + "; ".join(what))
 p("")
 p("cores = CPU time over the run ÷ its wall time; other work = the machine's busy time")
-p("minus herd's, Redis's and chatbench's (someone else's processes: noise).")
+p("minus herd's, Redis's and chatbench's (someone else's processes, and PostgreSQL's")
+p("backends, which are children of its postmaster and not counted with it: noise).")
 if problems:
     p("Not clean (4008 = the subscriber's outbound queue filled: the server cut it off, and")
     p("it would resume from its last seq):")
@@ -467,6 +529,25 @@ if problems:
 else:
     p("Every subscriber received every message once, in seq order; no send was refused.")
 p("")
+
+sweep = env["SWEEP_RATES"].split()
+if sweep:
+    p("### 1b. Latency against offered load, PostgreSQL + Redis")
+    p("")
+    p(f"As above, on two replicas sharing one PostgreSQL database, {env['SWEEP_SUBSCRIBERS']} subscribers on B,")
+    p("one run per offered rate (one sending socket). Where p99 leaves the single-digit")
+    p("milliseconds is the knee.")
+    p("")
+    p("| offered msg/s | sent msg/s | p50 | p99 | p99.9 | ack p50 / p99 | received / expected | cores: herd A / herd B / also / chatbench / other |")
+    p("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for rate_s in sweep:
+        r = load(f"sweep-{rate_s}.json")
+        cpu = r["cpu"]
+        a, b = (cpu["server_cores"] + [None, None])[:2]
+        cores = " / ".join("n/a" if c is None else f"{c:.2f}" for c in (a, b, cpu["also_cores"], cpu["generator_cores"], cpu["other_cores"]))
+        expected = r["measured_messages"] * r["subscribers"]
+        p(f"| {num(float(rate_s))} | {num(r['achieved_rate'] or 0)} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {ms(r['ack_p50_us'])} / {ms(r['ack_p99_us'])} | {num(r['samples'])} / {num(expected)} | {cores} |")
+    p("")
 
 p("### 2. Delivered messages per second per core")
 p("")

@@ -1,7 +1,11 @@
 //! [`Follow`]: a room's messages after a seq, from the store and then live from the bus,
 //! each exactly once and in order, whatever the bus drops, repeats or reorders.
 
-use std::collections::VecDeque;
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use herd_bus::{Bus, Delivery, Subscription};
 use herd_store::Store;
@@ -21,7 +25,8 @@ pub enum Event {
     CaughtUp { last_seq: Seq },
     /// A message as the bus delivered it, the next in the sequence. A reader that cannot
     /// keep up with these is the transport's to drop: it resumes from its last seq.
-    Live(Message),
+    /// Decoded once per replica and shared by every follow of the room here ([`Live`]).
+    Live(Live),
     /// The reader is no longer a member of the room (they left it, on any replica):
     /// nothing more follows. Said once, last.
     Left,
@@ -43,6 +48,8 @@ pub enum Event {
 pub struct Follow {
     store: Store,
     bus: Bus,
+    /// The replica's decoded announcements, shared by its follows.
+    decoded: Arc<Decoded>,
     reader: UserId,
     room: RoomId,
     /// Whether membership must be asked before the store is read again: not for the
@@ -63,10 +70,18 @@ pub struct Follow {
 }
 
 impl Follow {
-    pub(crate) fn new(store: Store, bus: Bus, reader: UserId, room: RoomId, since: Seq) -> Follow {
+    pub(crate) fn new(
+        store: Store,
+        bus: Bus,
+        decoded: Arc<Decoded>,
+        reader: UserId,
+        room: RoomId,
+        since: Seq,
+    ) -> Follow {
         Follow {
             store,
             bus,
+            decoded,
             reader,
             room,
             recheck: false,
@@ -143,29 +158,25 @@ impl Follow {
                     return None;
                 }
                 Some(Delivery::Gap) => self.behind = true,
-                Some(Delivery::Message { payload, .. }) => {
-                    match serde_json::from_slice::<Message>(&payload) {
-                        Ok(m) if m.seq <= self.last => {}
-                        Ok(m) if m.seq == self.last.next() => {
-                            self.last = m.seq;
-                            return Some(Ok(Event::Live(m)));
-                        }
-                        // A hole: an announcement was lost or overtaken; the store has
-                        // them all.
-                        Ok(_) => self.behind = true,
-                        Err(e) => match serde_json::from_slice::<Left>(&payload) {
-                            Ok(notice) if notice.left == self.reader => {
-                                return Some(Ok(self.left()))
-                            }
-                            Ok(_) => {}
-                            // Not a message this version understands; if it was one,
-                            // the next will show the hole it left.
-                            Err(_) => {
-                                tracing::debug!(room = %self.room, error = %e, "skipped an announcement");
-                            }
-                        },
+                Some(Delivery::Message { payload, .. }) => match self.decoded.get(&payload) {
+                    Announcement::Message(m) if m.seq <= self.last => {}
+                    Announcement::Message(m) if m.seq == self.last.next() => {
+                        self.last = m.seq;
+                        return Some(Ok(Event::Live(m)));
                     }
-                }
+                    // A hole: an announcement was lost or overtaken; the store has them
+                    // all.
+                    Announcement::Message(_) => self.behind = true,
+                    Announcement::Left(user) if user == self.reader => {
+                        return Some(Ok(self.left()))
+                    }
+                    Announcement::Left(_) => {}
+                    // Not a message this version understands; if it was one, the next
+                    // will show the hole it left.
+                    Announcement::Other => {
+                        tracing::debug!(room = %self.room, "skipped an announcement");
+                    }
+                },
             }
         }
     }
@@ -175,5 +186,153 @@ impl Follow {
         self.finished = true;
         self.pending.clear();
         Event::Left
+    }
+}
+
+/// A live message, decoded once per replica from the bus's payload and shared (not
+/// copied) by every follow of its room on the replica. A transport that sends it to many
+/// readers encodes it once too, with [`Live::encoded`].
+#[derive(Clone)]
+pub struct Live(Arc<Shared>);
+
+struct Shared {
+    message: Message,
+    /// The first transport encoding asked for, kept for every reader after it.
+    encoded: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl Live {
+    fn new(message: Message) -> Live {
+        Live(Arc::new(Shared {
+            message,
+            encoded: OnceLock::new(),
+        }))
+    }
+
+    pub fn message(&self) -> &Message {
+        &self.0.message
+    }
+
+    /// The message, copied only if another reader still shares it.
+    pub fn into_message(self) -> Message {
+        match Arc::try_unwrap(self.0) {
+            Ok(shared) => shared.message,
+            Err(shared) => shared.message.clone(),
+        }
+    }
+
+    /// `encode(message)`, made by the first reader that asks and shared by all that ask
+    /// after it (a transport's frame, say, so that 100 subscribers cost one encoding).
+    /// Cheap only if `T`'s clone is (an `Arc`, a `Bytes`); one transport per replica is
+    /// expected, and a second type asked for is encoded each time, not kept.
+    pub fn encoded<T: Clone + Send + Sync + 'static>(&self, encode: impl Fn(&Message) -> T) -> T {
+        let kept = self
+            .0
+            .encoded
+            .get_or_init(|| Box::new(encode(&self.0.message)));
+        match kept.downcast_ref::<T>() {
+            Some(value) => value.clone(),
+            None => encode(&self.0.message),
+        }
+    }
+}
+
+impl Deref for Live {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.0.message
+    }
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.message.fmt(f)
+    }
+}
+
+impl PartialEq for Live {
+    fn eq(&self, other: &Live) -> bool {
+        self.0.message == other.0.message
+    }
+}
+
+impl Eq for Live {}
+
+impl PartialEq<Message> for Live {
+    fn eq(&self, other: &Message) -> bool {
+        &self.0.message == other
+    }
+}
+
+/// What a payload on a room's topic says, decoded.
+#[derive(Debug, Clone)]
+pub(crate) enum Announcement {
+    Message(Live),
+    Left(UserId),
+    Other,
+}
+
+impl Announcement {
+    fn decode(payload: &[u8]) -> Announcement {
+        if let Ok(m) = serde_json::from_slice::<Message>(payload) {
+            return Announcement::Message(Live::new(m));
+        }
+        match serde_json::from_slice::<Left>(payload) {
+            Ok(notice) => Announcement::Left(notice.left),
+            Err(_) => Announcement::Other,
+        }
+    }
+}
+
+/// The announcements a replica's follows decoded lately, by payload. The bus hands every
+/// subscription on a replica the same `Arc` for one message, so the first follow to read
+/// it decodes it and the others find it here: one parse a message per replica, not one
+/// per reader. The newest [`Decoded::KEPT`] are kept (a reader further behind than that
+/// decodes its own); each holds its payload, so an address is not reused while kept.
+#[derive(Debug, Default)]
+pub(crate) struct Decoded {
+    recent: Mutex<Recent>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    by_address: HashMap<usize, (Arc<[u8]>, Announcement)>,
+    order: VecDeque<usize>,
+}
+
+impl Decoded {
+    /// As many as a bus subscription holds: a reader within its bus's window finds them.
+    const KEPT: usize = herd_bus::CAPACITY;
+
+    fn get(&self, payload: &Arc<[u8]>) -> Announcement {
+        let address = payload.as_ptr() as usize;
+        if let Some(found) = self.find(address, payload) {
+            return found;
+        }
+        let decoded = Announcement::decode(payload);
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another reader may have decoded it meanwhile: theirs is the one shared.
+        if let Some((kept, found)) = recent.by_address.get(&address) {
+            if Arc::ptr_eq(kept, payload) {
+                return found.clone();
+            }
+        }
+        if recent.order.len() >= Self::KEPT {
+            if let Some(oldest) = recent.order.pop_front() {
+                recent.by_address.remove(&oldest);
+            }
+        }
+        recent
+            .by_address
+            .insert(address, (payload.clone(), decoded.clone()));
+        recent.order.push_back(address);
+        decoded
+    }
+
+    fn find(&self, address: usize, payload: &Arc<[u8]>) -> Option<Announcement> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let (kept, found) = recent.by_address.get(&address)?;
+        Arc::ptr_eq(kept, payload).then(|| found.clone())
     }
 }

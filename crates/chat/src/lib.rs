@@ -24,7 +24,8 @@
 //! chat.post(&ada, &room.id, body, ClientId::parse("c-1").unwrap()).await?;
 //! while let Some(event) = follow.next().await {
 //!     match event? {
-//!         Event::Stored(m) | Event::Live(m) => println!("{}: {}", m.seq, m.body),
+//!         Event::Stored(m) => println!("{}: {}", m.seq, m.body),
+//!         Event::Live(m) => println!("{}: {}", m.seq, m.body),
 //!         Event::CaughtUp { .. } => {}
 //!         Event::Left => break,
 //!     }
@@ -37,19 +38,24 @@
 //! - `domain.rs`: the values parsed at the edge, the ids, and [`Invalid`].
 //! - `service.rs`: [`Chat`], [`ChatError`], and what the use cases answer with
 //!   ([`Room`], [`Message`], [`Posted`], [`HistoryPage`]).
+//! - `commit.rs`: group commit, the posts waiting for a room written in one
+//!   transaction by one task per room; [`Submitted`], a queued post's answer.
 //! - `follow.rs`: [`Follow`], a room's messages after a seq, exactly once and in order,
-//!   until its reader leaves the room.
+//!   until its reader leaves the room; [`Live`], a live message decoded once per
+//!   replica and shared by its readers (with the transport's encoding of it).
 //! - `quota.rs`: [`Limits`], what one user may do a second or a minute, whichever
 //!   transport they use.
 
+mod commit;
 mod domain;
 mod follow;
 mod quota;
 mod service;
 
+pub use commit::{Submitted, MAX_BATCH};
 pub use domain::{
     ClientId, Invalid, MessageBody, MessageId, PageSize, RoomId, RoomName, Seq, UserId,
 };
-pub use follow::{Event, Follow};
+pub use follow::{Event, Follow, Live};
 pub use quota::Limits;
 pub use service::{Chat, ChatError, Clock, HistoryPage, Message, Posted, Result, Room};

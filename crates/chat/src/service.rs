@@ -4,13 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use herd_bus::Bus;
-use herd_store::{MessageRecord, RoomRecord, Store, StoreError};
+use herd_store::{MessageRecord, NewMessage, RoomRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::commit::{Committer, Submitted};
 use crate::domain::{
     stored, ClientId, MessageBody, MessageId, PageSize, RoomId, RoomName, Seq, UserId,
 };
-use crate::follow::Follow;
+use crate::follow::{Decoded, Follow};
 use crate::quota::{Limits, Quota};
 
 /// What time it is, in unix seconds. Chat reads no clock of its own: whoever builds it
@@ -25,8 +26,9 @@ impl<F: Fn() -> i64 + Send + Sync + 'static> Clock for F {
     }
 }
 
-/// Why a chat operation was refused or failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a chat operation was refused or failed. Cheap to clone: every post of a batch
+/// whose commit failed is answered with the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ChatError {
     #[error("no such room")]
     NoSuchRoom,
@@ -41,21 +43,25 @@ pub enum ChatError {
     /// The store refused a value as malformed; the caller's to fix. Values are parsed
     /// at the edge, so this is a rule the parsers missed, not a retryable failure.
     #[error("the store refused the value: {0}")]
-    Rejected(#[source] StoreError),
+    Rejected(#[source] Arc<StoreError>),
     /// The store could not be reached; nothing was acknowledged, so a retry is safe.
     #[error("the store is unavailable: {0}")]
-    Unavailable(#[source] StoreError),
+    Unavailable(#[source] Arc<StoreError>),
     #[error("the store failed: {0}")]
-    Store(#[source] StoreError),
+    Store(#[source] Arc<StoreError>),
+    /// The post's commit was abandoned (the replica is stopping) before it said whether
+    /// it committed: a retry with the same client id is safe, and says.
+    #[error("the post was abandoned before its commit was known")]
+    Abandoned,
 }
 
 impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> ChatError {
         match e {
             StoreError::NotFound => ChatError::NoSuchRoom,
-            e if e.is_bad_input() => ChatError::Rejected(e),
-            e if e.is_unavailable() => ChatError::Unavailable(e),
-            e => ChatError::Store(e),
+            e if e.is_bad_input() => ChatError::Rejected(Arc::new(e)),
+            e if e.is_unavailable() => ChatError::Unavailable(Arc::new(e)),
+            e => ChatError::Store(Arc::new(e)),
         }
     }
 }
@@ -138,11 +144,15 @@ pub struct HistoryPage {
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Chat {
-    store: Store,
+    pub(crate) store: Store,
     bus: Bus,
     clock: Arc<dyn Clock>,
     posts: Arc<Quota>,
     rooms: Arc<Quota>,
+    /// Announcements decoded once for every follow on this replica.
+    decoded: Arc<Decoded>,
+    /// Posts waiting for their room's next commit.
+    pub(crate) committer: Arc<Committer>,
 }
 
 impl fmt::Debug for Chat {
@@ -176,6 +186,8 @@ impl Chat {
             clock: Arc::new(clock),
             posts: Arc::new(Quota::new(Limits::default().posts_per_second, 1)),
             rooms: Arc::new(Quota::new(Limits::default().rooms_per_minute, 60)),
+            decoded: Arc::default(),
+            committer: Arc::default(),
         }
     }
 
@@ -268,33 +280,75 @@ impl Chat {
         body: MessageBody,
         client_id: ClientId,
     ) -> Result<Posted> {
-        self.posts
-            .take(author.as_str(), self.clock.now())
-            .map_err(|retry_after| ChatError::TooManyPosts { retry_after })?;
-        self.require_member(author, room).await?;
-        let id = MessageId::random();
+        self.submit(author, room, body, client_id).await
+    }
+
+    /// [`post`](Chat::post), queued now and answered by the returned future: posts
+    /// submitted one after another (on any task of this replica) take their room's seqs
+    /// in that order, so a connection may send the next before the last is answered. The
+    /// posts waiting for a room are committed together, in one transaction, by one task
+    /// per room (see `commit.rs`); each is answered once that commit is durable and the
+    /// message announced, or with the error that failed it, which then wrote nothing. A
+    /// post is committed whether or not its answer is awaited.
+    pub fn submit(
+        &self,
+        author: &UserId,
+        room: &RoomId,
+        body: MessageBody,
+        client_id: ClientId,
+    ) -> Submitted {
+        if let Err(retry_after) = self.posts.take(author.as_str(), self.clock.now()) {
+            return Submitted::refused(ChatError::TooManyPosts { retry_after });
+        }
+        let message = NewMessage {
+            id: MessageId::random().as_str().to_owned(),
+            author_id: author.as_str().to_owned(),
+            body: body.as_str().to_owned(),
+            client_id: client_id.as_str().to_owned(),
+            created_at: self.clock.now(),
+        };
+        self.committer.enqueue(self, room, message)
+    }
+
+    /// One post in a transaction of its own, membership checked first: what a batch
+    /// falls back to when the store refused a value in it, so that one bad post fails
+    /// alone.
+    pub(crate) async fn post_alone(&self, room: &RoomId, message: &NewMessage) -> Result<Posted> {
+        self.require_member(&UserId::new(message.author_id.clone()), room)
+            .await?;
         let posted = self
             .store
             .post_message(
                 room.as_str(),
-                id.as_str(),
-                author.as_str(),
-                body.as_str(),
-                client_id.as_str(),
-                self.clock.now(),
+                &message.id,
+                &message.author_id,
+                &message.body,
+                &message.client_id,
+                message.created_at,
             )
             .await?;
+        Ok(self.stored(posted).await)
+    }
+
+    /// A stored post as answered, announced on the bus when it is new.
+    pub(crate) async fn stored(&self, posted: herd_store::Posted) -> Posted {
+        let (posted, new) = self.answered(posted);
+        if new {
+            self.announce(&posted.message).await;
+        }
+        posted
+    }
+
+    /// A stored post as answered, and whether it is new (to be announced).
+    pub(crate) fn answered(&self, posted: herd_store::Posted) -> (Posted, bool) {
         let duplicate = matches!(posted, herd_store::Posted::Existing(_));
         let message = Message::from(posted.into_message());
-        if !duplicate {
-            self.announce(&message).await;
-        }
-        Ok(Posted { message, duplicate })
+        (Posted { message, duplicate }, !duplicate)
     }
 
     /// Publishes a stored message for live delivery. A failure loses nothing: followers
     /// notice the hole in seqs, or get a bus `Gap`, and read the store.
-    async fn announce(&self, message: &Message) {
+    pub(crate) async fn announce(&self, message: &Message) {
         let payload = match serde_json::to_vec(message) {
             Ok(payload) => payload,
             Err(e) => {
@@ -331,6 +385,7 @@ impl Chat {
         Ok(Follow::new(
             self.store.clone(),
             self.bus.clone(),
+            self.decoded.clone(),
             reader.clone(),
             room.clone(),
             since,

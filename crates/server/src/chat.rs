@@ -20,8 +20,11 @@
 //! one of its user's `max_connections_per_user`, so one account cannot take every
 //! slot and strangers cannot take the authenticated ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future as _};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -33,7 +36,7 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
-use herd_chat::{ClientId, Event, Follow, MessageBody, Posted, RoomId, Seq, UserId};
+use herd_chat::{ClientId, Event, Follow, MessageBody, Posted, RoomId, Seq, Submitted, UserId};
 use herd_identity::{AuthnError, Principal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -477,7 +480,12 @@ impl Outbox {
     /// Queues a live frame for the writer; a full queue (in frames or in bytes) means
     /// the client is too slow.
     fn push(&self, frame: ServerFrame) -> bool {
-        let text = frame.text();
+        self.push_text(frame.text())
+    }
+
+    /// [`push`](Outbox::push) for a frame already encoded (and shared with other
+    /// connections: a live message is encoded once per replica, not once per reader).
+    fn push_text(&self, text: Utf8Bytes) -> bool {
         let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&text)) else {
             self.end(Close::SLOW);
             return false;
@@ -586,10 +594,10 @@ async fn write(
             }
             out = rx.recv() => out,
         };
-        let Some(Out { text, _budget }) = out else {
+        let Some(first) = out else {
             return;
         };
-        match tokio::time::timeout(deadline, sink.send(Frame::Text(text))).await {
+        match tokio::time::timeout(deadline, send_queued(&mut sink, &mut rx, first)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
@@ -599,6 +607,29 @@ async fn write(
         }
     }
 }
+
+/// Writes `first` and whatever else is queued already (up to [`WRITE_BATCH`] frames),
+/// then flushes once: a burst of frames costs one write to the socket, not one each.
+async fn send_queued(
+    sink: &mut SplitSink<WebSocket, Frame>,
+    rx: &mut mpsc::Receiver<Out>,
+    first: Out,
+) -> Result<(), axum::Error> {
+    // The frames keep their share of the byte budget until they are flushed.
+    let mut budgets = Vec::with_capacity(WRITE_BATCH);
+    let mut next = Some(first);
+    while let Some(Out { text, _budget }) = next.take() {
+        sink.feed(Frame::Text(text)).await?;
+        budgets.push(_budget);
+        if budgets.len() < WRITE_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    sink.flush().await
+}
+
+/// Frames written before one flush, at most.
+const WRITE_BATCH: usize = 64;
 
 /// Writes what is queued (when `flush`), then the close frame.
 async fn finish(
@@ -683,6 +714,9 @@ struct Handler {
     outbox: Outbox,
     /// Each followed room's task, which forwards its messages to `outbox`.
     subscriptions: HashMap<RoomId, JoinHandle<()>>,
+    /// The answers to the sends not answered yet, in the order the sends came: the
+    /// next frame is read while earlier sends commit, and acks go out in order.
+    answers: VecDeque<Answer>,
     reauth: Reauth,
     session: SessionLife,
     frames: FrameBudget,
@@ -707,6 +741,7 @@ impl Handler {
             shutdown: state.live.shutdown.subscribe(),
             revocations: state.auth.revocations(),
             subscriptions: HashMap::new(),
+            answers: VecDeque::new(),
             state,
             principal,
             stream,
@@ -724,7 +759,15 @@ impl Handler {
         });
         let close = loop {
             let ended = tokio::select! {
-                frame = self.stream.next() => match frame {
+                (frame, answered) = next_answer(&mut self.answers), if !self.answers.is_empty() => {
+                    self.outbox.say(frame);
+                    // Queued: the message may now be announced (and come back here).
+                    drop(answered);
+                    None
+                }
+                // At most SENDS_IN_FLIGHT sends wait for their commit; past that the
+                // client's frames wait in the socket.
+                frame = self.stream.next(), if self.answers.len() < SENDS_IN_FLIGHT => match frame {
                     Some(Ok(Frame::Text(_) | Frame::Binary(_))) if !self.frames.take() => {
                         Some(Close::FLOOD)
                     }
@@ -753,6 +796,9 @@ impl Handler {
                 break Some(close);
             }
         };
+        // The sends already taken are answered before the close (each is committed or
+        // failed whether or not it is waited for).
+        self.settle().await;
         for (_, task) in self.subscriptions.drain() {
             task.abort();
         }
@@ -762,7 +808,13 @@ impl Handler {
     /// A text frame: one of the protocol's, or a `bad-frame` error. No frame a client
     /// sends ends the connection (a close frame aside).
     async fn on_text(&mut self, text: &str) {
-        let frame = match decode_client_frame(text) {
+        let frame = decode_client_frame(text);
+        // Only sends are pipelined: anything else is answered after every earlier send,
+        // as if each frame were handled to its end before the next.
+        if !matches!(frame, Ok(ClientFrame::Send { .. })) {
+            self.settle().await;
+        }
+        let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
                 let message = format!("not a frame of this protocol: {e}");
@@ -783,7 +835,25 @@ impl Handler {
                 room,
                 body,
                 client_id,
-            } => self.on_send(room, &body, &client_id).await,
+            } => self.on_send(room, &body, &client_id),
+        }
+    }
+
+    /// Says the answer of every send taken so far, waiting for their commits.
+    async fn settle(&mut self) {
+        while !self.answers.is_empty() {
+            let (frame, answered) = next_answer(&mut self.answers).await;
+            self.outbox.say(frame);
+            drop(answered);
+        }
+    }
+
+    /// Says `frame` after the answers of the sends before it.
+    fn answer(&mut self, frame: ServerFrame) {
+        if self.answers.is_empty() {
+            self.outbox.say(frame);
+        } else {
+            self.answers.push_back(Answer::Ready(frame));
         }
     }
 
@@ -856,49 +926,32 @@ impl Handler {
         self.outbox.say(ServerFrame::Unsubscribed { room });
     }
 
-    async fn on_send(&mut self, room: String, body: &str, client_id: &str) {
+    /// Validates a send and queues it for its room's next commit; its answer comes
+    /// through `answers`, in order.
+    fn on_send(&mut self, room: String, body: &str, client_id: &str) {
         let checked = MessageBody::parse(body).and_then(|b| Ok((b, ClientId::parse(client_id)?)));
         let (body, client_id) = match checked {
             Ok(fields) => fields,
             Err(e) => {
                 let message = e.to_string();
-                self.outbox
-                    .say(error(Code::ValidationFailed, &message, Some(client_id)));
+                self.answer(error(Code::ValidationFailed, &message, Some(client_id)));
                 return;
             }
         };
         let Ok(room) = RoomId::parse(&room) else {
-            self.outbox.say(error(
+            self.answer(error(
                 Code::NotFound,
                 "no such room",
                 Some(client_id.as_str()),
             ));
             return;
         };
-        match self
+        let posted = self
             .state
             .chat
-            .post(&self.user, &room, body, client_id.clone())
-            .await
-        {
-            Ok(Posted { message, duplicate }) => self.outbox.say(ServerFrame::Ack {
-                client_id: client_id.into_string(),
-                room: message.room.into_string(),
-                seq: message.seq.get(),
-                id: message.id.into_string(),
-                duplicate,
-            }),
-            Err(e) => {
-                let code = ApiError::from(e).code();
-                let message = match code {
-                    Code::RateLimited => "too many sends per second; retry with the same client_id",
-                    Code::Unavailable | Code::Internal => "not sent; retry with the same client_id",
-                    _ => "not sent",
-                };
-                self.outbox
-                    .say(error(code, message, Some(client_id.as_str())));
-            }
-        }
+            .submit(&self.user, &room, body, client_id.clone());
+        self.answers
+            .push_back(Answer::Posting { client_id, posted });
     }
 
     /// A session was revoked somewhere; this connection ends if it was its own.
@@ -926,6 +979,56 @@ impl Handler {
     }
 }
 
+/// Sends a connection may have waiting for their commit, at most.
+const SENDS_IN_FLIGHT: usize = 64;
+
+/// What answers a send: its outcome once committed, or a refusal queued behind the
+/// answers of earlier sends.
+enum Answer {
+    Posting {
+        client_id: ClientId,
+        posted: Submitted,
+    },
+    Ready(ServerFrame),
+}
+
+/// The first send's answer, once it has one, and the send, taken off the queue (to be
+/// dropped once its answer is queued: only then is its message announced). Cancel-safe:
+/// nothing is taken until it resolves.
+async fn next_answer(answers: &mut VecDeque<Answer>) -> (ServerFrame, Option<Answer>) {
+    let frame = poll_fn(|cx| match answers.front_mut() {
+        None => Poll::Pending,
+        Some(Answer::Ready(frame)) => Poll::Ready(frame.clone()),
+        Some(Answer::Posting { client_id, posted }) => Pin::new(posted)
+            .poll(cx)
+            .map(|outcome| send_answer(client_id, outcome)),
+    })
+    .await;
+    (frame, answers.pop_front())
+}
+
+/// The `ack` or `error` frame a send's outcome is.
+fn send_answer(client_id: &ClientId, outcome: herd_chat::Result<Posted>) -> ServerFrame {
+    match outcome {
+        Ok(Posted { message, duplicate }) => ServerFrame::Ack {
+            client_id: client_id.as_str().to_owned(),
+            room: message.room.into_string(),
+            seq: message.seq.get(),
+            id: message.id.into_string(),
+            duplicate,
+        },
+        Err(e) => {
+            let code = ApiError::from(e).code();
+            let message = match code {
+                Code::RateLimited => "too many sends per second; retry with the same client_id",
+                Code::Unavailable | Code::Internal => "not sent; retry with the same client_id",
+                _ => "not sent",
+            };
+            error(code, message, Some(client_id.as_str()))
+        }
+    }
+}
+
 /// One subscription's task: the room's messages from [`Follow`] to the connection,
 /// history at the client's pace, live ones at once or the connection is too slow.
 async fn forward(mut follow: Follow, outbox: Outbox) {
@@ -936,7 +1039,11 @@ async fn forward(mut follow: Follow, outbox: Outbox) {
                 room: follow.room().to_string(),
                 last_seq: last_seq.get(),
             }),
-            Ok(Event::Live(m)) => outbox.push(ServerFrame::Message(m.into())),
+            // Encoded by the first subscription on this replica to get it, shared by the
+            // rest.
+            Ok(Event::Live(m)) => {
+                outbox.push_text(m.encoded(|m| ServerFrame::Message(m.clone().into()).text()))
+            }
             // The user left the room: the subscription ends as if they had unsubscribed.
             Ok(Event::Left) => {
                 outbox.push(ServerFrame::Unsubscribed {

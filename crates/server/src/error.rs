@@ -484,6 +484,7 @@ impl From<herd_chat::ChatError> for ApiError {
             }
             ChatError::Unavailable(e) => ApiError::unavailable(e),
             ChatError::Store(e) => ApiError::internal(e),
+            e @ ChatError::Abandoned => ApiError::unavailable(e),
         }
     }
 }

@@ -8,6 +8,8 @@
 //! posters to one room queue (posters to different rooms do not); on SQLite it takes the
 //! file's write lock. A post that fails rolls the raise back with it.
 
+use std::collections::HashMap;
+
 use sqlx::{ColumnIndex, Decode, Executor, Row, Type};
 
 use crate::{Backend, Result, Store, StoreError};
@@ -62,6 +64,25 @@ impl Posted {
             Posted::New(m) | Posted::Existing(m) => m,
         }
     }
+}
+
+/// One message of a batch for [`Store::post_messages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// A caller-chosen unique id.
+    pub id: String,
+    pub author_id: String,
+    pub body: String,
+    pub client_id: String,
+    pub created_at: i64,
+}
+
+/// What one message of a batch came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batched {
+    Posted(Posted),
+    /// Its author is not a member of the room: nothing was written for it.
+    NotAMember,
 }
 
 impl Store {
@@ -124,6 +145,22 @@ impl Store {
             db.post_message(room_id, id, author_id, body, client_id, now)
                 .await
         })
+    }
+
+    /// Appends a batch of messages to one room in one transaction, each from a member of
+    /// the room, in the batch's order: what [`post_message`](Store::post_message) does for
+    /// one, with one commit for all. Each new message takes the room's next `seq`; one
+    /// whose (author, `client_id`) is already stored, or earlier in the batch, is
+    /// [`Posted::Existing`] and takes none; one whose author is not a member is
+    /// [`Batched::NotAMember`]. The answers are in the batch's order.
+    ///
+    /// An error means nothing of the batch was written. A room that does not exist is
+    /// [`StoreError::NotFound`].
+    pub async fn post_messages(&self, room_id: &str, batch: &[NewMessage]) -> Result<Vec<Batched>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, db => db.post_messages(room_id, batch).await)
     }
 
     /// At most `limit` messages of the room with `seq > after_seq`, ascending. Since
@@ -310,6 +347,129 @@ impl_queries! {
         Ok(Posted::New(message))
     }
 
+    async fn post_messages(&self, room_id: &str, batch: &[NewMessage]) -> Result<Vec<Batched>> {
+        let mut tx = DB::begin(self.pool()).await?;
+        // The room's row first, as in `post_message`: on PostgreSQL its lock (held to the
+        // commit) queues every other poster to the room, on any replica, and the reads
+        // below then see what they committed; on SQLite the write lock is taken at once.
+        let lock = sqlx::query(
+            "UPDATE rooms SET last_seq = last_seq WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(room_id);
+        let Some(row) = tx.fetch_optional(lock).await? else {
+            return Err(StoreError::NotFound);
+        };
+        let mut seq: i64 = row.get(0);
+
+        let mut authors: Vec<&str> = Vec::new();
+        let mut client_ids: Vec<&str> = Vec::new();
+        for m in batch {
+            if !authors.contains(&m.author_id.as_str()) {
+                authors.push(&m.author_id);
+            }
+            if !client_ids.contains(&m.client_id.as_str()) {
+                client_ids.push(&m.client_id);
+            }
+        }
+        // The members among the authors, with their names.
+        let members_sql = format!(
+            "SELECT u.id, u.username FROM room_members r JOIN users u ON u.id = r.user_id \
+             WHERE r.room_id = $1 AND r.user_id IN ({})",
+            placeholders(2, authors.len())
+        );
+        let mut members = sqlx::query(&members_sql).bind(room_id);
+        for author in &authors {
+            members = members.bind(*author);
+        }
+        let names: HashMap<String, String> = tx
+            .fetch_all(members)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        // What was posted before under these client ids (a superset: any author with any
+        // of the ids; the pairs are matched below).
+        let posted_sql = format!(
+            "SELECT m.room_id, m.seq, m.id, m.author_id, u.username, m.body, m.client_id, \
+             m.created_at FROM messages m JOIN users u ON u.id = m.author_id \
+             WHERE m.room_id = $1 AND m.author_id IN ({}) AND m.client_id IN ({})",
+            placeholders(2, authors.len()),
+            placeholders(2 + authors.len(), client_ids.len())
+        );
+        let mut posted = sqlx::query(&posted_sql).bind(room_id);
+        for author in &authors {
+            posted = posted.bind(*author);
+        }
+        for client_id in &client_ids {
+            posted = posted.bind(*client_id);
+        }
+        let mut stored: HashMap<(String, String), MessageRecord> = tx
+            .fetch_all(posted)
+            .await?
+            .iter()
+            .map(|r| {
+                let m = message_from(r);
+                ((m.author_id.clone(), m.client_id.clone()), m)
+            })
+            .collect();
+
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<MessageRecord> = Vec::new();
+        for m in batch {
+            let Some(author) = names.get(&m.author_id) else {
+                answers.push(Batched::NotAMember);
+                continue;
+            };
+            let key = (m.author_id.clone(), m.client_id.clone());
+            if let Some(first) = stored.get(&key) {
+                answers.push(Batched::Posted(Posted::Existing(first.clone())));
+                continue;
+            }
+            seq += 1;
+            let record = MessageRecord {
+                room_id: room_id.to_owned(),
+                seq,
+                id: m.id.clone(),
+                author_id: m.author_id.clone(),
+                author: author.clone(),
+                body: m.body.clone(),
+                client_id: m.client_id.clone(),
+                created_at: m.created_at,
+            };
+            stored.insert(key, record.clone());
+            answers.push(Batched::Posted(Posted::New(record.clone())));
+            fresh.push(record);
+        }
+        if !fresh.is_empty() {
+            let rows: Vec<String> = (0..fresh.len())
+                .map(|i| format!("({})", placeholders(1 + 7 * i, 7)))
+                .collect();
+            let insert_sql = format!(
+                "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at) \
+                 VALUES {}",
+                rows.join(", ")
+            );
+            let mut insert = sqlx::query(&insert_sql);
+            for m in &fresh {
+                insert = insert
+                    .bind(m.id.as_str())
+                    .bind(m.room_id.as_str())
+                    .bind(m.seq)
+                    .bind(m.author_id.as_str())
+                    .bind(m.body.as_str())
+                    .bind(m.client_id.as_str())
+                    .bind(m.created_at);
+            }
+            tx.execute(insert).await?;
+            let raise = sqlx::query("UPDATE rooms SET last_seq = $2 WHERE id = $1")
+                .bind(room_id)
+                .bind(seq);
+            tx.execute(raise).await?;
+        }
+        tx.commit().await?;
+        Ok(answers)
+    }
+
     async fn messages_after(
         &self,
         room_id: &str,
@@ -380,6 +540,14 @@ where
         client_id: r.get(6),
         created_at: r.get(7),
     }
+}
+
+/// `$first, $first+1, ...`: `n` numbered placeholders, which both backends take.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {

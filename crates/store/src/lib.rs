@@ -91,7 +91,7 @@ use sqlx::sqlite::{
 };
 
 pub use accounts::{SessionOrigin, SessionRecord, SessionScope};
-pub use chat::{MessageRecord, Posted, RoomRecord};
+pub use chat::{Batched, MessageRecord, NewMessage, Posted, RoomRecord};
 pub use databases::{create_postgres_database, drop_postgres_database, with_database};
 pub use migrate::{Migration, MIGRATIONS};
 pub use shared_sessions::SharedSession;

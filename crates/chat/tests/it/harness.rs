@@ -22,6 +22,8 @@ pub struct TestChat {
     pub chat: Chat,
     pub store: Store,
     pub bus: Bus,
+    /// The store's URL, for a test that reaches its database directly.
+    pub url: String,
     _dir: TempDir,
 }
 
@@ -36,6 +38,7 @@ impl TestChat {
             chat,
             store,
             bus,
+            url,
             _dir: dir,
         }
     }
