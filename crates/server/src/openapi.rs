@@ -22,7 +22,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, Header, OpenApi as Document, Ref, RefOr, Response as Answer};
 use utoipa::{Modify, OpenApi};
 
-use crate::{account, auth, chat, error, feed, health, metrics, oauth, rooms, web, wellknown, AppState};
+use crate::{
+    account, auth, chat, error, feed, health, metrics, oauth, rooms, web, wellknown, AppState,
+};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -3,7 +3,6 @@
 //! at once here and, over the bus, on the other replicas. And what an attacker holding
 //! one session, or another account, cannot do with these routes.
 
-
 use herd_identity::{Rate, Strategy, ThrottleConfig};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
