@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use herd_store::{
-    NewRefresh, RefreshLimit, Rotation, SessionOrigin, Store, StoreError, UserRecord,
+    NewRefresh, NewSession, RefreshLimit, Rotation, SessionOrigin, Store, StoreError, UserRecord,
 };
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -600,22 +600,24 @@ impl Auth {
             .inner
             .store
             .open_session(
-                &session_id,
-                &user.id,
-                verified,
+                NewSession {
+                    id: &session_id,
+                    user_id: &user.id,
+                    verified_hash: verified,
+                    origin: SessionOrigin {
+                        client_addr: origin.client_addr.as_deref(),
+                        user_agent: origin.user_agent.as_deref(),
+                    },
+                    status_margin: crate::status_list::reuse_margin(
+                        seconds(config.status_list_ttl),
+                        seconds(config.leeway),
+                    ),
+                },
                 now,
                 NewRefresh {
                     hash: &refresh_hash,
                     expires_at: now + seconds(config.refresh_ttl),
                 },
-                SessionOrigin {
-                    client_addr: origin.client_addr.as_deref(),
-                    user_agent: origin.user_agent.as_deref(),
-                },
-                crate::status_list::reuse_margin(
-                    seconds(config.status_list_ttl),
-                    seconds(config.leeway),
-                ),
             )
             .await?
             .ok_or(AuthError::InvalidCredentials)?;

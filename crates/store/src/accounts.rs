@@ -12,6 +12,19 @@ use sqlx::{Executor, Row, Transaction};
 use crate::dialect::Lock;
 use crate::{Backend, NewRefresh, Result, Store, UserRecord};
 
+/// A login session to open: whose, over which verified password hash, from where, and the
+/// margin before a freed status-list index may be handed out again.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSession<'a> {
+    pub id: &'a str,
+    pub user_id: &'a str,
+    /// The hash the login just checked: the session opens only while it is still the
+    /// account's.
+    pub verified_hash: &'a str,
+    pub origin: SessionOrigin<'a>,
+    pub status_margin: i64,
+}
+
 /// Where a login came from, as the server saw it; either may be unknown.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SessionOrigin<'a> {
@@ -45,21 +58,14 @@ impl Store {
     /// login came from, in one transaction, but only while the account is not deleted and
     /// its password hash is still `verified_hash` (the one the login just checked): a login
     /// racing with a password change or a deletion opens no session that outlives it.
-    /// Returns whether the session was opened.
+    /// Returns the session's status-list index, or `None` when it was not opened.
     pub async fn open_session(
         &self,
-        session_id: &str,
-        user_id: &str,
-        verified_hash: &str,
+        session: NewSession<'_>,
         now: i64,
         refresh: NewRefresh<'_>,
-        origin: SessionOrigin<'_>,
-        status_margin: i64,
     ) -> Result<Option<i64>> {
-        dispatch!(self, db => {
-            db.open_session(session_id, user_id, verified_hash, now, refresh, origin, status_margin)
-                .await
-        })
+        dispatch!(self, db => db.open_session(session, now, refresh).await)
     }
 
     /// The account `user_id`, unless it was deleted.
@@ -122,14 +128,17 @@ impl Store {
 impl_queries! {
     async fn open_session(
         &self,
-        session_id: &str,
-        user_id: &str,
-        verified_hash: &str,
+        session: NewSession<'_>,
         now: i64,
         refresh: NewRefresh<'_>,
-        origin: SessionOrigin<'_>,
-        status_margin: i64,
     ) -> Result<Option<i64>> {
+        let NewSession {
+            id: session_id,
+            user_id,
+            verified_hash,
+            origin,
+            status_margin,
+        } = session;
         let mut tx = DB::begin(self.pool()).await?;
         // A write first, for the account's row lock (PostgreSQL) or the file's write lock
         // (SQLite): a password change or deletion running now either committed before this

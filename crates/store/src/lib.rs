@@ -90,7 +90,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-pub use accounts::{SessionOrigin, SessionRecord, SessionScope};
+pub use accounts::{NewSession, SessionOrigin, SessionRecord, SessionScope};
 pub use chat::{Batched, MessageRecord, NewMessage, Posted, RoomRecord};
 pub use databases::{create_postgres_database, drop_postgres_database, with_database};
 pub use migrate::{Migration, MIGRATIONS};

@@ -2,7 +2,7 @@
 //! hash a login verified, a user's sessions listed and ended (never another user's), the
 //! password changed and the account deleted together with the sessions they end.
 
-use herd_store::{NewRefresh, SessionOrigin, SessionScope, Store, UserRecord};
+use herd_store::{NewRefresh, NewSession, SessionOrigin, SessionScope, Store, UserRecord};
 
 use crate::harness::{self, TestDb, NOW};
 
@@ -18,19 +18,21 @@ async fn open(store: &Store, user: &UserRecord, id: &str, hash: &str, agent: &st
     let token = format!("token of {id}");
     store
         .open_session(
-            id,
-            &user.id,
-            hash,
+            NewSession {
+                id,
+                user_id: &user.id,
+                verified_hash: hash,
+                origin: SessionOrigin {
+                    client_addr: Some("192.0.2.7"),
+                    user_agent: Some(agent),
+                },
+                status_margin: 60,
+            },
             NOW,
             NewRefresh {
                 hash: token.as_bytes(),
                 expires_at: LATER,
             },
-            SessionOrigin {
-                client_addr: Some("192.0.2.7"),
-                user_agent: Some(agent),
-            },
-            60,
         )
         .await
         .expect("open session")
