@@ -39,15 +39,16 @@ const FORM: &str = "application/x-www-form-urlencoded";
 #[allow(dead_code)] // Documents the form; the handler reads the fields by name.
 pub struct TokenRequest {
     /// `refresh_token`; any other grant is `unsupported_grant_type`.
-    #[schema(example = "refresh_token")]
+    #[schema(example = "refresh_token", pattern = "^refresh_token$")]
     grant_type: String,
-    /// The refresh token to spend.
+    /// The refresh token to spend (an empty value is as good as none, RFC 6749 section 3.2).
+    #[schema(min_length = 1)]
     refresh_token: String,
     /// Herd's client id (`herd`), optional for this public client.
     #[schema(required = false)]
     client_id: Option<String>,
     /// herd has no scopes: any non-empty value is `invalid_scope`.
-    #[schema(required = false)]
+    #[schema(required = false, max_length = 0)]
     scope: Option<String>,
 }
 
@@ -56,6 +57,7 @@ pub struct TokenRequest {
 #[allow(dead_code)] // Documents the form; the handler reads the fields by name.
 pub struct RevocationRequest {
     /// An access or refresh token; either ends its whole login session.
+    #[schema(min_length = 1)]
     token: String,
     /// `access_token` or `refresh_token`: which to try first.
     #[schema(required = false)]
@@ -143,6 +145,16 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
     ]
 }
 
+/// The parameters herd reads from either endpoint's form.
+const PARAMETERS: &[&str] = &[
+    "grant_type",
+    "refresh_token",
+    "client_id",
+    "scope",
+    "token",
+    "token_type_hint",
+];
+
 /// The form's parameters. RFC 6749 section 3.2 and RFC 7009 section 2.1: the body is
 /// form-encoded; a parameter sent twice, or one sent empty, is treated as absent and
 /// twice is an error (RFC 6749 section 3.1).
@@ -161,8 +173,10 @@ impl Form {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
             .map_err(|_| OAuthError::invalid_request("the body is not a valid form"))?;
         let form = Form(pairs);
+        // A parameter herd reads may come once; unrecognised ones are ignored, repeated or
+        // not (RFC 6749 section 3.2: "MUST ignore unrecognized request parameters").
         for (i, (name, _)) in form.0.iter().enumerate() {
-            if form.0[..i].iter().any(|(n, _)| n == name) {
+            if PARAMETERS.contains(&name.as_str()) && form.0[..i].iter().any(|(n, _)| n == name) {
                 return Err(OAuthError::invalid_request(format!("{name} is sent twice")).into());
             }
         }

@@ -195,6 +195,20 @@ async fn the_token_endpoint_answers_rfc_6749_errors() {
     assert_oauth_error(json, StatusCode::BAD_REQUEST, "invalid_request").await;
     // None of that spent the refresh token.
     assert_eq!(app.refresh(&tokens.refresh).await.status(), StatusCode::OK);
+    // A parameter herd does not read is ignored, even repeated (RFC 6749 section 3.2).
+    let again = app.login("bob").await;
+    let response = form(
+        &app,
+        "/oauth/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &again.refresh),
+            ("extension", "1"),
+            ("extension", "2"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]
