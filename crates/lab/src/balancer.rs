@@ -51,27 +51,33 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = cluster.config.edge;
-    crate::listen::accept(listener, limits, shutdown, move |io, remote, activity| {
-        let cluster = cluster.clone();
-        async move {
-            let service = hyper::service::service_fn(move |request| {
-                let cluster = cluster.clone();
-                let in_flight = activity.begin();
-                async move {
-                    let response = handle(cluster, remote, request).await;
-                    drop(in_flight);
-                    Ok::<_, Infallible>(response)
+    crate::listen::accept(
+        listener,
+        limits,
+        shutdown,
+        move |io, remote, activity, spare| {
+            let cluster = cluster.clone();
+            async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let cluster = cluster.clone();
+                    let in_flight = activity.begin();
+                    async move {
+                        let response = handle(cluster, remote, request).await;
+                        drop(in_flight);
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let connection = limits
+                    .builder()
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                if let Err(e) = connection.await {
+                    tracing::debug!(%remote, "client connection: {e}");
+                    spare.close_after(&e).await;
                 }
-            });
-            let connection = limits
-                .builder()
-                .serve_connection(io, service)
-                .with_upgrades();
-            if let Err(e) = connection.await {
-                tracing::debug!(%remote, "client connection: {e}");
             }
-        }
-    })
+        },
+    )
     .await;
 }
 

@@ -1,28 +1,26 @@
 //! How the balancer serves its client connections, under the same kind of bounds as a
-//! replica's (`herd_server::listen`, which this crate does not depend on): a bounded
-//! request head that must arrive within a deadline once started, an end to idle
-//! connections, and idle connections closed when file descriptors run out. Each proxied
+//! replica's (`herd_server::listen`; both build on `herd_edge`): a bounded request head
+//! that must arrive within a deadline once started (a head over the bounds gets 431 and
+//! a lingering close), an end to idle connections, and idle connections closed when file
+//! descriptors run out. Each proxied
 //! request holds two descriptors (client and replica), so the balancer runs out first.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use herd_edge::{is_out_of_descriptors, Activity, Spare, Tracked, BALANCER_MAX_HEADERS};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 /// The bounds of the balancer's client connections and of its waits on replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeLimits {
-    /// The largest request head a client may send, in bytes (as many headers as fit).
-    /// Below a replica's own limit (`herd serve --max-header-bytes`, 64 KiB), so that
-    /// what the balancer passes on, with its X-Forwarded-* added, a replica accepts.
+    /// The largest request head a client may send, in bytes, of at most
+    /// [`BALANCER_MAX_HEADERS`] headers. Both below a replica's own limits (`herd serve
+    /// --max-header-bytes`, 64 KiB, and `herd_edge::REPLICA_MAX_HEADERS`), so that what
+    /// the balancer passes on, with its X-Forwarded-* added, a replica accepts.
     pub max_header_bytes: usize,
     /// How long a client has to send a request head once it started.
     pub header_read_timeout: Duration,
@@ -51,23 +49,22 @@ impl EdgeLimits {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
-            // The shortest header line (`a:` and a line end) is 3 bytes: a count limit
-            // below what fits would refuse heads the byte limit admits.
-            .max_headers(self.max_header_bytes / 3)
+            .max_headers(BALANCER_MAX_HEADERS)
             .max_buf_size(self.max_header_bytes.max(8192));
         builder
     }
 }
 
 /// Accepts connections until `shutdown` resolves, handing each to `serve` along with
-/// its [`Activity`]; `serve` must run the connection and return when it ends.
+/// its [`Activity`] and [`Spare`]; `serve` must run the connection, close it gently
+/// with the spare if it ended in a refused head, and return when it ends.
 pub(crate) async fn accept<F, Fut>(
     listener: TcpListener,
     limits: EdgeLimits,
     shutdown: impl std::future::Future<Output = ()>,
     serve: F,
 ) where
-    F: Fn(TokioIo<Tracked>, SocketAddr, Arc<Activity>) -> Fut,
+    F: Fn(TokioIo<Tracked>, SocketAddr, Arc<Activity>, Spare) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let pressure = Arc::new(Notify::new());
@@ -84,8 +81,7 @@ pub(crate) async fn accept<F, Fut>(
                 starved = false;
                 accepted
             }
-            // EMFILE and ENFILE: out of file descriptors.
-            Err(e) if matches!(e.raw_os_error(), Some(24 | 23)) => {
+            Err(e) if is_out_of_descriptors(&e) => {
                 if !starved {
                     tracing::warn!("out of file descriptors: closing idle connections");
                     starved = true;
@@ -103,12 +99,10 @@ pub(crate) async fn accept<F, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Tracked {
-            inner: stream,
-            activity: activity.clone(),
-        });
-        let connection = serve(io, remote, activity.clone());
+        let spare = Spare::of(&stream);
+        let activity = Activity::new();
+        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let connection = serve(io, remote, activity.clone(), spare);
         tokio::spawn(watch(
             connection,
             activity,
@@ -136,101 +130,11 @@ async fn watch(
                 }
             }
             () = tokio::time::sleep_until(activity.quiet_until(idle)) => {
-                if activity.in_flight() == 0 && Instant::now() >= activity.quiet_until(idle) {
+                if activity.is_idle(idle) {
                     tracing::debug!("closing an idle client connection");
                     return;
                 }
             }
         }
-    }
-}
-
-/// When a connection last moved a byte, and how many of its requests are being answered.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    opened: Instant,
-    /// Milliseconds from `opened` to the last byte read or written.
-    last: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            opened: Instant::now(),
-            last: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
-    }
-
-    fn quiet_until(&self, idle: Duration) -> Instant {
-        self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed)) + idle
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// A request is being answered until the returned guard drops.
-    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self.clone())
-    }
-}
-
-pub(crate) struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.touch();
-    }
-}
-
-/// A socket that records when it last moved a byte.
-pub(crate) struct Tracked {
-    inner: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,13 +1,14 @@
 //! How a replica serves its connections: accepting them, the limits every connection
 //! lives under, and graceful shutdown. [`crate::serve`] calls [`run`].
 //!
-//! axum's own `serve` uses hyper's defaults, which protect nothing at the edge: at most
-//! 100 request headers (fewer than nginx forwards, so a client could make a replica
-//! answer nginx with 431 and a reset, which nginx counts against the replica), no
-//! deadline for a request head, no end to an idle keep-alive connection, and about
-//! 400 KB of buffer per unfinished head. Here each connection gets:
-//! - a header block of at most [`ConnectionLimits::max_header_bytes`], and as many
-//!   headers as fit in it, so the byte bound is the only one a proxy has to stay under;
+//! axum's own `serve` uses hyper's defaults, which protect nothing at the edge: a
+//! refused request head (too many headers, too many bytes) is answered with 431 and a
+//! hang-up on whatever the client still sends, a reset which nginx counts against the
+//! replica; no deadline for a request head, no end to an idle keep-alive connection, and
+//! about 400 KB of buffer per unfinished head. Here each connection gets:
+//! - a header block of at most [`ConnectionLimits::max_header_bytes`] and
+//!   [`REPLICA_MAX_HEADERS`] headers; a head over either is refused with 431 and a
+//!   lingering close ([`Spare`]), so the proxy in front reads the refusal, not a reset;
 //! - [`ConnectionLimits::header_read_timeout`] to send a request head once it has
 //!   started (a slowloris connection is closed);
 //! - [`ConnectionLimits::idle_timeout`] with no request in flight and no byte either way
@@ -17,10 +18,7 @@
 //!   as nginx reuses its idle keep-alive connections when it runs out of them.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -31,11 +29,11 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
-use tokio::time::Instant;
 use tower::ServiceExt as _;
+
+use herd_edge::{is_out_of_descriptors, Activity, Spare, Tracked, REPLICA_MAX_HEADERS};
 
 use crate::error::{ApiError, Code};
 
@@ -66,20 +64,13 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    /// How many headers a request may carry: as many as fit in `max_header_bytes` (the
-    /// shortest header line, `a:` and a line end, takes 3 bytes), so that a count limit
-    /// never refuses a request a proxy in front passed under a byte limit.
-    pub fn max_headers(&self) -> usize {
-        self.max_header_bytes / 3
-    }
-
     fn builder(&self) -> Builder<TokioExecutor> {
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
-            .max_headers(self.max_headers())
+            .max_headers(REPLICA_MAX_HEADERS)
             // hyper's buffer must hold a whole head; it refuses a size under 8 KiB.
             .max_buf_size(self.max_header_bytes.max(8192));
         builder
@@ -158,11 +149,6 @@ pub async fn run(
     Ok(())
 }
 
-fn is_out_of_descriptors(e: &std::io::Error) -> bool {
-    // EMFILE (the process's limit) and ENFILE (the system's).
-    matches!(e.raw_os_error(), Some(24 | 23))
-}
-
 /// One client connection, until it closes, is closed for idling, or shutdown has let its
 /// last request finish.
 async fn connection(
@@ -173,11 +159,9 @@ async fn connection(
     mut stopped: watch::Receiver<bool>,
     pressure: Arc<Notify>,
 ) {
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Tracked {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let spare = Spare::of(&stream);
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let requests = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let app = app.clone();
@@ -200,6 +184,7 @@ async fn connection(
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%remote, "connection: {e}");
+                    spare.close_after(&*e).await;
                 }
                 return;
             }
@@ -214,7 +199,7 @@ async fn connection(
                 }
             }
             () = tokio::time::sleep_until(quiet_until) => {
-                if activity.in_flight() > 0 || Instant::now() < activity.quiet_until(limits.idle_timeout) {
+                if !activity.is_idle(limits.idle_timeout) {
                     continue;
                 }
                 if closing {
@@ -227,113 +212,6 @@ async fn connection(
                 closing = true;
             }
         }
-    }
-}
-
-/// When a connection last moved a byte, and how many of its requests are being answered.
-#[derive(Debug)]
-struct Activity {
-    opened: Instant,
-    /// Milliseconds from `opened` to the last byte read or written.
-    last: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            opened: Instant::now(),
-            last: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
-    }
-
-    /// When the connection will have been quiet for `idle`, unless something moves.
-    fn quiet_until(&self, idle: Duration) -> Instant {
-        self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed)) + idle
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self.clone())
-    }
-}
-
-/// A request being answered; the connection is not idle while one lives.
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.touch();
-    }
-}
-
-/// A socket that records when it last moved a byte.
-struct Tracked {
-    inner: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

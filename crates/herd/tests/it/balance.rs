@@ -222,19 +222,21 @@ async fn requests_a_replica_refuses_do_not_take_it_out_of_the_balancer() {
     let (_processes, listen, _, log) = balanced(&dir, &[]).await;
     let base = format!("http://{listen}");
     let http = reqwest::Client::new();
-    // Four attackers at once, each alternating crowded requests with unread bodies and
-    // 1 MiB posts: a replica refuses them and hangs up on the rest of the body, which
-    // the balancer, still sending it, sees as a broken connection. The health checks
+    // Four attackers at once, each rotating crowded requests with unread bodies (some
+    // over the balancer's own header count) and 1 MiB posts: a replica refuses the posts
+    // and hangs up on the rest of the body, which the balancer, still sending it, sees
+    // as a broken connection. The health checks
     // run at their default interval (500 ms), slower than the attack.
     let attackers: Vec<_> = (0..4)
         .map(|_| {
             let listen = listen.clone();
             tokio::spawn(async move {
                 for round in 0..20 {
-                    let attack = if round % 2 == 0 {
-                        common::raw::crowded_healthz(&listen, 97, 65_000)
-                    } else {
-                        huge_post(&listen)
+                    let attack = match round % 3 {
+                        0 => common::raw::crowded_healthz(&listen, 97, 65_000),
+                        // Over the balancer's own header count: its 431.
+                        1 => common::raw::crowded_healthz(&listen, 1_000, 65_000),
+                        _ => huge_post(&listen),
                     };
                     // Its own answer may be the replica's refusal, or 502 when the
                     // replica's reset overtook it; either way it is answered.

@@ -94,6 +94,31 @@ async fn a_request_with_more_headers_than_hyper_allows_and_an_unread_body_is_ser
 }
 
 #[tokio::test]
+async fn a_request_over_the_header_count_is_refused_and_its_body_still_read() {
+    let app = spawn_with(Options::default()).await;
+    let mut stream = connect(&app).await;
+    // The head alone first, over the count a replica parses, as a proxy sends a request:
+    // the replica refuses it before the body is on its way. It used to close the
+    // connection then, so the proxy's next write of the body met a reset, which nginx
+    // counts as the replica failing.
+    let body = 512_000;
+    let request = crowded_healthz(1_000, body);
+    let (head, rest) = request.split_at(request.len() - body);
+    stream.write_all(head).await.expect("send the head");
+    let status = read_response(&mut stream).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    for (i, chunk) in rest.chunks(64_000).enumerate() {
+        let sent = stream.write_all(chunk).await;
+        assert!(sent.is_ok(), "chunk {i} of the body met {sent:?}");
+    }
+    stream.shutdown().await.expect("end of the request");
+    assert!(
+        closed_by_replica(&mut stream).await,
+        "the replica still holds the refused connection"
+    );
+}
+
+#[tokio::test]
 async fn a_slowloris_request_head_is_cut_off_after_the_header_read_timeout() {
     let mut options = Options::default();
     options.connections.header_read_timeout = Duration::from_millis(300);

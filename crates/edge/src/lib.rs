@@ -1,0 +1,236 @@
+//! What a replica (`herd_server::listen`) and the development balancer
+//! (`herd_lab::listen`) share at their edge with clients:
+//! - [`Activity`] and [`Tracked`]: when a connection last moved a byte and how many of
+//!   its requests are in flight, for closing idle connections;
+//! - the header-count bounds, [`REPLICA_MAX_HEADERS`] and [`BALANCER_MAX_HEADERS`];
+//! - [`Spare`]: a lingering close after hyper refused a request head, so that the
+//!   proxy in front reads the refusal instead of a reset.
+//!
+//! Each side keeps its own accept loop: the replica's waits for its requests at
+//! shutdown, the balancer's does not.
+
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How many headers a replica accepts in one request; more get 431 from hyper (and a
+/// lingering close, see [`Spare`]). A count, not "as many as fit in the byte limit":
+/// hyper allocates and fills an index of this many slots for every request it parses,
+/// and at 64 KiB / 3 = 21,845 slots that was most of a replica's CPU
+/// (docs/benchmarks.md, "Where herd's time goes"). Above the balancer's bound plus the
+/// headers it adds (`X-Forwarded-*`), and above what a browser or an API client sends
+/// with nginx's own added, so that what a proxy in front passes is answered.
+pub const REPLICA_MAX_HEADERS: usize = 128;
+
+/// How many headers the development balancer accepts in one request: hyper's default,
+/// the most it parses without allocating.
+pub const BALANCER_MAX_HEADERS: usize = 100;
+
+/// How long a lingering close waits for the client to stop sending.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// How much a lingering close reads (and drops) at most before it closes anyway.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// A refused request head's connection, kept open to close it gently.
+///
+/// When hyper refuses a request head (431 for too many headers or too many bytes, 400
+/// for a malformed one) it writes the answer and closes the connection with the rest of
+/// what the client sent unread, typically a body. A socket closed with unread data is
+/// reset, and the reset can reach the client before the answer: nginx, still sending
+/// the body, sees the upstream fail and counts it against the replica. So, as nginx
+/// itself does (`lingering_close`), [`Spare::linger`] stops writing and reads and drops
+/// what still arrives until the client closes, for at most 5 s and 1 MiB.
+///
+/// It holds a duplicate of the connection's descriptor, taken before hyper owns the
+/// stream: one `dup` a connection, not a request.
+#[derive(Debug)]
+pub struct Spare(Option<OwnedFd>);
+
+impl Spare {
+    /// A duplicate of `stream`'s descriptor (none when the process is out of them: the
+    /// connection then closes as hyper leaves it).
+    pub fn of(stream: &TcpStream) -> Spare {
+        Spare(stream.as_fd().try_clone_to_owned().ok())
+    }
+
+    /// Closes the connection gently if `error`, what hyper's connection ended with, is
+    /// a refused request head; otherwise lets it close as it is.
+    pub async fn close_after(self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        if refused_head(error) {
+            self.linger().await;
+        }
+    }
+
+    /// Stops writing, then reads and drops what the client still sends until it closes,
+    /// [`LINGER`] passes or [`LINGER_BYTES`] were read.
+    pub async fn linger(self) {
+        let Some(fd) = self.0 else { return };
+        let socket = std::net::TcpStream::from(fd);
+        // The descriptor shares the connection's non-blocking flag; tokio asks anyway.
+        if socket.shutdown(Shutdown::Write).is_err() || socket.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(mut socket) = TcpStream::from_std(socket) else {
+            return;
+        };
+        let mut sink = [0u8; 8192];
+        let mut left = LINGER_BYTES;
+        let _ = tokio::time::timeout(LINGER, async {
+            while left > 0 {
+                match socket.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Whether hyper's connection ended because it refused a request head.
+fn refused_head(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            return hyper.is_parse();
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether accepting failed because the process or the system ran out of file
+/// descriptors (EMFILE, ENFILE).
+pub fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
+
+/// When a connection last moved a byte, and how many of its requests are being answered.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    /// Milliseconds from `opened` to the last byte read or written.
+    last: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            opened: Instant::now(),
+            last: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// When the connection will have been quiet for `idle`, unless something moves.
+    pub fn quiet_until(&self, idle: Duration) -> Instant {
+        self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed)) + idle
+    }
+
+    /// Whether the connection has been quiet for `idle` with nothing in flight.
+    pub fn is_idle(&self, idle: Duration) -> bool {
+        self.in_flight() == 0 && Instant::now() >= self.quiet_until(idle)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// A request is being answered until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+}
+
+/// A request being answered; the connection is not idle while one lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
+/// A socket that records when it last moved a byte.
+#[derive(Debug)]
+pub struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl Tracked {
+    pub fn new(inner: TcpStream, activity: Arc<Activity>) -> Tracked {
+        Tracked { inner, activity }
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
