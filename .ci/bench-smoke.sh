@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Every benchmark tool, run at a tiny size so that none can rot silently: bench/wrk.sh
 # (herd against bench/peer's bare axum and axum + tower-sessions; the peer, its own
-# small Cargo project, is built here, debug), bench/strategies.sh, bench/chat.sh
+# small Cargo project, is built here, debug), bench/profile.sh (perf under wrk),
+# bench/strategies.sh, bench/chat.sh
 # (chatbench's latency, throughput and idle modes), bench/store-load.py, bench/logout.sh
 # and bench/status-list.sh. Each fails when it measured nothing (wrk completed no request,
 # chatbench received or delivered no message or kept no connection open, store-load
-# counted no row written, logout.sh timed no logout, status-list.sh built no list), and
+# counted no row written, perf sampled nothing, logout.sh timed no logout, status-list.sh built no list), and
 # then so does this script.
 #
 # The figures are meaningless and go nowhere: the tools write their sections into a copy
@@ -53,6 +54,7 @@ step() {
 }
 
 step wrk env DURATION=1s WARMUP=1s ROUNDS=1 THREADS=1 CONNECTIONS=4 bench/wrk.sh
+step profile env DURATION=1s THREADS=1 CONNECTIONS=4 TOP=5 bench/profile.sh
 step strategies env DURATION=1s WARMUP=1s ROUNDS=1 THREADS=1 CONNECTIONS=4 \
     QUIET_WAIT=0 RETRIES=0 bench/strategies.sh
 step chat env RATE=50 WARMUP=0.5 DURATION=1 LAT_SUBSCRIBERS=2 POLL_INTERVALS=10ms \
@@ -77,7 +79,7 @@ ran = [c for c in chaos if c["status"] == "ran"]
 assert ran and all(i["checked"] > 0 for c in ran for i in c["invariants"]), chaos
 PY
 
-for section in wrk strategies chat store-load logout status-list; do
+for section in wrk profile strategies chat store-load logout status-list; do
     grep -q "<!-- $section:begin -->" "$HERD_BENCH_DOCS" ||
         { echo "bench smoke: no $section section was written" >&2; exit 1; }
 done
