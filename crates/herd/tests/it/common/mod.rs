@@ -97,6 +97,28 @@ pub async fn signup_and_login(
     login["access_token"].as_str().expect("token").to_owned()
 }
 
+/// A WebSocket client's connection, as `tokio-tungstenite` makes it.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url` (`ws://HOST/v1/ws`: a replica, a balancer, nginx) with
+/// `token` as its bearer; the socket and the upgrade's response.
+pub async fn websocket(
+    url: &str,
+    token: &str,
+) -> (
+    Ws,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = url.into_client_request().expect("request");
+    let bearer = format!("Bearer {token}").parse().expect("header");
+    request.headers_mut().insert("authorization", bearer);
+    tokio_tungstenite::connect_async(request)
+        .await
+        .unwrap_or_else(|e| panic!("upgrade at {url}: {e}"))
+}
+
 /// Stops a child gently (SIGTERM, so it can stop its own children or workers), then for
 /// good once `grace` has passed.
 pub fn stop(child: &mut Child, grace: Duration) {
