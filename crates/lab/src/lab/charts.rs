@@ -92,6 +92,12 @@ fn x_max(report: &Report) -> f64 {
 /// A chart's plotting area: x and y as plain numbers, in an SVG string.
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
+/// What an axis's labels say at a value.
+type Labels<'a> = &'a dyn Fn(&f64) -> String;
+
+/// A line to draw: its label in the legend, its points and its colour.
+type Line<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+
 /// What every chart here shares around its lines: a white SVG of `size` with `caption`
 /// above, axes from 0 to `x_end` and `y_end` described by `x_desc` and `y_desc`, no light
 /// grid lines, and the legend at `legend`.
@@ -103,7 +109,7 @@ struct Frame<'a> {
     x_desc: &'a str,
     y_desc: &'a str,
     /// How many x labels, and what they say, where plotters' own would not do.
-    x_ticks: Option<(usize, &'a dyn Fn(&f64) -> String)>,
+    x_ticks: Option<(usize, Labels<'a>)>,
     /// Whether the y labels are whole numbers rather than plotters' own.
     whole_y: bool,
     /// Room on the right, for an x label that would overhang the plot.
@@ -195,7 +201,7 @@ fn scenario_chart(
     x_end: f64,
     what: &str,
     y_desc: &str,
-    lines: [(&str, Vec<(f64, f64)>, RGBColor); 3],
+    lines: [Line<'_>; 3],
 ) -> String {
     let y_end = lines
         .iter()
