@@ -1,6 +1,7 @@
 //! [`Auth`]: signup, login, refresh with rotation, logout, and verification, over the
 //! store, with the key ring and revocation set each replica keeps as derived state.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -524,6 +525,42 @@ impl Auth {
         user_agent: Option<&str>,
     ) -> Result<TokenPair, AuthError> {
         let now = self.now();
+        let attempt = Password::attempt(password);
+        let lookup = async move {
+            match Username::parse(username) {
+                Ok(name) => self.inner.store.user_by_name(name.as_str()).await,
+                Err(_) => Ok(None),
+            }
+        };
+        let user = self
+            .check_password(username, &attempt, client, device, now, lookup)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        let verified = self.upgrade_hash(&user, &attempt).await;
+        let device_token = Some(self.device_token(&user.username, now));
+        let origin = Origin {
+            client_addr: client.map(|ip| ip.to_string()),
+            user_agent: user_agent.map(account::user_agent),
+        };
+        let mut pair = self.open_session(user, &verified, &origin, now).await?;
+        pair.device_token = device_token;
+        Ok(pair)
+    }
+
+    /// The password check of a login, also made when an account change asks for the
+    /// password again: the throttle's meters for `username`, `client` and the `device`
+    /// token taken before any hashing, one argon2 verification whether or not `lookup`
+    /// finds the account (so a missing one costs the same), and the meters forgiven on
+    /// success. `None` when the password is not the account's, or there is no account.
+    async fn check_password(
+        &self,
+        username: &str,
+        password: &Password,
+        client: Option<IpAddr>,
+        device: Option<&str>,
+        now: i64,
+        lookup: impl Future<Output = Result<Option<UserRecord>, StoreError>> + Send,
+    ) -> Result<Option<UserRecord>, AuthError> {
         let device = device.and_then(|token| self.device_of(token, username, now));
         let metered = LoginAttempt {
             username,
@@ -535,31 +572,20 @@ impl Auth {
             .acquire_login(metered, now)
             .await
             .map_err(|Throttled { retry_after }| AuthError::Throttled { retry_after })?;
-        let attempt = Password::attempt(password);
-        let user = match Username::parse(username) {
-            Ok(name) => self.inner.store.user_by_name(name.as_str()).await?,
-            Err(_) => None,
-        };
+        let user = lookup.await?;
         let matched = self
             .inner
             .hasher
-            .verify(&attempt, user.as_ref().map(|u| u.password_hash.as_str()))
+            .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
             .await
             .map_err(|e| self.hash_error(e))?;
-        let user = match user {
-            Some(user) if matched => user,
-            _ => return Err(AuthError::InvalidCredentials),
-        };
-        self.inner.throttle.forgive_login(metered, now).await;
-        let verified = self.upgrade_hash(&user, &attempt).await;
-        let device_token = Some(self.device_token(&user.username, now));
-        let origin = Origin {
-            client_addr: client.map(|ip| ip.to_string()),
-            user_agent: user_agent.map(account::user_agent),
-        };
-        let mut pair = self.open_session(user, &verified, &origin, now).await?;
-        pair.device_token = device_token;
-        Ok(pair)
+        match user {
+            Some(user) if matched => {
+                self.inner.throttle.forgive_login(metered, now).await;
+                Ok(Some(user))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Opens a login session for `user`, whose password hash `verified` was just checked,

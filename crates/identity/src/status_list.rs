@@ -11,7 +11,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 
 use crate::keyring::SigningKey;
@@ -104,31 +103,9 @@ pub fn is_set(bytes: &[u8], idx: u64) -> Option<bool> {
     Some(byte & (1 << (idx % 8)) != 0)
 }
 
-#[derive(Serialize)]
-struct Header<'a> {
-    alg: &'a str,
-    typ: &'a str,
-    kid: &'a str,
-}
-
 /// Signs `claims` with `key` into a status list token (typ `statuslist+jwt`).
 pub fn sign(claims: &StatusListClaims, key: &SigningKey) -> String {
-    let header = Header {
-        alg: crate::jwt::ALG,
-        typ: TYP,
-        kid: key.kid(),
-    };
-    // Serialising these plain structs cannot fail: every field is a string or integer.
-    let header = serde_json::to_vec(&header).unwrap_or_default();
-    let payload = serde_json::to_vec(claims).unwrap_or_default();
-    let mut token = String::with_capacity(header.len() * 2 + payload.len() * 2 + 90);
-    URL_SAFE_NO_PAD.encode_string(header, &mut token);
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-    let signature = key.key().sign(token.as_bytes());
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
-    token
+    crate::jwt::sign_compact(claims, TYP, key)
 }
 
 #[cfg(test)]

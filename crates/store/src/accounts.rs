@@ -9,7 +9,6 @@
 
 use sqlx::{Executor, Row, Transaction};
 
-use crate::dialect::Lock;
 use crate::{Backend, NewRefresh, Result, Store, UserRecord};
 
 /// A login session to open: whose, over which verified password hash, from where, and the
@@ -310,25 +309,8 @@ async fn end_sessions(
         .into_iter()
         .map(|r| r.get(0))
         .collect();
-    if ended.is_empty() {
-        return Ok(ended);
-    }
-    for session_id in &ended {
-        let delete =
-            sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1").bind(session_id.as_str());
-        tx.execute(delete).await?;
-    }
-    // As `revoke_in`: the log's lock last, after this transaction's row locks.
-    DB::lock(tx, Lock::Revocations).await?;
-    for session_id in &ended {
-        let log = sqlx::query(
-            "INSERT INTO revocations (session_id, revoked_at, expires_at, status_idx) \
-             SELECT $1, $2, $3, status_idx FROM sessions WHERE id = $1",
-        )
-        .bind(session_id.as_str())
-        .bind(now)
-        .bind(access_expiry);
-        tx.execute(log).await?;
+    if !ended.is_empty() {
+        Self::log_revoked(tx, &ended, now, access_expiry).await?;
     }
     Ok(ended)
 }

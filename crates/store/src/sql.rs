@@ -252,21 +252,9 @@ impl_queries! {
         after_id: i64,
         now: i64,
     ) -> Result<Vec<Revocation>> {
-        let select = sqlx::query(
-            "SELECT id, session_id, expires_at FROM revocations \
-             WHERE id > $1 AND expires_at >= $2 ORDER BY id",
-        )
-        .bind(after_id)
-        .bind(now);
-        let rows = self.pool.fetch_all(select).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Revocation {
-                id: r.get(0),
-                session_id: r.get(1),
-                expires_at: r.get(2),
-            })
-            .collect())
+        // One page with no limit: the same query, so the two readers of the log cannot
+        // come to disagree on what still matters.
+        self.revocation_page(after_id, now, i64::MAX).await
     }
 
     pub(crate) async fn revocation_page(
@@ -607,21 +595,40 @@ async fn revoke_in(
     if DB::rows_affected(&tx.execute(revoke).await?) == 0 {
         return Ok(false);
     }
-    let delete = sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1").bind(session_id);
-    tx.execute(delete).await?;
-    // Readers tail the log by id; see `Lock` for why writers queue. The lock comes last,
-    // after this transaction's row locks, so it is held only for the insert and commit.
-    DB::lock(tx, Lock::Revocations).await?;
-    // The session's status-list index goes with the line: the bit is set while the line
-    // lives, which outlasts the session row.
-    let log = sqlx::query(
-        "INSERT INTO revocations (session_id, revoked_at, expires_at, status_idx) \
-         SELECT $1, $2, $3, status_idx FROM sessions WHERE id = $1",
-    )
-    .bind(session_id)
-    .bind(now)
-    .bind(access_expiry);
-    tx.execute(log).await?;
+    Self::log_revoked(tx, &[session_id], now, access_expiry).await?;
     Ok(true)
+}
+
+/// The rest of a revocation, for sessions this transaction has just marked revoked:
+/// their refresh tokens deleted and a line each in the revocation log. Every revocation
+/// (`revoke_in`, and ending a user's sessions by scope in `accounts.rs`) goes through
+/// here, so the log's lock and the status index are taken one way.
+pub(crate) async fn log_revoked<S: AsRef<str> + Sync>(
+    tx: &mut Transaction<'static, DB>,
+    session_ids: &[S],
+    now: i64,
+    access_expiry: i64,
+) -> Result<()> {
+    for session_id in session_ids {
+        let delete = sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1")
+            .bind(session_id.as_ref());
+        tx.execute(delete).await?;
+    }
+    // Readers tail the log by id; see `Lock` for why writers queue. The lock comes last,
+    // after this transaction's row locks, so it is held only for the inserts and commit.
+    DB::lock(tx, Lock::Revocations).await?;
+    for session_id in session_ids {
+        // The session's status-list index goes with the line: the bit is set while the
+        // line lives, which outlasts the session row.
+        let log = sqlx::query(
+            "INSERT INTO revocations (session_id, revoked_at, expires_at, status_idx) \
+             SELECT $1, $2, $3, status_idx FROM sessions WHERE id = $1",
+        )
+        .bind(session_id.as_ref())
+        .bind(now)
+        .bind(access_expiry);
+        tx.execute(log).await?;
+    }
+    Ok(())
 }
 }

@@ -185,12 +185,27 @@ pub struct Expectations {
 
 /// Signs `claims` with `key` into a compact JWT.
 pub fn sign(claims: &AccessClaims, key: &SigningKey) -> String {
-    let header = Header {
-        alg: ALG.to_owned(),
-        typ: Some(TYP.to_owned()),
-        kid: Some(key.kid().to_owned()),
+    sign_compact(claims, TYP, key)
+}
+
+/// The header herd signs with: the fields [`Header`] reads, borrowed.
+#[derive(Serialize)]
+struct SignedHeader<'a> {
+    alg: &'a str,
+    typ: &'a str,
+    kid: &'a str,
+}
+
+/// Signs `claims` with `key` into a compact JWT whose header is `alg` EdDSA, `typ` and
+/// the key's `kid`: every token herd signs (access tokens, the status list) is made here.
+pub fn sign_compact(claims: &impl Serialize, typ: &str, key: &SigningKey) -> String {
+    let header = SignedHeader {
+        alg: ALG,
+        typ,
+        kid: key.kid(),
     };
-    // Serialising these plain structs cannot fail: every field is a string or integer.
+    // Serialising the header cannot fail (every field is a string), nor can herd's claims
+    // (plain structs of strings and integers).
     let header = serde_json::to_vec(&header).unwrap_or_default();
     let payload = serde_json::to_vec(claims).unwrap_or_default();
     let mut token = String::with_capacity(header.len() * 2 + payload.len() * 2 + 90);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{self, database, herd, listen_address, replica_of, stop, Replica};
+use crate::common::{self, database, herd, keep_lines, listen_address, replica_of, stop, Replica};
 
 /// The replicas' flags: one issuer for both (without it each issues as its own
 /// address, and refuses the other's tokens), news over the shared database.
@@ -23,20 +23,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         stop(&mut self.0, Duration::from_secs(10));
     }
-}
-
-fn spawn(args: &[&str], serving: &str) -> (Process, String) {
-    let mut child = herd()
-        .args(["--log-format", "json"])
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herd");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let listen = listen_address(&mut lines, serving);
-    // Keep reading, so the pipe never fills up and stalls the child.
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    (Process(child), listen)
 }
 
 async fn states(http: &reqwest::Client, base: &str) -> Value {
@@ -75,7 +61,8 @@ async fn balance_spreads_requests_over_upstreams_and_routes_around_one_that_stop
     let mut a = Replica::start("a", &db, REPLICA_FLAGS);
     let b = Replica::start("b", &db, REPLICA_FLAGS);
     let (addr_a, addr_b) = (a.listen.clone(), b.listen.clone());
-    let (_balancer, listen) = spawn(
+    let (_balancer, listen, _) = spawn_command(
+        herd(),
         &[
             "balance",
             "--listen",
@@ -93,24 +80,7 @@ async fn balance_spreads_requests_over_upstreams_and_routes_around_one_that_stop
     wait_for_state(&http, &base, &addr_b, "up").await;
 
     // A token from one replica works through the balancer on both.
-    let creds = json!({ "username": "balanced", "password": "correct horse battery" });
-    let signup = http
-        .post(format!("{base}/v1/auth/signup"))
-        .json(&creds)
-        .send()
-        .await
-        .expect("signup");
-    assert_eq!(signup.status(), 201);
-    let login: Value = http
-        .post(format!("{base}/v1/auth/login"))
-        .json(&creds)
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["access_token"].as_str().expect("token").to_owned();
+    let token = common::signup_and_login(&http, &base, "balanced", "correct horse battery").await;
     let mut served = BTreeSet::new();
     for _ in 0..4 {
         let me = http
@@ -182,26 +152,12 @@ async fn balanced(
         &upstreams,
     ];
     args.extend_from_slice(flags);
-    let mut child = herd()
-        .args(["--log-format", "json"])
-        .args(&args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herd balance");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let listen = listen_address(&mut lines, "balancer is serving");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            sink.lock().expect("log").push(line);
-        }
-    });
+    let (balancer, listen, log) = spawn_command(herd(), &args, "balancer is serving");
     let base = format!("http://{listen}");
     let http = reqwest::Client::new();
     wait_for_state(&http, &base, &addr_a, "up").await;
     wait_for_state(&http, &base, &addr_b, "up").await;
-    ((Process(child), a, b), listen, [addr_a, addr_b], log)
+    ((balancer, a, b), listen, [addr_a, addr_b], log)
 }
 
 /// A 1 MiB JSON body (the most the balancer buffers), far over a replica's 64 KiB limit.
@@ -327,7 +283,7 @@ async fn many_idle_connections_do_not_keep_a_replica_or_the_balancer_from_answer
     let db = database(&dir);
     // Both under a small descriptor limit, with their default (long) idle timeout: what
     // frees descriptors is closing idle connections when they run out.
-    let (_replica, addr) = spawn_command(
+    let (_replica, addr, _) = spawn_command(
         common::herd_with_open_files(128),
         &[
             "serve",
@@ -342,7 +298,7 @@ async fn many_idle_connections_do_not_keep_a_replica_or_the_balancer_from_answer
         ],
         "herd is serving",
     );
-    let (_balancer, listen) = spawn_command(
+    let (_balancer, listen, _) = spawn_command(
         common::herd_with_open_files(128),
         &[
             "balance",
@@ -390,11 +346,14 @@ async fn many_idle_connections_do_not_keep_a_replica_or_the_balancer_from_answer
     }
 }
 
+/// `command` (`herd`, or `herd` under a limit) run with `args`, until it logs `serving`;
+/// the process, the address it logged, and its log lines after that, collected as they
+/// come.
 fn spawn_command(
     mut command: std::process::Command,
     args: &[&str],
     serving: &str,
-) -> (Process, String) {
+) -> (Process, String, Arc<Mutex<Vec<String>>>) {
     let mut child = command
         .args(["--log-format", "json"])
         .args(args)
@@ -403,6 +362,7 @@ fn spawn_command(
         .expect("spawn herd");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let listen = listen_address(&mut lines, serving);
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    (Process(child), listen)
+    let log = Arc::new(Mutex::new(Vec::new()));
+    keep_lines(lines, log.clone());
+    (Process(child), listen, log)
 }

@@ -7,36 +7,22 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::common::{self, database, herd, Replica};
+use crate::common::{self, database, herd, Replica, Ws};
 
 #[test]
 fn a_bad_flag_value_stops_start_up_naming_the_flag() {
-    let out = herd()
-        .args(["serve", "--leeway", "2m"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--leeway must be at most 30s"), "{stderr}");
-
-    let out = herd()
-        .args(["serve", "--access-ttl", "soon"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--access-ttl"), "{stderr}");
-
-    let out = herd()
-        .args(["serve", "--database", "mysql://x"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--database"), "{stderr}");
+    for (args, says) in [
+        (["serve", "--leeway", "2m"], "--leeway must be at most 30s"),
+        (["serve", "--access-ttl", "soon"], "--access-ttl"),
+        (["serve", "--database", "mysql://x"], "--database"),
+    ] {
+        let out = herd().args(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
 
 /// Every flag is validated before anything opens the store, the ones only later steps
@@ -397,17 +383,8 @@ async fn next_seq(ws: &mut Ws) -> Option<i64> {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn subscribe(replica: &Replica, token: &str, room: &str, since: i64) -> Ws {
-    let url = format!("ws://{}/v1/ws", replica.listen);
-    let mut request = url.into_client_request().expect("request");
-    let bearer = format!("Bearer {token}").parse().expect("header");
-    request.headers_mut().insert("authorization", bearer);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("upgrade");
+    let (mut ws, _) = common::websocket(&format!("ws://{}/v1/ws", replica.listen), token).await;
     let frame = json!({ "type": "subscribe", "room": room, "since": since });
     ws.send(WsMessage::Text(frame.to_string().into()))
         .await

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::common::{self, replica_of, Cluster};
+use crate::common::{self, replica_of, Cluster, Ws};
 
 fn state_of<'a>(replicas: &'a [Value], id: &str) -> Option<&'a str> {
     replicas
@@ -45,14 +44,7 @@ async fn requests_go_round_robin_and_a_token_works_on_every_replica() {
     }
 
     // A WebSocket through the balancer.
-    let mut request = format!("ws://{}/v1/ws", cluster.listen)
-        .into_client_request()
-        .expect("request");
-    let bearer = format!("Bearer {token}").parse().expect("header");
-    request.headers_mut().insert("authorization", bearer);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("upgrade through the balancer");
+    let (mut ws, _) = common::websocket(&format!("ws://{}/v1/ws", cluster.listen), &token).await;
     let frame = next_frame(&mut ws).await;
     let Some(Ok(WsMessage::Text(text))) = frame else {
         panic!("expected a text frame, got {frame:?}")
@@ -204,9 +196,6 @@ async fn a_replica_killed_under_load_fails_no_request_and_logs_nobody_out() {
         .await;
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn next_frame(
     ws: &mut Ws,
 ) -> Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>> {
@@ -228,14 +217,7 @@ async fn drain_closes_websockets_with_1012_and_respawn_brings_a_crash_back() {
     cluster.wait_for("two replicas up", all_up(2)).await;
     let token = cluster.login().await;
 
-    let mut request = format!("ws://{}/v1/ws", cluster.listen)
-        .into_client_request()
-        .expect("request");
-    let bearer = format!("Bearer {token}").parse().expect("header");
-    request.headers_mut().insert("authorization", bearer);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("upgrade through the balancer");
+    let (mut ws, _) = common::websocket(&format!("ws://{}/v1/ws", cluster.listen), &token).await;
     let Some(Ok(WsMessage::Text(text))) = next_frame(&mut ws).await else {
         panic!("expected the ready frame")
     };

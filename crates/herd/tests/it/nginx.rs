@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::common::{self, database, replica_of, Replica};
+use crate::common::{self, database, replica_of, Replica, Ws};
 
 const IGNORED: &str = "needs nginx: set HERD_TEST_NGINX=/usr/sbin/nginx";
 
@@ -220,9 +219,6 @@ async fn me(client: &reqwest::Client, nginx: &Nginx, token: &str) -> (u16, Strin
     (response.status().as_u16(), replica_of(&response))
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// The next frame that is not a ping or pong, within 10 s.
 async fn next_frame(ws: &mut Ws) -> WsMessage {
     loop {
@@ -327,14 +323,8 @@ async fn nginx_in_front_of_two_replicas_balances_proxies_websockets_and_survives
     )
     .await;
     let room = room["id"].as_str().expect("room id").to_owned();
-    let mut request = format!("ws://127.0.0.1:{port}/v1/ws")
-        .into_client_request()
-        .expect("request");
-    let bearer = format!("Bearer {token}").parse().expect("header");
-    request.headers_mut().insert("authorization", bearer);
-    let (mut ws, upgrade) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("upgrade through nginx");
+    let (mut ws, upgrade) =
+        common::websocket(&format!("ws://127.0.0.1:{port}/v1/ws"), &token).await;
     assert_eq!(upgrade.status(), 101);
     let ready = next_of(&mut ws, "ready").await;
     let ws_replica = ready["replica"].as_str().expect("replica").to_owned();

@@ -7,31 +7,14 @@
 use std::time::{Duration, Instant};
 
 use herd_verify::{Config, Verifier};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::common::{database, Replica};
+use crate::common::{database, signup_and_login, Replica};
 
 const ISSUER: &str = "http://herd.test";
 
 async fn login(client: &reqwest::Client, herd: &Replica, username: &str) -> String {
-    let credentials = json!({ "username": username, "password": "correct horse battery" });
-    let signup = client
-        .post(herd.url("/v1/auth/signup"))
-        .json(&credentials)
-        .send()
-        .await
-        .expect("signup");
-    assert_eq!(signup.status(), 201);
-    let login: Value = client
-        .post(herd.url("/v1/auth/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    login["access_token"].as_str().expect("token").to_owned()
+    signup_and_login(client, &herd.url(""), username, "correct horse battery").await
 }
 
 async fn logout(client: &reqwest::Client, herd: &Replica, token: &str) {

@@ -20,7 +20,6 @@ use herd_store::{SessionScope, UserRecord};
 use super::{Auth, AuthError, Principal};
 use crate::domain::Password;
 use crate::sessions::Strategy;
-use crate::throttle::{LoginAttempt, Throttled};
 
 /// A user agent is kept to this many characters: enough to tell browsers apart, and a
 /// client cannot make the sessions table hold more.
@@ -217,35 +216,16 @@ impl Auth {
         client: Option<IpAddr>,
         device: Option<&str>,
     ) -> Result<UserRecord, AuthError> {
-        let now = self.now();
-        let username = principal.username();
-        let device = device.and_then(|token| self.device_of(token, username, now));
-        let metered = LoginAttempt {
-            username,
+        let lookup = self.inner.store.user_by_id(principal.user_id());
+        self.check_password(
+            principal.username(),
+            &Password::attempt(password),
             client,
-            device: device.as_deref(),
-        };
-        self.inner
-            .throttle
-            .acquire_login(metered, now)
-            .await
-            .map_err(|Throttled { retry_after }| AuthError::Throttled { retry_after })?;
-        let user = self.inner.store.user_by_id(principal.user_id()).await?;
-        let matched = self
-            .inner
-            .hasher
-            .verify(
-                &Password::attempt(password),
-                user.as_ref().map(|u| u.password_hash.as_str()),
-            )
-            .await
-            .map_err(|e| self.hash_error(e))?;
-        match user {
-            Some(user) if matched => {
-                self.inner.throttle.forgive_login(metered, now).await;
-                Ok(user)
-            }
-            _ => Err(AuthError::WrongPassword),
-        }
+            device,
+            self.now(),
+            lookup,
+        )
+        .await?
+        .ok_or(AuthError::WrongPassword)
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::report::{Report, ScenarioResult};
@@ -88,50 +89,138 @@ fn x_max(report: &Report) -> f64 {
         .fold(1.0, f64::max)
 }
 
-/// ok/s, re-logins/s and failed/s of one scenario, with its kill and add marked.
-fn timeline_chart(r: &ScenarioResult, x_end: f64) -> String {
-    const SIZE: (u32, u32) = (720, 280);
-    svg(SIZE, |out| {
-        let ok = series(r, |s| s.ok as f64);
-        let relogins = series(r, |s| s.relogins as f64);
-        let failed = series(r, |s| s.failed as f64);
-        let y_end = ok
-            .iter()
-            .chain(&relogins)
-            .chain(&failed)
-            .map(|p| p.1)
-            .fold(1.0, f64::max)
-            * 1.1;
-        let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("{}: requests per second", r.scenario.name),
-                ("sans-serif", 16),
-            )
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..x_end, 0f64..y_end)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since the users started")
-            .y_desc("per second")
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .light_line_style(WHITE)
-            .draw()?;
-        let lines = [
-            ("ok", ok, PALETTE[2]),
-            ("forced re-logins", relogins, PALETTE[1]),
-            ("failed", failed, BLACK),
-        ];
-        for (label, points, colour) in lines {
+/// A chart's plotting area: x and y as plain numbers, in an SVG string.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// What an axis's labels say at a value.
+type Labels<'a> = &'a dyn Fn(&f64) -> String;
+
+/// A line to draw: its label in the legend, its points and its colour.
+type Line<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+
+/// What every chart here shares around its lines: a white SVG of `size` with `caption`
+/// above, axes from 0 to `x_end` and `y_end` described by `x_desc` and `y_desc`, no light
+/// grid lines, and the legend at `legend`.
+struct Frame<'a> {
+    size: (u32, u32),
+    caption: String,
+    x_end: f64,
+    y_end: f64,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    /// How many x labels, and what they say, where plotters' own would not do.
+    x_ticks: Option<(usize, Labels<'a>)>,
+    /// Whether the y labels are whole numbers rather than plotters' own.
+    whole_y: bool,
+    /// Room on the right, for an x label that would overhang the plot.
+    margin_right: u32,
+    legend: SeriesLabelPosition,
+}
+
+impl<'a> Frame<'a> {
+    /// A chart over the run's seconds, its y axis counted in whole `y_desc`.
+    fn over_time(
+        size: (u32, u32),
+        caption: String,
+        x_end: f64,
+        y_end: f64,
+        y_desc: &'a str,
+        legend: SeriesLabelPosition,
+    ) -> Self {
+        Frame {
+            size,
+            caption,
+            x_end,
+            y_end,
+            x_desc: "seconds since the users started",
+            y_desc,
+            x_ticks: None,
+            whole_y: true,
+            margin_right: 10,
+            legend,
+        }
+    }
+
+    /// The frame with what `lines` draws in it, as an SVG string (or the line saying why
+    /// it could not be drawn).
+    fn draw(self, lines: impl FnOnce(&mut Chart<'_, '_>) -> DrawResult) -> String {
+        fn whole(y: &f64) -> String {
+            format!("{y:.0}")
+        }
+        svg(self.size, |out| {
+            let root = SVGBackend::with_string(out, self.size).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(&self.caption, ("sans-serif", 16))
+                .margin(10)
+                .margin_right(self.margin_right)
+                .x_label_area_size(35)
+                .y_label_area_size(55)
+                .build_cartesian_2d(0f64..self.x_end, 0f64..self.y_end)?;
+            let mut mesh = chart.configure_mesh();
+            mesh.x_desc(self.x_desc)
+                .y_desc(self.y_desc)
+                .light_line_style(WHITE);
+            if let Some((count, labels)) = self.x_ticks {
+                mesh.x_labels(count).x_label_formatter(labels);
+            }
+            if self.whole_y {
+                mesh.y_label_formatter(&whole);
+            }
+            mesh.draw()?;
+            lines(&mut chart)?;
             chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-                });
+                .configure_series_labels()
+                .position(self.legend)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .draw()?;
+            root.present()?;
+            Ok(())
+        })
+    }
+}
+
+/// A line of `points` in `colour`, with its entry in the legend.
+fn line(
+    chart: &mut Chart<'_, '_>,
+    label: &str,
+    points: Vec<(f64, f64)>,
+    colour: RGBColor,
+) -> DrawResult {
+    chart
+        .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+    Ok(())
+}
+
+/// Three lines of one scenario over its seconds, with its events marked and labelled.
+fn scenario_chart(
+    r: &ScenarioResult,
+    x_end: f64,
+    what: &str,
+    y_desc: &str,
+    lines: [Line<'_>; 3],
+) -> String {
+    let y_end = lines
+        .iter()
+        .flat_map(|l| &l.1)
+        .map(|p| p.1)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let caption = format!("{}: {what}", r.scenario.name);
+    let frame = Frame::over_time(
+        (720, 280),
+        caption,
+        x_end,
+        y_end,
+        y_desc,
+        SeriesLabelPosition::MiddleRight,
+    );
+    frame.draw(|chart| {
+        for (label, points, colour) in lines {
+            line(chart, label, points, colour)?;
         }
         for (at, label, colour) in marks(r) {
             let Some(at) = at else { continue };
@@ -146,79 +235,39 @@ fn timeline_chart(r: &ScenarioResult, x_end: f64) -> String {
                 ("sans-serif", 12).into_font().color(&colour),
             )))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::MiddleRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-        root.present()?;
         Ok(())
     })
+}
+
+/// ok/s, re-logins/s and failed/s of one scenario, with its kill and add marked.
+fn timeline_chart(r: &ScenarioResult, x_end: f64) -> String {
+    let lines = [
+        ("ok", series(r, |s| s.ok as f64), PALETTE[2]),
+        (
+            "forced re-logins",
+            series(r, |s| s.relogins as f64),
+            PALETTE[1],
+        ),
+        ("failed", series(r, |s| s.failed as f64), BLACK),
+    ];
+    scenario_chart(r, x_end, "requests per second", "per second", lines)
 }
 
 /// p50, p99 and the slowest ok request of one scenario, second by second, with its
 /// events marked: what a fault did to latency.
 fn latency_over_time_chart(r: &ScenarioResult, x_end: f64) -> String {
-    const SIZE: (u32, u32) = (720, 280);
-    svg(SIZE, |out| {
-        let p50 = series(r, |s| s.p50_ms.unwrap_or(0.0));
-        let p99 = series(r, |s| s.p99_ms.unwrap_or(0.0));
-        let max = series(r, |s| s.max_ms.unwrap_or(0.0));
-        let y_end = max.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-        let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("{}: latency of ok requests per second", r.scenario.name),
-                ("sans-serif", 16),
-            )
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..x_end, 0f64..y_end)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since the users started")
-            .y_desc("milliseconds")
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .light_line_style(WHITE)
-            .draw()?;
-        let lines = [
-            ("p50", p50, PALETTE[2]),
-            ("p99", p99, PALETTE[1]),
-            ("slowest", max, BLACK),
-        ];
-        for (label, points, colour) in lines {
-            chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-                });
-        }
-        for (at, label, colour) in marks(r) {
-            let Some(at) = at else { continue };
-            let x = at.as_secs_f64();
-            chart.draw_series(std::iter::once(PathElement::new(
-                vec![(x, 0.0), (x, y_end)],
-                colour.stroke_width(2),
-            )))?;
-            chart.draw_series(std::iter::once(Text::new(
-                label,
-                (x + x_end * 0.005, y_end * 0.97),
-                ("sans-serif", 12).into_font().color(&colour),
-            )))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::MiddleRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-        root.present()?;
-        Ok(())
-    })
+    let lines = [
+        ("p50", series(r, |s| s.p50_ms.unwrap_or(0.0)), PALETTE[2]),
+        ("p99", series(r, |s| s.p99_ms.unwrap_or(0.0)), PALETTE[1]),
+        ("slowest", series(r, |s| s.max_ms.unwrap_or(0.0)), BLACK),
+    ];
+    scenario_chart(
+        r,
+        x_end,
+        "latency of ok requests per second",
+        "milliseconds",
+        lines,
+    )
 }
 
 /// A section per fault under `--chaos`: its invariants as a table, what it cost, what
@@ -279,37 +328,24 @@ fn chaos_sections(report: &Report, x_end: f64) -> String {
 
 /// ok/s of every scenario on one chart.
 fn throughput_chart(report: &Report, x_end: f64) -> String {
-    const SIZE: (u32, u32) = (720, 300);
-    svg(SIZE, |out| {
-        let all: Vec<Vec<(f64, f64)>> = report
-            .scenarios
-            .iter()
-            .map(|r| series(r, |s| s.ok as f64))
-            .collect();
-        let y_end = all.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-        let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("ok requests per second, every scenario", ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..x_end, 0f64..y_end)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since the users started")
-            .y_desc("ok/s")
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .light_line_style(WHITE)
-            .draw()?;
+    let all: Vec<Vec<(f64, f64)>> = report
+        .scenarios
+        .iter()
+        .map(|r| series(r, |s| s.ok as f64))
+        .collect();
+    let y_end = all.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let frame = Frame::over_time(
+        (720, 300),
+        "ok requests per second, every scenario".to_owned(),
+        x_end,
+        y_end,
+        "ok/s",
+        SeriesLabelPosition::LowerRight,
+    );
+    frame.draw(|chart| {
         for (i, (r, points)) in report.scenarios.iter().zip(all).enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
-            chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-                .label(r.scenario.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-                });
+            line(chart, &r.scenario.name, points, colour)?;
             for at in marks(r).into_iter().filter_map(|m| m.0) {
                 let x = at.as_secs_f64();
                 chart.draw_series(std::iter::once(PathElement::new(
@@ -318,13 +354,6 @@ fn throughput_chart(report: &Report, x_end: f64) -> String {
                 )))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-        root.present()?;
         Ok(())
     })
 }
@@ -332,59 +361,45 @@ fn throughput_chart(report: &Report, x_end: f64) -> String {
 /// The latency distribution of ok requests: latency at each percentile, the x axis in
 /// "nines" (90%, 99%, 99.9%, ...), as HdrHistogram plots it.
 fn latency_chart(report: &Report) -> String {
-    const SIZE: (u32, u32) = (720, 320);
-    svg(SIZE, |out| {
-        let nines = |p: f64| -(1.0 - p / 100.0).max(1e-6).log10();
-        let y_end = report
-            .scenarios
-            .iter()
-            .flat_map(|r| r.latency.iter().map(|p| p.ms))
-            .fold(1.0, f64::max)
-            * 1.1;
-        let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("latency distribution of ok requests", ("sans-serif", 16))
-            .margin(10)
-            .margin_right(30)
-            .x_label_area_size(35)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..4f64, 0f64..y_end)?;
-        chart
-            .configure_mesh()
-            .x_desc("percentile")
-            .y_desc("milliseconds")
-            .x_labels(5)
-            .x_label_formatter(&|x| match x.round() as i64 {
-                0 => "0%".to_owned(),
-                1 => "90%".to_owned(),
-                2 => "99%".to_owned(),
-                3 => "99.9%".to_owned(),
-                _ => "99.99%".to_owned(),
-            })
-            .light_line_style(WHITE)
-            .draw()?;
+    fn nines(p: f64) -> f64 {
+        -(1.0 - p / 100.0).max(1e-6).log10()
+    }
+    fn percentile(x: &f64) -> String {
+        match x.round() as i64 {
+            0 => "0%".to_owned(),
+            1 => "90%".to_owned(),
+            2 => "99%".to_owned(),
+            3 => "99.9%".to_owned(),
+            _ => "99.99%".to_owned(),
+        }
+    }
+    let y_end = report
+        .scenarios
+        .iter()
+        .flat_map(|r| r.latency.iter().map(|p| p.ms))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let frame = Frame {
+        size: (720, 320),
+        caption: "latency distribution of ok requests".to_owned(),
+        x_end: 4.0,
+        y_end,
+        x_desc: "percentile",
+        y_desc: "milliseconds",
+        x_ticks: Some((5, &percentile)),
+        whole_y: false,
+        margin_right: 30,
+        legend: SeriesLabelPosition::UpperLeft,
+    };
+    frame.draw(|chart| {
         for (i, r) in report.scenarios.iter().enumerate() {
-            let colour = PALETTE[i % PALETTE.len()];
             let points: Vec<(f64, f64)> = r
                 .latency
                 .iter()
                 .map(|p| (nines(p.percentile), p.ms))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-                .label(r.scenario.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-                });
+            line(chart, &r.scenario.name, points, PALETTE[i % PALETTE.len()])?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-        root.present()?;
         Ok(())
     })
 }

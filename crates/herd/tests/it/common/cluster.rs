@@ -5,9 +5,11 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{database, herd, listen_address, replica_of, stop, CHEAP_HASH};
+use super::{
+    database, herd, keep_lines, listen_address, replica_of, signup_and_login, stop, CHEAP_HASH,
+};
 
 /// A `herd cluster` child process, stopped (SIGTERM, then SIGKILL) when dropped.
 #[derive(Debug)]
@@ -45,12 +47,7 @@ impl Cluster {
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let listen = listen_address(&mut lines, "cluster is serving");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
+        keep_lines(lines, log.clone());
         Cluster {
             child,
             listen,
@@ -126,26 +123,7 @@ impl Cluster {
 
     /// Signs alice up and logs her in; returns her access token.
     pub async fn login(&self) -> String {
-        let credentials = json!({ "username": "alice", "password": "correct horse" });
-        let signup = self
-            .client
-            .post(self.url("/v1/auth/signup"))
-            .json(&credentials)
-            .send()
-            .await
-            .expect("signup");
-        assert_eq!(signup.status(), 201);
-        let login: Value = self
-            .client
-            .post(self.url("/v1/auth/login"))
-            .json(&credentials)
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        login["access_token"].as_str().expect("token").to_owned()
+        signup_and_login(&self.client, &self.url(""), "alice", "correct horse").await
     }
 
     /// `GET /v1/me`: the status and the replica that answered.

@@ -9,7 +9,11 @@ pub use replica::Replica;
 
 use std::io::{BufRead, Lines};
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
 
 /// `herd serve` flags for a cheap argon2id: tests log in many times and test nothing
 /// about the hash's cost.
@@ -50,6 +54,69 @@ pub fn listen_address(lines: &mut Lines<impl BufRead>, message: &str) -> String 
                 .to_owned();
         }
     }
+}
+
+/// Reads `lines` into `log` on a thread of its own until the process closes its end, so
+/// that the pipe never fills up and stalls the process.
+pub fn keep_lines(
+    lines: Lines<impl BufRead + Send + 'static>,
+    log: Arc<Mutex<Vec<String>>>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            log.lock().expect("log").push(line);
+        }
+    })
+}
+
+/// Signs `username` up at `base` (a replica's URL, or a balancer's) and logs them in;
+/// returns their access token.
+pub async fn signup_and_login(
+    client: &reqwest::Client,
+    base: &str,
+    username: &str,
+    password: &str,
+) -> String {
+    let credentials = json!({ "username": username, "password": password });
+    let signup = client
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&credentials)
+        .send()
+        .await
+        .expect("signup");
+    assert_eq!(signup.status(), 201);
+    let login: Value = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    login["access_token"].as_str().expect("token").to_owned()
+}
+
+/// A WebSocket client's connection, as `tokio-tungstenite` makes it.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url` (`ws://HOST/v1/ws`: a replica, a balancer, nginx) with
+/// `token` as its bearer; the socket and the upgrade's response.
+pub async fn websocket(
+    url: &str,
+    token: &str,
+) -> (
+    Ws,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = url.into_client_request().expect("request");
+    let bearer = format!("Bearer {token}").parse().expect("header");
+    request.headers_mut().insert("authorization", bearer);
+    tokio_tungstenite::connect_async(request)
+        .await
+        .unwrap_or_else(|e| panic!("upgrade at {url}: {e}"))
 }
 
 /// Stops a child gently (SIGTERM, so it can stop its own children or workers), then for

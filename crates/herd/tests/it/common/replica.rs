@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{herd, stop, CHEAP_HASH};
+use super::{herd, keep_lines, stop, CHEAP_HASH};
 
 /// A `herd serve` child process on port 0, killed (SIGKILL) when dropped. Its log lines
 /// are read by a thread as they come, so the pipe never fills up and stalls it.
@@ -75,12 +75,7 @@ impl Replica {
                 log.lock().expect("log").join("\n")
             )
         });
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
+        let reader = keep_lines(lines, log.clone());
         Replica {
             id: id.to_owned(),
             child,
