@@ -233,6 +233,12 @@ async fn drive<E: Environment>(
                         fault.as_str()
                     )));
                 }
+                // Ending every connection takes as long as the call: the fault lasts
+                // that long.
+                if fault == Fault::PostgresKill {
+                    let now = drive.recorder.now();
+                    drive.fault_ended(now);
+                }
             }
             Ok(Step::Heal(fault)) => {
                 if let Err(e) = env.heal(fault).await {
@@ -483,9 +489,6 @@ impl<'a> Drive<'a> {
                 Fault::Drain | Fault::RedisRestart | Fault::PostgresKill | Fault::Clock
             ) {
                 w.times.detected = Some(now);
-            }
-            if fault == Fault::PostgresKill {
-                self.fault_ended(now);
             }
             return Ok(step);
         };
