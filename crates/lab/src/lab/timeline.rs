@@ -777,6 +777,7 @@ impl Gathered {
             revocations: &whole_revocations,
             broken_on_purpose: config.chaos_break,
             scope: Scope::Run,
+            next_fault: None,
         };
         let with_notes = |mut result: ChaosResult, w: &CheckedWindow, notes: &[String]| {
             result.victim = w.planned.victim.clone().or(w.planned.adds.clone());
@@ -834,6 +835,10 @@ impl Gathered {
                         acked: &acked,
                         revocations: &revocations,
                         scope: Scope::Window,
+                        next_fault: self
+                            .windows
+                            .get(i + 1)
+                            .map(|n| (n.planned.fault, to)),
                         ..evidence(w)
                     },
                     &self.scenario,
