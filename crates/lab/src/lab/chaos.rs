@@ -1150,7 +1150,7 @@ mod tests {
         let revocations = Revocations::default();
         let good = history(&[(1, "a"), (2, "b")]);
         let whole = check(&evidence(&[], &good, &[], &revocations, &[]), "s");
-        let mut window = |fault, broken: u64| {
+        let window = |fault, broken: u64| {
             let mut e = evidence(&[], &good, &[], &revocations, &[]);
             e.fault = fault;
             e.scope = Scope::Window;

@@ -835,10 +835,7 @@ impl Gathered {
                         acked: &acked,
                         revocations: &revocations,
                         scope: Scope::Window,
-                        next_fault: self
-                            .windows
-                            .get(i + 1)
-                            .map(|n| (n.planned.fault, to)),
+                        next_fault: self.windows.get(i + 1).map(|n| (n.planned.fault, to)),
                         ..evidence(w)
                     },
                     &self.scenario,
