@@ -512,8 +512,8 @@ pub struct SequenceResult {
     /// others summed over the windows (so a failure is excused only by its window's
     /// fault).
     pub invariants: Vec<Invariant>,
-    /// Failed requests summed over the windows; the slowest request and the longest
-    /// time to recover of any window.
+    /// Requests that failed from the first fault's start to the stop; the slowest
+    /// request and the longest time to recover of any window.
     pub cost: Option<Cost>,
     pub notes: Vec<String>,
 }
@@ -570,7 +570,9 @@ impl SequenceResult {
             .collect();
         let costs: Vec<&Cost> = ran.iter().filter_map(|w| w.cost.as_ref()).collect();
         let cost = (!costs.is_empty()).then(|| Cost {
-            failed: costs.iter().map(|c| c.failed).sum(),
+            // Every request that failed from the first fault on: the windows' own, and
+            // those in flight when a later fault started, which no window's cost counts.
+            failed: whole.cost.as_ref().map_or(0, |c| c.failed),
             slowest: costs.iter().filter_map(|c| c.slowest).max(),
             time_to_recover: costs
                 .iter()
@@ -871,7 +873,15 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
         .map(|(why, n)| format!("{n} x {why}"))
         .collect();
     excused.sort();
-    let after_start: Vec<&&Logged> = failed.iter().filter(|f| f.started >= start).collect();
+    // A failure the next fault of a sequence excuses is that fault's cost, not this one's.
+    let next_faults = |f: &Logged| {
+        e.next_fault
+            .is_some_and(|(_, at)| f.started + f.latency >= at)
+    };
+    let after_start: Vec<&&Logged> = failed
+        .iter()
+        .filter(|f| f.started >= start && !next_faults(f))
+        .collect();
     let recover = after_start
         .iter()
         .map(|f| f.started + f.latency)
