@@ -69,14 +69,20 @@ step logout env LOGOUTS=5 BASELINE=0 BUSES="sqlite-sql postgres-sql postgres-red
 # herd lab --chaos (docs/lab.md, "Chaos"): every fault SQLite can take, at a tiny size
 # (PostgreSQL and Redis are crates/herd/tests/it/lab.rs's); it fails when an invariant
 # breaks, and the check below when a fault that ran checked nothing.
-step chaos "$HERD_BIN" lab --chaos all --users 6 --no-progress --warmup 1s --kill-at 2s \
-    --add-at 3s --stop-at 4s --out "$scratch/chaos" \
+# The same faults then run once more in sequence on one cluster (--chaos-sequence).
+step chaos "$HERD_BIN" lab --chaos all --chaos-sequence all --users 6 --no-progress \
+    --warmup 1s --kill-at 2s --add-at 3s --stop-at 4s --out "$scratch/chaos" \
     -- --argon2-memory-kib 64 --argon2-iterations 1
 python3 - "$scratch/chaos/results.json" <<'PY' || { echo "bench smoke: the chaos run measured nothing" >&2; exit 1; }
 import json, sys
-chaos = json.load(open(sys.argv[1]))["chaos"]
+results = json.load(open(sys.argv[1]))
+chaos = results["chaos"]
 ran = [c for c in chaos if c["status"] == "ran"]
 assert ran and all(i["checked"] > 0 for c in ran for i in c["invariants"]), chaos
+sequence = results["chaos_sequence"]
+windows = [w for w in sequence["windows"] if w["status"] == "ran"]
+assert windows and all(i["checked"] > 0 for w in windows for i in w["invariants"]), sequence
+assert len(sequence["invariants"]) == 7 and all(i["checked"] > 0 for i in sequence["invariants"]), sequence
 PY
 
 for section in wrk profile strategies chat store-load logout status-list; do

@@ -203,6 +203,12 @@ impl Bus {
         }
     }
 
+    /// Whether other processes can be on this bus (the SQL tail, Redis), as opposed to
+    /// a bus within this process.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self.inner.backend, Backend::InProcess)
+    }
+
     /// Sends `payload` to every subscription to `topic`, on every bus of this backend.
     /// Returns once the backend has taken the message (on the SQL tail, once it is
     /// durable); delivery itself is asynchronous.

@@ -657,6 +657,14 @@ pub struct LabArgs {
     #[arg(long, env = "HERD_LAB_CHAOS", value_delimiter = ',')]
     pub chaos: Vec<String>,
 
+    /// Inject these faults one after another in one run, on one cluster and one store
+    /// under the same users (the same names, or all; each at most once): the first at
+    /// --kill-at for --add-at minus --kill-at, each next one after --stop-at minus
+    /// --add-at of recovery. Checked per fault and for the whole run. With --chaos,
+    /// runs after its faults.
+    #[arg(long, env = "HERD_LAB_CHAOS_SEQUENCE", value_delimiter = ',')]
+    pub chaos_sequence: Vec<String>,
+
     /// Test-only: break a chaos run on purpose (resume: subscribers do not resume;
     /// lost-ack: the checker is fed an acknowledgement the store never had).
     #[arg(long, hide = true)]
@@ -733,6 +741,18 @@ impl LabArgs {
         };
         let chaos = herd_lab::lab::Fault::parse_list(&self.chaos)
             .map_err(|e| anyhow::anyhow!("--chaos: {e}"))?;
+        let chaos_sequence = herd_lab::lab::Fault::parse_list(&self.chaos_sequence)
+            .map_err(|e| anyhow::anyhow!("--chaos-sequence: {e}"))?;
+        if let Some(twice) = chaos_sequence
+            .iter()
+            .enumerate()
+            .find(|(i, f)| chaos_sequence[..*i].contains(f))
+        {
+            bail!(
+                "--chaos-sequence: {} is named twice; each fault runs at most once in a sequence",
+                twice.1.as_str()
+            );
+        }
         let chaos_break = self
             .chaos_break
             .as_deref()
@@ -752,6 +772,7 @@ impl LabArgs {
         });
         let config = LabConfig {
             chaos,
+            chaos_sequence,
             chaos_break,
             faketime,
             users: self.users,

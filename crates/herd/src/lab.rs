@@ -113,8 +113,9 @@ impl Stores {
 impl Environment for Stores {
     async fn prepare(&mut self, scenario: &Scenario) -> Result<ClusterConfig, BoxError> {
         self.own_redis = None;
-        let redis_url = match (&self.redis_url, scenario.fault) {
-            (Some(_), Some(Fault::RedisRestart)) => {
+        let restarts_redis = scenario.faults().contains(&Fault::RedisRestart);
+        let redis_url = match (&self.redis_url, restarts_redis) {
+            (Some(_), true) => {
                 let own = OwnRedis::start()?;
                 let url = own.url();
                 self.own_redis = Some(own);
@@ -302,7 +303,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
 
 #[allow(clippy::print_stdout)]
 fn print_report(report: &herd_lab::lab::Report) {
-    if report.chaos.is_empty() {
+    if report.chaos.is_empty() && report.chaos_sequence.is_none() {
         print!("{}", report.table());
     } else {
         print!("{}", report.chaos_text());

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::client::ClientAddr;
 use crate::cookies;
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiError, ApiResult, Code, Problem};
 use crate::extract::{Fields, Identity, JsonObject, ReadFields};
 use crate::AppState;
 
@@ -219,6 +219,17 @@ async fn signup(
     ))
 }
 
+/// A replica whose clock is off from its peers' issues no tokens: the others would
+/// refuse them (or it theirs), logging the user out (docs/security.md, "Clock skew").
+fn refuse_if_skewed(state: &AppState) -> ApiResult<()> {
+    // Not while it is still listening for its peers' clocks: /readyz keeps the balancer
+    // away meanwhile, and a caller that reached it directly is no worse off than before.
+    match state.confirmations().clock_skew() {
+        Some(problem) => Err(ApiError::new(Code::Unavailable, problem)),
+        None => Ok(()),
+    }
+}
+
 /// Logs in: tokens for an API client, HttpOnly cookies for a browser.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth",
     request_body = LoginRequest,
@@ -251,6 +262,7 @@ async fn login(
         password,
         cookies: want_cookies,
     } = request;
+    refuse_if_skewed(&state)?;
     let device = cookies::cookie(&headers, cookies::DEVICE);
     let user_agent = headers
         .get(header::USER_AGENT)
@@ -334,6 +346,7 @@ async fn refresh(
         );
     }
     body.finish(request)?;
+    refuse_if_skewed(&state)?;
     let (token, via_cookie) = match (from_body, from_cookie) {
         (Some(token), _) => (token, false),
         (None, Some(cookie)) => {

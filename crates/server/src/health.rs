@@ -47,12 +47,14 @@ pub struct Ready {
 }
 
 /// Ready when the store, and the session store if there is one, answer within a second,
-/// and the replica is not draining.
+/// the replica is not draining, and its clock agrees with its peers' (docs/security.md,
+/// "Clock skew").
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready to serve.", body = Ready),
         (status = 503, description = "`unavailable`: the store or the session store did not \
-            answer within a second, or the replica is draining; take it out of rotation.",
+            answer within a second, the replica is draining, or its clock is off from its \
+            peers' by more than the leeway; take it out of rotation.",
             body = Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -62,6 +64,15 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Ready>> {
             Code::Unavailable,
             "this replica is shutting down; send requests to another",
         ));
+    }
+    if !state.confirmations().clock_settled() {
+        return Err(ApiError::new(
+            Code::Unavailable,
+            "starting: not yet heard its peers' clocks, to compare its own with",
+        ));
+    }
+    if let Some(problem) = state.confirmations().clock_skew() {
+        return Err(ApiError::new(Code::Unavailable, problem));
     }
     match tokio::time::timeout(Duration::from_secs(1), state.auth.ready()).await {
         // The bus only speeds news up (the store has it all), so a bus that is down is

@@ -23,6 +23,19 @@
 //! that was live has confirmed through the revocation's number, or until the deadline;
 //! it returns the peers that had not confirmed by then ([`Unconfirmed`]), which converge
 //! by their upkeep as before.
+//!
+//! # Clock skew
+//!
+//! Each announcement carries the sender's clock (identity's, the one tokens are stamped
+//! with). A replica compares it with its own on receipt: the difference is the peer's
+//! clock minus this one's, less the bus's delay, so the largest of a peer's last
+//! [`CLOCK_SAMPLES`] differences is the best estimate. When more live peers disagree
+//! with this replica's clock by more than the verification leeway than agree with it
+//! (itself counted as agreeing), this replica is the one that is off:
+//! [`Confirmations::clock_problem`] says so, `/readyz` fails and it issues no tokens
+//! (its tokens would be refused elsewhere, or the others' by it). Two replicas that
+//! disagree cannot tell which is wrong, and neither steps back; a replica that hears no
+//! peer (alone, or cut off from the bus) has nothing to compare with.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +61,13 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A replica is live while it was last heard from within this long: three heartbeats,
 /// so that one late or lost announcement does not drop it.
 pub const LIVE_FOR: Duration = Duration::from_secs(3);
+
+/// How many of a peer's announcements the clock comparison keeps.
+pub const CLOCK_SAMPLES: usize = 5;
+
+/// How long after it starts listening a replica on a shared bus waits before it trusts
+/// its clock: long enough to hear every live peer announce itself once.
+pub const CLOCK_SETTLE: Duration = Duration::from_millis(1500);
 
 /// How long a revocation waits for the live replicas to confirm it, unless configured
 /// otherwise (`--confirm-deadline`).
@@ -90,6 +110,9 @@ struct Presence {
     /// A replica stopping says so, and its peers stop waiting for it at once.
     #[serde(default)]
     leaving: bool,
+    /// The sender's clock when it sent this, Unix seconds (absent from older replicas).
+    #[serde(default)]
+    at: Option<i64>,
 }
 
 /// "I have applied your notices through `seq`."
@@ -162,6 +185,12 @@ struct Peers {
     seen: HashMap<String, (String, Instant)>,
     /// Replica id -> the highest number of ours it confirmed.
     confirmed: HashMap<String, u64>,
+    /// Replica id -> its clock minus ours at its last announcements, seconds.
+    clocks: HashMap<String, std::collections::VecDeque<i64>>,
+    /// When the relay started listening to peers (none: it has not).
+    listening_since: Option<Instant>,
+    /// Whether a clock problem was logged (once per onset, not per check).
+    skew_logged: bool,
 }
 
 impl fmt::Debug for Confirmations {
@@ -230,6 +259,54 @@ impl Confirmations {
         live
     }
 
+    /// Whether this replica has listened to its peers long enough to know whether its
+    /// clock agrees with theirs (at once on a bus of its own: it has no peers).
+    pub fn clock_settled(&self) -> bool {
+        !self.inner.bus.is_shared()
+            || self
+                .peers()
+                .listening_since
+                .is_some_and(|since| since.elapsed() >= CLOCK_SETTLE)
+    }
+
+    /// Why this replica's clock cannot be trusted, if it cannot: its live peers' clocks
+    /// mostly disagree with it by more than the leeway (see the module's "Clock skew").
+    pub fn clock_skew(&self) -> Option<String> {
+        let leeway = i64::try_from(self.inner.auth.config().leeway.as_secs()).unwrap_or(i64::MAX);
+        let live: Vec<String> = self.live_peers();
+        let mut peers = self.peers();
+        // Each peer's clock minus ours: the bus's delay only lowers a difference, so the
+        // largest of the last few is the closest.
+        let mut off: Vec<i64> = live
+            .iter()
+            .filter_map(|id| peers.clocks.get(id)?.iter().copied().max())
+            .collect();
+        let agree = 1 + off.iter().filter(|d| d.abs() <= leeway).count();
+        off.retain(|d| d.abs() > leeway);
+        if off.len() <= agree {
+            if peers.skew_logged {
+                peers.skew_logged = false;
+                tracing::info!("this replica's clock agrees with its peers' again");
+            }
+            return None;
+        }
+        off.sort_unstable();
+        let ahead = -off[off.len() / 2];
+        let problem = format!(
+            "this replica's clock is {} s {} {} of its {} live peers' (the leeway is \
+             {leeway} s): it issues no tokens and is not ready until its clock is fixed",
+            ahead.abs(),
+            if ahead > 0 { "ahead of" } else { "behind" },
+            off.len(),
+            live.len()
+        );
+        if !peers.skew_logged {
+            peers.skew_logged = true;
+            tracing::error!(ahead_s = ahead, "{problem}");
+        }
+        Some(problem)
+    }
+
     /// Waits until every live peer confirmed through `through`, or the deadline.
     async fn wait_for(&self, through: u64) -> Unconfirmed {
         let live = self.live_peers();
@@ -295,6 +372,7 @@ impl Confirmations {
             replica: self.inner.replica.clone(),
             incarnation: self.inner.incarnation.clone(),
             leaving,
+            at: Some(self.inner.auth.now()),
         };
         self.inner
             .bus
@@ -318,11 +396,20 @@ impl Confirmations {
             );
             return;
         }
+        let now = self.inner.auth.now();
         let mut peers = self.peers();
         if presence.leaving {
             peers.seen.remove(&presence.replica);
             peers.confirmed.remove(&presence.replica);
+            peers.clocks.remove(&presence.replica);
         } else {
+            if let Some(at) = presence.at {
+                let samples = peers.clocks.entry(presence.replica.clone()).or_default();
+                if samples.len() == CLOCK_SAMPLES {
+                    samples.pop_front();
+                }
+                samples.push_back(at - now);
+            }
             let entry = peers
                 .seen
                 .entry(presence.replica.clone())
@@ -399,6 +486,7 @@ pub async fn relay(confirmations: Confirmations, tasks: &mut JoinSet<()>) {
     let mut keys = bus.subscribe(KEYS).await;
     let mut presence = bus.subscribe(&confirmations.topic("replicas")).await;
     let mut confirms = bus.subscribe(&confirmations.topic("confirms")).await;
+    confirmations.peers().listening_since = Some(Instant::now());
 
     let out = confirmations.clone();
     tasks.spawn(async move {

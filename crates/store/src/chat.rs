@@ -131,7 +131,9 @@ impl Store {
     /// The same (`room_id`, `author_id`, `client_id`) again returns
     /// [`Posted::Existing`] with the message stored the first time, never a second copy,
     /// also when two identical posts race. `id` is a caller-chosen unique id. A room that
-    /// does not exist is [`StoreError::NotFound`]. Membership is not checked here.
+    /// does not exist is [`StoreError::NotFound`]. Membership is not checked here. A
+    /// connection lost under it is tried once more on a fresh one, which the client id
+    /// makes safe.
     pub async fn post_message(
         &self,
         room_id: &str,
@@ -141,10 +143,20 @@ impl Store {
         client_id: &str,
         now: i64,
     ) -> Result<Posted> {
-        dispatch!(self, db => {
-            db.post_message(room_id, id, author_id, body, client_id, now)
-                .await
-        })
+        // As for a batch (see post_messages): one more try when the connection was lost.
+        let post = || async {
+            dispatch!(self, db => {
+                db.post_message(room_id, id, author_id, body, client_id, now)
+                    .await
+            })
+        };
+        match post().await {
+            Err(e) if e.is_connection_lost() => {
+                tracing::warn!(error = %e, "the connection was lost under a post; trying it once more");
+                post().await
+            }
+            done => done,
+        }
     }
 
     /// Appends a batch of messages to one room in one transaction, each from a member of
@@ -154,13 +166,25 @@ impl Store {
     /// [`Posted::Existing`] and takes none; one whose author is not a member is
     /// [`Batched::NotAMember`]. The answers are in the batch's order.
     ///
-    /// An error means nothing of the batch was written. A room that does not exist is
-    /// [`StoreError::NotFound`].
+    /// An error means nothing of the batch was written. A connection lost under it
+    /// ([`StoreError::is_connection_lost`]) is tried once more on a fresh one. A room
+    /// that does not exist is [`StoreError::NotFound`].
     pub async fn post_messages(&self, room_id: &str, batch: &[NewMessage]) -> Result<Vec<Batched>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(self, db => db.post_messages(room_id, batch).await)
+        // The pool can hand out a connection the server is ending (a restart,
+        // `pg_terminate_backend`: its check before the handing-out passed a moment
+        // earlier), or the server can end it mid-transaction. One more try on a fresh
+        // connection saves the posts, and is safe even if the first commit did land:
+        // each message's client id then returns the stored message, never a copy.
+        match dispatch!(self, db => db.post_messages(room_id, batch).await) {
+            Err(e) if e.is_connection_lost() => {
+                tracing::warn!(error = %e, "the connection was lost under a batch of posts; trying it once more");
+                dispatch!(self, db => db.post_messages(room_id, batch).await)
+            }
+            done => done,
+        }
     }
 
     /// At most `limit` messages of the room with `seq > after_seq`, ascending. Since
@@ -171,7 +195,13 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<MessageRecord>> {
-        dispatch!(self, db => db.messages_after(room_id, after_seq, limit).await)
+        // A read: one more try on a fresh connection, as for posts.
+        match dispatch!(self, db => db.messages_after(room_id, after_seq, limit).await) {
+            Err(e) if e.is_connection_lost() => {
+                dispatch!(self, db => db.messages_after(room_id, after_seq, limit).await)
+            }
+            done => done,
+        }
     }
 }
 

@@ -125,6 +125,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the connection a call ran on was lost under it (the server ended it:
+    /// a restart, `pg_terminate_backend`; or the socket broke), rather than the database
+    /// refusing the call: a fresh connection may well succeed. A pool that timed out is
+    /// not this (another try would wait as long again).
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed) => true,
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|e| e.code().starts_with("08") || e.code() == "57P01"),
+            _ => false,
+        }
+    }
+
     /// True when the failure is about reaching the database rather than the request.
     pub fn is_unavailable(&self) -> bool {
         match self {

@@ -119,9 +119,6 @@ impl Break {
     }
 }
 
-/// The replica the lab injects replica faults into.
-pub(crate) const VICTIM: &str = "r1";
-
 /// The revocation bound herd documents for a replica that reaches its store
 /// (docs/security.md, "Revocation latency"): the bus, or else the next upkeep read of
 /// the revocation log every `--upkeep-interval` (5 s), plus the read.
@@ -182,7 +179,7 @@ impl Drop for Proxy {
 
 /// What the revoker saw: tokens logged out, and how many replicas still took one
 /// after the bound.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Revocations {
     pub logouts: u64,
     pub probes: u64,
@@ -190,6 +187,35 @@ pub(crate) struct Revocations {
     /// Replicas not asked because the bound for them is the token's life (cut off from
     /// bus and store) or because they could not answer (paused).
     pub not_asked: u64,
+}
+
+impl Revocations {
+    fn add(&mut self, other: &Revocations) {
+        self.logouts += other.logouts;
+        self.probes += other.probes;
+        self.accepted += other.accepted;
+        self.not_asked += other.not_asked;
+    }
+}
+
+/// What the revoker saw, a logout at a time (when it was answered), so that a
+/// sequence run can count each fault's window apart.
+#[derive(Debug, Default)]
+pub(crate) struct RevocationLog {
+    pub per_logout: Vec<(Duration, Revocations)>,
+}
+
+impl RevocationLog {
+    /// The logouts answered in `from..to`, and what their probes found.
+    pub fn within(&self, from: Duration, to: Duration) -> Revocations {
+        let mut out = Revocations::default();
+        for (at, seen) in &self.per_logout {
+            if *at >= from && *at < to {
+                out.add(seen);
+            }
+        }
+        out
+    }
 }
 
 /// Which replica may not be asked (id, until when in scenario time), for the cut.
@@ -205,24 +231,33 @@ pub(crate) async fn revoker(
     clock: impl Fn() -> Duration + Send + 'static,
     exempt: Exempt,
     mut stop: watch::Receiver<bool>,
-) -> Revocations {
-    let mut seen = Revocations::default();
-    let mut pending: Vec<(Duration, String)> = Vec::new();
+) -> RevocationLog {
+    let mut seen = RevocationLog::default();
+    // (when to probe, which logout of `seen` it belongs to, the token)
+    let mut pending: Vec<(Duration, usize, String)> = Vec::new();
     loop {
         let stopping = *stop.borrow();
         // Log a session in and out.
         if !stopping {
             if let Some(token) = login_logout(&client, &base).await {
-                seen.logouts += 1;
-                pending.push((clock() + REVOCATION_BOUND, token));
+                let at = clock();
+                seen.per_logout.push((
+                    at,
+                    Revocations {
+                        logouts: 1,
+                        ..Revocations::default()
+                    },
+                ));
+                pending.push((at + REVOCATION_BOUND, seen.per_logout.len() - 1, token));
             }
         }
         // Probe the tokens whose bound has passed.
         let now = clock();
-        let (due, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(at, _, _)| *at <= now);
         pending = later;
-        for (_, token) in due {
-            probe(&client, &cluster, &token, &exempt, now, &mut seen).await;
+        for (_, which, token) in due {
+            let counts = &mut seen.per_logout[which].1;
+            probe(&client, &cluster, &token, &exempt, now, counts).await;
         }
         if stopping && pending.is_empty() {
             return seen;
@@ -230,7 +265,7 @@ pub(crate) async fn revoker(
         let wait = if stopping {
             pending
                 .iter()
-                .map(|(at, _)| at.saturating_sub(now))
+                .map(|(at, _, _)| at.saturating_sub(now))
                 .min()
                 .unwrap_or_default()
                 .max(Duration::from_millis(50))
@@ -367,6 +402,10 @@ pub(crate) async fn read_histories(
     Ok(out)
 }
 
+/// The name of the invariant about failed requests.
+pub(crate) const NO_FAILURE: &str =
+    "no request failed after the fault was detected, but those the design cannot save";
+
 /// One invariant after one fault.
 #[derive(Debug, Clone, Serialize)]
 pub struct Invariant {
@@ -415,6 +454,9 @@ pub struct ChaosResult {
     pub reason: Option<String>,
     /// The scenario (in `scenarios`) that holds its per-second rows.
     pub scenario: Option<String>,
+    /// The replica the fault was done to (or, for the clock, the replica it added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub victim: Option<String>,
     #[serde(serialize_with = "optional_seconds")]
     pub start: Option<Duration>,
     #[serde(serialize_with = "optional_seconds")]
@@ -434,6 +476,7 @@ impl ChaosResult {
             status: "skipped",
             reason: Some(reason),
             scenario: None,
+            victim: None,
             start: None,
             end: None,
             invariants: Vec::new(),
@@ -451,6 +494,166 @@ impl ChaosResult {
             .map(|i| i.name)
             .collect()
     }
+}
+
+/// A sequence run: the faults one after another on one cluster and one store, under
+/// the same users, each in its own window (from its start to the next one's), checked
+/// per window and for the whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SequenceResult {
+    /// The scenario (in `scenarios`) that holds the run's per-second rows.
+    pub scenario: String,
+    /// The faults asked, in order.
+    pub faults: Vec<Fault>,
+    /// One per fault, in order: what its window saw (the acknowledgements of the sends
+    /// started in it, its requests, its logouts), or why it was skipped.
+    pub windows: Vec<ChaosResult>,
+    /// Every invariant over the whole run: the store's and the subscribers' once, the
+    /// others summed over the windows (so a failure is excused only by its window's
+    /// fault).
+    pub invariants: Vec<Invariant>,
+    /// Requests that failed from the first fault's start to the stop; the slowest
+    /// request and the longest time to recover of any window.
+    pub cost: Option<Cost>,
+    pub notes: Vec<String>,
+}
+
+impl SequenceResult {
+    /// Invariants broken, `window: name` for a window's, `whole run: name` for the run's.
+    pub fn broken(&self) -> Vec<String> {
+        self.windows
+            .iter()
+            .flat_map(|w| {
+                w.broken()
+                    .into_iter()
+                    .map(move |n| format!("{}: {n}", w.fault.as_str()))
+            })
+            .chain(
+                self.invariants
+                    .iter()
+                    .filter(|i| !i.held)
+                    .map(|i| format!("whole run: {}", i.name)),
+            )
+            .collect()
+    }
+
+    /// Joins the whole run's check and its windows': the invariants a window checks
+    /// are summed over the windows (each window's own excuses applied), the others are
+    /// the run's.
+    pub(crate) fn new(
+        scenario: String,
+        faults: Vec<Fault>,
+        windows: Vec<ChaosResult>,
+        whole: ChaosResult,
+    ) -> SequenceResult {
+        let ran: Vec<&ChaosResult> = windows.iter().filter(|w| w.status == "ran").collect();
+        let invariants = whole
+            .invariants
+            .into_iter()
+            .map(|i| {
+                let parts: Vec<&Invariant> = ran
+                    .iter()
+                    .flat_map(|w| w.invariants.iter().filter(|x| x.name == i.name))
+                    .collect();
+                if parts.is_empty() {
+                    return i;
+                }
+                let broken = parts.iter().map(|p| p.broken).sum();
+                let checked = parts.iter().map(|p| p.checked).sum();
+                invariant(
+                    i.name,
+                    broken,
+                    checked,
+                    format!("summed over the {} fault windows", parts.len()),
+                )
+            })
+            .collect();
+        let costs: Vec<&Cost> = ran.iter().filter_map(|w| w.cost.as_ref()).collect();
+        let cost = (!costs.is_empty()).then(|| Cost {
+            // Every request that failed from the first fault on: the windows' own, and
+            // those in flight when a later fault started, which no window's cost counts.
+            failed: whole.cost.as_ref().map_or(0, |c| c.failed),
+            slowest: costs.iter().filter_map(|c| c.slowest).max(),
+            time_to_recover: costs
+                .iter()
+                .map(|c| c.time_to_recover)
+                .max()
+                .unwrap_or_default(),
+            detected_after: None,
+        });
+        SequenceResult {
+            scenario,
+            faults,
+            windows,
+            invariants,
+            cost,
+            notes: whole.notes,
+        }
+    }
+}
+
+/// One fault of a run as planned before its cluster starts: the replica it is done to
+/// and the replica it adds, so that the replicas that need it (the cut one's proxy,
+/// the clock one's libfaketime) are started so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Planned {
+    pub fault: Fault,
+    /// The replica a fault on one replica is done to.
+    pub victim: Option<String>,
+    /// The replica it adds: the skewed one (clock), or in a sequence the one that
+    /// replaces a replica killed or drained, at the fault's end.
+    pub adds: Option<String>,
+}
+
+/// Plans `faults` on a cluster of `replicas` (`r1`..): each fault on one replica is
+/// done to the lowest-numbered one still running; in a sequence a replica killed or
+/// drained is replaced at its fault's end, so that every fault finds as many replicas
+/// as the first. Replica ids are handed out in order (`r4` is the first added).
+pub(crate) fn plan(faults: &[Fault], replicas: usize, sequence: bool) -> Vec<Planned> {
+    let mut running: Vec<usize> = (1..=replicas).collect();
+    let mut last = replicas;
+    let mut next = || {
+        last += 1;
+        last
+    };
+    faults
+        .iter()
+        .map(|&fault| {
+            let lowest = running.first().map(|n| format!("r{n}"));
+            match fault {
+                Fault::Kill | Fault::Drain => {
+                    if !running.is_empty() {
+                        running.remove(0);
+                    }
+                    let adds = sequence.then(|| {
+                        let n = next();
+                        running.push(n);
+                        format!("r{n}")
+                    });
+                    Planned {
+                        fault,
+                        victim: lowest,
+                        adds,
+                    }
+                }
+                Fault::Pause | Fault::Cut => Planned {
+                    fault,
+                    victim: lowest,
+                    adds: None,
+                },
+                Fault::Clock => Planned {
+                    fault,
+                    victim: None,
+                    adds: Some(format!("r{}", next())),
+                },
+                Fault::RedisRestart | Fault::PostgresKill => Planned {
+                    fault,
+                    victim: None,
+                    adds: None,
+                },
+            }
+        })
+        .collect()
 }
 
 /// When the fault happened, as the timeline saw it.
@@ -471,6 +674,23 @@ pub(crate) struct Evidence<'a> {
     pub watched: &'a [Watched],
     pub revocations: &'a Revocations,
     pub broken_on_purpose: Option<Break>,
+    /// The whole run's store and subscribers, or one fault's window of a sequence
+    /// (its requests, acknowledgements and logouts only).
+    pub scope: Scope,
+    /// In a sequence, when the next fault started (the end of this window): a request
+    /// still in flight then is the next fault's to excuse.
+    pub next_fault: Option<(Fault, Duration)>,
+}
+
+/// What one check covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A whole run: every invariant.
+    Run,
+    /// One fault's window of a sequence run: what can be told apart by time (the
+    /// acknowledgements of sends started in it, its requests, its logouts). Stored
+    /// twice, gaps and the subscribers are the whole run's, checked once for it.
+    Window,
 }
 
 fn invariant(name: &'static str, broken: u64, checked: u64, note: String) -> Invariant {
@@ -494,6 +714,7 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
                 room: room.clone(),
                 client_id: "never-stored".to_owned(),
                 seq: 1,
+                at: e.times.start.unwrap_or_default(),
             });
         }
     }
@@ -540,7 +761,7 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
             .and_then(|h| h.messages.last())
             .map_or(0, |m| m.0);
         let (broken, seen) = w.check(last);
-        if broken > 0 {
+        if broken > 0 && e.scope == Scope::Run {
             let d = w.damage(last);
             damaged.push(format!(
                 "subscriber of room {} pinned to {} ({} resumes): {} received twice or out of \
@@ -579,6 +800,18 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
     let mut unexcused_list = Vec::new();
     let mut after_detection = 0u64;
     for f in &failed {
+        if let Some((next, at)) = e.next_fault {
+            if f.started + f.latency >= at {
+                *excused
+                    .entry(format!(
+                        "{} in flight when the next fault ({}) started",
+                        f.what,
+                        next.as_str()
+                    ))
+                    .or_default() += 1;
+                continue;
+            }
+        }
         if f.started < start {
             *excused
                 .entry(format!("{} started before the fault", f.what))
@@ -640,7 +873,15 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
         .map(|(why, n)| format!("{n} x {why}"))
         .collect();
     excused.sort();
-    let after_start: Vec<&&Logged> = failed.iter().filter(|f| f.started >= start).collect();
+    // A failure the next fault of a sequence excuses is that fault's cost, not this one's.
+    let next_faults = |f: &Logged| {
+        e.next_fault
+            .is_some_and(|(_, at)| f.started + f.latency >= at)
+    };
+    let after_start: Vec<&&Logged> = failed
+        .iter()
+        .filter(|f| f.started >= start && !next_faults(f))
+        .collect();
     let recover = after_start
         .iter()
         .map(|f| f.started + f.latency)
@@ -655,16 +896,16 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
         .map(|l| l.latency)
         .max();
 
-    let invariants = vec![
-        invariant(
-            "no acknowledged message lost",
-            lost,
-            acked.len() as u64,
-            format!(
-                "{} sends acknowledged, looked up in the store after the run",
-                acked.len()
-            ),
+    let lost_acks = invariant(
+        "no acknowledged message lost",
+        lost,
+        acked.len() as u64,
+        format!(
+            "{} sends acknowledged, looked up in the store after the run",
+            acked.len()
         ),
+    );
+    let store_wide = [
         invariant(
             "no message stored twice for one client id",
             twice,
@@ -687,6 +928,8 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
                 e.watched.len()
             ),
         ),
+    ];
+    let per_request = [
         invariant(
             "no user logged out (token sessions)",
             logged_out,
@@ -707,7 +950,7 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
             ),
         ),
         invariant(
-            "no request failed after the fault was detected, but those the design cannot save",
+            NO_FAILURE,
             unexcused,
             e.log.iter().filter(|l| l.started >= detected).count() as u64,
             format!(
@@ -716,11 +959,19 @@ pub(crate) fn check(e: &Evidence<'_>, scenario: &str) -> ChaosResult {
             ),
         ),
     ];
+    let invariants = match e.scope {
+        Scope::Run => std::iter::once(lost_acks)
+            .chain(store_wide)
+            .chain(per_request)
+            .collect(),
+        Scope::Window => std::iter::once(lost_acks).chain(per_request).collect(),
+    };
     ChaosResult {
         fault: e.fault,
         status: "ran",
         reason: None,
         scenario: Some(scenario.to_owned()),
+        victim: None,
         start: e.times.start,
         end: e.times.end,
         invariants,
@@ -787,6 +1038,8 @@ mod tests {
             watched,
             revocations,
             broken_on_purpose: None,
+            scope: Scope::Run,
+            next_fault: None,
         }
     }
 
@@ -803,6 +1056,7 @@ mod tests {
 
     fn ack(id: &str, seq: i64) -> Ack {
         Ack {
+            at: Duration::from_secs(3),
             room: "room".into(),
             client_id: id.into(),
             seq,
@@ -864,6 +1118,84 @@ mod tests {
         };
         let r = check(&evidence(&[], &good, &[], &leaky, &[]), "s");
         assert!(!held(&r, "no revoked token"));
+    }
+
+    #[test]
+    fn a_sequence_finds_a_running_replica_for_every_fault_and_replaces_the_ones_it_ends() {
+        use Fault::*;
+        let names = |p: &[Planned]| -> Vec<(Option<String>, Option<String>)> {
+            p.iter()
+                .map(|p| (p.victim.clone(), p.adds.clone()))
+                .collect()
+        };
+        let r = |n: &str| Some(n.to_owned());
+        // Alone, each fault is done to r1 and the clock adds r4, as before sequences.
+        for fault in [Kill, Pause, Drain, Cut] {
+            assert_eq!(names(&plan(&[fault], 3, false)), [(r("r1"), None)]);
+        }
+        assert_eq!(names(&plan(&[Clock], 3, false)), [(None, r("r4"))]);
+        // In a sequence a killed or drained replica is replaced, and the next fault is
+        // done to the lowest-numbered replica still running.
+        let p = plan(
+            &[Kill, Pause, Drain, Cut, RedisRestart, Clock, PostgresKill],
+            3,
+            true,
+        );
+        assert_eq!(
+            names(&p),
+            [
+                (r("r1"), r("r4")),
+                (r("r2"), None),
+                (r("r2"), r("r5")),
+                (r("r3"), None),
+                (None, None),
+                (None, r("r6")),
+                (None, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sequence_sums_its_windows_and_a_broken_window_breaks_the_whole_run() {
+        let revocations = Revocations::default();
+        let good = history(&[(1, "a"), (2, "b")]);
+        let whole = check(&evidence(&[], &good, &[], &revocations, &[]), "s");
+        let window = |fault, broken: u64| {
+            let mut e = evidence(&[], &good, &[], &revocations, &[]);
+            e.fault = fault;
+            e.scope = Scope::Window;
+            let mut r = check(&e, "s");
+            let i = r
+                .invariants
+                .iter_mut()
+                .find(|i| i.name == NO_FAILURE)
+                .expect("the failure invariant");
+            i.broken = broken;
+            i.checked = 10;
+            i.held = broken == 0;
+            r
+        };
+        let windows = vec![window(Fault::Kill, 0), window(Fault::Pause, 2)];
+        // A window checks what it can tell apart by time, not the store's invariants.
+        assert_eq!(windows[0].invariants.len(), 4);
+        let s = SequenceResult::new("s".into(), vec![Fault::Kill, Fault::Pause], windows, whole);
+        assert_eq!(s.invariants.len(), 7);
+        let failures = s
+            .invariants
+            .iter()
+            .find(|i| i.name == NO_FAILURE)
+            .expect("summed");
+        assert_eq!(
+            (failures.broken, failures.checked, failures.held),
+            (2, 20, false)
+        );
+        assert_eq!(
+            s.broken(),
+            [
+                format!("pause: {NO_FAILURE}"),
+                format!("whole run: {NO_FAILURE}")
+            ]
+        );
     }
 
     #[test]

@@ -28,6 +28,19 @@ const FAULT_END: RGBColor = RGBColor(0, 90, 200);
 /// The events of a scenario to mark on its charts: the kill and the add, or under
 /// `--chaos` the fault's start and end.
 fn marks(r: &ScenarioResult) -> Vec<(Option<std::time::Duration>, String, RGBColor)> {
+    if !r.timeline.faults.is_empty() {
+        return r
+            .timeline
+            .faults
+            .iter()
+            .flat_map(|m| {
+                [
+                    (m.start, format!("{} starts", m.fault.as_str()), KILL),
+                    (m.end, format!("{} ends", m.fault.as_str()), FAULT_END),
+                ]
+            })
+            .collect();
+    }
     match r.timeline.fault {
         Some(fault) => vec![
             (
@@ -273,57 +286,110 @@ fn latency_over_time_chart(r: &ScenarioResult, x_end: f64) -> String {
 /// A section per fault under `--chaos`: its invariants as a table, what it cost, what
 /// was excused, and its two charts.
 fn chaos_sections(report: &Report, x_end: f64) -> String {
-    let mut page = String::from("<h2>Faults</h2>\n");
+    let mut page = String::new();
+    if !report.chaos.is_empty() {
+        page.push_str("<h2>Faults</h2>\n");
+    }
     for c in &report.chaos {
         let _ = writeln!(page, "<h3>{}: {}</h3>", c.fault.as_str(), c.status);
-        if let Some(reason) = &c.reason {
-            let _ = writeln!(page, "<p>Skipped: {}</p>", escape(reason));
-            continue;
-        }
-        page.push_str("<table><tr><th>invariant</th><th>held</th><th>broken</th><th>checked</th><th>what was checked</th></tr>\n");
-        for i in &c.invariants {
+        chaos_section(&mut page, c);
+        charts_of(&mut page, report, c.scenario.as_deref(), x_end);
+    }
+    if let Some(s) = &report.chaos_sequence {
+        page.push_str("<h2>Faults in sequence, on one cluster</h2>\n");
+        let order: Vec<&str> = s.faults.iter().map(|f| f.as_str()).collect();
+        let _ = writeln!(
+            page,
+            "<p>{}, one after another under the same users; each fault's window runs from its start to the next one's.</p>",
+            escape(&order.join(", "))
+        );
+        page.push_str("<h3>The whole run</h3>\n");
+        invariants_table(&mut page, &s.invariants);
+        if let Some(cost) = &s.cost {
             let _ = writeln!(
                 page,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(i.name),
-                if i.held { "held" } else { "<b>broken</b>" },
-                i.broken,
-                i.checked,
-                escape(&i.note)
-            );
-        }
-        page.push_str("</table>\n");
-        if let Some(cost) = &c.cost {
-            let _ = writeln!(
-                page,
-                "<p>Cost: {} failed requests; slowest request around the fault {}; recovered {:.2} s after the start; the balancer stopped using the replica {} after the start.</p>",
+                "<p>Cost: {} failed requests; the slowest request around a fault {}; the longest recovery {:.2} s.</p>",
                 cost.failed,
                 cost.slowest.map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
                 cost.time_to_recover.as_secs_f64(),
-                cost.detected_after.map_or_else(|| "never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
             );
         }
-        for note in c
-            .excused
-            .iter()
-            .map(|e| format!("excused: {e}"))
-            .chain(c.notes.iter().cloned())
-        {
-            let _ = writeln!(page, "<p>{}</p>", escape(&note));
+        for note in &s.notes {
+            let _ = writeln!(page, "<p>{}</p>", escape(note));
         }
-        if let Some(r) = report
-            .scenarios
-            .iter()
-            .find(|r| Some(&r.scenario.name) == c.scenario.as_ref())
-        {
-            page.push_str("<figure>");
-            page.push_str(&timeline_chart(r, x_end));
-            page.push_str("</figure>\n<figure>");
-            page.push_str(&latency_over_time_chart(r, x_end));
-            page.push_str("</figure>\n");
+        charts_of(&mut page, report, Some(&s.scenario), x_end);
+        for c in &s.windows {
+            let _ = writeln!(
+                page,
+                "<h3>sequence, {}{}: {}</h3>",
+                c.fault.as_str(),
+                c.victim
+                    .as_ref()
+                    .map_or_else(String::new, |v| format!(" ({})", escape(v))),
+                c.status
+            );
+            chaos_section(&mut page, c);
         }
     }
     page
+}
+
+fn invariants_table(page: &mut String, invariants: &[super::Invariant]) {
+    page.push_str("<table><tr><th>invariant</th><th>held</th><th>broken</th><th>checked</th><th>what was checked</th></tr>\n");
+    for i in invariants {
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(i.name),
+            if i.held { "held" } else { "<b>broken</b>" },
+            i.broken,
+            i.checked,
+            escape(&i.note)
+        );
+    }
+    page.push_str("</table>\n");
+}
+
+/// One fault's invariants, cost, excuses and notes.
+fn chaos_section(page: &mut String, c: &super::ChaosResult) {
+    if let Some(reason) = &c.reason {
+        let _ = writeln!(page, "<p>Skipped: {}</p>", escape(reason));
+        return;
+    }
+    invariants_table(page, &c.invariants);
+    if let Some(cost) = &c.cost {
+        let _ = writeln!(
+            page,
+            "<p>Cost: {} failed requests; slowest request around the fault {}; recovered {:.2} s after the start; the balancer stopped using the replica {} after the start.</p>",
+            cost.failed,
+            cost.slowest.map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+            cost.time_to_recover.as_secs_f64(),
+            cost.detected_after.map_or_else(|| "never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+        );
+    }
+    for note in c
+        .excused
+        .iter()
+        .map(|e| format!("excused: {e}"))
+        .chain(c.notes.iter().cloned())
+    {
+        let _ = writeln!(page, "<p>{}</p>", escape(&note));
+    }
+}
+
+/// The two charts of the scenario named `scenario`, marked with its faults.
+fn charts_of(page: &mut String, report: &Report, scenario: Option<&str>, x_end: f64) {
+    if let Some(r) = report
+        .scenarios
+        .iter()
+        .find(|r| Some(r.scenario.name.as_str()) == scenario)
+    {
+        page.push_str("<figure>");
+        page.push_str(&timeline_chart(r, x_end));
+        page.push_str("</figure>\n<figure>");
+        page.push_str(&latency_over_time_chart(r, x_end));
+        page.push_str("</figure>\n");
+    }
 }
 
 /// ok/s of every scenario on one chart.
@@ -464,7 +530,7 @@ store.</p>
     page.push_str("</figure>\n<h2>Latency</h2>\n<figure>");
     page.push_str(&latency_chart(report));
     page.push_str("</figure>\n");
-    if !report.chaos.is_empty() {
+    if !report.chaos.is_empty() || report.chaos_sequence.is_some() {
         page.push_str(&chaos_sections(report, x_end));
         page.push_str("</body></html>\n");
         return page;
@@ -513,6 +579,7 @@ mod tests {
             out_dir: "unused".into(),
             progress: false,
             chaos: Vec::new(),
+            chaos_sequence: Vec::new(),
             chaos_break: None,
             faketime: None,
             setup_timeout: s(1),

@@ -107,6 +107,8 @@ pub(crate) struct Logged {
 /// A send the server acknowledged (2xx with the stored message's seq).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ack {
+    /// When the send started (a sequence run attributes it to a fault's window).
+    pub at: Duration,
     pub room: String,
     pub client_id: String,
     pub seq: i64,

@@ -26,7 +26,7 @@ mod subscribers;
 mod timeline;
 mod workload;
 
-pub use chaos::{Break, ChaosResult, Cost, Fault, Invariant};
+pub use chaos::{Break, ChaosResult, Cost, Fault, Invariant, SequenceResult};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -51,6 +51,19 @@ pub struct Scenario {
     pub session_store: String,
     /// Under `--chaos`: the fault this run injects instead of the kill and the add.
     pub fault: Option<Fault>,
+    /// Under `--chaos-sequence`: the faults this run injects one after another.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sequence: Vec<Fault>,
+}
+
+impl Scenario {
+    /// The faults this run injects, in order (none for the designs' kill and add).
+    pub fn faults(&self) -> Vec<Fault> {
+        self.fault
+            .into_iter()
+            .chain(self.sequence.clone())
+            .collect()
+    }
 }
 
 /// The four designs herd compares (memory sessions behind round-robin and behind sticky
@@ -63,6 +76,7 @@ pub fn scenarios(redis: bool) -> Vec<Scenario> {
         policy,
         session_store: store.to_owned(),
         fault: None,
+        sequence: Vec::new(),
     };
     let shared = if redis { "Redis" } else { "SQL store" };
     vec![
@@ -152,6 +166,9 @@ pub struct LabConfig {
     /// `--chaos`: the faults to inject, each in a run of its own (token sessions,
     /// round-robin) instead of the scenarios' kill and add.
     pub chaos: Vec<Fault>,
+    /// `--chaos-sequence`: faults to inject one after another in one run, on one
+    /// cluster and one store, each in its own window.
+    pub chaos_sequence: Vec<Fault>,
     /// Test-only: break the run on purpose to show the checker failing.
     pub chaos_break: Option<Break>,
     /// libfaketime's library, for the clock fault.
@@ -167,6 +184,15 @@ pub fn chaos_scenario(fault: Fault, redis: bool) -> Scenario {
         .unwrap_or_else(|| unreachable!("the token design is always compared"));
     scenario.name = format!("chaos-{}", fault.as_str());
     scenario.fault = Some(fault);
+    scenario
+}
+
+/// The sequence run of `faults`: one cluster, token sessions behind round-robin.
+pub fn sequence_scenario(faults: Vec<Fault>) -> Scenario {
+    let mut scenario = chaos_scenario(Fault::Kill, false);
+    scenario.name = "chaos-sequence".to_owned();
+    scenario.fault = None;
+    scenario.sequence = faults;
     scenario
 }
 
@@ -251,44 +277,74 @@ pub async fn run(
     let mut results = Vec::with_capacity(scenarios.len());
     let mut chaos = Vec::new();
     for &fault in &config.chaos {
-        let skip = match env.can_inject(fault) {
-            Err(why) => Some(why),
-            Ok(()) if fault == Fault::Clock && config.faketime.is_none() => Some(
-                "cannot inject clock: libfaketime not found (--faketime-lib, HERD_LAB_FAKETIME)"
-                    .to_owned(),
-            ),
-            Ok(()) => None,
-        };
-        if let Some(why) = skip {
+        if let Some(why) = skip(&*env, &config, fault) {
             chaos.push(ChaosResult::skipped(fault, why));
             continue;
         }
         let scenario = chaos_scenario(fault, false);
-        let cluster = env
-            .prepare(&scenario)
-            .await
-            .map_err(|e| LabError::Environment(format!("preparing {}: {e}", scenario.name)))?;
-        let bar = bars.add(timeline::bar(&scenario, &config));
-        let result = timeline::run(&scenario, cluster, &config, &bar, env).await;
-        match &result {
-            Ok((_, Some(c))) => bar.finish_with_message(format!("done: broken {:?}", c.broken())),
-            Ok((_, None)) => bar.finish_with_message("done"),
-            Err(_) => bar.abandon_with_message("failed"),
-        }
-        let released = env.release(&scenario).await;
-        let (result, checked) = result?;
-        let checked = checked.ok_or_else(|| {
-            LabError::Timeline(format!(
-                "{}: the fault's run was not checked",
-                scenario.name
-            ))
-        })?;
-        released
-            .map_err(|e| LabError::Environment(format!("cleaning up {}: {e}", scenario.name)))?;
+        let (result, checked) = run_one(&scenario, &config, &bars, env).await?;
         results.push(result);
-        chaos.push(checked);
+        match checked {
+            Some(timeline::Checked::Alone(c)) => chaos.push(c),
+            _ => {
+                return Err(LabError::Timeline(format!(
+                    "{}: the fault's run was not checked",
+                    scenario.name
+                )))
+            }
+        }
     }
-    let scenarios = if config.chaos.is_empty() {
+    let mut sequence = None;
+    if !config.chaos_sequence.is_empty() {
+        let skipped: Vec<(Fault, String)> = config
+            .chaos_sequence
+            .iter()
+            .filter_map(|&f| skip(&*env, &config, f).map(|why| (f, why)))
+            .collect();
+        let faults: Vec<Fault> = config
+            .chaos_sequence
+            .iter()
+            .copied()
+            .filter(|f| !skipped.iter().any(|(s, _)| s == f))
+            .collect();
+        if !faults.is_empty() {
+            let scenario = sequence_scenario(faults);
+            let (result, checked) = run_one(&scenario, &config, &bars, env).await?;
+            results.push(result);
+            let Some(timeline::Checked::Sequence(mut s)) = checked else {
+                return Err(LabError::Timeline(
+                    "the sequence run was not checked".to_owned(),
+                ));
+            };
+            // The skipped faults keep their place in the order asked.
+            let mut ran = s.windows.into_iter();
+            s.windows = config
+                .chaos_sequence
+                .iter()
+                .map(|&f| match skipped.iter().find(|(x, _)| *x == f) {
+                    Some((_, why)) => ChaosResult::skipped(f, why.clone()),
+                    None => ran
+                        .next()
+                        .unwrap_or_else(|| unreachable!("a window per fault that ran")),
+                })
+                .collect();
+            s.faults.clone_from(&config.chaos_sequence);
+            sequence = Some(s);
+        } else {
+            sequence = Some(SequenceResult {
+                scenario: String::new(),
+                faults: config.chaos_sequence.clone(),
+                windows: skipped
+                    .into_iter()
+                    .map(|(f, why)| ChaosResult::skipped(f, why))
+                    .collect(),
+                invariants: Vec::new(),
+                cost: None,
+                notes: vec!["no fault of the sequence could be injected here".to_owned()],
+            });
+        }
+    }
+    let scenarios = if config.chaos.is_empty() && config.chaos_sequence.is_empty() {
         scenarios
     } else {
         Vec::new()
@@ -317,8 +373,50 @@ pub async fn run(
     }
     let mut report = Report::new(config, results);
     report.chaos = chaos;
+    report.chaos_sequence = sequence;
     report.write()?;
     Ok(report)
+}
+
+/// Why `fault` cannot be injected here, if it cannot.
+fn skip(env: &impl Environment, config: &LabConfig, fault: Fault) -> Option<String> {
+    match env.can_inject(fault) {
+        Err(why) => Some(why),
+        Ok(()) if fault == Fault::Clock && config.faketime.is_none() => Some(
+            "cannot inject clock: libfaketime not found (--faketime-lib, HERD_LAB_FAKETIME)"
+                .to_owned(),
+        ),
+        Ok(()) => None,
+    }
+}
+
+/// One chaos run (a fault alone, or a sequence) on a fresh cluster and store.
+async fn run_one(
+    scenario: &Scenario,
+    config: &LabConfig,
+    bars: &indicatif::MultiProgress,
+    env: &mut impl Environment,
+) -> Result<(ScenarioResult, Option<timeline::Checked>), LabError> {
+    let cluster = env
+        .prepare(scenario)
+        .await
+        .map_err(|e| LabError::Environment(format!("preparing {}: {e}", scenario.name)))?;
+    let bar = bars.add(timeline::bar(scenario, config));
+    let result = timeline::run(scenario, cluster, config, &bar, env).await;
+    match &result {
+        Ok((_, Some(timeline::Checked::Alone(c)))) => {
+            bar.finish_with_message(format!("done: broken {:?}", c.broken()));
+        }
+        Ok((_, Some(timeline::Checked::Sequence(s)))) => {
+            bar.finish_with_message(format!("done: broken {:?}", s.broken()));
+        }
+        Ok((_, None)) => bar.finish_with_message("done"),
+        Err(_) => bar.abandon_with_message("failed"),
+    }
+    let released = env.release(scenario).await;
+    let result = result?;
+    released.map_err(|e| LabError::Environment(format!("cleaning up {}: {e}", scenario.name)))?;
+    Ok(result)
 }
 
 #[cfg(test)]

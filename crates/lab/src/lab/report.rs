@@ -81,6 +81,21 @@ pub struct Timeline {
     pub fault_start: Option<Duration>,
     #[serde(serialize_with = "optional_seconds")]
     pub fault_end: Option<Duration>,
+    /// Under `--chaos-sequence`: every fault of the run, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultMark>,
+}
+
+/// One fault of a sequence run on its charts.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultMark {
+    pub fault: super::Fault,
+    /// The replica it was done to, or added (clock).
+    pub victim: Option<String>,
+    #[serde(serialize_with = "optional_seconds")]
+    pub start: Option<Duration>,
+    #[serde(serialize_with = "optional_seconds")]
+    pub end: Option<Duration>,
 }
 
 /// One second of the timeline, as `results.json` lists it.
@@ -256,6 +271,9 @@ pub struct Report {
     /// `--chaos`: a section per fault, in the order asked, skipped ones included.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub chaos: Vec<super::ChaosResult>,
+    /// `--chaos-sequence`: the faults one after another on one cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos_sequence: Option<super::SequenceResult>,
 }
 
 impl Report {
@@ -268,6 +286,7 @@ impl Report {
                 .map_or(0, |d| d.as_secs()),
             scenarios,
             chaos: Vec::new(),
+            chaos_sequence: None,
         }
     }
 
@@ -280,44 +299,38 @@ impl Report {
                     .into_iter()
                     .map(move |name| format!("{}: {name}", c.fault.as_str()))
             })
+            .chain(
+                self.chaos_sequence
+                    .iter()
+                    .flat_map(|s| s.broken().into_iter().map(|b| format!("sequence, {b}"))),
+            )
             .collect()
     }
 
-    /// The terminal report of `--chaos`: a section per fault with its invariants.
+    /// The terminal report of `--chaos`: a section per fault with its invariants, then
+    /// the sequence's windows and its whole run.
     pub fn chaos_text(&self) -> String {
         let mut out = String::new();
         for c in &self.chaos {
             out.push_str(&format!("== {}: {}", c.fault.as_str(), c.status));
-            if let Some(reason) = &c.reason {
-                out.push_str(&format!(" ({reason})"));
-            }
-            out.push('\n');
-            for i in &c.invariants {
+            chaos_section_text(&mut out, c);
+        }
+        if let Some(s) = &self.chaos_sequence {
+            for c in &s.windows {
                 out.push_str(&format!(
-                    "  {:<7} {:>5} of {:>6}  {}\n",
-                    if i.held { "held" } else { "BROKEN" },
-                    i.broken,
-                    i.checked,
-                    i.name
+                    "== sequence, {}{}: {}",
+                    c.fault.as_str(),
+                    c.victim
+                        .as_ref()
+                        .map_or_else(String::new, |v| format!(" ({v})")),
+                    c.status
                 ));
+                chaos_section_text(&mut out, c);
             }
-            if let Some(cost) = &c.cost {
-                out.push_str(&format!(
-                    "  cost: {} failed, slowest {}, recovered after {:.2} s, detected after {}\n",
-                    cost.failed,
-                    cost.slowest.map_or_else(
-                        || "-".to_owned(),
-                        |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-                    ),
-                    cost.time_to_recover.as_secs_f64(),
-                    cost.detected_after.map_or_else(
-                        || "never".to_owned(),
-                        |d| format!("{:.2} s", d.as_secs_f64())
-                    ),
-                ));
-            }
-            for e in &c.excused {
-                out.push_str(&format!("  excused: {e}\n"));
+            out.push_str("== sequence, whole run\n");
+            invariants_text(&mut out, &s.invariants);
+            if let Some(cost) = &s.cost {
+                cost_text(&mut out, cost);
             }
         }
         out
@@ -412,6 +425,48 @@ impl Report {
         }
         out
     }
+}
+
+fn chaos_section_text(out: &mut String, c: &super::ChaosResult) {
+    if let Some(reason) = &c.reason {
+        out.push_str(&format!(" ({reason})"));
+    }
+    out.push('\n');
+    invariants_text(out, &c.invariants);
+    if let Some(cost) = &c.cost {
+        cost_text(out, cost);
+    }
+    for e in &c.excused {
+        out.push_str(&format!("  excused: {e}\n"));
+    }
+}
+
+fn invariants_text(out: &mut String, invariants: &[super::Invariant]) {
+    for i in invariants {
+        out.push_str(&format!(
+            "  {:<7} {:>5} of {:>6}  {}\n",
+            if i.held { "held" } else { "BROKEN" },
+            i.broken,
+            i.checked,
+            i.name
+        ));
+    }
+}
+
+fn cost_text(out: &mut String, cost: &super::Cost) {
+    out.push_str(&format!(
+        "  cost: {} failed, slowest {}, recovered after {:.2} s, detected after {}\n",
+        cost.failed,
+        cost.slowest.map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+        ),
+        cost.time_to_recover.as_secs_f64(),
+        cost.detected_after.map_or_else(
+            || "never".to_owned(),
+            |d| format!("{:.2} s", d.as_secs_f64())
+        ),
+    ));
 }
 
 #[cfg(test)]

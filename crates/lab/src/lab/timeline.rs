@@ -18,9 +18,12 @@ use tokio::sync::{oneshot, watch};
 
 use std::collections::HashMap;
 
-use super::chaos::{self, ChaosResult, Exempt, Fault, FaultTimes, Proxy, Revocations};
+use super::chaos::{
+    self, ChaosResult, Exempt, Fault, FaultTimes, Planned, Proxy, RevocationLog, Scope,
+    SequenceResult,
+};
 use super::metrics::Recorder;
-use super::report::{ScenarioResult, Timeline};
+use super::report::{FaultMark, ScenarioResult, Timeline};
 use super::subscribers::{self, Watched};
 use super::workload::{self, Shared};
 use super::{Break, Environment, LabConfig, Scenario};
@@ -60,38 +63,45 @@ pub(crate) async fn run<E: Environment>(
     config: &LabConfig,
     bar: &ProgressBar,
     env: &mut E,
-) -> Result<(ScenarioResult, Option<ChaosResult>), LabError> {
+) -> Result<(ScenarioResult, Option<Checked>), LabError> {
+    let planned = chaos::plan(
+        &scenario.faults(),
+        config.replicas,
+        !scenario.sequence.is_empty(),
+    );
     let mut proxies = Vec::new();
-    match scenario.fault {
-        Some(Fault::Cut) => {
-            let mut replace = Vec::new();
-            for backend in env.backends() {
-                let proxy = Proxy::start(backend.addr).await?;
-                let to = backend
-                    .arg
-                    .replace(&backend.host_port, &proxy.addr.to_string());
-                replace.push((backend.arg.clone(), to));
-                proxies.push(proxy);
+    for p in &planned {
+        match (p.fault, &p.victim, &p.adds) {
+            (Fault::Cut, Some(victim), _) => {
+                let mut replace = Vec::new();
+                for backend in env.backends() {
+                    let proxy = Proxy::start(backend.addr).await?;
+                    let to = backend
+                        .arg
+                        .replace(&backend.host_port, &proxy.addr.to_string());
+                    replace.push((backend.arg.clone(), to));
+                    proxies.push(proxy);
+                }
+                cluster.overrides.push(ReplicaOverride {
+                    id: victim.clone(),
+                    replace_args: replace,
+                    env: Vec::new(),
+                });
             }
-            cluster.overrides.push(ReplicaOverride {
-                id: chaos::VICTIM.to_owned(),
-                replace_args: replace,
-                env: Vec::new(),
-            });
+            (Fault::Clock, _, Some(skewed)) => {
+                let library = config.faketime.clone().unwrap_or_default();
+                cluster.overrides.push(ReplicaOverride {
+                    id: skewed.clone(),
+                    replace_args: Vec::new(),
+                    env: vec![
+                        ("LD_PRELOAD".to_owned(), library.display().to_string()),
+                        ("FAKETIME".to_owned(), CLOCK_AHEAD.to_owned()),
+                        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+                    ],
+                });
+            }
+            _ => {}
         }
-        Some(Fault::Clock) => {
-            let library = config.faketime.clone().unwrap_or_default();
-            cluster.overrides.push(ReplicaOverride {
-                id: format!("r{}", config.replicas + 1),
-                replace_args: Vec::new(),
-                env: vec![
-                    ("LD_PRELOAD".to_owned(), library.display().to_string()),
-                    ("FAKETIME".to_owned(), CLOCK_AHEAD.to_owned()),
-                    ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
-                ],
-            });
-        }
-        _ => {}
     }
     cluster.replicas = config.replicas;
     cluster.policy = scenario.policy;
@@ -128,7 +138,7 @@ pub(crate) async fn run<E: Environment>(
             config,
             bar,
             env,
-            proxies,
+            (planned, proxies),
         )
         .await
     }
@@ -157,19 +167,31 @@ struct Drive<'a> {
     chaos: Option<ChaosDrive>,
 }
 
-/// A fault's run in progress.
-struct ChaosDrive {
-    fault: Fault,
+/// A fault's window in progress.
+struct Window {
+    planned: Planned,
     times: FaultTimes,
     healed: bool,
     healed_at: Option<Duration>,
+    /// Whether the users were told to log in again (the clock fault).
+    relogin_sent: bool,
+}
+
+/// A chaos run in progress: one fault, or a sequence of them on this one cluster.
+struct ChaosDrive {
+    windows: Vec<Window>,
+    /// The window whose fault is due or in progress.
+    current: usize,
+    /// Faults in sequence: checked per window and for the whole run.
+    sequence: bool,
     proxies: Vec<Proxy>,
     exempt: Exempt,
     subscribers: Vec<tokio::task::JoinHandle<Watched>>,
     targets: watch::Sender<Option<HashMap<String, i64>>>,
-    revoker: tokio::task::JoinHandle<Revocations>,
-    /// The replica the clock fault added.
-    skewed: Option<String>,
+    revoker: tokio::task::JoinHandle<RevocationLog>,
+    /// Tells the users to log in again (a login of their own, not a forced one): sent
+    /// at the clock fault's start so that some log in through the skewed replica.
+    relogin: watch::Sender<u64>,
 }
 
 /// What the drive loop must do for the timeline, which needs the environment.
@@ -187,9 +209,9 @@ async fn drive<E: Environment>(
     config: &LabConfig,
     bar: &ProgressBar,
     env: &mut E,
-    proxies: Vec<Proxy>,
-) -> Result<(ScenarioResult, Option<ChaosResult>), LabError> {
-    let mut drive = Drive::start(scenario, cluster, base, config, bar, proxies).await?;
+    planned: (Vec<Planned>, Vec<Proxy>),
+) -> Result<(ScenarioResult, Option<Checked>), LabError> {
+    let mut drive = Drive::start(scenario, cluster, base, config, bar, planned).await?;
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
@@ -211,6 +233,12 @@ async fn drive<E: Environment>(
                         fault.as_str()
                     )));
                 }
+                // Ending every connection takes as long as the call: the fault lasts
+                // that long.
+                if fault == Fault::PostgresKill {
+                    let now = drive.recorder.now();
+                    drive.fault_ended(now);
+                }
             }
             Ok(Step::Heal(fault)) => {
                 if let Err(e) = env.heal(fault).await {
@@ -220,10 +248,7 @@ async fn drive<E: Environment>(
                     )));
                 }
                 let now = drive.recorder.now();
-                if let Some(c) = drive.chaos.as_mut() {
-                    c.times.end = Some(now);
-                    drive.timeline.fault_end = Some(now);
-                }
+                drive.fault_ended(now);
             }
             Err(e) => break Err(e),
         }
@@ -240,7 +265,7 @@ impl<'a> Drive<'a> {
         base: &str,
         config: &'a LabConfig,
         bar: &'a ProgressBar,
-        proxies: Vec<Proxy>,
+        (planned, proxies): (Vec<Planned>, Vec<Proxy>),
     ) -> Result<Drive<'a>, LabError> {
         let deadline = tokio::time::Instant::now() + config.setup_timeout;
         while !cluster.views().iter().all(|r| r.state == State::Up) {
@@ -280,10 +305,15 @@ impl<'a> Drive<'a> {
             seed: config.seed,
         });
         let (stop, stopped) = watch::channel(false);
+        let (relogin, relogins) = watch::channel(0u64);
         let users: Vec<_> = (0..config.users)
-            .map(|i| tokio::spawn(workload::User::new(shared.clone(), i, stopped.clone()).run()))
+            .map(|i| {
+                tokio::spawn(
+                    workload::User::new(shared.clone(), i, stopped.clone(), relogins.clone()).run(),
+                )
+            })
             .collect();
-        let chaos = scenario.fault.map(|fault| {
+        let chaos = (!planned.is_empty()).then(|| {
             let (targets, watching) = watch::channel(None);
             let subscribers =
                 chaos::subscriber_plan(config.users, shared.rooms.len(), config.replicas)
@@ -313,16 +343,24 @@ impl<'a> Drive<'a> {
                 stopped.clone(),
             ));
             ChaosDrive {
-                fault,
-                times: FaultTimes::default(),
-                healed: false,
-                healed_at: None,
+                windows: planned
+                    .into_iter()
+                    .map(|planned| Window {
+                        planned,
+                        times: FaultTimes::default(),
+                        healed: false,
+                        healed_at: None,
+                        relogin_sent: false,
+                    })
+                    .collect(),
+                current: 0,
+                sequence: !scenario.sequence.is_empty(),
                 proxies,
                 exempt,
                 subscribers,
                 targets,
                 revoker,
-                skewed: None,
+                relogin,
             }
         });
         Ok(Drive {
@@ -342,98 +380,166 @@ impl<'a> Drive<'a> {
         })
     }
 
-    /// The fault's timeline: start it at `phases.kill` once every user has been served
-    /// (or [`KILL_WAIT`] later), end it at `phases.add` (keeping the gap), stop at
-    /// `phases.stop` (keeping the gap); meanwhile note when the balancer took the
-    /// replica out.
+    /// Notes the end of the current window's fault.
+    fn fault_ended(&mut self, at: Duration) {
+        let Some(c) = self.chaos.as_mut() else { return };
+        let i = c.current;
+        c.windows[i].times.end = Some(at);
+        if let Some(mark) = self.timeline.faults.get_mut(i) {
+            mark.end = Some(at);
+        }
+        if i == 0 && !c.sequence {
+            self.timeline.fault_end = Some(at);
+        }
+    }
+
+    /// The faults' timeline. The first starts at `phases.kill` once every user has been
+    /// served (or [`KILL_WAIT`] later) and ends at `phases.add` (keeping the gap); each
+    /// later one (a sequence) starts once the one before has had its recovery time
+    /// (`phases.stop - phases.add`) and every replica has settled (up, or gone), and
+    /// lasts as long; the users stop after the last one's recovery time. Meanwhile it
+    /// notes when the balancer took the faulty replica out.
     fn chaos_tick(&mut self) -> Result<Step, LabError> {
         let t = self.recorder.now();
         self.show_progress(t);
         let phases = self.config.phases;
+        let (length, recovery) = (phases.add - phases.kill, phases.stop - phases.add);
         let views = self.cluster.views();
-        let Some(c) = self.chaos.as_mut() else {
+        let everyone = self.recorder.served_users() >= self.config.users;
+        let Some(c) = self.chaos.as_ref() else {
             return Ok(Step::Done);
         };
+        let i = c.current;
+        let previous_healed = i.checked_sub(1).and_then(|p| c.windows[p].healed_at);
+        let w = &c.windows[i];
+        let fault = w.planned.fault;
+        let victim = w.planned.victim.clone().unwrap_or_default();
         let failed = |what: &str, e: crate::replicas::ActionError| {
-            LabError::Timeline(format!("{what} {}: {e:?}", chaos::VICTIM))
+            LabError::Timeline(format!("{what} {victim}: {e:?}"))
         };
-        let Some(start) = c.times.start else {
-            let everyone = self.recorder.served_users() >= self.config.users;
-            if !(t >= phases.kill && (everyone || t >= phases.kill + KILL_WAIT)) {
+        let Some(start) = w.times.start else {
+            let due = match previous_healed {
+                None => t >= phases.kill && (everyone || t >= phases.kill + KILL_WAIT),
+                Some(healed) => {
+                    let settled = views
+                        .iter()
+                        .all(|r| matches!(r.state, State::Up | State::Dead));
+                    settled || t >= healed + recovery + KILL_WAIT
+                }
+            };
+            if !due {
                 return Ok(Step::Continue);
             }
-            self.timeline.users_served_at_kill = self.recorder.served_users();
+            if i == 0 {
+                self.timeline.users_served_at_kill = self.recorder.served_users();
+            }
             let mut step = Step::Continue;
-            match c.fault {
+            match fault {
                 Fault::Kill => drop(
                     self.cluster
-                        .kill(chaos::VICTIM)
+                        .kill(&victim)
                         .map_err(|e| failed("killing", e))?,
                 ),
                 Fault::Pause => drop(
                     self.cluster
-                        .pause(chaos::VICTIM)
+                        .pause(&victim)
                         .map_err(|e| failed("pausing", e))?,
                 ),
                 Fault::Drain => drop(
                     self.cluster
-                        .drain(chaos::VICTIM)
+                        .drain(&victim)
                         .map_err(|e| failed("draining", e))?,
                 ),
                 Fault::Cut => {
                     *c.exempt.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((chaos::VICTIM.to_owned(), None));
+                        Some((victim.clone(), None));
                     for proxy in &c.proxies {
                         proxy.cut();
                     }
                 }
-                Fault::RedisRestart | Fault::PostgresKill => step = Step::Inject(c.fault),
-                Fault::Clock => c.skewed = Some(self.cluster.add()?.id),
+                Fault::RedisRestart | Fault::PostgresKill => step = Step::Inject(fault),
+                Fault::Clock => {
+                    let added = self.cluster.add()?;
+                    if Some(&added.id) != w.planned.adds.as_ref() {
+                        return Err(LabError::Timeline(format!(
+                            "the clock fault added {} where {:?} was planned (with its clock moved)",
+                            added.id, w.planned.adds
+                        )));
+                    }
+                }
             }
             let now = self.recorder.now();
-            c.times.start = Some(now);
-            self.timeline.fault_start = Some(now);
+            let sequence = c.sequence;
+            let Some(c) = self.chaos.as_mut() else {
+                return Ok(Step::Done);
+            };
+            let w = &mut c.windows[i];
+            w.times.start = Some(now);
+            self.timeline.faults.push(FaultMark {
+                fault,
+                victim: w.planned.victim.clone().or(w.planned.adds.clone()),
+                start: Some(now),
+                end: None,
+            });
+            if i == 0 && !sequence {
+                self.timeline.fault_start = Some(now);
+            }
             if matches!(
-                c.fault,
+                fault,
                 Fault::Drain | Fault::RedisRestart | Fault::PostgresKill | Fault::Clock
             ) {
-                c.times.detected = Some(now);
-            }
-            if c.fault == Fault::PostgresKill {
-                c.times.end = Some(now);
-                self.timeline.fault_end = Some(now);
+                w.times.detected = Some(now);
             }
             return Ok(step);
         };
+        let Some(c) = self.chaos.as_mut() else {
+            return Ok(Step::Done);
+        };
+        let w = &mut c.windows[i];
         // Detection: the balancer no longer sends the replica requests.
-        if c.times.detected.is_none() {
-            let out = views
+        let state = views.iter().find(|r| r.id == victim).map(|r| r.state);
+        if w.times.detected.is_none() && matches!(state, Some(State::Down | State::Dead)) {
+            w.times.detected = Some(t);
+        }
+        // The clock fault: once the skewed replica is up (or halfway through, should
+        // it never be), every user logs in again; round-robin sends about one login in
+        // N+1 to the skewed replica, whose tokens the others are then shown, which is
+        // what the fault is about.
+        if fault == Fault::Clock && !w.relogin_sent {
+            let skewed_up = views
                 .iter()
-                .any(|r| r.id == chaos::VICTIM && matches!(r.state, State::Down | State::Dead));
-            if out {
-                c.times.detected = Some(t);
+                .any(|r| Some(&r.id) == w.planned.adds.as_ref() && r.state == State::Up);
+            if skewed_up || t >= start + length / 2 {
+                w.relogin_sent = true;
+                c.relogin.send_modify(|n| *n += 1);
             }
         }
-        let victim_dead = views
-            .iter()
-            .any(|r| r.id == chaos::VICTIM && r.state == State::Dead);
-        if matches!(c.fault, Fault::Kill | Fault::Drain) && victim_dead && c.times.end.is_none() {
-            c.times.end = Some(t);
-            self.timeline.fault_end = Some(t);
+        if matches!(fault, Fault::Kill | Fault::Drain)
+            && state == Some(State::Dead)
+            && w.times.end.is_none()
+        {
+            self.fault_ended(t);
         }
-        if !c.healed {
-            if t < phases.add.max(start + (phases.add - phases.kill)) {
+        let Some(c) = self.chaos.as_mut() else {
+            return Ok(Step::Done);
+        };
+        let w = &mut c.windows[i];
+        if !w.healed {
+            let due = start + length;
+            let due = if i == 0 { due.max(phases.add) } else { due };
+            if t < due {
                 return Ok(Step::Continue);
             }
-            c.healed = true;
+            w.healed = true;
             let now = self.recorder.now();
+            w.healed_at = Some(now);
             let mut end = Some(now);
             let mut step = Step::Continue;
-            match c.fault {
+            match fault {
                 Fault::Pause => {
                     drop(
                         self.cluster
-                            .resume(chaos::VICTIM)
+                            .resume(&victim)
                             .map_err(|e| failed("resuming", e))?,
                     );
                 }
@@ -443,31 +549,46 @@ impl<'a> Drive<'a> {
                     }
                     // Tokens revoked while it was cut off: its bound runs from the link's
                     // return (its next upkeep read).
-                    *c.exempt.lock().unwrap_or_else(|e| e.into_inner()) = Some((
-                        chaos::VICTIM.to_owned(),
-                        Some(now + chaos::REVOCATION_BOUND),
-                    ));
+                    *c.exempt.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((victim.clone(), Some(now + chaos::REVOCATION_BOUND)));
                 }
                 Fault::RedisRestart => {
                     end = None;
-                    step = Step::Heal(c.fault);
+                    step = Step::Heal(fault);
                 }
                 Fault::Clock => {
-                    if let Some(id) = &c.skewed {
+                    if let Some(id) = &w.planned.adds {
                         let _ = self.cluster.drain(id);
                     }
                 }
-                Fault::Kill | Fault::Drain | Fault::PostgresKill => end = c.times.end,
+                Fault::Kill | Fault::Drain | Fault::PostgresKill => {
+                    end = w.times.end;
+                    // In a sequence the replica is replaced, so that the next fault finds
+                    // as many as the first did.
+                    if let Some(planned) = &w.planned.adds {
+                        let added = self.cluster.add()?;
+                        if &added.id != planned {
+                            return Err(LabError::Timeline(format!(
+                                "added {} to replace {victim} where {planned} was planned",
+                                added.id
+                            )));
+                        }
+                    }
+                }
             }
-            if end.is_some() {
-                c.times.end = end;
-                self.timeline.fault_end = end;
+            if let Some(end) = end {
+                self.fault_ended(end);
             }
-            c.healed_at = Some(now);
             return Ok(step);
         }
-        let healed_at = c.healed_at.unwrap_or(t);
-        if t >= phases.stop.max(healed_at + (phases.stop - phases.add)) {
+        let healed_at = w.healed_at.unwrap_or(t);
+        let due = healed_at + recovery;
+        let due = if i == 0 { due.max(phases.stop) } else { due };
+        if t >= due {
+            if i + 1 < c.windows.len() {
+                c.current += 1;
+                return Ok(Step::Continue);
+            }
             self.timeline.stop = Some(self.recorder.now());
             return Ok(Step::Done);
         }
@@ -576,7 +697,7 @@ impl<'a> Drive<'a> {
     async fn finish(
         self,
         outcome: Result<(), LabError>,
-    ) -> Result<(ScenarioResult, Option<ChaosResult>), LabError> {
+    ) -> Result<(ScenarioResult, Option<Checked>), LabError> {
         let _ = self.stop.send(true);
         self.bar.set_message("stopping the users");
         for user in self.users {
@@ -588,25 +709,17 @@ impl<'a> Drive<'a> {
         }
         if let (Some(c), Err(_)) = (&self.chaos, &outcome) {
             // A paused replica must not outlive a failed run frozen.
-            if c.fault == Fault::Pause {
-                let _ = self.cluster.resume(chaos::VICTIM);
+            for w in &c.windows {
+                if let (Fault::Pause, Some(victim)) = (w.planned.fault, &w.planned.victim) {
+                    let _ = self.cluster.resume(victim);
+                }
             }
         }
         outcome?;
         let checked = match self.chaos {
             Some(c) => {
                 self.bar.set_message("checking the invariants");
-                Some(
-                    check(
-                        c,
-                        self.cluster,
-                        &self.shared,
-                        self.scenario,
-                        self.config,
-                        &self.recorder,
-                    )
-                    .await?,
-                )
+                Some(check(c, self.cluster, &self.shared, self.scenario, self.config).await?)
             }
             None => None,
         };
@@ -626,35 +739,117 @@ impl<'a> Drive<'a> {
     }
 }
 
+/// What a chaos run's checks found: one fault's, or a sequence's.
+#[derive(Debug)]
+pub(crate) enum Checked {
+    Alone(ChaosResult),
+    Sequence(SequenceResult),
+}
+
+/// One window as the checker reads it.
+struct CheckedWindow {
+    planned: Planned,
+    times: FaultTimes,
+    notes: Vec<String>,
+}
+
 /// What the checker gathered before the recorder is finished.
 struct Gathered {
-    fault: Fault,
-    times: FaultTimes,
+    windows: Vec<CheckedWindow>,
+    sequence: bool,
     histories: HashMap<String, chaos::History>,
     watched: Vec<Watched>,
-    revocations: Revocations,
+    revocations: RevocationLog,
     scenario: String,
     notes: Vec<String>,
 }
 
 impl Gathered {
-    fn finish(self, recorded: &super::metrics::Recorded, config: &LabConfig) -> ChaosResult {
-        let result = chaos::check(
-            &chaos::Evidence {
-                fault: self.fault,
-                times: self.times,
-                log: &recorded.log,
-                acked: &recorded.acked,
-                histories: &self.histories,
-                watched: &self.watched,
-                revocations: &self.revocations,
-                broken_on_purpose: config.chaos_break,
-            },
-            &self.scenario,
-        );
-        let mut result = result;
-        result.notes.extend(self.notes);
-        result
+    fn finish(self, recorded: &super::metrics::Recorded, config: &LabConfig) -> Checked {
+        let whole_revocations = self.revocations.within(Duration::ZERO, Duration::MAX);
+        let evidence = |w: &CheckedWindow| chaos::Evidence {
+            fault: w.planned.fault,
+            times: w.times,
+            log: &recorded.log,
+            acked: &recorded.acked,
+            histories: &self.histories,
+            watched: &self.watched,
+            revocations: &whole_revocations,
+            broken_on_purpose: config.chaos_break,
+            scope: Scope::Run,
+            next_fault: None,
+        };
+        let with_notes = |mut result: ChaosResult, w: &CheckedWindow, notes: &[String]| {
+            result.victim = w.planned.victim.clone().or(w.planned.adds.clone());
+            result.notes.extend(w.notes.iter().cloned());
+            result.notes.extend(notes.iter().cloned());
+            result
+        };
+        let Some(first) = self.windows.first() else {
+            unreachable!("a chaos run has a fault")
+        };
+        let whole = chaos::check(&evidence(first), &self.scenario);
+        if !self.sequence {
+            return Checked::Alone(with_notes(whole, first, &self.notes));
+        }
+        // Window i runs from its fault's start (the first from the users' start) to the
+        // next fault's start (the last to the end of the run).
+        let starts: Vec<Duration> = self
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    Duration::ZERO
+                } else {
+                    w.times.start.unwrap_or(Duration::MAX)
+                }
+            })
+            .collect();
+        let windows = self
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let (from, to) = (
+                    starts[i],
+                    starts.get(i + 1).copied().unwrap_or(Duration::MAX),
+                );
+                let inside = |at: Duration| at >= from && at < to;
+                let log: Vec<_> = recorded
+                    .log
+                    .iter()
+                    .filter(|l| inside(l.started))
+                    .cloned()
+                    .collect();
+                let acked: Vec<_> = recorded
+                    .acked
+                    .iter()
+                    .filter(|a| inside(a.at))
+                    .cloned()
+                    .collect();
+                let revocations = self.revocations.within(from, to);
+                let result = chaos::check(
+                    &chaos::Evidence {
+                        log: &log,
+                        acked: &acked,
+                        revocations: &revocations,
+                        scope: Scope::Window,
+                        next_fault: self.windows.get(i + 1).map(|n| (n.planned.fault, to)),
+                        ..evidence(w)
+                    },
+                    &self.scenario,
+                );
+                with_notes(result, w, &[])
+            })
+            .collect();
+        let faults = self.windows.iter().map(|w| w.planned.fault).collect();
+        let mut whole = whole;
+        // The run's own notes, and which subscribers were damaged; a failure is listed
+        // in its window.
+        whole.notes.retain(|n| n.starts_with("subscriber of room"));
+        whole.notes.extend(self.notes);
+        Checked::Sequence(SequenceResult::new(self.scenario, faults, windows, whole))
     }
 }
 
@@ -666,9 +861,7 @@ async fn check(
     shared: &Shared,
     scenario: &Scenario,
     config: &LabConfig,
-    recorder: &Recorder,
 ) -> Result<Gathered, LabError> {
-    let _ = recorder;
     let views = cluster.views();
     let served = |id: &str| {
         views
@@ -685,44 +878,70 @@ async fn check(
         cluster.config.health_interval.as_millis(),
         edge.upstream_timeout.as_secs_f64()
     )];
-    match c.fault {
-        Fault::Clock => {
-            if let Some(id) = &c.skewed {
-                notes.push(format!(
-                    "{id} ran with its clock {CLOCK_AHEAD} ahead (libfaketime) and was sent {} \
-                     requests before its drain.",
-                    served(id)
-                ));
-            }
-        }
-        Fault::Cut => {
-            notes.push(format!(
-                "{} reached {} through the lab's proxy, which dropped its connections and \
-                 refused new ones from the start to the end.",
-                chaos::VICTIM,
-                if c.proxies.len() > 1 {
-                    "PostgreSQL and Redis"
-                } else {
-                    "PostgreSQL"
-                }
-            ));
-        }
-        Fault::RedisRestart => notes.push(
-            "The Redis killed (SIGKILL) and started again, empty, was the scenario's own \
-             redis-server."
-                .to_owned(),
-        ),
-        Fault::PostgresKill => notes.push(
-            "Every connection to the scenario's own database was ended \
-             (pg_terminate_backend); the server itself was not restarted."
-                .to_owned(),
-        ),
-        _ => {}
+    if c.sequence {
+        notes.push(format!(
+            "The faults ran one after another on this one cluster and store, under the same \
+             users: {}. A replica killed or drained was replaced at its fault's end.",
+            c.windows
+                .iter()
+                .map(|w| match (&w.planned.victim, &w.planned.adds) {
+                    (Some(v), _) => format!("{} of {v}", w.planned.fault.as_str()),
+                    (None, Some(a)) => format!("{} ({a} added)", w.planned.fault.as_str()),
+                    (None, None) => w.planned.fault.as_str().to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     if let Some(b) = config.chaos_break {
         notes.push(format!(
             "BROKEN ON PURPOSE (--chaos-break {b:?}): this run tests the checker."
         ));
+    }
+    let mut windows = Vec::new();
+    let mut skewed = Vec::new();
+    for w in c.windows {
+        let victim = w.planned.victim.clone().unwrap_or_default();
+        let mut own = Vec::new();
+        match w.planned.fault {
+            Fault::Clock => {
+                if let Some(id) = &w.planned.adds {
+                    own.push(format!(
+                        "{id} ran with its clock {CLOCK_AHEAD} ahead (libfaketime) and was sent \
+                         {} requests before its drain; the users logged in again at its start.",
+                        served(id)
+                    ));
+                    skewed.push(id.clone());
+                }
+            }
+            Fault::Cut => {
+                own.push(format!(
+                    "{victim} reached {} through the lab's proxy, which dropped its connections \
+                     and refused new ones from the start to the end.",
+                    if c.proxies.len() > 1 {
+                        "PostgreSQL and Redis"
+                    } else {
+                        "PostgreSQL"
+                    }
+                ));
+            }
+            Fault::RedisRestart => own.push(
+                "The Redis killed (SIGKILL) and started again, empty, was the scenario's own \
+                 redis-server."
+                    .to_owned(),
+            ),
+            Fault::PostgresKill => own.push(
+                "Every connection to the scenario's own database was ended \
+                 (pg_terminate_backend); the server itself was not restarted."
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        windows.push(CheckedWindow {
+            planned: w.planned,
+            times: w.times,
+            notes: own,
+        });
     }
     // Every proxy restored, so that the store is read through a replica that reaches it.
     for proxy in &c.proxies {
@@ -733,7 +952,7 @@ async fn check(
         let replica = cluster
             .views()
             .into_iter()
-            .find(|r| r.state == State::Up && Some(r.id.as_str()) != c.skewed.as_deref())
+            .find(|r| r.state == State::Up && !skewed.contains(&r.id))
             .and_then(|r| r.port);
         let attempt = match replica {
             Some(port) => {
@@ -770,8 +989,8 @@ async fn check(
         .await
         .map_err(|e| LabError::Timeline(format!("the revoker: {e}")))?;
     Ok(Gathered {
-        fault: c.fault,
-        times: c.times,
+        windows,
+        sequence: c.sequence,
         histories,
         watched,
         revocations,

@@ -331,6 +331,9 @@ pub(crate) struct User {
     last_seq: i64,
     sent: u64,
     stop: watch::Receiver<bool>,
+    /// Bumped when every user is to log in again of its own accord (not a forced
+    /// re-login): the clock fault's workload.
+    relogin: watch::Receiver<u64>,
 }
 
 /// What a turn asks of the loop.
@@ -342,7 +345,12 @@ enum Next {
 }
 
 impl User {
-    pub(crate) fn new(shared: Arc<Shared>, index: usize, stop: watch::Receiver<bool>) -> User {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        index: usize,
+        stop: watch::Receiver<bool>,
+        relogin: watch::Receiver<u64>,
+    ) -> User {
         let room = shared.rooms[index % shared.rooms.len()].clone();
         let rng = Rng::new(shared.seed, index as u64);
         User {
@@ -357,6 +365,7 @@ impl User {
             last_seq: 0,
             sent: 0,
             stop,
+            relogin,
         }
     }
 
@@ -370,6 +379,10 @@ impl User {
         loop {
             if *self.stop.borrow() {
                 return;
+            }
+            if self.relogin.has_changed().unwrap_or(false) {
+                self.relogin.borrow_and_update();
+                self.session = None;
             }
             let next = match &self.session {
                 None => self.login().await,
@@ -510,6 +523,7 @@ impl User {
         if let (Outcome::Ok, Some(client_id), Ok(a)) = (outcome, client_id, &answer) {
             if let Some(seq) = a.body["seq"].as_i64() {
                 recorder.acked(super::metrics::Ack {
+                    at: started,
                     room: room.clone(),
                     client_id,
                     seq,

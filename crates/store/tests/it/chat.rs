@@ -501,3 +501,70 @@ async fn a_nul_the_database_refuses_is_bad_input(db: TestDb) {
         assert!(!refused.is_unavailable(), "{refused}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+async fn postgres_a_batch_whose_connection_the_server_ends_is_tried_once_more() {
+    // herd lab --chaos postgres-kill: sends in flight when every connection was ended
+    // (pg_terminate_backend, as a restart would) got 503. The batch is tried once more
+    // on a fresh connection, which its client ids make safe.
+    harness::run(harness::Kind::Postgres, |db: TestDb| async move {
+        use sqlx::{Connection as _, Executor as _, Row as _};
+        let store = db.connect().await;
+        let ada = harness::user(&store, "ada").await;
+        store
+            .create_room("r-kill", "kill", &ada.id, NOW)
+            .await
+            .expect("room");
+        // Another connection holds the room's row, so the post waits inside its
+        // transaction, where the server then ends its connection.
+        let mut holder = db.postgres_connection().await;
+        holder.execute("BEGIN").await.expect("begin");
+        holder
+            .execute("SELECT 1 FROM rooms WHERE id = 'r-kill' FOR UPDATE")
+            .await
+            .expect("lock the room");
+        let posting = {
+            let store = store.clone();
+            let ada = ada.id.clone();
+            tokio::spawn(async move {
+                store
+                    .post_message("r-kill", "m-kill-1", &ada, "hello", "c-kill-1", NOW)
+                    .await
+            })
+        };
+        let mut admin = db.postgres_connection().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let waiting: i32 = loop {
+            let row = admin
+                .fetch_optional(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+                )
+                .await
+                .expect("pg_stat_activity");
+            if let Some(row) = row {
+                break row.get(0);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the post never waited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        admin
+            .execute(sqlx::query("SELECT pg_terminate_backend($1)").bind(waiting))
+            .await
+            .expect("terminate");
+        holder.execute("COMMIT").await.expect("commit");
+        let posted = posting.await.expect("the post's task");
+        match posted {
+            Ok(Posted::New(m)) => assert_eq!(m.seq, 1),
+            other => panic!("the post was not saved: {other:?}"),
+        }
+        assert_eq!(seqs(&store, "r-kill").await, [1]);
+        let _ = admin.close().await;
+        let _ = holder.close().await;
+    })
+    .await;
+}

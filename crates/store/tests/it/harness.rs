@@ -130,6 +130,16 @@ impl TestDb {
         done.unwrap_or_else(|e| panic!("running {sql:?}: {e}"));
     }
 
+    /// A connection of its own to this PostgreSQL database (panics on SQLite).
+    pub async fn postgres_connection(&self) -> PgConnection {
+        assert_eq!(
+            self.kind,
+            Kind::Postgres,
+            "a PostgreSQL connection on SQLite"
+        );
+        PgConnection::connect(&self.url).await.expect("connecting")
+    }
+
     /// This backend's text of `migration`.
     pub fn migration_sql(&self, migration: &Migration) -> &'static str {
         match self.kind {

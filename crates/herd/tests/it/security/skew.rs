@@ -249,3 +249,70 @@ async fn a_replica_behind_a_new_keys_start_cannot_sign_until_its_clock_gets_ther
         "the operator is told why"
     );
 }
+
+/// Asks `/readyz` of `replica` until `done` holds of its status and body (each answer
+/// is a fresh look; the bound is what a slow machine needs to start three replicas).
+async fn readyz_until(replica: &Replica, done: impl Fn(StatusCode, &str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(answer) = reqwest::get(replica.url("/readyz")).await {
+            let status = answer.status();
+            last = answer.text().await.unwrap_or_default();
+            if done(status, &last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{}'s /readyz never got there; last answer: {last}",
+        replica.id
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs libfaketime: set HERD_TEST_FAKETIME to libfaketime.so.1's path"]
+async fn a_replica_whose_clock_is_off_from_most_of_its_peers_is_unready_and_issues_no_tokens() {
+    // Before herd compared clocks, a replica 60 s ahead served logins behind the
+    // balancer, and its tokens were refused elsewhere (`issued_in_future`) for 55 s:
+    // users logged out (herd lab --chaos clock, which now logs users in during the
+    // fault). Now it hears its peers' clocks in their announcements on the bus and steps
+    // out of rotation; the two whose clocks agree stay in.
+    let library = required_env("HERD_TEST_FAKETIME", IGNORED);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = crate::common::database(&dir);
+    let flags = ["--issuer", SHARED_ISSUER];
+    let fake = [
+        ("LD_PRELOAD", library.as_str()),
+        ("FAKETIME", "+60"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let a = Replica::start("a", &database, &flags);
+    let b = Replica::start("b", &database, &flags);
+    let skewed = Replica::start_with_env("skewed", &database, &flags, &fake);
+    a.signup("alice").await;
+
+    let why = readyz_until(&skewed, |status, body| {
+        status == StatusCode::SERVICE_UNAVAILABLE && body.contains("clock is")
+    })
+    .await;
+    assert!(why.contains("60 s ahead of 2 of its 2 live peers"), "{why}");
+    let login = reqwest::Client::new()
+        .post(skewed.url("/v1/auth/login"))
+        .json(&serde_json::json!({ "username": "alice", "password": super::PASSWORD }))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(login
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("issues no tokens"));
+
+    for sane in [&a, &b] {
+        readyz_until(sane, |status, _| status == StatusCode::OK).await;
+        assert!(sane.login("alice").await["access_token"].is_string());
+    }
+}
