@@ -6,7 +6,11 @@
 #      RATE a second, subscribers of the room on replica B receive them; latency is the
 #      receive instant minus the send instant, both read from one clock in chatbench.
 #      Over the Redis bus, and over the SQL tail (both replicas on one SQLite file) at
-#      each poll interval of POLL_INTERVALS.
+#      each poll interval of POLL_INTERVALS. Each latency run also reports where the
+#      time went: the replicas' own stage histograms (`herd_chat_stage_seconds` in
+#      /metrics: commit queue, commit, announce queue, publish on A; fan-out and write
+#      on B), read by chatbench at the end of the warm-up and at the end of the run, and
+#      the cores of herd A, herd B, Redis, PostgreSQL (with its backends) and chatbench.
 #   2. delivered messages a second per core: one replica, TP_SUBSCRIBERS subscribers of a
 #      room, one sender as fast as they keep up; frames delivered to all subscribers a
 #      second, divided by the cores the server process used meanwhile (its utime + stime
@@ -495,7 +499,8 @@ for config in lat_configs:
         r = load(f"latency-{config}-{n}.json")
         cpu = r["cpu"]
         a, b = (cpu["server_cores"] + [None, None])[:2]
-        cores = " / ".join("n/a" if c is None else f"{c:.2f}" for c in (a, b, cpu["also_cores"], cpu["generator_cores"], cpu["other_cores"]))
+        redis = (cpu.get("also_each_cores") or [cpu["also_cores"]])[0]
+        cores = " / ".join("n/a" if c is None else f"{c:.2f}" for c in (a, b, redis, cpu["generator_cores"], cpu["other_cores"]))
         expected = r["measured_messages"] * r["subscribers"]
         p(f"| {label(config)} | {n} | {ms(r['p50_us'])} | {ms(r['p90_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {ms(r['max_us'])} | {ms(r['ack_p50_us'])} / {ms(r['ack_p99_us'])} | {num(r['achieved_rate'] or 0)} | {num(r['samples'])} / {num(expected)} | {cores} |")
 problems = []
@@ -518,8 +523,8 @@ for config in lat_configs:
             problems.append(f"{label(config)}, {n} subscribers: " + "; ".join(what))
 p("")
 p("cores = CPU time over the run ÷ its wall time; other work = the machine's busy time")
-p("minus herd's, Redis's and chatbench's (someone else's processes, and PostgreSQL's")
-p("backends, which are children of its postmaster and not counted with it: noise).")
+p("minus herd's, Redis's, PostgreSQL's (its postmaster and every backend, whoever's) and")
+p("chatbench's: someone else's processes (builds, tests), and the kernel's softirq threads.")
 if problems:
     p("Not clean (4008 = the subscriber's outbound queue filled: the server cut it off, and")
     p("it would resume from its last seq):")

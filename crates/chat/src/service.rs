@@ -370,6 +370,24 @@ impl Chat {
         }
     }
 
+    /// [`announce`](Chat::announce)s `messages`, all of one room, in order, in one
+    /// exchange with the bus (one round trip on Redis, not one a message).
+    pub(crate) async fn announce_all(&self, room: &RoomId, messages: &[Message]) {
+        let mut payloads = Vec::with_capacity(messages.len());
+        for message in messages {
+            match serde_json::to_vec(message) {
+                Ok(payload) => payloads.push(payload),
+                Err(e) => {
+                    tracing::warn!(room = %message.room, seq = %message.seq, error = %e, "could not encode a message");
+                }
+            }
+        }
+        if let Err(e) = self.bus.publish_all(&topic(room), &payloads).await {
+            let (first, last) = (messages.first(), messages.last());
+            tracing::warn!(room = %room, first = ?first.map(|m| m.seq), last = ?last.map(|m| m.seq), error = %e, "could not announce messages");
+        }
+    }
+
     /// At most `limit` messages of `room` after `after`, ascending; members only.
     pub async fn history(
         &self,

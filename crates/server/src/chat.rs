@@ -1010,8 +1010,12 @@ impl Handler {
     }
 }
 
-/// Sends a connection may have waiting for their commit, at most.
-const SENDS_IN_FLIGHT: usize = 64;
+/// Sends a connection may have waiting for their commit, at most: as many as one commit
+/// takes ([`herd_chat::MAX_BATCH`]). A socket's sends go no faster than this many a
+/// commit cycle, so a smaller window caps one sender at window ÷ commit time: 64 at
+/// PostgreSQL commits of 75 ms on a loaded machine was 850 a second, below the 1,000
+/// offered, and the rest queued in the socket without bound (docs/benchmarks.md).
+const SENDS_IN_FLIGHT: usize = herd_chat::MAX_BATCH;
 
 /// What answers a send: its outcome once committed, or a refusal queued behind the
 /// answers of earlier sends.
