@@ -123,7 +123,11 @@ impl Redis {
 
     /// Every payload's `PUBLISH` in one pipeline: one round trip for a batch. Redis
     /// runs a connection's commands in order, so they are delivered in order.
-    pub(crate) async fn publish_all(&self, topic: &str, payloads: &[Vec<u8>]) -> Result<(), BusError> {
+    pub(crate) async fn publish_all(
+        &self,
+        topic: &str,
+        payloads: &[Vec<u8>],
+    ) -> Result<(), BusError> {
         if payloads.is_empty() {
             return Ok(());
         }
@@ -131,7 +135,10 @@ impl Redis {
         let channel = channel(topic);
         let mut pipe = redis::pipe();
         for payload in payloads {
-            pipe.cmd("PUBLISH").arg(&channel).arg(payload.as_slice()).ignore();
+            pipe.cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload.as_slice())
+                .ignore();
         }
         within(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await?;
         Ok(())

@@ -7,7 +7,8 @@
 //! most [`MAX_BATCH`] at a time, with [`Store::post_messages`](herd_store::Store::post_messages),
 //! until nothing is left; posts that arrive meanwhile go in the next batch. Under light
 //! load a batch is one post, committed at once; under heavy load the batches grow, and
-//! so does the rate a room takes.
+//! so does the rate a room takes. A batch is announced in one exchange with the bus (one
+//! Redis pipeline), so announcing does not cap a room at one round trip a message either.
 //!
 //! What a post promises is unchanged: it is answered only once its commit is durable and
 //! the message announced (or with the error that failed the batch, which then wrote
@@ -176,7 +177,9 @@ async fn commit(
                 let _ = job.answer.send((result, Some(token)));
             }
             let chat = chat.clone();
-            Some(tokio::spawn(announce(chat, before, passed, fresh, committed)))
+            Some(tokio::spawn(announce(
+                chat, before, passed, fresh, committed,
+            )))
         }
         // One post the store refused fails the batch: each goes alone, so it fails alone.
         Err(e) if e.is_bad_input() && jobs.len() > 1 => {

@@ -16,7 +16,8 @@ pub enum Stage {
     /// From the commit's end to the start of its announcement: the wait for its poster
     /// to pass the answer on, and for the batch before to be announced.
     AnnounceQueue,
-    /// Publishing it on the bus (for Redis, one `PUBLISH` round trip).
+    /// Publishing its batch on the bus (on Redis, one pipeline of `PUBLISH`es: one round
+    /// trip for the batch).
     Publish,
 }
 

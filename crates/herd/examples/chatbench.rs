@@ -280,7 +280,13 @@ impl CpuWindow {
             ticks: pids
                 .iter()
                 .enumerate()
-                .map(|(i, p)| if i < servers.len() { cpu_ticks(*p) } else { tree_ticks(*p) })
+                .map(|(i, p)| {
+                    if i < servers.len() {
+                        cpu_ticks(*p)
+                    } else {
+                        tree_ticks(*p)
+                    }
+                })
                 .collect(),
             pids,
             servers: servers.len(),
@@ -305,7 +311,11 @@ impl CpuWindow {
             .zip(&self.ticks)
             .enumerate()
             .map(|(i, (pid, before))| {
-                let now = if i < self.servers { cpu_ticks(*pid) } else { tree_ticks(*pid) };
+                let now = if i < self.servers {
+                    cpu_ticks(*pid)
+                } else {
+                    tree_ticks(*pid)
+                };
                 cores(*before, now)
             })
             .collect();
@@ -341,7 +351,11 @@ fn tree_ticks(pid: u32) -> Option<u64> {
     let own = cpu_ticks(pid)?;
     let mut children = 0;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
@@ -730,7 +744,11 @@ impl Hist {
                     return Some(lower.0);
                 }
                 let within = cumulative - lower.1;
-                let share = if within > 0.0 { (rank - lower.1) / within } else { 1.0 };
+                let share = if within > 0.0 {
+                    (rank - lower.1) / within
+                } else {
+                    1.0
+                };
                 return Some(lower.0 + (bound - lower.0) * share);
             }
             lower = (bound, cumulative);

@@ -615,7 +615,8 @@ async fn write(
         let Some(first) = out else {
             return;
         };
-        match tokio::time::timeout(deadline, send_queued(&mut sink, &mut rx, first, &metrics)).await {
+        match tokio::time::timeout(deadline, send_queued(&mut sink, &mut rx, first, &metrics)).await
+        {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {

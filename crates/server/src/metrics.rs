@@ -40,8 +40,8 @@ const BUCKETS: [f64; 14] = [
 /// Upper bounds of the chat stage buckets, in seconds: finer than the requests', since a
 /// stage of a message that should arrive within 10 ms takes well under one.
 const STAGE_BUCKETS: [f64; 17] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 /// Upper bounds of the posts-per-commit buckets.
@@ -202,8 +202,7 @@ impl Default for Metrics {
         let stages = Family::<StageLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             stage_histogram,
         );
-        let chat_stages =
-            STAGES.map(|stage| stages.get_or_create(&StageLabels { stage }).clone());
+        let chat_stages = STAGES.map(|stage| stages.get_or_create(&StageLabels { stage }).clone());
         registry.register(
             "herd_chat_stage_seconds",
             "Time a live chat message spent in each stage, on the replica that took it \
@@ -391,5 +390,37 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn every_chat_stage_is_a_series_named_as_chat_names_it() {
+        use herd_chat::Timings as _;
+        let metrics = Metrics::default();
+        for stage in herd_chat::Stage::ALL {
+            assert_eq!(STAGES[stage_index(stage)], stage.as_str());
+            metrics.stage(stage, Duration::from_micros(300));
+        }
+        metrics.record_delivery(DeliveryStage::Fanout, Duration::from_millis(3));
+        metrics.record_delivery(DeliveryStage::Write, Duration::from_secs(20));
+        metrics.batch(17);
+        let text = metrics.render(0);
+        for stage in ["commit_queue", "commit", "announce_queue", "publish"] {
+            let line =
+                format!(r#"herd_chat_stage_seconds_bucket{{stage="{stage}",le="0.0005"}} 1"#);
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for line in [
+            "# TYPE herd_chat_stage_seconds histogram",
+            r#"herd_chat_stage_seconds_bucket{stage="fanout",le="0.0025"} 0"#,
+            r#"herd_chat_stage_seconds_bucket{stage="fanout",le="0.005"} 1"#,
+            r#"herd_chat_stage_seconds_bucket{stage="write",le="10.0"} 0"#,
+            r#"herd_chat_stage_seconds_count{stage="write"} 1"#,
+            "# TYPE herd_chat_commit_posts histogram",
+            r#"herd_chat_commit_posts_bucket{le="16.0"} 0"#,
+            r#"herd_chat_commit_posts_bucket{le="32.0"} 1"#,
+            "herd_chat_commit_posts_sum 17.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -64,7 +64,9 @@ async fn a_batch_published_at_once_arrives_in_order_between_its_neighbours(r: Re
     let batch: Vec<Vec<u8>> = (0..100).map(|i| format!("m{i}").into_bytes()).collect();
     r.a.publish(&topic, b"before").await.expect("publishing");
     r.a.publish_all(&topic, &batch).await.expect("publishing");
-    r.a.publish_all(&topic, &[]).await.expect("publishing nothing");
+    r.a.publish_all(&topic, &[])
+        .await
+        .expect("publishing nothing");
     r.a.publish(&topic, b"after").await.expect("publishing");
 
     let mut expected = vec![b"before".to_vec()];
