@@ -406,14 +406,14 @@ mod tests {
         let text = metrics.render(0);
         for stage in ["commit_queue", "commit", "announce_queue", "publish"] {
             let line =
-                format!(r#"herd_chat_stage_seconds_bucket{{stage="{stage}",le="0.0005"}} 1"#);
+                format!(r#"herd_chat_stage_seconds_bucket{{le="0.0005",stage="{stage}"}} 1"#);
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         for line in [
             "# TYPE herd_chat_stage_seconds histogram",
-            r#"herd_chat_stage_seconds_bucket{stage="fanout",le="0.0025"} 0"#,
-            r#"herd_chat_stage_seconds_bucket{stage="fanout",le="0.005"} 1"#,
-            r#"herd_chat_stage_seconds_bucket{stage="write",le="10.0"} 0"#,
+            r#"herd_chat_stage_seconds_bucket{le="0.0025",stage="fanout"} 0"#,
+            r#"herd_chat_stage_seconds_bucket{le="0.005",stage="fanout"} 1"#,
+            r#"herd_chat_stage_seconds_bucket{le="10.0",stage="write"} 0"#,
             r#"herd_chat_stage_seconds_count{stage="write"} 1"#,
             "# TYPE herd_chat_commit_posts histogram",
             r#"herd_chat_commit_posts_bucket{le="16.0"} 0"#,
