@@ -6,7 +6,11 @@
 #      RATE a second, subscribers of the room on replica B receive them; latency is the
 #      receive instant minus the send instant, both read from one clock in chatbench.
 #      Over the Redis bus, and over the SQL tail (both replicas on one SQLite file) at
-#      each poll interval of POLL_INTERVALS.
+#      each poll interval of POLL_INTERVALS. Each latency run also reports where the
+#      time went: the replicas' own stage histograms (`herd_chat_stage_seconds` in
+#      /metrics: commit queue, commit, announce queue, publish on A; fan-out and write
+#      on B), read by chatbench at the end of the warm-up and at the end of the run, and
+#      the cores of herd A, herd B, Redis, PostgreSQL (with its backends) and chatbench.
 #   2. delivered messages a second per core: one replica, TP_SUBSCRIBERS subscribers of a
 #      room, one sender as fast as they keep up; frames delivered to all subscribers a
 #      second, divided by the cores the server process used meanwhile (its utime + stime
@@ -495,7 +499,8 @@ for config in lat_configs:
         r = load(f"latency-{config}-{n}.json")
         cpu = r["cpu"]
         a, b = (cpu["server_cores"] + [None, None])[:2]
-        cores = " / ".join("n/a" if c is None else f"{c:.2f}" for c in (a, b, cpu["also_cores"], cpu["generator_cores"], cpu["other_cores"]))
+        redis = (cpu.get("also_each_cores") or [cpu["also_cores"]])[0]
+        cores = " / ".join("n/a" if c is None else f"{c:.2f}" for c in (a, b, redis, cpu["generator_cores"], cpu["other_cores"]))
         expected = r["measured_messages"] * r["subscribers"]
         p(f"| {label(config)} | {n} | {ms(r['p50_us'])} | {ms(r['p90_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {ms(r['max_us'])} | {ms(r['ack_p50_us'])} / {ms(r['ack_p99_us'])} | {num(r['achieved_rate'] or 0)} | {num(r['samples'])} / {num(expected)} | {cores} |")
 problems = []
@@ -518,8 +523,8 @@ for config in lat_configs:
             problems.append(f"{label(config)}, {n} subscribers: " + "; ".join(what))
 p("")
 p("cores = CPU time over the run ÷ its wall time; other work = the machine's busy time")
-p("minus herd's, Redis's and chatbench's (someone else's processes, and PostgreSQL's")
-p("backends, which are children of its postmaster and not counted with it: noise).")
+p("minus herd's, Redis's, PostgreSQL's (its postmaster and every backend, whoever's) and")
+p("chatbench's: someone else's processes (builds, tests), and the kernel's softirq threads.")
 if problems:
     p("Not clean (4008 = the subscriber's outbound queue filled: the server cut it off, and")
     p("it would resume from its last seq):")
@@ -530,24 +535,68 @@ else:
     p("Every subscriber received every message once, in seq order; no send was refused.")
 p("")
 
+def stage(r, name, what=("mean", "p99")):
+    st = (r.get("stages") or {}).get(name) or {}
+    if not st.get("count"):
+        return "n/a"
+    return " / ".join(ms(st.get(w)) for w in what)
+def posts(r):
+    st = (r.get("stages") or {}).get("commit_posts") or {}
+    if not st.get("count"):
+        return "n/a"
+    return f"{st['mean']:.1f} / {st['p99']:.0f}"
+def cores_of(r):
+    cpu = r["cpu"]
+    a, b = (cpu["server_cores"] + [None, None])[:2]
+    each = (cpu.get("also_each_cores") or []) + [None, None]
+    return " / ".join("n/a" if c is None else f"{c:.2f}" for c in (a, b, each[0], each[1], cpu["generator_cores"], cpu["other_cores"]))
+def stage_rows(rows):
+    p("| run | end to end p50 / p99 | commit queue | commit | posts a commit (mean / p99) | announce queue | publish | fan-out on B | write on B | cores: herd A / herd B / Redis / PostgreSQL / chatbench / other |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for what, r in rows:
+        p(f"| {what} | {ms(r['p50_us'])} / {ms(r['p99_us'])} | {stage(r, 'commit_queue')} | {stage(r, 'commit')} | {posts(r)} | {stage(r, 'announce_queue')} | {stage(r, 'publish')} | {stage(r, 'fanout')} | {stage(r, 'write')} | {cores_of(r)} |")
+def stage_legend():
+    p("Each stage cell is mean / p99 of the servers' own `herd_chat_stage_seconds` histograms")
+    p("(read from `/metrics` at the end of the warm-up's sends and at the end of the run; the")
+    p("p99 is interpolated within a bucket, as Prometheus's `histogram_quantile` does). On A, per")
+    p("message: *commit queue* = submitted until its room's commit starts; *commit* = that")
+    p("commit (all its round trips and the sync); *announce queue* = commit done until its")
+    p("PUBLISH starts (waiting for the sender's ack to be queued and for earlier messages'")
+    p("PUBLISH); *publish* = the PUBLISH round trip. On B, per message and subscriber:")
+    p("*fan-out* = the replica decoded the bus delivery until that subscriber's frame is")
+    p("queued; *write* = queued until the write to the socket is flushed. What the stages do")
+    p("not cover is the sender's frame waiting in A's socket, Redis's delivery to B, and")
+    p("chatbench's own reading. Redis and PostgreSQL cores include their children (the")
+    p("backends), so PostgreSQL's are every backend's, other users' of the shared server too.")
+    p("")
+
+pg_rows = [(f"Redis, PostgreSQL, {n} subscribers, {num(float(rate))} msg/s", load(f"latency-postgres-{n}.json")) for n in lat_ns] if "postgres" in lat_configs else []
+if pg_rows:
+    p("Where the time goes in the PostgreSQL + Redis runs:")
+    p("")
+    stage_rows(pg_rows)
+    p("")
+    stage_legend()
+
 sweep = env["SWEEP_RATES"].split()
 if sweep:
     p("### 1b. Latency against offered load, PostgreSQL + Redis")
     p("")
     p(f"As above, on two replicas sharing one PostgreSQL database, {env['SWEEP_SUBSCRIBERS']} subscribers on B,")
-    p("one run per offered rate (one sending socket). Where p99 leaves the single-digit")
-    p("milliseconds is the knee.")
+    p("one run per offered rate (one sending socket), all in one run of the script. Where p99")
+    p("leaves the single-digit milliseconds is the knee; the stages say which one grew.")
     p("")
-    p("| offered msg/s | sent msg/s | p50 | p99 | p99.9 | ack p50 / p99 | received / expected | cores: herd A / herd B / also / chatbench / other |")
-    p("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    p("| offered msg/s | sent msg/s | p50 | p99 | p99.9 | ack p50 / p99 | received / expected |")
+    p("|---:|---:|---:|---:|---:|---:|---:|")
     for rate_s in sweep:
         r = load(f"sweep-{rate_s}.json")
-        cpu = r["cpu"]
-        a, b = (cpu["server_cores"] + [None, None])[:2]
-        cores = " / ".join("n/a" if c is None else f"{c:.2f}" for c in (a, b, cpu["also_cores"], cpu["generator_cores"], cpu["other_cores"]))
         expected = r["measured_messages"] * r["subscribers"]
-        p(f"| {num(float(rate_s))} | {num(r['achieved_rate'] or 0)} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {ms(r['ack_p50_us'])} / {ms(r['ack_p99_us'])} | {num(r['samples'])} / {num(expected)} | {cores} |")
+        p(f"| {num(float(rate_s))} | {num(r['achieved_rate'] or 0)} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {ms(r['ack_p50_us'])} / {ms(r['ack_p99_us'])} | {num(r['samples'])} / {num(expected)} |")
     p("")
+    stage_rows([(f"{num(float(x))} msg/s", load(f"sweep-{x}.json")) for x in sweep])
+    p("")
+    if not pg_rows:
+        stage_legend()
 
 p("### 2. Delivered messages per second per core")
 p("")

@@ -121,6 +121,29 @@ impl Redis {
         Ok(())
     }
 
+    /// Every payload's `PUBLISH` in one pipeline: one round trip for a batch. Redis
+    /// runs a connection's commands in order, so they are delivered in order.
+    pub(crate) async fn publish_all(
+        &self,
+        topic: &str,
+        payloads: &[Vec<u8>],
+    ) -> Result<(), BusError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.publisher.clone();
+        let channel = channel(topic);
+        let mut pipe = redis::pipe();
+        for payload in payloads {
+            pipe.cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload.as_slice())
+                .ignore();
+        }
+        within(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await?;
+        Ok(())
+    }
+
     pub(crate) async fn subscribe(&self, hub: &Arc<Hub>, topic: &str) -> Subscription {
         let (reply, answer) = oneshot::channel();
         let request = Subscribe {

@@ -7,7 +7,8 @@
 //! most [`MAX_BATCH`] at a time, with [`Store::post_messages`](herd_store::Store::post_messages),
 //! until nothing is left; posts that arrive meanwhile go in the next batch. Under light
 //! load a batch is one post, committed at once; under heavy load the batches grow, and
-//! so does the rate a room takes.
+//! so does the rate a room takes. A batch is announced in one exchange with the bus (one
+//! Redis pipeline), so announcing does not cap a room at one round trip a message either.
 //!
 //! What a post promises is unchanged: it is answered only once its commit is durable and
 //! the message announced (or with the error that failed the batch, which then wrote
@@ -21,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herd_store::{Batched, NewMessage};
 use tokio::sync::oneshot;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::domain::RoomId;
 use crate::service::{Chat, ChatError, Message, Posted, Result};
+use crate::timings::Stage;
 
 /// Posts committed in one transaction, at most.
 pub const MAX_BATCH: usize = 256;
@@ -44,6 +46,8 @@ pub(crate) struct Committer {
 struct Job {
     message: NewMessage,
     answer: oneshot::Sender<Answered>,
+    /// When it was queued, for [`Stage::CommitQueue`].
+    queued: Instant,
 }
 
 /// A post's outcome, and a token its holder drops once it has passed the answer on.
@@ -57,7 +61,11 @@ impl Committer {
     /// Queues `message` for `room`, starting the room's task if it has none.
     pub(crate) fn enqueue(&self, chat: &Chat, room: &RoomId, message: NewMessage) -> Submitted {
         let (answer, answered) = oneshot::channel();
-        let job = Job { message, answer };
+        let job = Job {
+            message,
+            answer,
+            queued: Instant::now(),
+        };
         let start = {
             let mut waiting = self.lock();
             match waiting.get_mut(room) {
@@ -139,7 +147,19 @@ async fn commit(
     before: Option<JoinHandle<()>>,
 ) -> Option<JoinHandle<()>> {
     let batch: Vec<NewMessage> = jobs.iter().map(|j| j.message.clone()).collect();
-    match chat.store.post_messages(room.as_str(), &batch).await {
+    let began = Instant::now();
+    for job in &jobs {
+        let waited = began.saturating_duration_since(job.queued);
+        chat.timings.stage(Stage::CommitQueue, waited);
+    }
+    let stored = chat.store.post_messages(room.as_str(), &batch).await;
+    let committed = Instant::now();
+    let took = committed.saturating_duration_since(began);
+    for _ in &jobs {
+        chat.timings.stage(Stage::Commit, took);
+    }
+    chat.timings.batch(jobs.len());
+    match stored {
         Ok(answers) => {
             let mut passed = Vec::with_capacity(jobs.len());
             let mut fresh = Vec::new();
@@ -157,7 +177,9 @@ async fn commit(
                 let _ = job.answer.send((result, Some(token)));
             }
             let chat = chat.clone();
-            Some(tokio::spawn(announce(chat, before, passed, fresh)))
+            Some(tokio::spawn(announce(
+                chat, before, passed, fresh, committed,
+            )))
         }
         // One post the store refused fails the batch: each goes alone, so it fails alone.
         Err(e) if e.is_bad_input() && jobs.len() > 1 => {
@@ -187,6 +209,7 @@ async fn announce(
     before: Option<JoinHandle<()>>,
     passed: Vec<oneshot::Receiver<()>>,
     fresh: Vec<Message>,
+    committed: Instant,
 ) {
     if let Some(before) = before {
         let _ = before.await;
@@ -197,8 +220,20 @@ async fn announce(
         }
     })
     .await;
-    for message in &fresh {
-        chat.announce(message).await;
+    let Some(room) = fresh.first().map(|m| m.room.clone()) else {
+        return;
+    };
+    let began = Instant::now();
+    let waited = began.saturating_duration_since(committed);
+    for _ in &fresh {
+        chat.timings.stage(Stage::AnnounceQueue, waited);
+    }
+    // The batch's messages in one exchange with the bus: published one at a time, a
+    // round trip each, they capped a room at one round trip a message.
+    chat.announce_all(&room, &fresh).await;
+    let took = began.elapsed();
+    for _ in &fresh {
+        chat.timings.stage(Stage::Publish, took);
     }
 }
 

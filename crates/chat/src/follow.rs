@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
 
 use herd_bus::{Bus, Delivery, Subscription};
 use herd_store::Store;
@@ -197,6 +198,8 @@ pub struct Live(Arc<Shared>);
 
 struct Shared {
     message: Message,
+    /// When the first follow on this replica decoded it.
+    decoded_at: Instant,
     /// The first transport encoding asked for, kept for every reader after it.
     encoded: OnceLock<Box<dyn Any + Send + Sync>>,
 }
@@ -205,12 +208,20 @@ impl Live {
     fn new(message: Message) -> Live {
         Live(Arc::new(Shared {
             message,
+            decoded_at: Instant::now(),
             encoded: OnceLock::new(),
         }))
     }
 
     pub fn message(&self) -> &Message {
         &self.0.message
+    }
+
+    /// When this replica decoded it: the first of its follows to be woken by the bus
+    /// delivery did, so this is the delivery's arrival plus one task wake-up. What a
+    /// transport measures its own fan-out from.
+    pub fn decoded_at(&self) -> Instant {
+        self.0.decoded_at
     }
 
     /// The message, copied only if another reader still shares it.

@@ -45,12 +45,15 @@
 //!   replica and shared by its readers (with the transport's encoding of it).
 //! - `quota.rs`: [`Limits`], what one user may do a second or a minute, whichever
 //!   transport they use.
+//! - `timings.rs`: [`Timings`], what a post's [`Stage`]s took, handed to whoever asked
+//!   ([`Chat::with_timings`]; herd's metrics).
 
 mod commit;
 mod domain;
 mod follow;
 mod quota;
 mod service;
+mod timings;
 
 pub use commit::{Submitted, MAX_BATCH};
 pub use domain::{
@@ -59,3 +62,4 @@ pub use domain::{
 pub use follow::{Event, Follow, Live};
 pub use quota::Limits;
 pub use service::{Chat, ChatError, Clock, HistoryPage, Message, Posted, Result, Room};
+pub use timings::{Stage, Timings};

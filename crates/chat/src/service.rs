@@ -13,6 +13,7 @@ use crate::domain::{
 };
 use crate::follow::{Decoded, Follow};
 use crate::quota::{Limits, Quota};
+use crate::timings::Timings;
 
 /// What time it is, in unix seconds. Chat reads no clock of its own: whoever builds it
 /// decides what time it is (herd passes identity's, so tests can move it).
@@ -153,6 +154,8 @@ pub struct Chat {
     decoded: Arc<Decoded>,
     /// Posts waiting for their room's next commit.
     pub(crate) committer: Arc<Committer>,
+    /// Told what each stage of a post took.
+    pub(crate) timings: Arc<dyn Timings>,
 }
 
 impl fmt::Debug for Chat {
@@ -188,7 +191,13 @@ impl Chat {
             rooms: Arc::new(Quota::new(Limits::default().rooms_per_minute, 60)),
             decoded: Arc::default(),
             committer: Arc::default(),
+            timings: Arc::new(()),
         }
+    }
+
+    /// The same chat, telling `timings` what each stage of a post took.
+    pub fn with_timings(self, timings: Arc<dyn Timings>) -> Chat {
+        Chat { timings, ..self }
     }
 
     /// The same chat, with these per-user limits (fresh counts).
@@ -358,6 +367,24 @@ impl Chat {
         };
         if let Err(e) = self.bus.publish(&topic(&message.room), &payload).await {
             tracing::warn!(room = %message.room, seq = %message.seq, error = %e, "could not announce a message");
+        }
+    }
+
+    /// [`announce`](Chat::announce)s `messages`, all of one room, in order, in one
+    /// exchange with the bus (one round trip on Redis, not one a message).
+    pub(crate) async fn announce_all(&self, room: &RoomId, messages: &[Message]) {
+        let mut payloads = Vec::with_capacity(messages.len());
+        for message in messages {
+            match serde_json::to_vec(message) {
+                Ok(payload) => payloads.push(payload),
+                Err(e) => {
+                    tracing::warn!(room = %message.room, seq = %message.seq, error = %e, "could not encode a message");
+                }
+            }
+        }
+        if let Err(e) = self.bus.publish_all(&topic(room), &payloads).await {
+            let (first, last) = (messages.first(), messages.last());
+            tracing::warn!(room = %room, first = ?first.map(|m| m.seq), last = ?last.map(|m| m.seq), error = %e, "could not announce messages");
         }
     }
 

@@ -129,7 +129,8 @@ struct LatencyArgs {
     /// The servers whose CPU is reported.
     #[arg(long, default_value = "", value_parser = pids)]
     server_pids: Pids,
-    /// Other processes whose CPU is counted apart from the noise (Redis, say).
+    /// Other processes whose CPU is counted apart from the noise (Redis, say), each with
+    /// its children (PostgreSQL's backends are the postmaster's).
     #[arg(long, default_value = "", value_parser = pids)]
     also_pids: Pids,
     /// `getconf CLK_TCK`: the unit of /proc/PID/stat's utime and stime.
@@ -276,7 +277,17 @@ impl CpuWindow {
     fn start(servers: &[u32], also: &[u32]) -> CpuWindow {
         let pids: Vec<u32> = servers.iter().chain(also).copied().collect();
         CpuWindow {
-            ticks: pids.iter().map(|p| cpu_ticks(*p)).collect(),
+            ticks: pids
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    if i < servers.len() {
+                        cpu_ticks(*p)
+                    } else {
+                        tree_ticks(*p)
+                    }
+                })
+                .collect(),
             pids,
             servers: servers.len(),
             own: cpu_ticks(std::process::id()),
@@ -298,9 +309,18 @@ impl CpuWindow {
             .pids
             .iter()
             .zip(&self.ticks)
-            .map(|(pid, before)| cores(*before, cpu_ticks(*pid)))
+            .enumerate()
+            .map(|(i, (pid, before))| {
+                let now = if i < self.servers {
+                    cpu_ticks(*pid)
+                } else {
+                    tree_ticks(*pid)
+                };
+                cores(*before, now)
+            })
             .collect();
-        let also: f64 = servers.split_off(self.servers).iter().flatten().sum();
+        let also_each = servers.split_off(self.servers);
+        let also: f64 = also_each.iter().flatten().sum();
         let own = cores(self.own, cpu_ticks(std::process::id()));
         let (busy, busy_cores) = match (self.machine, machine_ticks()) {
             (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => (
@@ -315,12 +335,41 @@ impl CpuWindow {
             "wall_s": round(wall, 3),
             "server_cores": servers.iter().map(|c| c.map(|c| round(c, 3))).collect::<Vec<_>>(),
             "also_cores": round(also, 3),
+            // Each of the --also-pids, with its children, in the order given.
+            "also_each_cores": also_each.iter().map(|c| c.map(|c| round(c, 3))).collect::<Vec<_>>(),
             "generator_cores": own.map(|c| round(c, 3)),
             "other_cores": others.map(|c| round(c, 3)),
             "machine_busy": busy.map(|b| round(b, 3)),
         });
         (servers, json)
     }
+}
+
+/// utime + stime of a process and its children, in clock ticks: PostgreSQL's work is in
+/// its backends, the postmaster's children.
+fn tree_ticks(pid: u32) -> Option<u64> {
+    let own = cpu_ticks(pid)?;
+    let mut children = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The fields after the command name: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            children += cpu_ticks(child).unwrap_or(0);
+        }
+    }
+    Some(own + children)
 }
 
 fn round(x: f64, places: i32) -> f64 {
@@ -551,6 +600,163 @@ fn us(ns: Option<u64>) -> Value {
     ns.map_or(Value::Null, |ns| json!(round(ns as f64 / 1000.0, 1)))
 }
 
+// --- server-side stages ------------------------------------------------------------------
+
+/// One histogram of a replica's `/metrics`: cumulative counts by upper bound (`+Inf`
+/// last), the sum and the count.
+#[derive(Debug, Clone, Default)]
+struct Hist {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+/// The chat stage histograms (`herd_chat_stage_seconds`, by stage) and the posts per
+/// commit (`herd_chat_commit_posts`, as `commit_posts`) of some replicas, added together.
+#[derive(Debug, Clone, Default)]
+struct Stages(std::collections::BTreeMap<String, Hist>);
+
+impl Stages {
+    /// Reads the stage histograms of each of `bases`' `/metrics`, summed; a replica that
+    /// does not answer adds nothing (and the report then shows none).
+    async fn scrape(bases: &[&str]) -> Stages {
+        let mut stages = Stages::default();
+        let Ok(http) = reqwest::Client::builder().timeout(STEP_TIMEOUT).build() else {
+            return stages;
+        };
+        for base in bases {
+            let text = match http.get(format!("{base}/metrics")).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("could not read {base}/metrics: {e}");
+                    continue;
+                }
+            };
+            for line in text.lines() {
+                stages.add_line(line);
+            }
+        }
+        stages
+    }
+
+    fn add_line(&mut self, line: &str) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            return;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            return;
+        };
+        let (name, labels) = series
+            .split_once('{')
+            .map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
+        let label = |key: &str| {
+            labels.split(',').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == key).then(|| v.trim_matches('"').to_owned())
+            })
+        };
+        let (key, part) = if let Some(part) = name.strip_prefix("herd_chat_stage_seconds_") {
+            let Some(stage) = label("stage") else {
+                return;
+            };
+            (stage, part)
+        } else if let Some(part) = name.strip_prefix("herd_chat_commit_posts_") {
+            ("commit_posts".to_owned(), part)
+        } else {
+            return;
+        };
+        let hist = self.0.entry(key).or_default();
+        match part {
+            "sum" => hist.sum += value,
+            "count" => hist.count += value,
+            "bucket" => {
+                let le = match label("le").as_deref() {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => match le.parse() {
+                        Ok(le) => le,
+                        Err(_) => return,
+                    },
+                    None => return,
+                };
+                match hist.buckets.iter_mut().find(|(bound, _)| *bound == le) {
+                    Some((_, count)) => *count += value,
+                    None => {
+                        hist.buckets.push((le, value));
+                        hist.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What was recorded between `before` and `self`.
+    fn since(&self, before: &Stages) -> Stages {
+        let mut diff = self.clone();
+        for (key, hist) in &mut diff.0 {
+            let Some(old) = before.0.get(key) else {
+                continue;
+            };
+            hist.sum -= old.sum;
+            hist.count -= old.count;
+            for (bound, count) in &mut hist.buckets {
+                if let Some((_, was)) = old.buckets.iter().find(|(b, _)| b == bound) {
+                    *count -= was;
+                }
+            }
+        }
+        diff
+    }
+
+    /// Per stage: how many observations, their mean, and p50/p99 estimated from the
+    /// buckets (linear within a bucket, as Prometheus's `histogram_quantile`); the posts
+    /// per commit likewise, unscaled.
+    fn json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for (key, hist) in &self.0 {
+            let scale = if key == "commit_posts" { 1.0 } else { 1e6 };
+            let mean = (hist.count > 0.0).then(|| hist.sum / hist.count * scale);
+            let q = |p: f64| hist.quantile(p).map(|v| round(v * scale, 1));
+            out.insert(
+                key.clone(),
+                json!({
+                    "count": hist.count,
+                    "mean": mean.map(|m| round(m, 1)),
+                    "p50": q(0.5),
+                    "p99": q(0.99),
+                }),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+impl Hist {
+    fn quantile(&self, p: f64) -> Option<f64> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let rank = p * self.count;
+        let mut lower = (0.0, 0.0);
+        for &(bound, cumulative) in &self.buckets {
+            if cumulative >= rank {
+                if bound.is_infinite() {
+                    return Some(lower.0);
+                }
+                let within = cumulative - lower.1;
+                let share = if within > 0.0 {
+                    (rank - lower.1) / within
+                } else {
+                    1.0
+                };
+                return Some(lower.0 + (bound - lower.0) * share);
+            }
+            lower = (bound, cumulative);
+        }
+        None
+    }
+}
+
 // --- latency ----------------------------------------------------------------------------
 
 /// What one latency subscriber saw.
@@ -630,6 +836,17 @@ async fn latency(args: &LatencyArgs) -> anyhow::Result<Value> {
         )));
     }
     let cpu = CpuWindow::start(server_pids, also_pids);
+    // The servers' stage timings from the end of the warm-up's sends to the end of the
+    // run: read once the last warm-up message has been sent.
+    let bases = [send_url.as_str(), recv_url.as_str()];
+    let warm_done = t0 + period.mul_f64(warm as f64);
+    let stages_before = tokio::spawn({
+        let bases = bases.map(str::to_owned);
+        async move {
+            tokio::time::sleep_until(warm_done).await;
+            Stages::scrape(&bases.each_ref().map(String::as_str)).await
+        }
+    });
     let mut sent = 0;
     let mut max_lag_ns = 0;
     let mut acks = Vec::new();
@@ -662,6 +879,11 @@ async fn latency(args: &LatencyArgs) -> anyhow::Result<Value> {
         };
         seen.push(result.context("subscriber task")?);
     }
+
+    let stages = Stages::scrape(&bases)
+        .await
+        .since(&stages_before.await.context("stage scrape")?)
+        .json();
 
     let mut all: Vec<u64> = Vec::new();
     let mut received = 0;
@@ -723,6 +945,10 @@ async fn latency(args: &LatencyArgs) -> anyhow::Result<Value> {
         "ack_p50_us": us(percentile(&acks, 50.0)),
         "ack_p99_us": us(percentile(&acks, 99.0)),
         "cpu": cpu_json,
+        // Per stage on the servers (µs; commit_posts in posts), from the end of the
+        // warm-up's sends: commit_queue, commit, announce_queue, publish (the sender's
+        // replica), fanout, write (the subscribers'), and commit_posts.
+        "stages": stages,
     });
     // Nothing measured and no subscriber cut off means the counting is broken (a frame
     // this generator no longer recognises, say); subscribers the server closed are a

@@ -25,7 +25,7 @@ use std::future::{poll_fn, Future as _};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -45,6 +45,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, Code, Problem};
 use crate::extract::Identity;
+use crate::metrics::{DeliveryStage, Metrics};
 use crate::rooms::{self, Message};
 use crate::AppState;
 
@@ -436,6 +437,9 @@ impl Close {
 struct Out {
     text: Utf8Bytes,
     _budget: OwnedSemaphorePermit,
+    /// When a live message's frame was queued, for the `write` stage of
+    /// `herd_chat_stage_seconds`; `None` for any other frame.
+    live: Option<Instant>,
 }
 
 /// The sending half of a connection, shared by its reader and its subscriptions.
@@ -448,6 +452,8 @@ struct Outbox {
     /// Set by a subscription that cannot go on, or by the writer when the client stops
     /// reading: the reader then closes with this.
     abort: watch::Sender<Option<Close>>,
+    /// Where live messages' stages are recorded.
+    metrics: Arc<Metrics>,
 }
 
 impl Outbox {
@@ -473,6 +479,7 @@ impl Outbox {
         let out = Out {
             text,
             _budget: permit,
+            live: None,
         };
         self.out.send(out).await.is_ok()
     }
@@ -480,12 +487,19 @@ impl Outbox {
     /// Queues a live frame for the writer; a full queue (in frames or in bytes) means
     /// the client is too slow.
     fn push(&self, frame: ServerFrame) -> bool {
-        self.push_text(frame.text())
+        self.push_text(frame.text(), None)
     }
 
     /// [`push`](Outbox::push) for a frame already encoded (and shared with other
-    /// connections: a live message is encoded once per replica, not once per reader).
-    fn push_text(&self, text: Utf8Bytes) -> bool {
+    /// connections: a live message is encoded once per replica, not once per reader);
+    /// `live` is when this replica decoded the live message it carries, if it does.
+    fn push_text(&self, text: Utf8Bytes, live: Option<Instant>) -> bool {
+        let queued = live.map(|decoded| {
+            let now = Instant::now();
+            let fanout = now.saturating_duration_since(decoded);
+            self.metrics.record_delivery(DeliveryStage::Fanout, fanout);
+            now
+        });
         let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&text)) else {
             self.end(Close::SLOW);
             return false;
@@ -493,6 +507,7 @@ impl Outbox {
         let out = Out {
             text,
             _budget: permit,
+            live: queued,
         };
         match self.out.try_send(out) {
             Ok(()) => true,
@@ -530,12 +545,14 @@ async fn connection(state: AppState, socket: WebSocket, caller: Caller, _open: O
         close_rx,
         limits.write_timeout,
         abort.clone(),
+        state.metrics.clone(),
     ));
     let outbox = Outbox {
         out,
         bytes: Arc::new(Semaphore::new(limits.outbound_bytes)),
         budget: limits.outbound_bytes,
         abort,
+        metrics: state.metrics.clone(),
     };
     let admitted = match caller {
         Caller::Admitted(p, admitted) => Ok((p, admitted)),
@@ -578,6 +595,7 @@ async fn write(
     mut closing: oneshot::Receiver<Close>,
     deadline: Duration,
     abort: watch::Sender<Option<Close>>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         let out = tokio::select! {
@@ -597,7 +615,8 @@ async fn write(
         let Some(first) = out else {
             return;
         };
-        match tokio::time::timeout(deadline, send_queued(&mut sink, &mut rx, first)).await {
+        match tokio::time::timeout(deadline, send_queued(&mut sink, &mut rx, first, &metrics)).await
+        {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
@@ -614,18 +633,31 @@ async fn send_queued(
     sink: &mut SplitSink<WebSocket, Frame>,
     rx: &mut mpsc::Receiver<Out>,
     first: Out,
+    metrics: &Metrics,
 ) -> Result<(), axum::Error> {
-    // The frames keep their share of the byte budget until they are flushed.
-    let mut budgets = Vec::with_capacity(WRITE_BATCH);
+    // The frames keep their share of the byte budget until they are flushed, and the
+    // live ones their queueing instant.
+    let mut written = Vec::with_capacity(WRITE_BATCH);
     let mut next = Some(first);
-    while let Some(Out { text, _budget }) = next.take() {
+    while let Some(Out {
+        text,
+        _budget,
+        live,
+    }) = next.take()
+    {
         sink.feed(Frame::Text(text)).await?;
-        budgets.push(_budget);
-        if budgets.len() < WRITE_BATCH {
+        written.push((_budget, live));
+        if written.len() < WRITE_BATCH {
             next = rx.try_recv().ok();
         }
     }
-    sink.flush().await
+    sink.flush().await?;
+    let flushed = Instant::now();
+    for queued in written.iter().filter_map(|(_, live)| *live) {
+        let took = flushed.saturating_duration_since(queued);
+        metrics.record_delivery(DeliveryStage::Write, took);
+    }
+    Ok(())
 }
 
 /// Frames written before one flush, at most.
@@ -979,8 +1011,12 @@ impl Handler {
     }
 }
 
-/// Sends a connection may have waiting for their commit, at most.
-const SENDS_IN_FLIGHT: usize = 64;
+/// Sends a connection may have waiting for their commit, at most: as many as one commit
+/// takes ([`herd_chat::MAX_BATCH`]). A socket's sends go no faster than this many a
+/// commit cycle, so a smaller window caps one sender at window ÷ commit time: 64 at
+/// PostgreSQL commits of 75 ms on a loaded machine was 850 a second, below the 1,000
+/// offered, and the rest queued in the socket without bound (docs/benchmarks.md).
+const SENDS_IN_FLIGHT: usize = herd_chat::MAX_BATCH;
 
 /// What answers a send: its outcome once committed, or a refusal queued behind the
 /// answers of earlier sends.
@@ -1042,7 +1078,8 @@ async fn forward(mut follow: Follow, outbox: Outbox) {
             // Encoded by the first subscription on this replica to get it, shared by the
             // rest.
             Ok(Event::Live(m)) => {
-                outbox.push_text(m.encoded(|m| ServerFrame::Message(m.clone().into()).text()))
+                let text = m.encoded(|m| ServerFrame::Message(m.clone().into()).text());
+                outbox.push_text(text, Some(m.decoded_at()))
             }
             // The user left the room: the subscription ends as if they had unsubscribed.
             Ok(Event::Left) => {

@@ -151,8 +151,10 @@ impl AppState {
         let bus = Bus::in_process();
         // Identity decides what time it is, for chat's timestamps too.
         let clock = auth.clone();
+        let metrics = Arc::<Metrics>::default();
         let chat = Chat::new(auth.store().clone(), bus.clone(), move || clock.now())
-            .with_limits(config.chat.chat());
+            .with_limits(config.chat.chat())
+            .with_timings(metrics.clone());
         let cookies = Arc::new(Cookies::new(config.cookies.clone(), auth.clone()));
         let confirmations = news::Confirmations::new(
             auth.clone(),
@@ -165,7 +167,7 @@ impl AppState {
             cookies,
             auth,
             replica: config.replica_id.as_str().into(),
-            metrics: Arc::default(),
+            metrics,
             replica_header,
             chat,
             live: Arc::new(ChatState::new(config.chat.clone())),

@@ -7,6 +7,14 @@
 //! (axum's `MatchedPath`, whose clone is a reference count) and the status; looking a
 //! series up takes the family's read lock, shared by every reader; only the first request
 //! of a series inserts it. The latency histogram's lock is per route.
+//!
+//! Live chat's stages (`herd_chat_stage_seconds`): what a message spent in each, on the
+//! replica that took it ([`herd_chat::Stage`]: waiting for its room's commit, the commit,
+//! waiting for its announcement, the publish) and on the replica that delivered it
+//! ([`DeliveryStage`]: from the bus to a connection's queue, from the queue to the
+//! socket); and how many posts each commit wrote (`herd_chat_commit_posts`). The label
+//! sets are fixed, and each histogram is made at start-up and held, so recording one
+//! looks nothing up.
 
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
@@ -28,6 +36,45 @@ use crate::AppState;
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Upper bounds of the chat stage buckets, in seconds: finer than the requests', since a
+/// stage of a message that should arrive within 10 ms takes well under one.
+const STAGE_BUCKETS: [f64; 17] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the posts-per-commit buckets.
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A live message's stages on the replica that delivers it to its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStage {
+    /// From the moment the replica decoded the bus's delivery to the moment one
+    /// connection's subscription queued its frame: the wake-up of every subscription.
+    Fanout,
+    /// From the frame being queued to its write being flushed to the socket.
+    Write,
+}
+
+/// The value of the `stage` label of every chat stage, chat's and the transport's.
+const STAGES: [&str; 6] = [
+    "commit_queue",
+    "commit",
+    "announce_queue",
+    "publish",
+    "fanout",
+    "write",
+];
+
+fn stage_index(stage: herd_chat::Stage) -> usize {
+    match stage {
+        herd_chat::Stage::CommitQueue => 0,
+        herd_chat::Stage::Commit => 1,
+        herd_chat::Stage::AnnounceQueue => 2,
+        herd_chat::Stage::Publish => 3,
+    }
+}
 
 /// The counter families, whose text prometheus-client writes in the OpenMetrics manner
 /// (`# TYPE name counter` above `name_total` samples); `render` names them as the 0.0.4
@@ -91,6 +138,11 @@ struct RouteLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct FailureLabels {
     kind: &'static str,
     reason: &'static str,
@@ -100,6 +152,10 @@ fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+fn stage_histogram() -> Histogram {
+    Histogram::new(STAGE_BUCKETS)
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -107,6 +163,10 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     auth_failures: Family<FailureLabels, Counter>,
     revoked_sessions: Gauge,
+    /// One histogram a stage, in [`STAGES`]' order: the series of
+    /// `herd_chat_stage_seconds`.
+    chat_stages: [Histogram; 6],
+    chat_batch: Histogram,
 }
 
 impl Default for Metrics {
@@ -139,12 +199,31 @@ impl Default for Metrics {
             "Revoked sessions this replica refuses tokens of",
             revoked_sessions.clone(),
         );
+        let stages = Family::<StageLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            stage_histogram,
+        );
+        let chat_stages = STAGES.map(|stage| stages.get_or_create(&StageLabels { stage }).clone());
+        registry.register(
+            "herd_chat_stage_seconds",
+            "Time a live chat message spent in each stage, on the replica that took it \
+             (commit_queue, commit, announce_queue, publish) and on each that delivered it \
+             (fanout, write; once a connection)",
+            stages,
+        );
+        let chat_batch = Histogram::new(BATCH_BUCKETS);
+        registry.register(
+            "herd_chat_commit_posts",
+            "Posts written by each commit of a room's messages",
+            chat_batch.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             auth_failures,
             revoked_sessions,
+            chat_stages,
+            chat_batch,
         }
     }
 }
@@ -174,6 +253,15 @@ impl Metrics {
             .inc();
     }
 
+    /// One live message spent `took` in `stage` on its way to one connection.
+    pub fn record_delivery(&self, stage: DeliveryStage, took: Duration) {
+        let index = match stage {
+            DeliveryStage::Fanout => 4,
+            DeliveryStage::Write => 5,
+        };
+        self.chat_stages[index].observe(took.as_secs_f64());
+    }
+
     /// The text exposition format (0.0.4), with `revoked_sessions` as the gauge's value.
     pub fn render(&self, revoked_sessions: usize) -> String {
         self.revoked_sessions
@@ -201,6 +289,16 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+impl herd_chat::Timings for Metrics {
+    fn stage(&self, stage: herd_chat::Stage, took: Duration) {
+        self.chat_stages[stage_index(stage)].observe(took.as_secs_f64());
+    }
+
+    fn batch(&self, posts: usize) {
+        self.chat_batch.observe(posts as f64);
     }
 }
 
@@ -292,5 +390,37 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn every_chat_stage_is_a_series_named_as_chat_names_it() {
+        use herd_chat::Timings as _;
+        let metrics = Metrics::default();
+        for stage in herd_chat::Stage::ALL {
+            assert_eq!(STAGES[stage_index(stage)], stage.as_str());
+            metrics.stage(stage, Duration::from_micros(300));
+        }
+        metrics.record_delivery(DeliveryStage::Fanout, Duration::from_millis(3));
+        metrics.record_delivery(DeliveryStage::Write, Duration::from_secs(20));
+        metrics.batch(17);
+        let text = metrics.render(0);
+        for stage in ["commit_queue", "commit", "announce_queue", "publish"] {
+            let line =
+                format!(r#"herd_chat_stage_seconds_bucket{{le="0.0005",stage="{stage}"}} 1"#);
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for line in [
+            "# TYPE herd_chat_stage_seconds histogram",
+            r#"herd_chat_stage_seconds_bucket{le="0.0025",stage="fanout"} 0"#,
+            r#"herd_chat_stage_seconds_bucket{le="0.005",stage="fanout"} 1"#,
+            r#"herd_chat_stage_seconds_bucket{le="10.0",stage="write"} 0"#,
+            r#"herd_chat_stage_seconds_count{stage="write"} 1"#,
+            "# TYPE herd_chat_commit_posts histogram",
+            r#"herd_chat_commit_posts_bucket{le="16.0"} 0"#,
+            r#"herd_chat_commit_posts_bucket{le="32.0"} 1"#,
+            "herd_chat_commit_posts_sum 17.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -7,6 +7,7 @@ use crate::harness::{message, next, Replicas, WAIT};
 backend_tests!(
     a_message_reaches_every_replica_the_publisher_included,
     a_burst_arrives_in_order_exactly_once_per_subscription,
+    a_batch_published_at_once_arrives_in_order_between_its_neighbours,
     topics_are_isolated,
     a_subscription_gets_nothing_published_before_it,
     payloads_are_arbitrary_bytes,
@@ -52,6 +53,31 @@ async fn a_burst_arrives_in_order_exactly_once_per_subscription(r: Replicas) {
             "out of order, or missing or repeated messages"
         );
         assert_eq!(message(subscription).await, b"end");
+    }
+}
+
+async fn a_batch_published_at_once_arrives_in_order_between_its_neighbours(r: Replicas) {
+    let topic = r.topic("batch");
+    let mut on_b = r.b.subscribe(&topic).await;
+    let mut on_a = r.a.subscribe(&topic).await;
+
+    let batch: Vec<Vec<u8>> = (0..100).map(|i| format!("m{i}").into_bytes()).collect();
+    r.a.publish(&topic, b"before").await.expect("publishing");
+    r.a.publish_all(&topic, &batch).await.expect("publishing");
+    r.a.publish_all(&topic, &[])
+        .await
+        .expect("publishing nothing");
+    r.a.publish(&topic, b"after").await.expect("publishing");
+
+    let mut expected = vec![b"before".to_vec()];
+    expected.extend(batch);
+    expected.push(b"after".to_vec());
+    for subscription in [&mut on_b, &mut on_a] {
+        let mut received = Vec::with_capacity(expected.len());
+        for _ in 0..expected.len() {
+            received.push(message(subscription).await);
+        }
+        assert!(received == expected, "out of order, or missing or repeated");
     }
 }
 
