@@ -268,8 +268,11 @@ SECTION=$(
             "$(num "$(get logins "$n" server_cores)" 2)" "$(num "$(get logins "$n" other_cores)" 2)" \
             "$(num "$(get logins "$n" ratio)" 2)" "$(rlist logins "$n" ratios)"
     done
-    printf '\nThe goal is 0.90 or more: nothing but the hash costs. "others'"'"' cores" is what the\n'
-    printf 'rest of the machine (other builds, PostgreSQL, the generator) used meanwhile.\n\n'
+    printf '\nThe goal is 0.90 or more: nothing but the hash costs. The ratio is taken within each\n'
+    printf 'round (login against the argon2 run of the same round), and the table shows their\n'
+    printf 'median. "others'"'"' cores" is what the rest of the machine (other work, PostgreSQL, the\n'
+    printf 'generator) used meanwhile: on a shared machine, hashing competes with it, and the\n'
+    printf 'spread of the rounds shows how much.\n\n'
     if [[ $REFRESH == 1 ]]; then
         printf '### Refreshes on PostgreSQL\n\n'
         printf '%s sessions opened before each window (not timed; this server hashes at m = 64 KiB),\n' "$REFRESH_SESSIONS"

@@ -539,7 +539,9 @@ impl Herd {
                     return anyhow::Ok(());
                 };
                 let body = json!({"username": account.username, "password": account.password});
-                let response = self.post("/v1/auth/signup", &account.address, &body).await?;
+                let response = self
+                    .post("/v1/auth/signup", &account.address, &body)
+                    .await?;
                 let status = response.status();
                 if status != reqwest::StatusCode::CREATED {
                     bail!("signup returned {status}: {}", response.text().await?);
@@ -614,7 +616,10 @@ async fn login(args: &LoginArgs) -> anyhow::Result<Value> {
                         .login(account, &account.address)
                         .await
                         .with_context(|| format!("login of {}", account.username))?;
-                    anyhow::ensure!(tokens.refresh_token.is_some(), "a login gave no refresh token");
+                    anyhow::ensure!(
+                        tokens.refresh_token.is_some(),
+                        "a login gave no refresh token"
+                    );
                     if counted && phase.counting() {
                         latencies.push(micros(sent));
                         phase.done.fetch_add(1, Ordering::Relaxed);
@@ -677,7 +682,9 @@ async fn refresh(args: &RefreshArgs) -> anyhow::Result<Value> {
             let address = address(i);
             let tokens = herd.login(account, &address).await?;
             opened.push(Session {
-                refresh_token: tokens.refresh_token.context("a login gave no refresh token")?,
+                refresh_token: tokens
+                    .refresh_token
+                    .context("a login gave no refresh token")?,
                 address,
             });
         }
@@ -701,8 +708,12 @@ async fn refresh(args: &RefreshArgs) -> anyhow::Result<Value> {
     );
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (herd, queue, phase, exhausted) =
-                (herd.clone(), queue.clone(), phase.clone(), exhausted.clone());
+            let (herd, queue, phase, exhausted) = (
+                herd.clone(),
+                queue.clone(),
+                phase.clone(),
+                exhausted.clone(),
+            );
             let per_session = args.per_session;
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
