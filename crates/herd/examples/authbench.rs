@@ -22,11 +22,11 @@
 //!   `spawn_blocking`, with `--concurrency` callers waiting for a permit. The defaults are
 //!   herd's: `HashParams::default()` and one permit per core (`--hash-concurrency`).
 //! - `login`: signs up `--users` accounts (not timed), then logs them in round-robin from
-//!   `--concurrency` connections, and counts the logins a second. Each account logs in
-//!   from its own client address (`X-Forwarded-For`, believed when herd runs with
-//!   `--trusted-proxy 127.0.0.1`), so herd's login throttle, at its defaults, meters each
-//!   account and address apart and never refuses one (every login succeeds: a successful
-//!   login counts against no per-account limit).
+//!   `--concurrency` connections, and counts the logins a second. Each login comes from
+//!   a client address of its own (`X-Forwarded-For`, believed when herd runs with
+//!   `--trusted-proxy 127.0.0.1`), as from many clients, so herd's login throttle, at its
+//!   defaults, never refuses one: the per-address limit meets each address once, and a
+//!   successful login counts against no per-account limit.
 //! - `refresh`: signs up `--users` accounts and opens `--sessions` login sessions among
 //!   them (not timed), then `--concurrency` workers each take a session and refresh it
 //!   `--per-session` times in a chain, each refresh presenting the refresh token the
@@ -111,6 +111,9 @@ struct Argon2Args {
     concurrency: Option<usize>,
     #[command(flatten)]
     window: Window,
+    /// `getconf CLK_TCK`: the unit of /proc/PID/stat's utime and stime.
+    #[arg(long, default_value_t = 100.0)]
+    clk_tck: f64,
 }
 
 #[derive(Debug, Args)]
@@ -205,9 +208,10 @@ async fn argon2_alone(args: &Argon2Args) -> anyhow::Result<Value> {
     });
 
     eprintln!("argon2: {permits} plain threads");
-    let threads = on_threads(&work, permits, &args.window)?;
+    let threads = on_threads(&work, permits, &args.window, args.clk_tck)?;
     eprintln!("argon2: herd's arrangement, {permits} permits, {concurrency} callers");
-    let arranged = on_blocking_pool(&work, permits, concurrency, &args.window).await?;
+    let arranged =
+        on_blocking_pool(&work, permits, concurrency, &args.window, args.clk_tck).await?;
     Ok(json!({
         "memory_kib": params.memory_kib,
         "iterations": params.iterations,
@@ -234,7 +238,12 @@ impl Verification {
     }
 }
 
-fn on_threads(work: &Arc<Verification>, threads: usize, window: &Window) -> anyhow::Result<Value> {
+fn on_threads(
+    work: &Arc<Verification>,
+    threads: usize,
+    window: &Window,
+    clk_tck: f64,
+) -> anyhow::Result<Value> {
     let phase = Arc::new(Phase::default());
     let handles: Vec<_> = (0..threads)
         .map(|_| {
@@ -250,13 +259,18 @@ fn on_threads(work: &Arc<Verification>, threads: usize, window: &Window) -> anyh
             })
         })
         .collect();
-    let measured = phase.run_blocking(window);
+    std::thread::sleep(window.warmup);
+    let cpu = Cpu::start(std::process::id(), Vec::new());
+    let started = phase.open();
+    std::thread::sleep(window.duration);
+    let measured = phase.close(started);
+    let (cores, _) = cpu.stop(clk_tck)?;
     for handle in handles {
         handle
             .join()
             .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?;
     }
-    measured.result("verifications")
+    measured.with_cores(cores, "verifications")
 }
 
 async fn on_blocking_pool(
@@ -264,6 +278,7 @@ async fn on_blocking_pool(
     permits: usize,
     concurrency: usize,
     window: &Window,
+    clk_tck: f64,
 ) -> anyhow::Result<Value> {
     let phase = Arc::new(Phase::default());
     let semaphore = Arc::new(Semaphore::new(permits));
@@ -287,11 +302,16 @@ async fn on_blocking_pool(
             })
         })
         .collect();
-    let measured = phase.run(window).await;
+    tokio::time::sleep(window.warmup).await;
+    let cpu = Cpu::start(std::process::id(), Vec::new());
+    let started = phase.open();
+    tokio::time::sleep(window.duration).await;
+    let measured = phase.close(started);
+    let (cores, _) = cpu.stop(clk_tck)?;
     for task in tasks {
         task.await??;
     }
-    measured.result("verifications")
+    measured.with_cores(cores, "verifications")
 }
 
 // --- the measured window -----------------------------------------------------------------
@@ -319,22 +339,9 @@ impl Phase {
         self.stopped.load(Ordering::Relaxed)
     }
 
-    /// Counts only operations that start and finish inside the window, so the rate is
-    /// neither inflated by work begun in the warm-up nor by work finished after it.
-    async fn run(&self, window: &Window) -> Measured {
-        tokio::time::sleep(window.warmup).await;
-        let started = self.open();
-        tokio::time::sleep(window.duration).await;
-        self.close(started)
-    }
-
-    fn run_blocking(&self, window: &Window) -> Measured {
-        std::thread::sleep(window.warmup);
-        let started = self.open();
-        std::thread::sleep(window.duration);
-        self.close(started)
-    }
-
+    /// Opens the window. Only operations that start and finish inside it are counted,
+    /// so the rate is neither inflated by work begun in the warm-up nor by work finished
+    /// after it.
     fn open(&self) -> Instant {
         self.counting.store(true, Ordering::SeqCst);
         Instant::now()
@@ -354,6 +361,16 @@ impl Phase {
 impl Measured {
     fn per_second(&self) -> f64 {
         self.done as f64 / self.wall.as_secs_f64()
+    }
+
+    /// The result, with the rate per second of CPU the measured process spent (`cores`
+    /// on average over the window): what the work costs whatever share of the machine
+    /// it was given, the figure that holds on a machine other work shares.
+    fn with_cores(&self, cores: f64, what: &str) -> anyhow::Result<Value> {
+        let mut result = self.result(what)?;
+        result["cores"] = json!(round(cores, 3));
+        result["per_cpu_s"] = json!(round(self.per_second() / cores, 1));
+        Ok(result)
     }
 
     fn result(&self, what: &str) -> anyhow::Result<Value> {
@@ -608,12 +625,12 @@ async fn login(args: &LoginArgs) -> anyhow::Result<Value> {
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while !phase.stopped() {
-                    let i = next.fetch_add(1, Ordering::Relaxed) % accounts.len() as u64;
-                    let account = &accounts[usize::try_from(i)?];
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let account = &accounts[usize::try_from(n % accounts.len() as u64)?];
                     let counted = phase.counting();
                     let sent = Instant::now();
                     let tokens = herd
-                        .login(account, &account.address)
+                        .login(account, &address(n))
                         .await
                         .with_context(|| format!("login of {}", account.username))?;
                     anyhow::ensure!(
@@ -634,12 +651,13 @@ async fn login(args: &LoginArgs) -> anyhow::Result<Value> {
     let started = phase.open();
     tokio::time::sleep(args.window.duration).await;
     let measured = phase.close(started);
-    let (_, cpu) = cpu.stop(args.clk_tck)?;
+    let (server_cores, cpu) = cpu.stop(args.clk_tck)?;
     let mut latencies = Vec::new();
     for worker in workers {
         latencies.extend(worker.await??);
     }
     let mut result = measured.result("logins")?;
+    result["per_cpu_s"] = json!(round(measured.per_second() / server_cores, 1));
     result["users"] = json!(args.users);
     result["concurrency"] = json!(args.concurrency);
     merge(&mut result, percentiles(latencies));
