@@ -38,6 +38,7 @@
 //! The CPU figures are `/proc/PID/stat` utime + stime over the measured window, in cores
 //! (seconds of CPU a second). Durations are in seconds.
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
         Mode::Login(args) => login(&args).await?,
         Mode::Refresh(args) => refresh(&args).await?,
     };
-    println!("{result}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{result}")?;
     Ok(())
 }
 
