@@ -32,6 +32,9 @@
 #                        round to round (the table shows medians); seconds per window
 #   USERS=64 LOGIN_CONCURRENCY=8   accounts logged in round-robin; logins in flight
 #   LOGIN_STORES="sqlite postgres"
+#   MALLOC_TUNED=1       also log in on SQLite with glibc's malloc told a fixed mmap and
+#                        trim threshold (GLIBC_TUNABLES), the run "sqlite-malloc-tuned": a
+#                        diagnosis, see docs/benchmarks.md; 0 skips it
 #   REFRESH=1            0 skips the refresh run
 #   REFRESH_USERS=100 REFRESH_SESSIONS=4000 REFRESH_PER_SESSION=10 REFRESH_CONCURRENCY=32
 #   ARGON2_MEMORY_KIB ARGON2_ITERATIONS ARGON2_PARALLELISM   empty: herd's defaults
@@ -52,6 +55,11 @@ DURATION=${DURATION:-8}
 USERS=${USERS:-64}
 LOGIN_CONCURRENCY=${LOGIN_CONCURRENCY:-8}
 LOGIN_STORES=${LOGIN_STORES:-sqlite postgres}
+MALLOC_TUNED=${MALLOC_TUNED:-1}
+# glibc's malloc, by default, serves an allocation as large as an argon2id hash's memory
+# (19 MiB) from mmap and raises its thresholds as it goes, returning memory to the kernel
+# as it frees; fixed thresholds keep such blocks in the heap, reused without page faults.
+TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728
 REFRESH=${REFRESH:-1}
 REFRESH_USERS=${REFRESH_USERS:-100}
 REFRESH_SESSIONS=${REFRESH_SESSIONS:-4000}
@@ -146,6 +154,7 @@ start_herd() { # name herd-serve-flags...
 }
 
 NAMES=(argon2)
+LOGIN_RUNS=()
 for store in $LOGIN_STORES; do
     case $store in
         sqlite) start_herd login-sqlite --database "sqlite://$WORK/herd-login.db" "${ARGON2_FLAGS[@]}" ;;
@@ -153,7 +162,15 @@ for store in $LOGIN_STORES; do
         *) die "unknown store $store in LOGIN_STORES" ;;
     esac
     NAMES+=("login-$store")
+    LOGIN_RUNS+=("$store")
 done
+if [[ $MALLOC_TUNED == 1 ]]; then
+    export GLIBC_TUNABLES=$TUNABLES
+    start_herd login-sqlite-malloc-tuned --database "sqlite://$WORK/herd-login-tuned.db" "${ARGON2_FLAGS[@]}"
+    unset GLIBC_TUNABLES
+    NAMES+=(login-sqlite-malloc-tuned)
+    LOGIN_RUNS+=(sqlite-malloc-tuned)
+fi
 if [[ $REFRESH == 1 ]]; then
     REFRESH_DB=$(postgres_database refresh)
     start_herd refresh-postgres --database "$REFRESH_DB" --argon2-memory-kib 64 --argon2-iterations 1
@@ -267,7 +284,7 @@ SECTION=$(
     printf '| argon2id alone, herd'"'"'s arrangement | %s | %s | | | %s | %s | | 1.00 | 1.00 |\n' \
         "$(num "$(get argon2 blocking_pool per_s)" 1)" "$(list argon2 blocking_pool rounds)" \
         "$(num "$(get argon2 blocking_pool cores)" 2)" "$(num "$(get argon2 blocking_pool per_cpu_s)" 1)"
-    for store in $LOGIN_STORES; do
+    for store in "${LOGIN_RUNS[@]}"; do
         n=login-$store
         printf '| herd login, %s | %s | %s | %s ms | %s ms | %s | %s | %s | **%s** (rounds: %s) | **%s** (rounds: %s) |\n' "$store" \
             "$(num "$(get logins "$n" per_s)" 1)" "$(list logins "$n" rounds)" \
@@ -285,6 +302,16 @@ SECTION=$(
     printf 'work left it. "others'"'"' cores" is what the rest of the machine used meanwhile (other\n'
     printf 'builds, PostgreSQL, the generator): on a shared machine the per-second ratio moves\n'
     printf 'with it from round to round, the per-CPU-second one much less.\n\n'
+    if [[ $MALLOC_TUNED == 1 ]]; then
+        printf '`sqlite-malloc-tuned` is the `sqlite` server started with `GLIBC_TUNABLES=%s`:\n' "$TUNABLES"
+        printf 'glibc'"'"'s malloc then keeps the 19 MiB an argon2id verification allocates in the heap\n'
+        printf 'and reuses it, where by default herd'"'"'s process gives it back to the kernel and faults\n'
+        printf 'it in again (`perf stat -e page-faults` on herd: about 1,600 page faults a login by\n'
+        printf 'default, none tuned; argon2id alone, none either). The difference between the two\n'
+        printf 'rows is what those page faults cost. herd does not set this itself yet: the fix that\n'
+        printf 'needs no allocator setting is to hash into buffers kept with the hashing permits\n'
+        printf '(`argon2`'"'"'s `hash_password_into_with_memory`).\n\n'
+    fi
     if [[ $REFRESH == 1 ]]; then
         printf '### Refreshes on PostgreSQL\n\n'
         printf '%s sessions opened before each window (not timed; this server hashes at m = 64 KiB),\n' "$REFRESH_SESSIONS"
