@@ -220,6 +220,7 @@ for how in ("threads", "blocking_pool"):
     out["argon2"][how] = {
         "per_s": med([r[how]["per_s"] for r in a]), "rounds": [r[how]["per_s"] for r in a],
         "cores": med([r[how]["cores"] for r in a]), "per_cpu_s": med([r[how]["per_cpu_s"] for r in a]),
+        "faults": med([r[how]["page_faults_per_op"] for r in a if r[how].get("page_faults_per_op") is not None]),
     }
 out["argon2"]["params"] = {k: a[0][k] for k in ("memory_kib", "iterations", "parallelism", "permits", "concurrency")}
 for n in names:
@@ -234,6 +235,7 @@ for n in names:
         "server_cores": med([r["server_cores"] for r in rs]),
         "other_cores": med([r["other_cores"] for r in rs if r.get("other_cores") is not None]),
         "per_cpu_s": med([r["per_cpu_s"] for r in rs]),
+        "faults": med([r["page_faults_per_op"] for r in rs if r.get("page_faults_per_op") is not None]),
         "ratio": med(ratios), "ratios": ratios, "cpu_ratio": med(cpu_ratios), "cpu_ratios": cpu_ratios,
     }
 if "refresh-postgres" in runs:
@@ -276,21 +278,23 @@ SECTION=$(
     printf '`--trusted-proxy 127.0.0.1`), as from many clients, so the login throttle, on at its\n'
     printf 'defaults, refuses none (a refused login fails the run; a successful one counts against\n'
     printf 'no per-account limit).\n\n'
-    printf '| run | per second | rounds | p50 | p99 | cores used | per CPU-second | others'"'"' cores | per second / argon2id alone | per CPU-second / argon2id alone |\n'
-    printf '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n'
-    printf '| argon2id alone, %s threads | %s | %s | | | %s | %s | | | |\n' "$PERMITS" \
+    printf '| run | per second | rounds | p50 | p99 | cores used | per CPU-second | page faults each | others'"'"' cores | per second / argon2id alone | per CPU-second / argon2id alone |\n'
+    printf '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    printf '| argon2id alone, %s threads | %s | %s | | | %s | %s | %s | | | |\n' "$PERMITS" \
         "$(num "$(get argon2 threads per_s)" 1)" "$(list argon2 threads rounds)" \
-        "$(num "$(get argon2 threads cores)" 2)" "$(num "$(get argon2 threads per_cpu_s)" 1)"
-    printf '| argon2id alone, herd'"'"'s arrangement | %s | %s | | | %s | %s | | 1.00 | 1.00 |\n' \
+        "$(num "$(get argon2 threads cores)" 2)" "$(num "$(get argon2 threads per_cpu_s)" 1)" \
+        "$(num "$(get argon2 threads faults)")"
+    printf '| argon2id alone, herd'"'"'s arrangement | %s | %s | | | %s | %s | %s | | 1.00 | 1.00 |\n' \
         "$(num "$(get argon2 blocking_pool per_s)" 1)" "$(list argon2 blocking_pool rounds)" \
-        "$(num "$(get argon2 blocking_pool cores)" 2)" "$(num "$(get argon2 blocking_pool per_cpu_s)" 1)"
+        "$(num "$(get argon2 blocking_pool cores)" 2)" "$(num "$(get argon2 blocking_pool per_cpu_s)" 1)" \
+        "$(num "$(get argon2 blocking_pool faults)")"
     for store in "${LOGIN_RUNS[@]}"; do
         n=login-$store
-        printf '| herd login, %s | %s | %s | %s ms | %s ms | %s | %s | %s | **%s** (rounds: %s) | **%s** (rounds: %s) |\n' "$store" \
+        printf '| herd login, %s | %s | %s | %s ms | %s ms | %s | %s | %s | %s | **%s** (rounds: %s) | **%s** (rounds: %s) |\n' "$store" \
             "$(num "$(get logins "$n" per_s)" 1)" "$(list logins "$n" rounds)" \
             "$(get logins "$n" p50_ms)" "$(get logins "$n" p99_ms)" \
             "$(num "$(get logins "$n" server_cores)" 2)" "$(num "$(get logins "$n" per_cpu_s)" 1)" \
-            "$(num "$(get logins "$n" other_cores)" 2)" \
+            "$(num "$(get logins "$n" faults)")" "$(num "$(get logins "$n" other_cores)" 2)" \
             "$(num "$(get logins "$n" ratio)" 2)" "$(rlist logins "$n" ratios)" \
             "$(num "$(get logins "$n" cpu_ratio)" 2)" "$(rlist logins "$n" cpu_ratios)"
     done
@@ -301,14 +305,16 @@ SECTION=$(
     printf 'ratio says what a login costs herd beside the hash whatever share of the cores other\n'
     printf 'work left it. "others'"'"' cores" is what the rest of the machine used meanwhile (other\n'
     printf 'builds, PostgreSQL, the generator): on a shared machine the per-second ratio moves\n'
-    printf 'with it from round to round, the per-CPU-second one much less.\n\n'
+    printf 'with it from round to round, the per-CPU-second one much less. "page faults each" is\n'
+    printf 'the working process'"'"'s minor page faults (`/proc/PID/stat` minflt) over the window,\n'
+    printf 'per verification or login.\n\n'
     if [[ $MALLOC_TUNED == 1 ]]; then
         printf '`sqlite-malloc-tuned` is the `sqlite` server started with `GLIBC_TUNABLES=%s`:\n' "$TUNABLES"
         printf 'glibc'"'"'s malloc then keeps the 19 MiB an argon2id verification allocates in the heap\n'
         printf 'and reuses it, where by default herd'"'"'s process gives it back to the kernel and faults\n'
-        printf 'it in again (`perf stat -e page-faults` on herd: about 1,600 page faults a login by\n'
-        printf 'default, none tuned; argon2id alone, none either). The difference between the two\n'
-        printf 'rows is what those page faults cost. herd does not set this itself yet: the fix that\n'
+        printf 'it in again (the page faults each login above; argon2id alone has next to none). The\n'
+        printf 'difference between the two rows is what those page faults cost. herd does not set\n'
+        printf 'this itself yet: the fix that\n'
         printf 'needs no allocator setting is to hash into buffers kept with the hashing permits\n'
         printf '(`argon2`'"'"'s `hash_password_into_with_memory`).\n\n'
     fi

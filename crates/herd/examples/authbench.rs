@@ -266,12 +266,13 @@ fn on_threads(
     std::thread::sleep(window.duration);
     let measured = phase.close(started);
     let (cores, _) = cpu.stop(clk_tck)?;
+    let faults = cpu.faults();
     for handle in handles {
         handle
             .join()
             .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?;
     }
-    measured.with_cores(cores, "verifications")
+    measured.with_cores(cores, faults, "verifications")
 }
 
 async fn on_blocking_pool(
@@ -308,10 +309,11 @@ async fn on_blocking_pool(
     tokio::time::sleep(window.duration).await;
     let measured = phase.close(started);
     let (cores, _) = cpu.stop(clk_tck)?;
+    let faults = cpu.faults();
     for task in tasks {
         task.await??;
     }
-    measured.with_cores(cores, "verifications")
+    measured.with_cores(cores, faults, "verifications")
 }
 
 // --- the measured window -----------------------------------------------------------------
@@ -366,11 +368,17 @@ impl Measured {
     /// The result, with the rate per second of CPU the measured process spent (`cores`
     /// on average over the window): what the work costs whatever share of the machine
     /// it was given, the figure that holds on a machine other work shares.
-    fn with_cores(&self, cores: f64, what: &str) -> anyhow::Result<Value> {
+    fn with_cores(&self, cores: f64, faults: Option<u64>, what: &str) -> anyhow::Result<Value> {
         let mut result = self.result(what)?;
         result["cores"] = json!(round(cores, 3));
         result["per_cpu_s"] = json!(round(self.per_second() / cores, 1));
+        result["page_faults_per_op"] = json!(faults.map(|f| self.per_op(f)));
         Ok(result)
+    }
+
+    /// `total` shared among the operations counted.
+    fn per_op(&self, total: u64) -> f64 {
+        round(total as f64 / self.done.max(1) as f64, 1)
     }
 
     fn result(&self, what: &str) -> anyhow::Result<Value> {
@@ -399,6 +407,14 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Minor page faults of a process so far, all its threads (`/proc/PID/stat` minflt).
+fn page_faults(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // minflt is field 10.
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
 /// (busy, all) clock ticks of every core together, from /proc/stat.
 fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -420,6 +436,7 @@ struct Cpu {
     server: u32,
     backends: Vec<u32>,
     before: Vec<Option<u64>>,
+    faults: Option<u64>,
     machine: Option<(u64, u64)>,
     at: Instant,
 }
@@ -436,11 +453,17 @@ impl Cpu {
             server,
             backends,
             before: Vec::new(),
+            faults: page_faults(server),
             machine: machine_ticks(),
             at: Instant::now(),
         };
         cpu.before = cpu.pids().map(cpu_ticks).collect();
         cpu
+    }
+
+    /// Minor page faults of the measured process (herd, or argon2 alone) since `start`.
+    fn faults(&self) -> Option<u64> {
+        Some(page_faults(self.server)?.saturating_sub(self.faults?))
     }
 
     /// Cores used: (herd, as JSON with the rest).
@@ -650,17 +673,19 @@ async fn login(args: &LoginArgs) -> anyhow::Result<Value> {
     let started = phase.open();
     tokio::time::sleep(args.window.duration).await;
     let measured = phase.close(started);
-    let (server_cores, cpu) = cpu.stop(args.clk_tck)?;
+    let (server_cores, cpu_json) = cpu.stop(args.clk_tck)?;
+    let faults = cpu.faults();
     let mut latencies = Vec::new();
     for worker in workers {
         latencies.extend(worker.await??);
     }
     let mut result = measured.result("logins")?;
+    result["page_faults_per_op"] = json!(faults.map(|f| measured.per_op(f)));
     result["per_cpu_s"] = json!(round(measured.per_second() / server_cores, 1));
     result["users"] = json!(args.users);
     result["concurrency"] = json!(args.concurrency);
     merge(&mut result, percentiles(latencies));
-    merge(&mut result, cpu);
+    merge(&mut result, cpu_json);
     Ok(result)
 }
 
