@@ -2,17 +2,18 @@
 # Every benchmark tool, run at a tiny size so that none can rot silently: bench/wrk.sh
 # (herd against bench/peer's bare axum and axum + tower-sessions; the peer, its own
 # small Cargo project, is built here, debug), bench/profile.sh (perf under wrk),
-# bench/strategies.sh, bench/chat.sh
-# (chatbench's latency, throughput and idle modes), bench/store-load.py, bench/logout.sh
-# and bench/status-list.sh. Each fails when it measured nothing (wrk completed no request,
-# chatbench received or delivered no message or kept no connection open, store-load
-# counted no row written, perf sampled nothing, logout.sh timed no logout, status-list.sh built no list), and
-# then so does this script.
+# bench/strategies.sh, bench/chat.sh (chatbench's latency, throughput and idle modes),
+# bench/store-load.py, bench/logout.sh, bench/status-list.sh and bench/auth.sh
+# (authbench's argon2, login and refresh modes). Each fails when it measured nothing (wrk
+# completed no request, perf sampled nothing, chatbench received or delivered no message
+# or kept no connection open, store-load counted no row written, logout.sh timed no
+# logout, status-list.sh built no list, authbench completed no verification, login or
+# refresh), and then so does this script.
 #
 # The figures are meaningless and go nowhere: the tools write their sections into a copy
 # of docs/benchmarks.md in a temporary directory, which is then checked to hold every
 # section. The binaries are the ones `cargo test --workspace` has just built and run
-# (HERD_BIN, CHATBENCH_BIN; cargo test builds the examples too), not built again: a
+# (HERD_BIN, CHATBENCH_BIN, AUTHBENCH_BIN; cargo test builds the examples too), not built again: a
 # `cargo build -p herd` would resolve features without the tests' dev-dependencies and
 # rebuild half the workspace. bench/peer is not in the workspace: bench/wrk.sh builds it.
 #
@@ -25,7 +26,8 @@ target=${CARGO_TARGET_DIR:-target}
 export HERD_BENCH_PROFILE=dev
 export HERD_BIN=${HERD_BIN:-$target/debug/herd}
 export CHATBENCH_BIN=${CHATBENCH_BIN:-$target/debug/examples/chatbench}
-for binary in "$HERD_BIN" "$CHATBENCH_BIN"; do
+export AUTHBENCH_BIN=${AUTHBENCH_BIN:-$target/debug/examples/authbench}
+for binary in "$HERD_BIN" "$CHATBENCH_BIN" "$AUTHBENCH_BIN"; do
     [[ -x $binary ]] || { echo "bench smoke: no $binary; run cargo test --workspace first" >&2; exit 1; }
 done
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/herd-bench-smoke.XXXXXX")
@@ -65,6 +67,9 @@ step store-load env N=20 N_SLOW=5 IDLE_S=1 STABLE_S=0.5 bench/store-load.py
 step status-list env SESSIONS=1000 ROUNDS=1 bench/status-list.sh
 
 step logout env LOGOUTS=5 BASELINE=0 BUSES="sqlite-sql postgres-sql postgres-redis" bench/logout.sh
+step auth env ROUNDS=1 WARMUP=0.5 DURATION=1 USERS=4 LOGIN_CONCURRENCY=2 \
+    ARGON2_MEMORY_KIB=64 ARGON2_ITERATIONS=1 REFRESH_USERS=5 REFRESH_SESSIONS=300 \
+    REFRESH_CONCURRENCY=4 bench/auth.sh
 
 # herd lab --chaos (docs/lab.md, "Chaos"): every fault SQLite can take, at a tiny size
 # (PostgreSQL and Redis are crates/herd/tests/it/lab.rs's); it fails when an invariant
@@ -85,7 +90,7 @@ assert windows and all(i["checked"] > 0 for w in windows for i in w["invariants"
 assert len(sequence["invariants"]) == 7 and all(i["checked"] > 0 for i in sequence["invariants"]), sequence
 PY
 
-for section in wrk profile strategies chat store-load logout status-list; do
+for section in wrk profile strategies chat store-load logout status-list auth; do
     grep -q "<!-- $section:begin -->" "$HERD_BENCH_DOCS" ||
         { echo "bench smoke: no $section section was written" >&2; exit 1; }
 done

@@ -1179,6 +1179,24 @@ mod tests {
         );
     }
 
+    /// bench/auth.sh holds logins against argon2id alone at `HashParams::default()`
+    /// (crates/herd/examples/authbench.rs); the figure means "at the parameters herd
+    /// ships" only while `herd serve`'s flags default to those very ones.
+    #[test]
+    fn serve_hashes_at_the_default_hash_params() {
+        let cli = Cli::try_parse_from(["herd", "serve"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let config = args.auth_config().expect("valid");
+        assert_eq!(config.hash, HashParams::default());
+        assert_eq!(
+            config.hash_concurrency,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            "one hashing slot per core, as authbench's argon2 mode assumes"
+        );
+    }
+
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
