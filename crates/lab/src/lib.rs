@@ -225,15 +225,27 @@ pub async fn run(
         cluster.stop_all().await;
         return Err(e);
     }
-    tracing::info!(
-        listen = %local,
-        open = %format!("http://{local}/"),
-        replicas = count,
-        policy = cluster.config.policy.as_str(),
-        "cluster is serving"
-    );
+    tokio::pin!(shutdown);
+    let serving = async {
+        // The balancer sends nothing to a replica whose /readyz has not passed, and on a
+        // shared bus a replica is not ready until it has compared its clock with its
+        // peers' (up to 1.5 s): accept, and say so, once one is, so that the first page
+        // load is served rather than answered 503.
+        tokio::select! {
+            () = cluster.first_up() => {}
+            () = &mut shutdown => return,
+        }
+        tracing::info!(
+            listen = %local,
+            open = %format!("http://{local}/"),
+            replicas = count,
+            policy = cluster.config.policy.as_str(),
+            "cluster is serving"
+        );
+        balancer::serve(cluster.clone(), listener, shutdown.as_mut()).await;
+    };
     let failed = tokio::select! {
-        () = balancer::serve(cluster.clone(), listener, shutdown) => None,
+        () = serving => None,
         failure = cluster.failed_at_start() => Some(failure),
     };
     tracing::info!("stopping the replicas");

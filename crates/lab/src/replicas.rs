@@ -624,6 +624,15 @@ impl Cluster {
         }
     }
 
+    /// Returns once some replica has passed its readiness check.
+    pub async fn first_up(&self) {
+        // Readiness is asked every `health_interval`; a poll this often adds nothing a
+        // person or a test would notice.
+        while !self.ever_up.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: a crash, not a shutdown.
     pub fn kill(&self, id: &str) -> Result<ReplicaView, ActionError> {
         self.act(id, |slot| {

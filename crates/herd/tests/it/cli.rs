@@ -212,12 +212,25 @@ async fn a_draining_replica_fails_readiness_but_keeps_serving_until_told_again()
     let dir = tempfile::tempdir().expect("tempdir");
     let mut replica = Replica::start("drain-1", &database(&dir), &["--drain-delay", "10m"]);
     let http = reqwest::Client::new();
-    let ready = http
-        .get(replica.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), 200);
+    // On the SQL tail a replica is ready once it has compared its clock with its peers'
+    // (at most 1.5 s after it started; docs/security.md, "Clock skew").
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http
+            .get(replica.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready: {}",
+            ready.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let pid = replica.child.id().to_string();
     let term = || {

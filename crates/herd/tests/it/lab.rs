@@ -24,7 +24,7 @@ fn run_lab(out: &Path, flags: &[&str]) -> (Output, Value) {
             "--add-at",
             "5s",
             "--stop-at",
-            "7s",
+            "9s",
         ])
         .args(["--out", out.to_str().expect("utf-8 path")])
         .args(flags)
