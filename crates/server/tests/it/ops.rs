@@ -116,10 +116,18 @@ async fn shutdown_finishes_the_request_in_flight() {
 
 /// The series `/metrics` answered before metrics went through prometheus-client, written
 /// down from main before the change: every sample's name with its label names, and
-/// every family's type. Dashboards and alerts depend on exactly these. `herd_live_peers`
-/// was added since (the replicas a revocation waits for), not changed.
+/// every family's type. Dashboards and alerts depend on exactly these. Added since, not
+/// changed: `herd_live_peers` (the replicas a revocation waits for), and chat's stage
+/// timings `herd_chat_stage_seconds` and posts per commit `herd_chat_commit_posts`
+/// (docs/benchmarks.md, "Where the time goes").
 const SERIES_BEFORE: &[(&str, &[&str])] = &[
     ("herd_auth_failures_total", &["kind", "reason"]),
+    ("herd_chat_commit_posts_bucket", &["le"]),
+    ("herd_chat_commit_posts_count", &[]),
+    ("herd_chat_commit_posts_sum", &[]),
+    ("herd_chat_stage_seconds_bucket", &["le", "stage"]),
+    ("herd_chat_stage_seconds_count", &["stage"]),
+    ("herd_chat_stage_seconds_sum", &["stage"]),
     (
         "herd_http_request_duration_seconds_bucket",
         &["le", "route"],
@@ -132,6 +140,8 @@ const SERIES_BEFORE: &[(&str, &[&str])] = &[
 ];
 const TYPES_BEFORE: &[(&str, &str)] = &[
     ("herd_auth_failures_total", "counter"),
+    ("herd_chat_commit_posts", "histogram"),
+    ("herd_chat_stage_seconds", "histogram"),
     ("herd_http_request_duration_seconds", "histogram"),
     ("herd_http_requests_total", "counter"),
     ("herd_live_peers", "gauge"),
