@@ -144,19 +144,13 @@ impl Store {
         now: i64,
     ) -> Result<Posted> {
         // As for a batch (see post_messages): one more try when the connection was lost.
-        let post = || async {
+        once_more_if_lost("a post", || async {
             dispatch!(self, db => {
                 db.post_message(room_id, id, author_id, body, client_id, now)
                     .await
             })
-        };
-        match post().await {
-            Err(e) if e.is_connection_lost() => {
-                tracing::warn!(error = %e, "the connection was lost under a post; trying it once more");
-                post().await
-            }
-            done => done,
-        }
+        })
+        .await
     }
 
     /// Appends a batch of messages to one room in one transaction, each from a member of
@@ -178,13 +172,10 @@ impl Store {
         // earlier), or the server can end it mid-transaction. One more try on a fresh
         // connection saves the posts, and is safe even if the first commit did land:
         // each message's client id then returns the stored message, never a copy.
-        match dispatch!(self, db => db.post_messages(room_id, batch).await) {
-            Err(e) if e.is_connection_lost() => {
-                tracing::warn!(error = %e, "the connection was lost under a batch of posts; trying it once more");
-                dispatch!(self, db => db.post_messages(room_id, batch).await)
-            }
-            done => done,
-        }
+        once_more_if_lost("a batch of posts", || async {
+            dispatch!(self, db => db.post_messages(room_id, batch).await)
+        })
+        .await
     }
 
     /// At most `limit` messages of the room with `seq > after_seq`, ascending. Since
@@ -196,12 +187,28 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<MessageRecord>> {
         // A read: one more try on a fresh connection, as for posts.
-        match dispatch!(self, db => db.messages_after(room_id, after_seq, limit).await) {
-            Err(e) if e.is_connection_lost() => {
-                dispatch!(self, db => db.messages_after(room_id, after_seq, limit).await)
-            }
-            done => done,
+        once_more_if_lost("a history read", || async {
+            dispatch!(self, db => db.messages_after(room_id, after_seq, limit).await)
+        })
+        .await
+    }
+}
+
+/// Runs `call`, and once more when the connection it ran on was lost under it
+/// ([`StoreError::is_connection_lost`]): the pool then hands out a fresh one. Only for
+/// calls a second run cannot double: reads, and posts (their client ids return the
+/// stored message, never a copy).
+async fn once_more_if_lost<T, F, Fut>(what: &str, call: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    match call().await {
+        Err(e) if e.is_connection_lost() => {
+            tracing::warn!(error = %e, "the connection was lost under {what}; trying it once more");
+            call().await
         }
+        done => done,
     }
 }
 
