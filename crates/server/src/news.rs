@@ -32,7 +32,7 @@
 //! [`CLOCK_SAMPLES`] differences is the best estimate. When more live peers disagree
 //! with this replica's clock by more than the verification leeway than agree with it
 //! (itself counted as agreeing), this replica is the one that is off:
-//! [`Confirmations::clock_problem`] says so, `/readyz` fails and it issues no tokens
+//! [`Confirmations::clock_skew`] says so, `/readyz` fails and it issues no tokens
 //! (its tokens would be refused elsewhere, or the others' by it). Two replicas that
 //! disagree cannot tell which is wrong, and neither steps back; a replica that hears no
 //! peer (alone, or cut off from the bus) has nothing to compare with.
