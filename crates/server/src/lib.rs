@@ -57,21 +57,24 @@ pub mod rooms;
 pub mod web;
 pub mod wellknown;
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::header::{CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
-use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use herd_bus::Bus;
 use herd_chat::Chat;
 use herd_identity::{Auth, Rejection};
 use tokio::net::TcpListener;
+use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::chat::{ChatLimits, ChatState};
@@ -112,9 +115,16 @@ pub struct ServerConfig {
     pub confirm_deadline: Duration,
 }
 
-/// Everything a handler can reach. Cheap to clone.
+/// Everything a handler can reach, behind one reference count: axum clones the state
+/// for every request (its router, each layer's copy of a route, the `State`
+/// extractor), and with a count per field those clones and drops were a tenth of a
+/// replica's CPU on `GET /v1/me` (docs/benchmarks.md, the profile section).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] shares; its fields read as the state's own (`state.auth`).
+#[derive(Debug, Clone)]
+pub struct Shared {
     pub auth: Auth,
     pub replica: Arc<str>,
     pub metrics: Arc<Metrics>,
@@ -135,6 +145,14 @@ pub struct AppState {
     cookies: Arc<Cookies>,
     /// The revocation feed's bound on open streams.
     pub(crate) feed: Arc<feed::FeedState>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -162,7 +180,7 @@ impl AppState {
             &config.replica_id,
             config.confirm_deadline,
         );
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             confirmations,
             cookies,
             auth,
@@ -175,7 +193,7 @@ impl AppState {
             bus,
             draining: Arc::default(),
             feed: Arc::default(),
-        })
+        })))
     }
 
     /// From now on `/readyz` answers 503: the replica is about to stop. It keeps
@@ -192,16 +210,18 @@ impl AppState {
 
     /// Relays identity's news to other replicas over `bus`, and theirs to this one;
     /// chat announces and follows messages over it too.
-    pub fn with_bus(mut self, bus: Bus) -> AppState {
-        self.chat = self.chat.with_bus(bus.clone());
-        self.confirmations = news::Confirmations::new(
-            self.auth.clone(),
+    pub fn with_bus(self, bus: Bus) -> AppState {
+        // Called while starting, before the state is shared: the copy is a fallback.
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.chat = shared.chat.with_bus(bus.clone());
+        shared.confirmations = news::Confirmations::new(
+            shared.auth.clone(),
             bus.clone(),
-            &self.config.replica_id,
-            self.config.confirm_deadline,
+            &shared.config.replica_id,
+            shared.config.confirm_deadline,
         );
-        self.bus = bus;
-        self
+        shared.bus = bus;
+        AppState(Arc::new(shared))
     }
 
     /// Peers, their confirmations, and
@@ -263,15 +283,12 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.config.body_limit))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(Edge {
-                metrics: state.metrics.clone(),
-                replica_header: state.replica_header.clone(),
-                body_limit: state.config.body_limit,
-                body_deadline: state.config.connections.header_read_timeout,
-            }),
-            observe,
-        ))
+        .layer(ObserveLayer(Arc::new(Edge {
+            metrics: state.metrics.clone(),
+            replica_header: state.replica_header.clone(),
+            body_limit: state.config.body_limit,
+            body_deadline: state.config.connections.header_read_timeout,
+        })))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 ApiError::internal("a handler panicked").into_response()
@@ -280,8 +297,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// What `observe` needs of the state: one reference count per request rather than a
-/// clone of every field of [`AppState`].
+/// What [`Observe`] needs of the state.
 #[derive(Debug)]
 struct Edge {
     metrics: Arc<Metrics>,
@@ -290,19 +306,90 @@ struct Edge {
     body_deadline: Duration,
 }
 
+/// Wraps every route in [`Observe`].
+#[derive(Debug, Clone)]
+struct ObserveLayer(Arc<Edge>);
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            edge: self.0.clone(),
+        }
+    }
+}
+
 /// Around every request: the replica header, the security headers, metrics, the one
 /// log line for an unexpected error, and the declared body read before routing
-/// (`listen::read_declared_body`).
-async fn observe(State(state): State<Arc<Edge>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    // The matched pattern's clone is a reference count: nothing is allocated per request.
-    let route = metrics::Route::of(request.extensions().get::<MatchedPath>());
-    let mut response =
-        match listen::read_declared_body(state.body_limit, state.body_deadline, request).await {
-            Ok(request) => next.run(request).await,
-            Err(refused) => refused,
-        };
+/// (`listen::read_declared_body`). A service of its own rather than
+/// `middleware::from_fn`, which clones the route it wraps and boxes a second future on
+/// every request: a request without a body to read calls the route it was made ready
+/// for, with one future allocated.
+#[derive(Debug, Clone)]
+struct Observe<S> {
+    inner: S,
+    edge: Arc<Edge>,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = request.method().clone();
+        // The matched pattern's clone is a reference count: nothing is allocated per request.
+        let route = metrics::Route::of(request.extensions().get::<MatchedPath>());
+        let edge = self.edge.clone();
+        if !listen::has_declared_body(edge.body_limit, &request) {
+            let answer = self.inner.call(request);
+            return Box::pin(async move {
+                let Ok(response) = answer.await;
+                Ok(finish(&edge, &method, route, started, response))
+            });
+        }
+        // The body is read first: the route made ready goes with the future, a fresh
+        // clone stays for the next call's `poll_ready`.
+        let fresh = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, fresh);
+        Box::pin(async move {
+            let response = match listen::read_declared_body(
+                edge.body_limit,
+                edge.body_deadline,
+                request,
+            )
+            .await
+            {
+                Ok(request) => {
+                    let Ok(response) = ready.call(request).await;
+                    response
+                }
+                Err(refused) => refused,
+            };
+            Ok(finish(&edge, &method, route, started, response))
+        })
+    }
+}
+
+/// What [`Observe`] does to every response, and records of it.
+fn finish(
+    edge: &Edge,
+    method: &Method,
+    route: metrics::Route,
+    started: Instant,
+    mut response: Response,
+) -> Response {
     let status = response.status();
     if let Some(InternalError(error)) = response.extensions_mut().remove::<InternalError>() {
         if status.is_server_error() && status != axum::http::StatusCode::SERVICE_UNAVAILABLE {
@@ -312,7 +399,8 @@ async fn observe(State(state): State<Arc<Edge>>, request: Request, next: Next) -
         }
     }
     let headers = response.headers_mut();
-    headers.insert(REPLICA_HEADER, state.replica_header.clone());
+    headers.reserve(4);
+    headers.insert(REPLICA_HEADER, edge.replica_header.clone());
     // Every response, not only the page's, is kept from being sniffed into HTML, framed,
     // or rendered with active content: a JSON body opened as a document runs nothing.
     // The page's own files set their stricter-where-it-matters values first (web.rs).
@@ -327,9 +415,8 @@ async fn observe(State(state): State<Arc<Edge>>, request: Request, next: Next) -
         .or_insert(HeaderValue::from_static("no-referrer"));
     let elapsed = started.elapsed();
     tracing::debug!(%method, route = route.as_str(), status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "served");
-    state
-        .metrics
-        .record_request(&method, route, status.as_u16(), elapsed);
+    edge.metrics
+        .record_request(method, route, status.as_u16(), elapsed);
     response
 }
 

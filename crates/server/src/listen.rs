@@ -215,24 +215,30 @@ async fn connection(
     }
 }
 
+/// Whether `request` declares a body of at most `limit` bytes, which
+/// [`read_declared_body`] reads before routing.
+pub(crate) fn has_declared_body(limit: usize, request: &Request) -> bool {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > 0 && n <= limit as u64)
+}
+
 /// Reads a body whose declared length is within the body limit before the request is
 /// routed, within the header-read timeout. A handler that ignores its body (`GET
 /// /healthz`) would otherwise leave it unread, and hyper closes such a connection with
 /// the rest of the body still arriving: the proxy that is still sending it gets a reset,
 /// which nginx counts as the replica failing. Larger bodies are left to the handlers,
-/// which refuse them with 413. Called by `observe` (lib.rs), so that it costs no
+/// which refuse them with 413. Called by `Observe` (lib.rs), so that it costs no
 /// middleware layer of its own.
 pub(crate) async fn read_declared_body(
     limit: usize,
     deadline: Duration,
     request: Request,
 ) -> Result<Request, Response> {
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if !declared.is_some_and(|n| n > 0 && n <= limit as u64) {
+    if !has_declared_body(limit, &request) {
         return Ok(request);
     }
     let (parts, body) = request.into_parts();
