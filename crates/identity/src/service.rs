@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
-use crate::cache::{self, TokenCache};
+use crate::cache::TokenCache;
 use crate::clock::Clock;
 use crate::domain::{Password, Username};
 use crate::jwt::{self, AccessClaims, Expectations, Rejection};
@@ -947,9 +947,8 @@ impl Auth {
         ring: &KeyRing,
     ) -> Result<Arc<AccessClaims>, Rejection> {
         let now = self.now();
-        let key = cache::digest(token);
         let generation = self.inner.ring.load().generation();
-        let claims = match self.inner.cache.get(&key, generation) {
+        let claims = match self.inner.cache.get(token, generation) {
             Some(claims) => {
                 jwt::check_claims(&claims, &self.inner.expect, now)?;
                 claims
@@ -958,7 +957,7 @@ impl Auth {
                 let claims = Arc::new(jwt::verify(token, ring, &self.inner.expect, now)?);
                 self.inner
                     .cache
-                    .insert(key, claims.clone(), ring.generation(), now);
+                    .insert(token, claims.clone(), ring.generation(), now);
                 claims
             }
         };
