@@ -74,18 +74,22 @@ impl RedisPool {
     ) -> Result<T, Unavailable> {
         let mut conn = self.connection().await?;
         let mut last = String::new();
+        // The manager's response timeout bounds each try (one timer a request, where a
+        // `tokio::time::timeout` around it armed a second).
         for _ in 0..2 {
-            match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e))
+            match cmd.query_async(&mut conn).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_timeout() => {
+                    return Err(Unavailable("Redis did not answer within 1 s".into()))
+                }
+                Err(e)
                     if e.is_io_error()
                         || e.is_connection_dropped()
                         || e.is_connection_refusal() =>
                 {
                     last = e.to_string();
                 }
-                Ok(Err(e)) => return Err(Unavailable(e.to_string())),
-                Err(_) => return Err(Unavailable("Redis did not answer within 1 s".into())),
+                Err(e) => return Err(Unavailable(e.to_string())),
             }
         }
         Err(Unavailable(last))
