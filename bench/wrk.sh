@@ -6,7 +6,8 @@
 #                  the same shape as herd's (bench/peer, `peer bare`): the ceiling
 #   herd-healthz   herd's GET /healthz (the floor of herd's HTTP stack), token server
 #   herd-token     herd's GET /v1/me, `--sessions token` (a signature check, cached)
-#   axum-sessions  axum + tower-sessions + tower-sessions-redis-store (fred, a pool of 4),
+#   axum-sessions  axum + tower-sessions + tower-sessions-redis-store (fred, a pool of 4,
+#                  its best: PEER_REDIS_POOL=1 carried fewer requests a second),
 #                  GET /v1/me with the session cookie (bench/peer, `peer sessions`)
 #   herd-shared    herd's GET /v1/me, `--sessions shared` on Redis
 #

@@ -3,7 +3,7 @@
 //! - `peer bare LISTEN`: `GET /healthz` and `GET /v1/me` answer a constant (`/v1/me` a
 //!   JSON body shaped as herd's); the ceiling of a minimal axum exchange on this machine.
 //! - `peer sessions LISTEN REDIS_URL`: axum + tower-sessions with its Redis store
-//!   (fred, a pool of 4 connections), sessions ending after 30 minutes unused as
+//!   (fred, a pool of 4 connections, or `PEER_REDIS_POOL`), sessions ending after 30 minutes unused as
 //!   herd's `shared` sessions do. `POST /login` starts a session (the `id` cookie);
 //!   `GET /v1/me` answers the session's user, 401 without one.
 //!
@@ -44,7 +44,12 @@ async fn main() {
         "sessions" => {
             let url = args.get(3).expect(usage);
             let config = Config::from_url(url).expect("a redis:// URL");
-            let pool = Pool::new(config, None, None, None, 4).expect("a Redis pool");
+            // PEER_REDIS_POOL: how many connections fred keeps (4 unless told).
+            let size = std::env::var("PEER_REDIS_POOL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(4);
+            let pool = Pool::new(config, None, None, None, size).expect("a Redis pool");
             let _connections = pool.connect();
             pool.wait_for_connect().await.expect("Redis answers");
             let layer = SessionManagerLayer::new(RedisStore::new(pool))

@@ -303,8 +303,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Connections kept open to Redis.
-    #[arg(long, env = "HERD_REDIS_POOL", default_value_t = 4)]
+    /// Command connections kept open to Redis. Each is multiplexed: every request's
+    /// commands share it, written together while others wait, so one is usually best
+    /// (measured: one carried 30-45 % more `shared` requests a second than four,
+    /// docs/benchmarks.md).
+    #[arg(long, env = "HERD_REDIS_POOL", default_value_t = 1)]
     pub redis_pool: usize,
 
     /// A `memory` or `shared` session ends after this long unused.

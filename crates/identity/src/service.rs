@@ -93,7 +93,7 @@ impl AuthConfig {
             strategy: Strategy::Token,
             sessions: SessionTimeouts::default(),
             redis_url: None,
-            redis_pool: 4,
+            redis_pool: 1,
             throttle: ThrottleConfig::default(),
             status_list_ttl: Duration::from_secs(60),
         }
