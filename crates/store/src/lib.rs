@@ -334,9 +334,10 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // The queries are written for READ COMMITTED (see `dialect.rs`). Transactions
             // name it as they begin; this names it for the statements run in autocommit
-            // too, whose implicit transaction would otherwise take the server's default.
-            // (A startup option, so it costs no round trip; the backslash keeps the space
-            // in the value.)
+            // too, whose implicit transaction would otherwise take the server's default:
+            // `herd_post_messages` is one of those, and is written for it. (A startup
+            // option, so it costs no round trip; the backslash keeps the space in the
+            // value.)
             let options = PgConnectOptions::from_str(url)
                 .map_err(|_| unsupported())?
                 .options([("default_transaction_isolation", "read\\ committed")]);

@@ -722,6 +722,25 @@ async fn a_batch_is_answered_in_its_order_and_numbered_without_gaps(db: TestDb) 
     batches_with_everything_a_batch_meets(db).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+async fn postgres_answers_batches_exactly_as_sqlite_does() {
+    // PostgreSQL commits a batch in one call of herd_post_messages, SQLite statement by
+    // statement in Rust: two texts of one algorithm, which must not drift apart.
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for kind in [harness::Kind::Sqlite, harness::Kind::Postgres] {
+        let runs = runs.clone();
+        harness::run(kind, |db| async move {
+            let run = batches_with_everything_a_batch_meets(db).await;
+            runs.lock().expect("the runs' lock").push(run);
+        })
+        .await;
+    }
+    let runs = runs.lock().expect("the runs' lock");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0], runs[1], "SQLite's answers, then PostgreSQL's");
+}
+
 async fn concurrent_batches_to_one_room_get_every_seq_exactly_once(db: TestDb) {
     let (posters, batches, per_batch) = (2, 20, 5);
     let store = db.connect().await;
@@ -905,6 +924,53 @@ async fn postgres_a_batch_of_posts_whose_connection_the_server_ends_is_tried_onc
             ]
         );
         assert_eq!(seqs(&store, "r1").await, [1, 2]);
+        let _ = admin.close().await;
+        let _ = holder.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+async fn postgres_a_batch_that_waited_for_the_room_commits_whatever_the_servers_isolation() {
+    // herd_post_messages runs in autocommit, whose implicit transaction takes the
+    // connection's default isolation. Under REPEATABLE READ a batch that waited for
+    // another poster's lock on the room would fail with a serialisation error when that
+    // poster commits; the store's connections ask for READ COMMITTED, for which the
+    // function is written, whatever the server's default.
+    harness::run(harness::Kind::Postgres, |db: TestDb| async move {
+        use sqlx::{Connection as _, Executor as _};
+        db.exec(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation \
+             = %L', current_database(), 'repeatable read'); END $$",
+        )
+        .await;
+        let store = db.connect().await;
+        let ada = harness::user(&store, "ada").await;
+        store
+            .create_room("r1", "general", &ada.id, NOW)
+            .await
+            .expect("room");
+        // Another poster holds the room's row, as a batch's first statement does.
+        let mut holder = db.postgres_connection().await;
+        holder.execute("BEGIN").await.expect("begin");
+        holder
+            .execute("UPDATE rooms SET last_seq = last_seq WHERE id = 'r1'")
+            .await
+            .expect("lock the room");
+        let batch = [message("m-1", &ada.id, "c1", "one", 1)];
+        let posting = {
+            let (store, batch) = (store.clone(), batch.clone());
+            tokio::spawn(async move { store.post_messages("r1", &batch).await })
+        };
+        let mut admin = db.postgres_connection().await;
+        lock_waiter(&mut admin).await;
+        holder.execute("COMMIT").await.expect("commit");
+        let posted = posting.await.expect("the post's task");
+        assert_eq!(
+            posted.expect("the batch failed"),
+            [Batched::Posted(Posted::New(stored(&batch[0], 1, "ada")))]
+        );
         let _ = admin.close().await;
         let _ = holder.close().await;
     })
