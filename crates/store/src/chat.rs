@@ -10,8 +10,10 @@
 
 use std::collections::HashMap;
 
+use sqlx::postgres::Postgres;
 use sqlx::{ColumnIndex, Decode, Executor, Row, Type};
 
+use crate::sql::Db;
 use crate::{Backend, Result, Store, StoreError};
 
 /// A room as stored. `last_seq` is the `seq` of its newest message, 0 before the first.
@@ -163,6 +165,9 @@ impl Store {
     /// An error means nothing of the batch was written. A connection lost under it
     /// ([`StoreError::is_connection_lost`]) is tried once more on a fresh one. A room
     /// that does not exist is [`StoreError::NotFound`].
+    ///
+    /// On PostgreSQL the whole batch is one round trip: one call of the
+    /// `herd_post_messages` function, in autocommit.
     pub async fn post_messages(&self, room_id: &str, batch: &[NewMessage]) -> Result<Vec<Batched>> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -173,7 +178,14 @@ impl Store {
         // connection saves the posts, and is safe even if the first commit did land:
         // each message's client id then returns the stored message, never a copy.
         once_more_if_lost("a batch of posts", || async {
-            dispatch!(self, db => db.post_messages(room_id, batch).await)
+            match &self.backend {
+                // PostgreSQL runs the batch's statements itself, in `herd_post_messages`:
+                // one round trip instead of seven, each of which waited for a core on a
+                // busy server. SQLite runs in this process, where a statement costs no
+                // round trip, so it is sent them one by one.
+                Backend::Postgres(db) => db.post_messages_in_one_call(room_id, batch).await,
+                Backend::Sqlite(db) => db.post_messages(room_id, batch).await,
+            }
         })
         .await
     }
@@ -384,6 +396,9 @@ impl_queries! {
         Ok(Posted::New(message))
     }
 
+    /// The batch commit, statement by statement: what SQLite runs. PostgreSQL runs the
+    /// same statements with the same meaning inside `herd_post_messages`
+    /// (`migrations/postgres/0008_post_messages.sql`), so a change here is a change there.
     async fn post_messages(&self, room_id: &str, batch: &[NewMessage]) -> Result<Vec<Batched>> {
         let mut tx = DB::begin(self.pool()).await?;
         // The room's row first, as in `post_message`: on PostgreSQL its lock (held to the
@@ -541,6 +556,65 @@ impl_queries! {
         let row = self.pool().fetch_optional(select).await?;
         Ok(row.map(|r| message_from(&r)))
     }
+}
+
+impl Db<Postgres> {
+    /// [`Store::post_messages`] on PostgreSQL: the statements of the generic
+    /// `post_messages`, run by the server in `herd_post_messages` (migration 0008) and
+    /// sent as one statement in autocommit, whose implicit transaction commits as it
+    /// returns. The batch goes as one array per column; the answer is a row per message
+    /// in the batch's order, its stored message in `select_messages!`'s columns and then
+    /// what it came to. The batch must not be empty.
+    async fn post_messages_in_one_call(
+        &self,
+        room_id: &str,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Batched>> {
+        let ids: Vec<&str> = batch.iter().map(|m| m.id.as_str()).collect();
+        let authors: Vec<&str> = batch.iter().map(|m| m.author_id.as_str()).collect();
+        let bodies: Vec<&str> = batch.iter().map(|m| m.body.as_str()).collect();
+        let client_ids: Vec<&str> = batch.iter().map(|m| m.client_id.as_str()).collect();
+        let created_at: Vec<i64> = batch.iter().map(|m| m.created_at).collect();
+        let call = sqlx::query(
+            "SELECT room_id, seq, id, author_id, author, body, client_id, created_at, outcome \
+             FROM herd_post_messages($1, $2, $3, $4, $5, $6) ORDER BY ord",
+        )
+        .bind(room_id)
+        .bind(ids)
+        .bind(authors)
+        .bind(bodies)
+        .bind(client_ids)
+        .bind(created_at);
+        let rows = self.pool().fetch_all(call).await?;
+        // The function answers every message of a room that exists, and none of one that
+        // does not.
+        if rows.is_empty() {
+            return Err(StoreError::NotFound);
+        }
+        if rows.len() != batch.len() {
+            return Err(unexpected(format!(
+                "herd_post_messages answered {} rows for {} messages",
+                rows.len(),
+                batch.len()
+            )));
+        }
+        rows.iter()
+            .map(|r| match r.get::<&str, _>(8) {
+                "new" => Ok(Batched::Posted(Posted::New(message_from(r)))),
+                "existing" => Ok(Batched::Posted(Posted::Existing(message_from(r)))),
+                "not a member" => Ok(Batched::NotAMember),
+                other => Err(unexpected(format!(
+                    "herd_post_messages answered the outcome {other:?}"
+                ))),
+            })
+            .collect()
+    }
+}
+
+/// An answer from the database that the store's own SQL cannot give: a bug, reported as
+/// the database error it would be if the server had misspoken.
+fn unexpected(what: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(what))
 }
 
 fn room_from<R>(r: &R) -> RoomRecord

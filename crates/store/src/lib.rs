@@ -332,7 +332,15 @@ impl Store {
                 .await?;
             Backend::Sqlite(Db::new(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url).map_err(|_| unsupported())?;
+            // The queries are written for READ COMMITTED (see `dialect.rs`). Transactions
+            // name it as they begin; this names it for the statements run in autocommit
+            // too, whose implicit transaction would otherwise take the server's default:
+            // `herd_post_messages` is one of those, and is written for it. (A startup
+            // option, so it costs no round trip; the backslash keeps the space in the
+            // value.)
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|_| unsupported())?
+                .options([("default_transaction_isolation", "read\\ committed")]);
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(5))

@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_refresh_limit"),
     migration!(6, "0006_status_list"),
     migration!(7, "0007_accounts"),
+    migration!(8, "0008_post_messages"),
 ];
 
 fn known() -> i64 {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use herd_store::{MessageRecord, Posted, RoomRecord, Store, StoreError};
+use herd_store::{Batched, MessageRecord, NewMessage, Posted, RoomRecord, Store, StoreError};
 use tokio::sync::Barrier;
 
 use crate::harness::{self, TestDb, NOW};
@@ -20,6 +20,8 @@ backend_tests!(
     racing_identical_posts_store_one_message_and_leave_no_gap,
     a_failed_post_takes_its_seq_back,
     a_nul_the_database_refuses_is_bad_input,
+    a_batch_is_answered_in_its_order_and_numbered_without_gaps,
+    concurrent_batches_to_one_room_get_every_seq_exactly_once,
 );
 
 /// Posts `body` as `author` in `room` with client id `client_id` (the message id is
@@ -563,6 +565,412 @@ async fn postgres_a_batch_whose_connection_the_server_ends_is_tried_once_more() 
             other => panic!("the post was not saved: {other:?}"),
         }
         assert_eq!(seqs(&store, "r-kill").await, [1]);
+        let _ = admin.close().await;
+        let _ = holder.close().await;
+    })
+    .await;
+}
+
+/// A message for a batch: `id` its message id, posted at `NOW + at`.
+fn message(id: &str, author: &str, client_id: &str, body: &str, at: i64) -> NewMessage {
+    NewMessage {
+        id: id.to_owned(),
+        author_id: author.to_owned(),
+        body: body.to_owned(),
+        client_id: client_id.to_owned(),
+        created_at: NOW + at,
+    }
+}
+
+/// `message` as stored in room `r1` with `seq`, by `author` (whose username it is).
+fn stored(m: &NewMessage, seq: i64, author: &str) -> MessageRecord {
+    MessageRecord {
+        room_id: "r1".to_owned(),
+        seq,
+        id: m.id.clone(),
+        author_id: m.author_id.clone(),
+        author: author.to_owned(),
+        body: m.body.clone(),
+        client_id: m.client_id.clone(),
+        created_at: m.created_at,
+    }
+}
+
+/// What a run of [`batches_with_everything_a_batch_meets`] saw: each batch's answers,
+/// then the room's history and its last seq.
+type BatchRun = (Vec<Vec<Batched>>, Vec<MessageRecord>, Option<i64>);
+
+/// Batches to room `r1` with a post repeated inside the batch, an author who is not a
+/// member, one with no account at all, a client id posted earlier and one the same author
+/// posted in another room, each answered in the batch's order exactly as expected; new
+/// messages numbered without gaps, repeats and refusals taking no seq.
+async fn batches_with_everything_a_batch_meets(db: TestDb) -> BatchRun {
+    let new = |m| Batched::Posted(Posted::New(m));
+    let existing = |m| Batched::Posted(Posted::Existing(m));
+    let store = db.connect().await;
+    let ada = harness::user(&store, "ada").await;
+    let bob = harness::user(&store, "bob").await;
+    let eve = harness::user(&store, "eve").await;
+    for room in ["r1", "r2"] {
+        store
+            .create_room(room, room, &ada.id, NOW)
+            .await
+            .expect("create room");
+    }
+    store
+        .join_room("r1", &bob.id, NOW)
+        .await
+        .expect("join room");
+    let mut answers = Vec::new();
+
+    let old = message("m-old", &ada.id, "c-old", "old", 0);
+    let first = store
+        .post_messages("r1", std::slice::from_ref(&old))
+        .await
+        .expect("post messages");
+    assert_eq!(first, [new(stored(&old, 1, "ada"))]);
+    answers.push(first);
+    let elsewhere = message("m-r2", &ada.id, "c1", "in r2", 0);
+    store
+        .post_messages("r2", &[elsewhere])
+        .await
+        .expect("post messages");
+
+    let batch = [
+        message("m-1", &ada.id, "c1", "one", 1),
+        message("m-2", &eve.id, "c1", "intruder", 2),
+        // A retry carries a fresh message id, a later time and maybe another body; the
+        // message stored first is the answer.
+        message("m-3", &ada.id, "c-old", "old, resent", 3),
+        // The key is per author: bob's "c1" is his own message.
+        message("m-4", &bob.id, "c1", "bob's own", 4),
+        message("m-5", &ada.id, "c1", "one, resent in the same batch", 5),
+        message("m-6", "u-nobody", "c9", "boo", 6),
+        message("m-7", &ada.id, "c2", "two", 7),
+    ];
+    let answered = store
+        .post_messages("r1", &batch)
+        .await
+        .expect("post messages");
+    assert_eq!(
+        answered,
+        [
+            new(stored(&batch[0], 2, "ada")),
+            Batched::NotAMember,
+            existing(stored(&old, 1, "ada")),
+            new(stored(&batch[3], 3, "bob")),
+            existing(stored(&batch[0], 2, "ada")),
+            Batched::NotAMember,
+            new(stored(&batch[6], 4, "ada")),
+        ]
+    );
+    answers.push(answered);
+
+    // Nothing new: no seq taken, last_seq untouched.
+    let repeats = [
+        message("m-8", &ada.id, "c2", "two, resent", 8),
+        message("m-9", &eve.id, "c3", "still not in", 9),
+    ];
+    let answered = store
+        .post_messages("r1", &repeats)
+        .await
+        .expect("post messages");
+    assert_eq!(
+        answered,
+        [existing(stored(&batch[6], 4, "ada")), Batched::NotAMember]
+    );
+    answers.push(answered);
+    let next = message("m-10", &bob.id, "c2", "after", 10);
+    let answered = store
+        .post_messages("r1", std::slice::from_ref(&next))
+        .await
+        .expect("post messages");
+    assert_eq!(answered, [new(stored(&next, 5, "bob"))]);
+    answers.push(answered);
+
+    assert!(matches!(
+        store
+            .post_messages("r-nope", &[message("m-11", &ada.id, "c11", "?", 11)])
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.post_messages("r1", &[]).await.expect("post messages"),
+        []
+    );
+
+    let history = store
+        .messages_after("r1", 0, 100)
+        .await
+        .expect("messages after");
+    assert_eq!(
+        history,
+        [
+            stored(&old, 1, "ada"),
+            stored(&batch[0], 2, "ada"),
+            stored(&batch[3], 3, "bob"),
+            stored(&batch[6], 4, "ada"),
+            stored(&next, 5, "bob"),
+        ]
+    );
+    let last_seq = store.room("r1").await.expect("room").map(|r| r.last_seq);
+    assert_eq!(last_seq, Some(5));
+    (answers, history, last_seq)
+}
+
+async fn a_batch_is_answered_in_its_order_and_numbered_without_gaps(db: TestDb) {
+    batches_with_everything_a_batch_meets(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+async fn postgres_answers_batches_exactly_as_sqlite_does() {
+    // PostgreSQL commits a batch in one call of herd_post_messages, SQLite statement by
+    // statement in Rust: two texts of one algorithm, which must not drift apart.
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for kind in [harness::Kind::Sqlite, harness::Kind::Postgres] {
+        let runs = runs.clone();
+        harness::run(kind, |db| async move {
+            let run = batches_with_everything_a_batch_meets(db).await;
+            runs.lock().expect("the runs' lock").push(run);
+        })
+        .await;
+    }
+    let runs = runs.lock().expect("the runs' lock");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0], runs[1], "SQLite's answers, then PostgreSQL's");
+}
+
+async fn concurrent_batches_to_one_room_get_every_seq_exactly_once(db: TestDb) {
+    let (posters, batches, per_batch) = (2, 20, 5);
+    let store = db.connect().await;
+    let owner = harness::user(&store, "owner").await;
+    // Both posters also send, in every batch, the same client id of this author: as a
+    // connection's retry would, racing its first try on another replica.
+    let shared = harness::user(&store, "shared").await;
+    store
+        .create_room("r1", "busy", &owner.id, NOW)
+        .await
+        .expect("create room");
+    store
+        .join_room("r1", &shared.id, NOW)
+        .await
+        .expect("join room");
+
+    let barrier = Arc::new(Barrier::new(posters));
+    let mut tasks = Vec::new();
+    for p in 0..posters {
+        let author = harness::user(&store, &format!("poster{p}")).await;
+        store
+            .join_room("r1", &author.id, NOW)
+            .await
+            .expect("join room");
+        // A store of its own, so a pool of its own: as separate replicas would post.
+        let store = db.connect().await;
+        let barrier = barrier.clone();
+        let shared = shared.id.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut answers = Vec::new();
+            for b in 0..batches {
+                let mut batch: Vec<NewMessage> = (0..per_batch)
+                    .map(|i| {
+                        let client_id = format!("c{b}-{i}");
+                        message(
+                            &format!("m{p}-{client_id}"),
+                            &author.id,
+                            &client_id,
+                            "hi",
+                            0,
+                        )
+                    })
+                    .collect();
+                let client_id = format!("s{b}");
+                batch.push(message(
+                    &format!("m{p}-{client_id}"),
+                    &shared,
+                    &client_id,
+                    "hi",
+                    0,
+                ));
+                let answered = store
+                    .post_messages("r1", &batch)
+                    .await
+                    .expect("post messages");
+                // A batch holds the room while it commits: its new messages follow on.
+                let new: Vec<i64> = answered
+                    .iter()
+                    .filter_map(|a| match a {
+                        Batched::Posted(Posted::New(m)) => Some(m.seq),
+                        _ => None,
+                    })
+                    .collect();
+                assert!(new.windows(2).all(|w| w[1] == w[0] + 1), "{answered:?}");
+                answers.extend(answered);
+            }
+            store.close().await;
+            answers
+        }));
+    }
+    let mut handed_out = Vec::new();
+    let mut shared_posts = Vec::new();
+    for task in tasks {
+        let mut mine = Vec::new();
+        for answer in task.await.expect("the task panicked") {
+            match answer {
+                Batched::Posted(posted) if posted.message().author_id == shared.id => {
+                    shared_posts.push(posted);
+                }
+                Batched::Posted(Posted::New(m)) => mine.push(m.seq),
+                other => panic!("expected a new message, got {other:?}"),
+            }
+        }
+        // One poster's messages are numbered in the order it posted them.
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        handed_out.extend(mine);
+    }
+    // Each shared client id was stored once, and both posters were answered with it.
+    for b in 0..batches {
+        let client_id = format!("s{b}");
+        let answers: Vec<_> = shared_posts
+            .iter()
+            .filter(|p| p.message().client_id == client_id)
+            .collect();
+        let new: Vec<_> = answers
+            .iter()
+            .filter(|p| matches!(p, Posted::New(_)))
+            .collect();
+        assert_eq!((answers.len(), new.len()), (2, 1), "{answers:?}");
+        assert_eq!(answers[0].message(), answers[1].message());
+        handed_out.push(new[0].message().seq);
+    }
+    handed_out.sort_unstable();
+
+    let total = (posters * batches * per_batch + batches) as i64;
+    let expected: Vec<i64> = (1..=total).collect();
+    assert_eq!(
+        handed_out, expected,
+        "a seq was skipped or handed out twice"
+    );
+    assert_eq!(seqs(&store, "r1").await, expected, "the stored seqs");
+    assert_eq!(
+        store.room("r1").await.expect("room").map(|r| r.last_seq),
+        Some(total)
+    );
+}
+
+/// The pid of the one other backend of this database waiting for a lock, once there is
+/// one.
+async fn lock_waiter(admin: &mut sqlx::PgConnection) -> i32 {
+    use sqlx::{Executor as _, Row as _};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row = admin
+            .fetch_optional(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            )
+            .await
+            .expect("pg_stat_activity");
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing waited");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+async fn postgres_a_batch_of_posts_whose_connection_the_server_ends_is_tried_once_more() {
+    // As `postgres_a_batch_whose_connection_the_server_ends_is_tried_once_more`, for
+    // `post_messages`: the batch waits for the room's row, and the server ends its
+    // connection there.
+    harness::run(harness::Kind::Postgres, |db: TestDb| async move {
+        use sqlx::{Connection as _, Executor as _};
+        let store = db.connect().await;
+        let ada = harness::user(&store, "ada").await;
+        store
+            .create_room("r1", "kill", &ada.id, NOW)
+            .await
+            .expect("room");
+        let mut holder = db.postgres_connection().await;
+        holder.execute("BEGIN").await.expect("begin");
+        holder
+            .execute("SELECT 1 FROM rooms WHERE id = 'r1' FOR UPDATE")
+            .await
+            .expect("lock the room");
+        let batch = [
+            message("m-1", &ada.id, "c1", "one", 1),
+            message("m-2", &ada.id, "c2", "two", 2),
+        ];
+        let posting = {
+            let (store, batch) = (store.clone(), batch.clone());
+            tokio::spawn(async move { store.post_messages("r1", &batch).await })
+        };
+        let mut admin = db.postgres_connection().await;
+        let waiting = lock_waiter(&mut admin).await;
+        admin
+            .execute(sqlx::query("SELECT pg_terminate_backend($1)").bind(waiting))
+            .await
+            .expect("terminate");
+        holder.execute("COMMIT").await.expect("commit");
+        let posted = posting.await.expect("the post's task");
+        assert_eq!(
+            posted.expect("the batch was not saved"),
+            [
+                Batched::Posted(Posted::New(stored(&batch[0], 1, "ada"))),
+                Batched::Posted(Posted::New(stored(&batch[1], 2, "ada"))),
+            ]
+        );
+        assert_eq!(seqs(&store, "r1").await, [1, 2]);
+        let _ = admin.close().await;
+        let _ = holder.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HERD_TEST_POSTGRES"]
+async fn postgres_a_batch_that_waited_for_the_room_commits_whatever_the_servers_isolation() {
+    // herd_post_messages runs in autocommit, whose implicit transaction takes the
+    // connection's default isolation. Under REPEATABLE READ a batch that waited for
+    // another poster's lock on the room would fail with a serialisation error when that
+    // poster commits; the store's connections ask for READ COMMITTED, for which the
+    // function is written, whatever the server's default.
+    harness::run(harness::Kind::Postgres, |db: TestDb| async move {
+        use sqlx::{Connection as _, Executor as _};
+        db.exec(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation \
+             = %L', current_database(), 'repeatable read'); END $$",
+        )
+        .await;
+        let store = db.connect().await;
+        let ada = harness::user(&store, "ada").await;
+        store
+            .create_room("r1", "general", &ada.id, NOW)
+            .await
+            .expect("room");
+        // Another poster holds the room's row, as a batch's first statement does.
+        let mut holder = db.postgres_connection().await;
+        holder.execute("BEGIN").await.expect("begin");
+        holder
+            .execute("UPDATE rooms SET last_seq = last_seq WHERE id = 'r1'")
+            .await
+            .expect("lock the room");
+        let batch = [message("m-1", &ada.id, "c1", "one", 1)];
+        let posting = {
+            let (store, batch) = (store.clone(), batch.clone());
+            tokio::spawn(async move { store.post_messages("r1", &batch).await })
+        };
+        let mut admin = db.postgres_connection().await;
+        lock_waiter(&mut admin).await;
+        holder.execute("COMMIT").await.expect("commit");
+        let posted = posting.await.expect("the post's task");
+        assert_eq!(
+            posted.expect("the batch failed"),
+            [Batched::Posted(Posted::New(stored(&batch[0], 1, "ada")))]
+        );
         let _ = admin.close().await;
         let _ = holder.close().await;
     })
