@@ -135,12 +135,13 @@ bench_on_exit() {
     done
 }
 
-# A throw-away PostgreSQL database; prints its URL.
+# A throw-away PostgreSQL database, dropped on exit; its URL in PG_URL. Not called in a
+# command substitution: the subshell's PG_DBS would be lost and the database left behind.
 postgres_database() { # name
     local db=herd_bench_auth_$1_$$
     "${PSQL[@]}" -d "$PG_ADMIN_DB" -c "CREATE DATABASE \"$db\"" >/dev/null
     PG_DBS+=("$db")
-    echo "postgres://postgres@127.0.0.1:$PG_PORT/$db"
+    PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/$db"
 }
 
 # `herd serve --sessions token` named NAME, kept running beside the others (the helpers
@@ -159,7 +160,10 @@ LOGIN_RUNS=()
 for store in $LOGIN_STORES; do
     case $store in
         sqlite) start_herd login-sqlite --database "sqlite://$WORK/herd-login.db" "${ARGON2_FLAGS[@]}" ;;
-        postgres) start_herd login-postgres --database "$(postgres_database login)" "${ARGON2_FLAGS[@]}" ;;
+        postgres)
+            postgres_database login
+            start_herd login-postgres --database "$PG_URL" "${ARGON2_FLAGS[@]}"
+            ;;
         *) die "unknown store $store in LOGIN_STORES" ;;
     esac
     NAMES+=("login-$store")
@@ -173,7 +177,8 @@ if [[ $MALLOC_TUNED == 1 ]]; then
     LOGIN_RUNS+=(sqlite-malloc-tuned)
 fi
 if [[ $REFRESH == 1 ]]; then
-    REFRESH_DB=$(postgres_database refresh)
+    postgres_database refresh
+    REFRESH_DB=$PG_URL
     start_herd refresh-postgres --database "$REFRESH_DB" --argon2-memory-kib 64 --argon2-iterations 1
     NAMES+=(refresh-postgres)
 fi

@@ -340,19 +340,23 @@ if [[ $LAT_POSTGRES == 1 ]]; then
 fi
 ALSO_PIDS=$REDIS_PID${POSTMASTER_PID:+,$POSTMASTER_PID}
 
-# A fresh PostgreSQL database, dropped on exit; its URL.
+# A fresh PostgreSQL database, dropped on exit; its URL in PG_URL. Not called in a
+# command substitution: the subshell's PGDBS would be lost and the database left behind.
 fresh_postgres() {
     local name=herd_chat_$$_$RANDOM
     "${PSQL[@]}" -d "$PG_ADMIN_DB" -c "CREATE DATABASE $name" >&2
     PGDBS+=("$name")
-    echo "postgres://postgres@127.0.0.1:$PG_PORT/$name"
+    PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/$name"
 }
 
 for config in "${LAT_CONFIGS[@]}"; do
     read -ra flags <<<"${LAT_FLAGS[$config]}"
     db=sqlite://$WORK/latency-$config.db
     [[ $config != redis-tmpfs ]] || db=sqlite://$SHM/latency-$config.db
-    [[ $config != postgres ]] || db=$(fresh_postgres)
+    if [[ $config == postgres ]]; then
+        fresh_postgres
+        db=$PG_URL
+    fi
     start_replica a --database "$db" "${flags[@]}"
     start_replica b --database "$db" "${flags[@]}"
     for n in $LAT_SUBSCRIBERS; do
@@ -367,7 +371,8 @@ done
 
 # --- 4b. latency against offered load, PostgreSQL + Redis --------------------------------
 if [[ -n $SWEEP_RATES ]]; then
-    db=$(fresh_postgres)
+    fresh_postgres
+    db=$PG_URL
     start_replica a --database "$db" --bus redis --redis-url "$REDIS_URL"
     start_replica b --database "$db" --bus redis --redis-url "$REDIS_URL"
     for rate in $SWEEP_RATES; do
