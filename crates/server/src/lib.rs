@@ -75,7 +75,6 @@ use herd_chat::Chat;
 use herd_identity::{Auth, Rejection};
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
-use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::chat::{ChatLimits, ChatState};
 use crate::client::TrustedProxies;
@@ -282,18 +281,12 @@ pub fn router(state: AppState) -> Router {
                 "this path does not take that method",
             )
         })
-        .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(ObserveLayer(Arc::new(Edge {
             metrics: state.metrics.clone(),
             replica_header: state.replica_header.clone(),
             body_limit: state.config.body_limit,
             body_deadline: state.config.connections.header_read_timeout,
         })))
-        .layer(CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                ApiError::internal("a handler panicked").into_response()
-            },
-        ))
         .with_state(state)
 }
 
@@ -306,24 +299,28 @@ struct Edge {
     body_deadline: Duration,
 }
 
-/// Wraps every route in [`Observe`].
+/// Wraps every route in [`Observe`], over axum's `DefaultBodyLimit` at the body limit.
+/// One layer, not three (the body limit, this, and tower-http's `CatchPanicLayer`): each
+/// layer `Router::layer` adds wraps every route in another boxed `Route`, cloned, boxed
+/// and driven once more on every request.
 #[derive(Debug, Clone)]
 struct ObserveLayer(Arc<Edge>);
 
 impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
+    type Service = Observe<<DefaultBodyLimit as Layer<S>>::Service>;
 
-    fn layer(&self, inner: S) -> Observe<S> {
+    fn layer(&self, inner: S) -> Self::Service {
         Observe {
-            inner,
+            inner: DefaultBodyLimit::max(self.0.body_limit).layer(inner),
             edge: self.0.clone(),
         }
     }
 }
 
 /// Around every request: the replica header, the security headers, metrics, the one
-/// log line for an unexpected error, and the declared body read before routing
-/// (`listen::read_declared_body`). A service of its own rather than
+/// log line for an unexpected error, the declared body read before routing
+/// (`listen::read_declared_body`), and a handler's panic answered with an opaque 500
+/// (and logged as one) rather than a dropped connection. A service of its own rather than
 /// `middleware::from_fn`, which clones the route it wraps and boxes a second future on
 /// every request: a request without a body to read calls the route it was made ready
 /// for, with one future allocated.
@@ -355,7 +352,7 @@ where
         if !listen::has_declared_body(edge.body_limit, &request) {
             let answer = self.inner.call(request);
             return Box::pin(async move {
-                let Ok(response) = answer.await;
+                let response = unless_it_panics(answer).await;
                 Ok(finish(&edge, &method, route, started, response))
             });
         }
@@ -371,15 +368,29 @@ where
             )
             .await
             {
-                Ok(request) => {
-                    let Ok(response) = ready.call(request).await;
-                    response
-                }
+                Ok(request) => unless_it_panics(ready.call(request)).await,
                 Err(refused) => refused,
             };
             Ok(finish(&edge, &method, route, started, response))
         })
     }
+}
+
+/// The response `answer` resolves to, or a 500 if polling it panicked: the panic is
+/// the handler's, and the connection and the replica carry on.
+async fn unless_it_panics(answer: impl Future<Output = Result<Response, Infallible>>) -> Response {
+    let mut answer = std::pin::pin!(answer);
+    std::future::poll_fn(|cx| {
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Ready(Ok(response))) => Poll::Ready(response),
+            Ok(Poll::Ready(Err(never))) => match never {},
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(ApiError::internal("a handler panicked").into_response()),
+        }
+    })
+    .await
 }
 
 /// What [`Observe`] does to every response, and records of it.
@@ -458,5 +469,71 @@ async fn upkeep(auth: Auth, every: Duration) {
         if let Err(e) = auth.maintain().await {
             tracing::warn!(error = %e, "upkeep failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn observed(router: Router) -> Router {
+        router.layer(ObserveLayer(Arc::new(Edge {
+            metrics: Arc::default(),
+            replica_header: HeaderValue::from_static("r1"),
+            body_limit: 1024,
+            body_deadline: Duration::from_secs(1),
+        })))
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_an_opaque_500_with_the_edge_headers() {
+        let app = observed(Router::new().route(
+            "/boom",
+            get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("a handler's bug");
+                }
+                "unreachable"
+            }),
+        ));
+        let request = Request::builder()
+            .uri("/boom")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[&REPLICA_HEADER], "r1");
+        assert_eq!(response.headers()[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("a handler's bug"),
+            "the panic stays in the log: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_by_the_one_layer() {
+        let app = observed(Router::new().route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        ));
+        let small = Request::post("/echo")
+            .body(Body::from(vec![b'x'; 1000]))
+            .expect("request");
+        let response = app.clone().oneshot(small).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let large = Request::post("/echo")
+            .body(Body::from(vec![b'x'; 2000]))
+            .expect("request");
+        let response = app.oneshot(large).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }
