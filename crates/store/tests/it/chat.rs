@@ -511,7 +511,7 @@ async fn postgres_a_batch_whose_connection_the_server_ends_is_tried_once_more() 
     // (pg_terminate_backend, as a restart would) got 503. The batch is tried once more
     // on a fresh connection, which its client ids make safe.
     harness::run(harness::Kind::Postgres, |db: TestDb| async move {
-        use sqlx::{Connection as _, Executor as _, Row as _};
+        use sqlx::{Connection as _, Executor as _};
         let store = db.connect().await;
         let ada = harness::user(&store, "ada").await;
         store
@@ -536,24 +536,7 @@ async fn postgres_a_batch_whose_connection_the_server_ends_is_tried_once_more() 
             })
         };
         let mut admin = db.postgres_connection().await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let waiting: i32 = loop {
-            let row = admin
-                .fetch_optional(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                     AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-                )
-                .await
-                .expect("pg_stat_activity");
-            if let Some(row) = row {
-                break row.get(0);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the post never waited"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
+        let waiting = lock_waiter(&mut admin).await;
         admin
             .execute(sqlx::query("SELECT pg_terminate_backend($1)").bind(waiting))
             .await
