@@ -226,7 +226,7 @@ pub(crate) fn has_declared_body(limit: usize, request: &Request) -> bool {
         .is_some_and(|n| n > 0 && n <= limit as u64)
 }
 
-/// Reads a body whose declared length is within the body limit before the request is
+/// Reads the body of a request that [`has_declared_body`], before the request is
 /// routed, within the header-read timeout. A handler that ignores its body (`GET
 /// /healthz`) would otherwise leave it unread, and hyper closes such a connection with
 /// the rest of the body still arriving: the proxy that is still sending it gets a reset,
@@ -238,9 +238,6 @@ pub(crate) async fn read_declared_body(
     deadline: Duration,
     request: Request,
 ) -> Result<Request, Response> {
-    if !has_declared_body(limit, &request) {
-        return Ok(request);
-    }
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
