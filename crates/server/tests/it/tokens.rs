@@ -610,3 +610,29 @@ async fn a_request_without_credentials_gets_a_bare_challenge() {
         1
     );
 }
+
+/// The verified-token cache finds an entry by the token's signature alone: a stranger
+/// who has seen one valid token grafts its signature onto claims of their choosing and
+/// sends it while the real one is cached. It must be refused as a bad signature, and
+/// the real token keep working.
+#[tokio::test]
+async fn a_cached_tokens_signature_on_other_claims_is_refused() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    assert_eq!(app.me(&alice.access).await.status(), StatusCode::OK);
+    let (header_and_payload, signature) = alice.access.rsplit_once('.').expect("a JWS");
+    let (header, payload) = header_and_payload.split_once('.').expect("a JWS");
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("b64")).expect("json");
+    claims["preferred_username"] = json!("mallory");
+    let grafted = format!(
+        "{header}.{}.{signature}",
+        b64(&serde_json::to_vec(&claims).expect("json"))
+    );
+    let response = app.me(&grafted).await;
+    assert_problem(response, StatusCode::UNAUTHORIZED, "invalid-token").await;
+    let me = app.me(&alice.access).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let me: Value = me.json().await.expect("json");
+    assert_eq!(me["username"], "alice");
+}
