@@ -238,10 +238,13 @@ def measure(herd, db, redis, work, sessions, scenario, idle=0.0):
     sent), stops it; returns (requests, seconds alive, transactions, redis calls)."""
     pg0, rd0 = db.transactions(), redis.calls()
     replica = Replica(herd, db, redis, sessions, os.path.join(work, "herd.log"))
-    sent = scenario(replica)
-    if idle:
-        time.sleep(idle)
-    replica.stop()
+    try:
+        sent = scenario(replica)
+        if idle:
+            time.sleep(idle)
+    finally:
+        # A failed scenario (an assertion) must not leave its replica running.
+        replica.stop()
     pg1, rd1 = db.transactions(), redis.calls()
     calls = {k: rd1.get(k, 0) - rd0.get(k, 0) for k in set(rd0) | set(rd1)}
     return sent, replica.stopped - replica.started, pg1 - pg0, {k: v for k, v in calls.items() if v}
