@@ -136,13 +136,13 @@ pub struct Account {
 
 /// Who the caller is, and which replica answered.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Me {
-    pub user_id: String,
-    pub username: String,
+pub struct Me<'a> {
+    pub user_id: &'a str,
+    pub username: &'a str,
     /// The login session (`sid`) the credential belongs to.
-    pub session_id: String,
+    pub session_id: &'a str,
     /// The replica that served this request.
-    pub replica: String,
+    pub replica: &'a str,
 }
 
 /// What a login or refresh answers: tokens for an API client, or a cookie session for a
@@ -420,13 +420,27 @@ async fn logout(
     responses((status = 200, description = "The caller.", body = Me)),
     security(("bearer" = []), ("cookie" = [])),
 )]
-async fn me(State(state): State<AppState>, Identity(principal): Identity) -> Json<Me> {
-    Json(Me {
-        user_id: principal.user_id().to_owned(),
-        username: principal.username().to_owned(),
-        session_id: principal.session_id().to_owned(),
-        replica: state.replica.to_string(),
-    })
+async fn me(State(state): State<AppState>, Identity(principal): Identity) -> Response {
+    // The hottest answer herd gives: borrowed fields, and a buffer that holds the whole
+    // body at once (`Json`'s starts at 128 bytes and grows once for this one).
+    let me = Me {
+        user_id: principal.user_id(),
+        username: principal.username(),
+        session_id: principal.session_id(),
+        replica: &state.replica,
+    };
+    let mut body = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut body, &me) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(format!("encoding /v1/me: {e}")).into_response(),
+    }
 }
 
 /// A token response, never cached by anyone (RFC 6749 section 5.1): tokens in the body

@@ -234,7 +234,13 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, Rejection> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| Rejection::Malformed)?;
+    // The same answer as `HeaderValue::to_str` (hyper and h2 let no control byte into a
+    // value, so ASCII is what it checks), a word at a time rather than a byte at a time
+    // over a token of several hundred bytes.
+    if !value.as_bytes().is_ascii() {
+        return Err(Rejection::Malformed);
+    }
+    let value = std::str::from_utf8(value.as_bytes()).map_err(|_| Rejection::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(Rejection::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Rejection::Malformed);

@@ -611,6 +611,35 @@ async fn a_request_without_credentials_gets_a_bare_challenge() {
     );
 }
 
+/// An Authorization header HTTP lets through but that is not ASCII (obs-text bytes,
+/// here a valid token with "é" appended, valid UTF-8): refused as malformed before any
+/// verification, and counted once, as when the header was checked a byte at a time.
+#[tokio::test]
+async fn a_bearer_header_with_bytes_beyond_ascii_is_refused_as_malformed() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let mut value = format!("Bearer {}", alice.access).into_bytes();
+    value.extend_from_slice("é".as_bytes());
+    let response = app
+        .client
+        .get(app.url("/v1/me"))
+        .header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes(&value).expect("obs-text is a header value"),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_problem(response, StatusCode::UNAUTHORIZED, "invalid-token").await;
+    let failures = failures_by_reason(&app.metrics().await);
+    assert_eq!(
+        failures,
+        std::collections::BTreeMap::from([("malformed".to_owned(), 1)]),
+        "{failures:?}"
+    );
+    assert_eq!(app.me(&alice.access).await.status(), StatusCode::OK);
+}
+
 /// The verified-token cache finds an entry by the token's signature alone: a stranger
 /// who has seen one valid token grafts its signature onto claims of their choosing and
 /// sends it while the real one is cached. It must be refused as a bad signature, and
