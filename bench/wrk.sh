@@ -3,7 +3,11 @@
 # wrk in one run (each server alone while measured; the others idle):
 #
 #   axum-bare      a bare axum handler answering GET /v1/me with a constant JSON body of
-#                  the same shape as herd's (bench/peer, `peer bare`): the ceiling
+#                  the same shape as herd's (bench/peer, `peer bare`), sent the very
+#                  request herd-token gets (its bearer token included, ignored): the
+#                  ceiling, so that the ratio is what herd does with the request
+#   axum-bare-no-token  the same handler sent the request without the bearer header:
+#                  what carrying the token costs any server (shown, in no ratio)
 #   herd-healthz   herd's GET /healthz (the floor of herd's HTTP stack), token server
 #   herd-token     herd's GET /v1/me, `--sessions token` (a signature check, cached)
 #   axum-sessions  axum + tower-sessions + tower-sessions-redis-store (fred, a pool of 4,
@@ -100,6 +104,7 @@ start_peer() { # name mode [args...]
 
 start_peer axum-bare bare
 URL[axum-bare]=$PEER_BASE/v1/me
+URL[axum-bare-no-token]=$PEER_BASE/v1/me
 
 start_peer axum-sessions sessions "$REDIS_URL"
 curl -fsS --max-time 5 -c "$WORK/peer-cookies" -X POST "$PEER_BASE/login" >/dev/null ||
@@ -132,10 +137,12 @@ URL[herd-healthz]=$BASE/healthz
 # difference is what /v1/me does on top of herd's HTTP stack.
 TOKEN_OF[herd-token]=$TOKEN
 TOKEN_OF[herd-healthz]=$TOKEN
+# The ceiling reads the same bytes: the ratio is then what herd does with them.
+TOKEN_OF[axum-bare]=$TOKEN
 
 # --- 3. wrk ------------------------------------------------------------------------
 bench_prepare_wrk
-NAMES=(axum-bare herd-healthz herd-token axum-sessions herd-shared)
+NAMES=(axum-bare herd-healthz herd-token axum-sessions herd-shared axum-bare-no-token)
 
 measure() { # name warmup|run
     local name=$1
@@ -167,7 +174,8 @@ bench_medians "${NAMES[@]}"
 
 # --- 4. report ---------------------------------------------------------------------
 declare -A LABEL=(
-    [axum-bare]='bare axum handler, constant `/v1/me` JSON (ceiling)'
+    [axum-bare]='bare axum handler, constant `/v1/me` JSON, same request as herd token (ceiling)'
+    [axum-bare-no-token]='bare axum handler, the same without the bearer header'
     [herd-healthz]='herd `GET /healthz`'
     [herd-token]='herd `GET /v1/me`, `--sessions token`'
     [axum-sessions]='axum + tower-sessions + Redis store, `GET /v1/me`'
@@ -202,7 +210,10 @@ SECTION=$(
     printf 'wrk and the servers share the machine. herd runs `herd serve` with SQLite in a temp\n'
     printf 'dir and `--access-ttl 1h`; the peers are bench/peer (axum 0.8; tower-sessions 0.14 with\n'
     printf 'tower-sessions-redis-store 0.16, fred pool of 4, sessions ending after 30 minutes\n'
-    printf 'unused as herd'"'"'s do). The shared-session servers use the same Redis.\n'
+    printf 'unused as herd'"'"'s do). The shared-session servers use the same Redis. The ceiling,\n'
+    printf 'bare axum, is sent the very request herd token gets (its bearer header included, and\n'
+    printf 'ignored), so that the ratio is what herd does with the request; the last row is the same\n'
+    printf 'handler without that header.\n'
     if ((ROUNDS == 1)); then
         printf 'One round of each.\n\n'
     else
