@@ -299,19 +299,21 @@ struct Edge {
     body_deadline: Duration,
 }
 
-/// Wraps every route in [`Observe`], over axum's `DefaultBodyLimit` at the body limit.
-/// One layer, not three (the body limit, this, and tower-http's `CatchPanicLayer`): each
-/// layer `Router::layer` adds wraps every route in another boxed `Route`, cloned, boxed
-/// and driven once more on every request.
+/// Wraps every route in [`Observe`], which calls it through axum's `DefaultBodyLimit` at
+/// the body limit when the request may carry a body. One layer, not three (the body
+/// limit, this, and tower-http's `CatchPanicLayer`): each layer `Router::layer` adds wraps
+/// every route in another boxed `Route`, cloned, boxed and driven once more on every
+/// request.
 #[derive(Debug, Clone)]
 struct ObserveLayer(Arc<Edge>);
 
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<<DefaultBodyLimit as Layer<S>>::Service>;
+impl<S: Clone> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
-            inner: DefaultBodyLimit::max(self.0.body_limit).layer(inner),
+            limited: DefaultBodyLimit::max(self.0.body_limit).layer(inner.clone()),
+            inner,
             edge: self.0.clone(),
         }
     }
@@ -326,7 +328,10 @@ impl<S> Layer<S> for ObserveLayer {
 /// for, with one future allocated.
 #[derive(Debug, Clone)]
 struct Observe<S> {
+    /// The route as it is, for a request that carries no body.
     inner: S,
+    /// The route under the body limit, for every other request.
+    limited: <DefaultBodyLimit as Layer<S>>::Service,
     edge: Arc<Edge>,
 }
 
@@ -340,7 +345,8 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+        std::task::ready!(self.inner.poll_ready(cx))?;
+        self.limited.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
@@ -349,8 +355,17 @@ where
         // The matched pattern's clone is a reference count: nothing is allocated per request.
         let route = metrics::Route::of(request.extensions().get::<MatchedPath>());
         let edge = self.edge.clone();
-        if !listen::has_declared_body(edge.body_limit, &request) {
+        if has_no_body(&request) {
+            // Nothing for the limit to bound: its extension (the fourth of the request's,
+            // which grew the map) is left out.
             let answer = self.inner.call(request);
+            return Box::pin(async move {
+                let response = unless_it_panics(answer).await;
+                Ok(finish(&edge, &method, route, started, response))
+            });
+        }
+        if !listen::has_declared_body(edge.body_limit, &request) {
+            let answer = self.limited.call(request);
             return Box::pin(async move {
                 let response = unless_it_panics(answer).await;
                 Ok(finish(&edge, &method, route, started, response))
@@ -358,8 +373,8 @@ where
         }
         // The body is read first: the route made ready goes with the future, a fresh
         // clone stays for the next call's `poll_ready`.
-        let fresh = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, fresh);
+        let fresh = self.limited.clone();
+        let mut ready = std::mem::replace(&mut self.limited, fresh);
         Box::pin(async move {
             let response = match listen::read_declared_body(
                 edge.body_limit,
@@ -374,6 +389,19 @@ where
             Ok(finish(&edge, &method, route, started, response))
         })
     }
+}
+
+/// Whether `request` has no body at all: HTTP/1 without Content-Length or
+/// Transfer-Encoding (RFC 9112 section 6.3; hyper hands such a request an empty body).
+/// An HTTP/2 request may send data with neither, so it is never taken for bodiless.
+fn has_no_body(request: &Request) -> bool {
+    request.version() <= axum::http::Version::HTTP_11
+        && !request
+            .headers()
+            .contains_key(axum::http::header::CONTENT_LENGTH)
+        && !request
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING)
 }
 
 /// The response `answer` resolves to, or a 500 if polling it panicked: the panic is
@@ -525,15 +553,31 @@ mod tests {
             "/echo",
             axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
         ));
+        // As hyper hands them over: a body comes with the header that frames it.
         let small = Request::post("/echo")
+            .header("content-length", "1000")
             .body(Body::from(vec![b'x'; 1000]))
             .expect("request");
         let response = app.clone().oneshot(small).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::OK);
         let large = Request::post("/echo")
+            .header("content-length", "2000")
             .body(Body::from(vec![b'x'; 2000]))
             .expect("request");
-        let response = app.oneshot(large).await.expect("infallible");
+        let response = app.clone().oneshot(large).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let chunked = Request::post("/echo")
+            .header("transfer-encoding", "chunked")
+            .body(Body::from(vec![b'x'; 2000]))
+            .expect("request");
+        let response = app.clone().oneshot(chunked).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // HTTP/2 frames a body without either header.
+        let h2 = Request::post("/echo")
+            .version(axum::http::Version::HTTP_2)
+            .body(Body::from(vec![b'x'; 2000]))
+            .expect("request");
+        let response = app.oneshot(h2).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }
