@@ -12,7 +12,7 @@
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -114,13 +114,40 @@ pub fn is_out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23))
 }
 
-/// When a connection last moved a byte, and how many of its requests are being answered.
+/// When a connection last moved a byte, how many of its requests are being answered, and
+/// since when the request head now arriving has been arriving.
+///
+/// The header-read timeout is kept here rather than left to hyper: hyper's (HTTP/1
+/// `header_read_timeout`) starts as soon as it waits for the next head, so it also ends
+/// every keep-alive connection that sits idle for that long between requests (10 s
+/// rather than the idle timeout's 75 s, under the keep-alive timeouts of the proxies in
+/// front), and it arms and drops a timer for every request. Here the head's clock starts
+/// at its first byte, and the connection's one timer, never armed further than the
+/// header-read timeout ahead, is the only one ([`Activity::check`]).
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
     /// Milliseconds from `opened` to the last byte read or written.
     last: AtomicU64,
     in_flight: AtomicUsize,
+    /// One more than the milliseconds from `opened` to the first byte of the request
+    /// head now arriving; 0 while none is (a request is being answered, or nothing has
+    /// arrived since the last one was).
+    head: AtomicU64,
+    /// An HTTP/2 connection: its frames between requests are no request head.
+    multiplexed: AtomicBool,
+}
+
+/// What [`Activity::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Look again at this instant.
+    Until(Instant),
+    /// Nothing in flight and no byte either way for the idle timeout.
+    Idle,
+    /// A request head started arriving longer ago than the header-read timeout and has
+    /// not been answered with a request.
+    HeadTooSlow,
 }
 
 impl Activity {
@@ -129,12 +156,63 @@ impl Activity {
             opened: Instant::now(),
             last: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            head: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
         })
     }
 
+    fn millis(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
     fn touch(&self) {
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(self.millis(), Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: the last byte moved now, and if no request is being answered they
+    /// are a request head's, whose clock starts unless it already runs.
+    fn arrived(&self) {
+        let now = self.millis();
         self.last.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::SeqCst) == 0
+            && self.head.load(Ordering::Relaxed) == 0
+            && !self.multiplexed.load(Ordering::Relaxed)
+        {
+            self.head.store(now + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks the connection as HTTP/2: no header-read timeout applies between its
+    /// requests (the idle timeout does).
+    pub fn multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
+        self.head.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the connection should close now, or when to look again: never later
+    /// than `head_timeout` from now, so that a head starting after this call is
+    /// looked at in time without rearming the timer for it.
+    pub fn check(&self, idle: Duration, head_timeout: Duration) -> Checked {
+        let now = Instant::now();
+        if self.is_idle(idle) {
+            return Checked::Idle;
+        }
+        let mut next = now + head_timeout;
+        if self.in_flight() > 0 {
+            // However long the request takes, with or without bytes moving.
+            return Checked::Until(next);
+        }
+        // Not idle with nothing in flight: the quiet period ends after now.
+        next = next.min(self.quiet_until(idle));
+        let head = self.head.load(Ordering::Relaxed);
+        if head > 0 {
+            let deadline = self.opened + Duration::from_millis(head - 1) + head_timeout;
+            if now >= deadline {
+                return Checked::HeadTooSlow;
+            }
+            next = next.min(deadline);
+        }
+        Checked::Until(next)
     }
 
     /// When the connection will have been quiet for `idle`, unless something moves.
@@ -151,9 +229,10 @@ impl Activity {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// A request is being answered until the returned guard drops.
+    /// A request is being answered until the returned guard drops; its head has arrived.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.head.store(0, Ordering::Relaxed);
         InFlight(self.clone())
     }
 }
@@ -191,7 +270,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.arrived();
         }
         polled
     }

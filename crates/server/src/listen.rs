@@ -9,8 +9,10 @@
 //! - a header block of at most [`ConnectionLimits::max_header_bytes`] and
 //!   [`REPLICA_MAX_HEADERS`] headers; a head over either is refused with 431 and a
 //!   lingering close ([`Spare`]), so the proxy in front reads the refusal, not a reset;
-//! - [`ConnectionLimits::header_read_timeout`] to send a request head once it has
-//!   started (a slowloris connection is closed);
+//! - [`ConnectionLimits::header_read_timeout`] to send a request head once its first
+//!   byte has arrived (a slowloris connection is closed); counted by the connection's own
+//!   loop ([`herd_edge::Activity::check`]), not hyper's timer, which also runs while a
+//!   connection waits between requests and so cut idle keep-alive connections early;
 //! - [`ConnectionLimits::idle_timeout`] with no request in flight and no byte either way
 //!   before it is closed, whether it never sent anything or sat idle between requests;
 //! - and when the process runs out of file descriptors, every connection that is idle at
@@ -24,6 +26,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::header::CONTENT_LENGTH;
+use axum::http::Version;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
@@ -31,9 +34,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-use herd_edge::{is_out_of_descriptors, Activity, Spare, Tracked, REPLICA_MAX_HEADERS};
+use herd_edge::{is_out_of_descriptors, Activity, Checked, Spare, Tracked, REPLICA_MAX_HEADERS};
 
 use crate::error::{ApiError, Code};
 
@@ -68,8 +72,10 @@ impl ConnectionLimits {
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
+            // Kept by the connection's own loop instead (`Activity::check`): hyper's
+            // runs while the connection waits for a next request too, so it cut idle
+            // keep-alive connections at this timeout, not at the idle one.
+            .header_read_timeout(None)
             .max_headers(REPLICA_MAX_HEADERS)
             // hyper's buffer must hold a whole head; it refuses a size under 8 KiB.
             .max_buf_size(self.max_header_bytes.max(8192));
@@ -167,6 +173,9 @@ async fn connection(
         let app = app.clone();
         let requests = requests.clone();
         async move {
+            if request.version() == Version::HTTP_2 {
+                requests.multiplexed();
+            }
             let _in_flight = requests.begin();
             let mut request = request.map(Body::new);
             // Handlers read the peer's address as `ConnectInfo` (see `client.rs`).
@@ -178,8 +187,8 @@ async fn connection(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut closing = false;
+    let mut look_at = Instant::now();
     loop {
-        let quiet_until = activity.quiet_until(limits.idle_timeout);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -198,18 +207,25 @@ async fn connection(
                     closing = true;
                 }
             }
-            () = tokio::time::sleep_until(quiet_until) => {
-                if !activity.is_idle(limits.idle_timeout) {
-                    continue;
+            () = tokio::time::sleep_until(look_at) => {
+                match activity.check(limits.idle_timeout, limits.header_read_timeout) {
+                    Checked::Until(next) => look_at = next,
+                    Checked::HeadTooSlow => {
+                        tracing::debug!(%remote, "request head not sent within the header-read timeout");
+                        return;
+                    }
+                    Checked::Idle if closing => {
+                        // Asked to close, nothing in flight, and still open after a whole
+                        // idle period: drop it.
+                        return;
+                    }
+                    Checked::Idle => {
+                        tracing::debug!(%remote, "closing an idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        look_at = Instant::now() + limits.idle_timeout;
+                    }
                 }
-                if closing {
-                    // Asked to close, nothing in flight, and still open after a whole
-                    // idle period: drop it.
-                    return;
-                }
-                tracing::debug!(%remote, "closing an idle connection");
-                conn.as_mut().graceful_shutdown();
-                closing = true;
             }
         }
     }

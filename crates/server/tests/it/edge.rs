@@ -142,6 +142,42 @@ async fn a_slowloris_request_head_is_cut_off_after_the_header_read_timeout() {
     assert_eq!(healthz.status(), 200);
 }
 
+/// Between requests a keep-alive connection is idle, not slow: hyper's own header-read
+/// timer ran there too and cut it at the header-read timeout (10 s) rather than the idle
+/// timeout (75 s), under the keep-alive timeouts of the proxies in front. A head begun on
+/// it is still held to the header-read timeout, from its first byte.
+#[tokio::test]
+async fn a_kept_alive_connection_waits_for_the_idle_timeout_but_a_slow_head_on_it_does_not() {
+    let mut options = Options::default();
+    options.connections.header_read_timeout = Duration::from_millis(200);
+    // Longer than the test: whatever closes the connection here is not the idle timeout.
+    options.connections.idle_timeout = Duration::from_secs(600);
+    let app = spawn_with(options).await;
+    let mut stream = connect(&app).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: replica\r\n\r\n";
+    stream.write_all(request).await.expect("send");
+    let status = read_response(&mut stream).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // Five header-read timeouts with nothing sent either way.
+    let mut byte = [0u8; 1];
+    let waited = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await;
+    assert!(
+        waited.is_err(),
+        "the replica ended an idle keep-alive connection at the header-read timeout: {waited:?}"
+    );
+    stream.write_all(request).await.expect("send again");
+    let status = read_response(&mut stream).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: replica\r\nx-slow: ")
+        .await
+        .expect("send a head that never ends");
+    assert!(
+        closed_by_replica(&mut stream).await,
+        "the replica still holds an unfinished request head on a kept-alive connection"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_that_never_sends_a_byte_is_closed_after_the_idle_timeout() {
     let mut options = Options::default();
