@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_edge::{is_out_of_descriptors, Activity, Spare, Tracked, BALANCER_MAX_HEADERS};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use herd_edge::{is_out_of_descriptors, Activity, Checked, Spare, Tracked, BALANCER_MAX_HEADERS};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// The bounds of the balancer's client connections and of its waits on replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +48,10 @@ impl EdgeLimits {
     pub(crate) fn builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
+            // Kept by `watch` instead (`Activity::check`): hyper's also runs while a
+            // connection waits for its next request, which ended idle keep-alive
+            // connections at this timeout rather than the idle one.
+            .header_read_timeout(None)
             .max_headers(BALANCER_MAX_HEADERS)
             .max_buf_size(self.max_header_bytes.max(8192));
         builder
@@ -103,24 +106,22 @@ pub(crate) async fn accept<F, Fut>(
         let activity = Activity::new();
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let connection = serve(io, remote, activity.clone(), spare);
-        tokio::spawn(watch(
-            connection,
-            activity,
-            limits.idle_timeout,
-            pressure.clone(),
-        ));
+        tokio::spawn(watch(connection, activity, limits, pressure.clone()));
     }
 }
 
 /// Runs `connection` until it ends, or drops it once it has been idle (nothing in
-/// flight, no byte either way) for `idle`, or is idle when descriptors run out.
+/// flight, no byte either way) for the idle timeout, once a request head has taken
+/// longer than the header-read timeout from its first byte, or when it is idle as
+/// descriptors run out.
 async fn watch(
     connection: impl std::future::Future<Output = ()>,
     activity: Arc<Activity>,
-    idle: Duration,
+    limits: EdgeLimits,
     pressure: Arc<Notify>,
 ) {
     tokio::pin!(connection);
+    let mut look_at = Instant::now();
     loop {
         tokio::select! {
             () = &mut connection => return,
@@ -129,10 +130,17 @@ async fn watch(
                     return;
                 }
             }
-            () = tokio::time::sleep_until(activity.quiet_until(idle)) => {
-                if activity.is_idle(idle) {
-                    tracing::debug!("closing an idle client connection");
-                    return;
+            () = tokio::time::sleep_until(look_at) => {
+                match activity.check(limits.idle_timeout, limits.header_read_timeout) {
+                    Checked::Until(next) => look_at = next,
+                    Checked::Idle => {
+                        tracing::debug!("closing an idle client connection");
+                        return;
+                    }
+                    Checked::HeadTooSlow => {
+                        tracing::debug!("request head not sent within the header-read timeout");
+                        return;
+                    }
                 }
             }
         }
