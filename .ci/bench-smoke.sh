@@ -2,10 +2,12 @@
 # Every benchmark tool, run at a tiny size so that none can rot silently: bench/wrk.sh
 # (herd against bench/peer's bare axum and axum + tower-sessions; the peer, its own
 # small Cargo project, is built here, debug), bench/profile.sh (perf under wrk),
+# bench/instructions.sh (callgrind under wrk),
 # bench/strategies.sh, bench/chat.sh (chatbench's latency, throughput and idle modes),
 # bench/store-load.py, bench/logout.sh, bench/status-list.sh and bench/auth.sh
 # (authbench's argon2, login and refresh modes). Each fails when it measured nothing (wrk
-# completed no request, perf sampled nothing, chatbench received or delivered no message
+# completed no request, perf sampled nothing, callgrind counted nothing, chatbench
+# received or delivered no message
 # or kept no connection open, store-load counted no row written, logout.sh timed no
 # logout, status-list.sh built no list, authbench completed no verification, login or
 # refresh), and then so does this script.
@@ -57,6 +59,7 @@ step() {
 
 step wrk env DURATION=1s WARMUP=1s ROUNDS=1 THREADS=1 CONNECTIONS=4 bench/wrk.sh
 step profile env DURATION=1s THREADS=1 CONNECTIONS=4 TOP=5 bench/profile.sh
+step instructions env DURATION=2s CONNECTIONS=2 bench/instructions.sh
 step strategies env DURATION=1s WARMUP=1s ROUNDS=1 THREADS=1 CONNECTIONS=4 \
     QUIET_WAIT=0 RETRIES=0 bench/strategies.sh
 step chat env RATE=50 WARMUP=0.5 DURATION=1 LAT_SUBSCRIBERS=2 POLL_INTERVALS=10ms \
@@ -90,7 +93,7 @@ assert windows and all(i["checked"] > 0 for w in windows for i in w["invariants"
 assert len(sequence["invariants"]) == 7 and all(i["checked"] > 0 for i in sequence["invariants"]), sequence
 PY
 
-for section in wrk profile strategies chat store-load logout status-list auth; do
+for section in wrk profile instructions strategies chat store-load logout status-list auth; do
     grep -q "<!-- $section:begin -->" "$HERD_BENCH_DOCS" ||
         { echo "bench smoke: no $section section was written" >&2; exit 1; }
 done
