@@ -41,14 +41,7 @@ if ! command -v valgrind >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 fi
 bench_build
-if [[ -n ${PEER_BIN:-} ]]; then
-    PEER=$PEER_BIN
-else
-    log "building bench/peer ($PROFILE profile)"
-    cargo build --profile "$PROFILE" --quiet --locked --manifest-path "$ROOT/bench/peer/Cargo.toml"
-    PEER=$CARGO_TARGET_DIR/$(bench_profile_dir)/herd-bench-peer
-fi
-[[ -x $PEER ]] || die "no peer binary at $PEER"
+bench_build_peer
 
 bench_init herd-instructions
 PEER_PID=

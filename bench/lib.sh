@@ -6,7 +6,7 @@
 # The sourcing script sets, before calling these:
 #   DURATION WARMUP ROUNDS THREADS CONNECTIONS STARTUP_TIMEOUT_S   (its knobs)
 # and gets:
-#   ROOT DOCS PROFILE (now)   WORK (bench_init)   HERD (bench_build)
+#   ROOT DOCS PROFILE (now)   WORK (bench_init)   HERD (bench_build)   PEER (bench_build_peer)
 #   SERVER_PID ADDR BASE (bench_start_server)   TOKEN (bench_login)
 #   WRK_ARGS WRK_CMD (bench_prepare_wrk)   WRK_REQUESTS (run_wrk)
 #   RPS P50 P99 ROUND_RPS (bench_medians)
@@ -64,6 +64,19 @@ bench_build() {
     (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet -p herd)
     HERD=$CARGO_TARGET_DIR/$(bench_profile_dir)/herd
     [[ -x $HERD ]] || die "no binary at $HERD"
+}
+
+# bench/peer (its own Cargo project, outside the workspace), or PEER_BIN as it is; sets
+# PEER.
+bench_build_peer() {
+    if [[ -n ${PEER_BIN:-} ]]; then
+        PEER=$PEER_BIN
+    else
+        log "building bench/peer ($PROFILE profile)"
+        cargo build --profile "$PROFILE" --quiet --locked --manifest-path "$ROOT/bench/peer/Cargo.toml"
+        PEER=$CARGO_TARGET_DIR/$(bench_profile_dir)/herd-bench-peer
+    fi
+    [[ -x $PEER ]] || die "no peer binary at $PEER"
 }
 
 # A scratch directory (WORK) and the traps that stop the server and remove it on exit,

@@ -64,14 +64,7 @@ command -v redis-cli >/dev/null || die "redis-cli is required (to check that Red
 [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>&1) == PONG ]] ||
     die "no Redis answering at $REDIS_URL"
 bench_build
-if [[ -n ${PEER_BIN:-} ]]; then
-    PEER=$PEER_BIN
-else
-    log "building bench/peer ($PROFILE profile)"
-    cargo build --profile "$PROFILE" --quiet --locked --manifest-path "$ROOT/bench/peer/Cargo.toml"
-    PEER=$CARGO_TARGET_DIR/$(bench_profile_dir)/herd-bench-peer
-fi
-[[ -x $PEER ]] || die "no peer binary at $PEER"
+bench_build_peer
 
 # --- 2. servers ----------------------------------------------------------------------
 bench_init herd-wrk

@@ -299,36 +299,8 @@ async fn the_balancer_keeps_an_idle_keep_alive_connection_past_the_header_read_t
         .await
         .expect("connect");
     let request = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n";
-    /// One response's head and its Content-Length body; the status line.
-    async fn answer(stream: &mut tokio::net::TcpStream) -> String {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = tokio::time::timeout(common::raw::NEVER, stream.read(&mut chunk))
-                .await
-                .expect("an answer")
-                .expect("read");
-            assert!(n > 0, "closed before a whole answer: {buf:?}");
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let Some(end) = text.find("\r\n\r\n") else {
-                continue;
-            };
-            let length: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                return text.lines().next().unwrap_or_default().to_owned();
-            }
-        }
-    }
     stream.write_all(request).await.expect("send");
-    let status = answer(&mut stream).await;
+    let status = common::raw::read_response(&mut stream).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let mut byte = [0u8; 1];
     let waited = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await;
@@ -337,7 +309,7 @@ async fn the_balancer_keeps_an_idle_keep_alive_connection_past_the_header_read_t
         "the balancer ended an idle keep-alive connection at the header-read timeout: {waited:?}"
     );
     stream.write_all(request).await.expect("send again");
-    let status = answer(&mut stream).await;
+    let status = common::raw::read_response(&mut stream).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nx-slow: ")

@@ -195,6 +195,36 @@ pub mod raw {
             .and_then(|code| code.parse().ok())
     }
 
+    /// Reads one response with a Content-Length body from a connection kept alive;
+    /// returns its status line.
+    pub async fn read_response(stream: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(NEVER, stream.read(&mut chunk))
+                .await
+                .expect("an answer")
+                .expect("read");
+            assert!(n > 0, "closed before a whole answer: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text.lines().next().unwrap_or_default().to_owned();
+            }
+        }
+    }
+
     /// Waits for the server to close `stream`, reading whatever it sends; false if it
     /// is still open after [`NEVER`].
     pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
