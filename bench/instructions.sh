@@ -103,18 +103,8 @@ count herd-token herd "$SERVER_PID" "$BASE/v1/me"
 count herd-healthz herd "$SERVER_PID" "$BASE/healthz"
 bench_stop_server
 
-: >"$WORK/peer.log"
-"$(under_callgrind peer "$PEER")" bare 127.0.0.1:0 >>"$WORK/peer.log" 2>&1 &
-PEER_PID=$!
-deadline=$((SECONDS + STARTUP_TIMEOUT_S))
-addr=
-until [[ -n $addr ]]; do
-    kill -0 "$PEER_PID" 2>/dev/null || { cat "$WORK/peer.log" >&2; die "the peer exited during startup"; }
-    ((SECONDS < deadline)) || die "the peer did not listen within ${STARTUP_TIMEOUT_S}s"
-    addr=$(sed -n 's/^listening on //p' "$WORK/peer.log")
-    [[ -n $addr ]] || sleep 0.2
-done
-count axum-bare peer "$PEER_PID" "http://$addr/v1/me"
+bench_start_peer axum-bare "$(under_callgrind peer "$PEER")" bare
+count axum-bare peer "$PEER_PID" "$PEER_BASE/v1/me"
 
 TABLE=$(
     printf '| server | instructions a request | of bare axum | requests counted |\n'

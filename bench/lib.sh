@@ -7,6 +7,7 @@
 #   DURATION WARMUP ROUNDS THREADS CONNECTIONS STARTUP_TIMEOUT_S   (its knobs)
 # and gets:
 #   ROOT DOCS PROFILE (now)   WORK (bench_init)   HERD (bench_build)   PEER (bench_build_peer)
+#   PEER_PID PEER_BASE (bench_start_peer)
 #   SERVER_PID ADDR BASE (bench_start_server)   TOKEN (bench_login)
 #   WRK_ARGS WRK_CMD (bench_prepare_wrk)   WRK_REQUESTS (run_wrk)
 #   RPS P50 P99 ROUND_RPS (bench_medians)
@@ -77,6 +78,23 @@ bench_build_peer() {
         PEER=$CARGO_TARGET_DIR/$(bench_profile_dir)/herd-bench-peer
     fi
     [[ -x $PEER ]] || die "no peer binary at $PEER"
+}
+
+# Runs `program mode 127.0.0.1:0 [args...]` (bench/peer, or a wrapper around it) and
+# waits until it says where it listens; sets PEER_PID and PEER_BASE. The caller stops it.
+bench_start_peer() { # name program mode [args...]
+    local name=$1 program=$2 out=$WORK/peer-$1.log deadline=$((SECONDS + STARTUP_TIMEOUT_S)) addr=
+    : >"$out"
+    "$program" "$3" 127.0.0.1:0 "${@:4}" >>"$out" 2>&1 &
+    PEER_PID=$!
+    until [[ -n $addr ]]; do
+        kill -0 "$PEER_PID" 2>/dev/null || { cat "$out" >&2; die "peer $name exited during startup"; }
+        ((SECONDS < deadline)) || die "peer $name did not listen within ${STARTUP_TIMEOUT_S}s"
+        addr=$(sed -n 's/^listening on //p' "$out")
+        [[ -n $addr ]] || sleep 0.1
+    done
+    PEER_BASE=http://$addr
+    log "peer $name listening at $PEER_BASE (pid $PEER_PID)"
 }
 
 # A scratch directory (WORK) and the traps that stop the server and remove it on exit,

@@ -80,19 +80,8 @@ bench_on_exit() {
 
 # A bench/peer mode on a port the kernel picks; sets PEER_BASE once it is listening.
 start_peer() { # name mode [args...]
-    local name=$1 out=$WORK/peer-$1.log deadline=$((SECONDS + STARTUP_TIMEOUT_S)) pid addr=
-    shift
-    "$PEER" "$1" 127.0.0.1:0 "${@:2}" >"$out" 2>&1 &
-    pid=$!
-    EXTRA_PIDS+=("$pid")
-    until [[ -n $addr ]]; do
-        kill -0 "$pid" 2>/dev/null || { cat "$out" >&2; die "peer $name exited during startup"; }
-        ((SECONDS < deadline)) || die "peer $name did not listen within ${STARTUP_TIMEOUT_S}s"
-        addr=$(sed -n 's/^listening on //p' "$out")
-        [[ -n $addr ]] || sleep 0.1
-    done
-    PEER_BASE=http://$addr
-    log "peer $name listening at $PEER_BASE (pid $pid)"
+    bench_start_peer "$1" "$PEER" "${@:2}"
+    EXTRA_PIDS+=("$PEER_PID")
 }
 
 start_peer axum-bare bare

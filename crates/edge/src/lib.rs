@@ -216,12 +216,12 @@ impl Activity {
     }
 
     /// When the connection will have been quiet for `idle`, unless something moves.
-    pub fn quiet_until(&self, idle: Duration) -> Instant {
+    fn quiet_until(&self, idle: Duration) -> Instant {
         self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed)) + idle
     }
 
     /// Whether the connection has been quiet for `idle` with nothing in flight.
-    pub fn is_idle(&self, idle: Duration) -> bool {
+    fn is_idle(&self, idle: Duration) -> bool {
         self.in_flight() == 0 && Instant::now() >= self.quiet_until(idle)
     }
 

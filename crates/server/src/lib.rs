@@ -355,7 +355,7 @@ where
         // The matched pattern's clone is a reference count: nothing is allocated per request.
         let route = metrics::Route::of(request.extensions().get::<MatchedPath>());
         let edge = self.edge.clone();
-        if has_no_body(&request) {
+        if listen::has_no_body(&request) {
             // Nothing for the limit to bound: its extension (the fourth of the request's,
             // which grew the map) is left out.
             let answer = self.inner.call(request);
@@ -389,19 +389,6 @@ where
             Ok(finish(&edge, &method, route, started, response))
         })
     }
-}
-
-/// Whether `request` has no body at all: HTTP/1 without Content-Length or
-/// Transfer-Encoding (RFC 9112 section 6.3; hyper hands such a request an empty body).
-/// An HTTP/2 request may send data with neither, so it is never taken for bodiless.
-fn has_no_body(request: &Request) -> bool {
-    request.version() <= axum::http::Version::HTTP_11
-        && !request
-            .headers()
-            .contains_key(axum::http::header::CONTENT_LENGTH)
-        && !request
-            .headers()
-            .contains_key(axum::http::header::TRANSFER_ENCODING)
 }
 
 /// The response `answer` resolves to, or a 500 if polling it panicked: the panic is

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::http::Version;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -229,6 +229,15 @@ async fn connection(
             }
         }
     }
+}
+
+/// Whether `request` has no body at all: HTTP/1 without Content-Length or
+/// Transfer-Encoding (RFC 9112 section 6.3; hyper hands such a request an empty body).
+/// An HTTP/2 request may send data with neither, so it is never taken for bodiless.
+pub(crate) fn has_no_body(request: &Request) -> bool {
+    request.version() <= Version::HTTP_11
+        && !request.headers().contains_key(CONTENT_LENGTH)
+        && !request.headers().contains_key(TRANSFER_ENCODING)
 }
 
 /// Whether `request` declares a body of at most `limit` bytes, which
