@@ -114,6 +114,22 @@ pub fn is_out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23))
 }
 
+/// Whether `error`, or an error it was caused by, is [`is_out_of_descriptors`]: a
+/// connection this process failed to open for want of a descriptor, which says nothing
+/// about the peer it was meant for.
+pub fn caused_by_out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(is_out_of_descriptors)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// When a connection last moved a byte, how many of its requests are being answered, and
 /// since when the request head now arriving has been arriving.
 ///
@@ -311,5 +327,36 @@ impl AsyncWrite for Tracked {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that, like hyper-util's `ConnectError`, names its cause only as a source.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "tcp connect error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_found_under_the_error_that_reports_it() {
+        let emfile = Wrapped(std::io::Error::from_raw_os_error(24));
+        let enfile = Wrapped(std::io::Error::from_raw_os_error(23));
+        let refused = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(caused_by_out_of_descriptors(&emfile));
+        assert!(caused_by_out_of_descriptors(&enfile));
+        assert!(!caused_by_out_of_descriptors(&refused));
     }
 }

@@ -51,9 +51,11 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = cluster.config.edge;
+    let pressure = cluster.pressure.clone();
     crate::listen::accept(
         listener,
         limits,
+        pressure,
         shutdown,
         move |io, remote, activity, spare| {
             let cluster = cluster.clone();
@@ -167,8 +169,17 @@ async fn proxy(
         return failure.answer(cluster, &first);
     }
     failure.mark(cluster, &first);
-    tracing::info!(replica = %first.id, "retrying on another replica: {failure}");
-    let Some(second) = cluster.pick(None, Some(&first.id)) else {
+    let second = if let TryFailure::OutOfDescriptors(_) = failure {
+        // The shortage is the balancer's, not the replica's: once idle client
+        // connections made room, any replica will do, the first one too.
+        tracing::info!("retrying once idle connections made room: {failure}");
+        cluster.relieve_pressure().await;
+        cluster.pick(affinity.as_deref(), None)
+    } else {
+        tracing::info!(replica = %first.id, "retrying on another replica: {failure}");
+        cluster.pick(None, Some(&first.id))
+    };
+    let Some(second) = second else {
         return no_replica();
     };
     match attempt(
@@ -189,6 +200,9 @@ async fn proxy(
 enum TryFailure {
     /// No connection could be made: the request never reached the replica.
     Connect(hyper_util::client::legacy::Error),
+    /// No connection could be opened because the balancer itself is out of file
+    /// descriptors: the request never left, and the replica is not to blame.
+    OutOfDescriptors(hyper_util::client::legacy::Error),
     /// The exchange broke before a response head: the replica dropped the connection,
     /// or refused the request and hung up on a body it did not want. The replica may be
     /// fine and the request to blame, so this alone does not take it out of rotation.
@@ -203,6 +217,9 @@ impl std::fmt::Display for TryFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TryFailure::Connect(e) | TryFailure::Broken(e) => write!(f, "{e}"),
+            TryFailure::OutOfDescriptors(e) => {
+                write!(f, "the balancer is out of file descriptors: {e}")
+            }
             TryFailure::TimedOut(after) => write!(f, "no answer within {after:?}"),
             TryFailure::LeftRotation => write!(f, "the replica left rotation"),
         }
@@ -211,7 +228,10 @@ impl std::fmt::Display for TryFailure {
 
 impl TryFailure {
     fn never_reached(&self) -> bool {
-        matches!(self, TryFailure::Connect(_))
+        matches!(
+            self,
+            TryFailure::Connect(_) | TryFailure::OutOfDescriptors(_)
+        )
     }
 
     /// Only a failed connection takes a replica out at once: it says nothing about the
@@ -219,7 +239,7 @@ impl TryFailure {
     /// replica fails within a check or two, so that no client can take replicas out by
     /// sending requests they refuse.
     fn mark(&self, cluster: &Cluster, target: &Target) {
-        if self.never_reached() {
+        if let TryFailure::Connect(_) = self {
             cluster.mark_down(target);
         }
     }
@@ -234,6 +254,7 @@ impl TryFailure {
                 "bad-gateway",
                 format!("replica {} failed to answer", target.id),
             ),
+            TryFailure::OutOfDescriptors(_) => out_of_descriptors(),
             TryFailure::TimedOut(_) | TryFailure::LeftRotation => problem(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway-timeout",
@@ -262,7 +283,9 @@ async fn attempt(
     };
     tokio::select! {
         answer = cluster.client.request(request) => answer.map_err(|e| {
-            if e.is_connect() {
+            if herd_edge::caused_by_out_of_descriptors(&e) {
+                TryFailure::OutOfDescriptors(e)
+            } else if e.is_connect() {
                 TryFailure::Connect(e)
             } else {
                 TryFailure::Broken(e)
@@ -295,6 +318,7 @@ async fn proxy_upgrade(
     add_forwarded(&mut parts.headers, remote);
 
     let mut excluded: Option<String> = None;
+    let mut relieved = false;
     let (target, stream) = loop {
         let Some(target) = cluster.pick(affinity.as_deref(), excluded.as_deref()) else {
             return no_replica();
@@ -302,6 +326,12 @@ async fn proxy_upgrade(
         let connect = TcpStream::connect(target.addr);
         match tokio::time::timeout(Duration::from_secs(2), connect).await {
             Ok(Ok(stream)) => break (target, stream),
+            // The balancer's own shortage, as in `proxy`: not the replica's fault.
+            Ok(Err(e)) if herd_edge::is_out_of_descriptors(&e) && !relieved => {
+                cluster.relieve_pressure().await;
+                relieved = true;
+            }
+            Ok(Err(e)) if herd_edge::is_out_of_descriptors(&e) => return out_of_descriptors(),
             _ if excluded.is_none() => {
                 cluster.mark_down(&target);
                 excluded = Some(target.id.clone());
@@ -402,6 +432,18 @@ fn no_replica() -> Response<ProxyBody> {
         "unavailable",
         "no replica is healthy right now; try again shortly",
     )
+}
+
+fn out_of_descriptors() -> Response<ProxyBody> {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the balancer is out of connections right now; try again shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn bad_gateway(target: &Target, error: &dyn std::fmt::Display) -> Response<ProxyBody> {

@@ -60,17 +60,19 @@ impl EdgeLimits {
 
 /// Accepts connections until `shutdown` resolves, handing each to `serve` along with
 /// its [`Activity`] and [`Spare`]; `serve` must run the connection, close it gently
-/// with the spare if it ended in a refused head, and return when it ends.
+/// with the spare if it ended in a refused head, and return when it ends. Idle
+/// connections close when accepting runs out of descriptors, and whenever `pressure` is
+/// told that something else did.
 pub(crate) async fn accept<F, Fut>(
     listener: TcpListener,
     limits: EdgeLimits,
+    pressure: Arc<Notify>,
     shutdown: impl std::future::Future<Output = ()>,
     serve: F,
 ) where
     F: Fn(TokioIo<Tracked>, SocketAddr, Arc<Activity>, Spare) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let pressure = Arc::new(Notify::new());
     tokio::pin!(shutdown);
     // Logged once a streak: accept fails every few milliseconds while it lasts.
     let mut starved = false;

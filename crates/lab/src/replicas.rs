@@ -200,6 +200,9 @@ pub(crate) struct Cluster {
     /// The replicas were started elsewhere ([`crate::balance`]): none is spawned here.
     fixed: bool,
     pub client: Client<HttpConnector, ProxyBody>,
+    /// Told when the balancer ran out of file descriptors, so that its idle client
+    /// connections close and make room (`crate::listen::accept`).
+    pub pressure: Arc<Notify>,
     /// The file the replicas' log lines go to, when not our stderr.
     log: Option<Mutex<std::fs::File>>,
 }
@@ -234,6 +237,7 @@ impl Cluster {
             left: Notify::new(),
             fixed: false,
             client,
+            pressure: Arc::new(Notify::new()),
             log,
         })
     }
@@ -479,7 +483,11 @@ impl Cluster {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let ready = self.ready(addr).await;
+            let Some(ready) = self.ready(addr).await else {
+                // The balancer's own shortage: the replica has not been asked.
+                self.relieve_pressure().await;
+                continue;
+            };
             let mut slots = self.slots();
             let Some(slot) = slots
                 .iter_mut()
@@ -505,14 +513,28 @@ impl Cluster {
         }
     }
 
-    async fn ready(&self, addr: SocketAddr) -> bool {
+    /// Whether the replica at `addr` answers its `/readyz` with success; `None` when the
+    /// balancer could not ask, for want of a file descriptor of its own, which says
+    /// nothing about the replica.
+    async fn ready(&self, addr: SocketAddr) -> Option<bool> {
         let request =
             hyper::Request::get(format!("http://{addr}/readyz")).body(crate::balancer::empty());
         let Ok(request) = request else {
-            return false;
+            return Some(false);
         };
         let answer = tokio::time::timeout(Duration::from_secs(1), self.client.request(request));
-        matches!(answer.await, Ok(Ok(response)) if response.status().is_success())
+        match answer.await {
+            Ok(Ok(response)) => Some(response.status().is_success()),
+            Ok(Err(e)) if herd_edge::caused_by_out_of_descriptors(&e) => None,
+            _ => Some(false),
+        }
+    }
+
+    /// Asks idle client connections to close, for a connection that could not be opened
+    /// for want of a file descriptor, and gives their tasks a moment to do it.
+    pub async fn relieve_pressure(&self) {
+        self.pressure.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     /// The replica for the next request: the one `affinity` names if it is up, else the

@@ -327,7 +327,7 @@ async fn many_idle_connections_do_not_keep_a_replica_or_the_balancer_from_answer
     let db = database(&dir);
     // Both under a small descriptor limit, with their default (long) idle timeout: what
     // frees descriptors is closing idle connections when they run out.
-    let (_replica, addr, _) = spawn_command(
+    let (_replica, addr, replica_log) = spawn_command(
         common::herd_with_open_files(128),
         &[
             "serve",
@@ -342,7 +342,7 @@ async fn many_idle_connections_do_not_keep_a_replica_or_the_balancer_from_answer
         ],
         "herd is serving",
     );
-    let (_balancer, listen, _) = spawn_command(
+    let (_balancer, listen, balancer_log) = spawn_command(
         common::herd_with_open_files(128),
         &[
             "balance",
@@ -383,9 +383,14 @@ async fn many_idle_connections_do_not_keep_a_replica_or_the_balancer_from_answer
                 Err(e) => last = Some(Err(e)),
             }
         }
-        match last.expect("tried") {
-            Ok(status) => assert_eq!(status, 200),
-            Err(e) => panic!("{target} did not answer past 300 idle connections: {e}"),
+        let answer = last.expect("tried");
+        if !matches!(answer, Ok(reqwest::StatusCode::OK)) {
+            let replica_log = replica_log.lock().expect("log").join("\n");
+            let balancer_log = balancer_log.lock().expect("log").join("\n");
+            panic!(
+                "{target} did not answer past 300 idle connections: {answer:?}\n\
+                 replica's log:\n{replica_log}\nbalancer's log:\n{balancer_log}"
+            );
         }
     }
 }
