@@ -21,18 +21,22 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// How many headers a replica accepts in one request; more get 431 from hyper (and a
-/// lingering close, see [`Spare`]). A count, not "as many as fit in the byte limit":
-/// hyper allocates and fills an index of this many slots for every request it parses,
-/// and at 64 KiB / 3 = 21,845 slots that was most of a replica's CPU
-/// (docs/benchmarks.md, "Where herd's time goes"). Above the balancer's bound plus the
-/// headers it adds (`X-Forwarded-*`), and above what a browser or an API client sends
-/// with nginx's own added, so that what a proxy in front passes is answered.
-pub const REPLICA_MAX_HEADERS: usize = 128;
+/// How many headers a replica accepts in one request: hyper's own bound, which a replica
+/// leaves in place (it sets no `max_headers`); more get 431 from hyper and a lingering
+/// close ([`Spare`]), so a proxy in front reads the refusal rather than a reset it would
+/// count against the replica. Left to hyper because any count set, even this one, makes
+/// hyper build its index of header slots element by element for every request it parses
+/// (800 instructions a request at 100, 2,500 at 128 by callgrind, of about 28,000 for a
+/// whole `/v1/me`; docs/benchmarks.md). No count protects a replica from what a proxy
+/// forwards: nginx passes as many header lines as fit its buffers (150 of a client's
+/// with 2 of its own were forwarded, checked with deploy/nginx.conf), so what keeps
+/// a replica in rotation is the lingering close, not a count above nginx's.
+pub const REPLICA_MAX_HEADERS: usize = 100;
 
-/// How many headers the development balancer accepts in one request: hyper's default,
-/// the most it parses without allocating.
-pub const BALANCER_MAX_HEADERS: usize = 100;
+/// How many headers the development balancer accepts in one request: two fewer than a
+/// replica, for the `X-Forwarded-For` and `X-Forwarded-Proto` it adds, so that a
+/// replica accepts every head it passes.
+pub const BALANCER_MAX_HEADERS: usize = REPLICA_MAX_HEADERS - 2;
 
 /// How long a lingering close waits for the client to stop sending.
 const LINGER: Duration = Duration::from_secs(5);

@@ -7,7 +7,7 @@
 //! replica; no deadline for a request head, no end to an idle keep-alive connection, and
 //! about 400 KB of buffer per unfinished head. Here each connection gets:
 //! - a header block of at most [`ConnectionLimits::max_header_bytes`] and
-//!   [`REPLICA_MAX_HEADERS`] headers; a head over either is refused with 431 and a
+//!   [`herd_edge::REPLICA_MAX_HEADERS`] headers; a head over either is refused with 431 and a
 //!   lingering close ([`Spare`]), so the proxy in front reads the refusal, not a reset;
 //! - [`ConnectionLimits::header_read_timeout`] to send a request head once its first
 //!   byte has arrived (a slowloris connection is closed); counted by the connection's own
@@ -37,7 +37,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-use herd_edge::{is_out_of_descriptors, Activity, Checked, Spare, Tracked, REPLICA_MAX_HEADERS};
+use herd_edge::{is_out_of_descriptors, Activity, Checked, Spare, Tracked};
 
 use crate::error::{ApiError, Code};
 
@@ -76,7 +76,8 @@ impl ConnectionLimits {
             // runs while the connection waits for a next request too, so it cut idle
             // keep-alive connections at this timeout, not at the idle one.
             .header_read_timeout(None)
-            .max_headers(REPLICA_MAX_HEADERS)
+            // No `max_headers`: hyper's own bound is `REPLICA_MAX_HEADERS`, parsed
+            // without the per-request cost that setting any count brings.
             // hyper's buffer must hold a whole head; it refuses a size under 8 KiB.
             .max_buf_size(self.max_header_bytes.max(8192));
         builder
