@@ -105,8 +105,18 @@ impl PartialEq for Route {
 impl Eq for Route {}
 impl Hash for Route {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        state.write_u64(fnv1a(self.as_str().as_bytes()));
     }
+}
+
+/// FNV-1a of `bytes`: what a label set's hash is made of, so that the family's SipHash
+/// takes one word instead of the label text byte by byte on every request. Consistent
+/// with equality (equal text, equal hash), which is all a map needs; a collision only
+/// costs a comparison, and no client chooses a label.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl EncodeLabelValue for Route {
@@ -125,11 +135,20 @@ impl EncodeLabelValue for Route {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+#[derive(Debug, Clone, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: &'static str,
     route: Route,
     status: u16,
+}
+
+impl Hash for RequestLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // One word for the three labels (see `fnv1a`).
+        let method = fnv1a(self.method.as_bytes());
+        let route = fnv1a(self.route.as_str().as_bytes());
+        state.write_u64(method ^ route.rotate_left(17) ^ (u64::from(self.status) << 48));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
