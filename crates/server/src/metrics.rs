@@ -4,9 +4,10 @@
 //!
 //! On the request path nothing allocates and nothing takes an exclusive lock shared by
 //! all requests: a label set is a method from a fixed list, the route's matched pattern
-//! (axum's `MatchedPath`, whose clone is a reference count) and the status; looking a
-//! series up takes the family's read lock, shared by every reader; only the first request
-//! of a series inserts it. The latency histogram's lock is per route.
+//! (axum's `MatchedPath`, whose clone is a reference count) and the status, hashed as one
+//! word (`fnv1a`); looking a series up takes the family's read lock, shared by every
+//! reader; only the first request of a series inserts it. The latency histogram's lock is
+//! per route.
 //!
 //! Live chat's stages (`herd_chat_stage_seconds`): what a message spent in each, on the
 //! replica that took it ([`herd_chat::Stage`]: waiting for its room's commit, the commit,
