@@ -173,7 +173,7 @@ async fn proxy(
         // The shortage is the balancer's, not the replica's: once idle client
         // connections made room, any replica will do, the first one too.
         tracing::info!("retrying once idle connections made room: {failure}");
-        cluster.relieve_pressure().await;
+        cluster.pressure.relieve().await;
         cluster.pick(affinity.as_deref(), None)
     } else {
         tracing::info!(replica = %first.id, "retrying on another replica: {failure}");
@@ -327,11 +327,13 @@ async fn proxy_upgrade(
         match tokio::time::timeout(Duration::from_secs(2), connect).await {
             Ok(Ok(stream)) => break (target, stream),
             // The balancer's own shortage, as in `proxy`: not the replica's fault.
-            Ok(Err(e)) if herd_edge::is_out_of_descriptors(&e) && !relieved => {
-                cluster.relieve_pressure().await;
+            Ok(Err(e)) if herd_edge::is_out_of_descriptors(&e) => {
+                if relieved {
+                    return out_of_descriptors();
+                }
+                cluster.pressure.relieve().await;
                 relieved = true;
             }
-            Ok(Err(e)) if herd_edge::is_out_of_descriptors(&e) => return out_of_descriptors(),
             _ if excluded.is_none() => {
                 cluster.mark_down(&target);
                 excluded = Some(target.id.clone());

@@ -58,6 +58,22 @@ impl EdgeLimits {
     }
 }
 
+/// What closes idle client connections when the balancer runs out of file descriptors:
+/// its accept loop relieves it when accepting fails, a health check or a connection to a
+/// replica when opening one does (`Cluster::pressure`).
+#[derive(Debug, Default)]
+pub(crate) struct Pressure(Notify);
+
+impl Pressure {
+    /// Tells every idle connection to close, then gives their tasks a moment to: the
+    /// sockets must be closed before a descriptor is free, and when none was idle the
+    /// caller's next try would fail at once, so a short pause rather than a busy loop.
+    pub async fn relieve(&self) {
+        self.0.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Accepts connections until `shutdown` resolves, handing each to `serve` along with
 /// its [`Activity`] and [`Spare`]; `serve` must run the connection, close it gently
 /// with the spare if it ended in a refused head, and return when it ends. Idle
@@ -66,7 +82,7 @@ impl EdgeLimits {
 pub(crate) async fn accept<F, Fut>(
     listener: TcpListener,
     limits: EdgeLimits,
-    pressure: Arc<Notify>,
+    pressure: Arc<Pressure>,
     shutdown: impl std::future::Future<Output = ()>,
     serve: F,
 ) where
@@ -91,11 +107,7 @@ pub(crate) async fn accept<F, Fut>(
                     tracing::warn!("out of file descriptors: closing idle connections");
                     starved = true;
                 }
-                pressure.notify_waiters();
-                // Their tasks need a turn to close the sockets before accept can succeed,
-                // and when none was idle accept would fail again at once: a short pause
-                // rather than a busy loop.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                pressure.relieve().await;
                 continue;
             }
             Err(e) => {
@@ -120,14 +132,14 @@ async fn watch(
     connection: impl std::future::Future<Output = ()>,
     activity: Arc<Activity>,
     limits: EdgeLimits,
-    pressure: Arc<Notify>,
+    pressure: Arc<Pressure>,
 ) {
     tokio::pin!(connection);
     let mut look_at = Instant::now();
     loop {
         tokio::select! {
             () = &mut connection => return,
-            () = pressure.notified() => {
+            () = pressure.0.notified() => {
                 if activity.in_flight() == 0 {
                     return;
                 }

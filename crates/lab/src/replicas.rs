@@ -202,7 +202,7 @@ pub(crate) struct Cluster {
     pub client: Client<HttpConnector, ProxyBody>,
     /// Told when the balancer ran out of file descriptors, so that its idle client
     /// connections close and make room (`crate::listen::accept`).
-    pub pressure: Arc<Notify>,
+    pub pressure: Arc<crate::listen::Pressure>,
     /// The file the replicas' log lines go to, when not our stderr.
     log: Option<Mutex<std::fs::File>>,
 }
@@ -237,7 +237,7 @@ impl Cluster {
             left: Notify::new(),
             fixed: false,
             client,
-            pressure: Arc::new(Notify::new()),
+            pressure: Arc::default(),
             log,
         })
     }
@@ -485,7 +485,7 @@ impl Cluster {
             interval.tick().await;
             let Some(ready) = self.ready(addr).await else {
                 // The balancer's own shortage: the replica has not been asked.
-                self.relieve_pressure().await;
+                self.pressure.relieve().await;
                 continue;
             };
             let mut slots = self.slots();
@@ -528,13 +528,6 @@ impl Cluster {
             Ok(Err(e)) if herd_edge::caused_by_out_of_descriptors(&e) => None,
             _ => Some(false),
         }
-    }
-
-    /// Asks idle client connections to close, for a connection that could not be opened
-    /// for want of a file descriptor, and gives their tasks a moment to do it.
-    pub async fn relieve_pressure(&self) {
-        self.pressure.notify_waiters();
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     /// The replica for the next request: the one `affinity` names if it is up, else the

@@ -540,31 +540,25 @@ mod tests {
             "/echo",
             axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
         ));
+        let status = |framing: Option<(&'static str, &'static str)>, version, size| {
+            let mut request = Request::post("/echo").version(version);
+            if let Some((name, value)) = framing {
+                request = request.header(name, value);
+            }
+            let request = request.body(Body::from(vec![b'x'; size])).expect("request");
+            let app = app.clone();
+            async move { app.oneshot(request).await.expect("infallible").status() }
+        };
+        let http1 = axum::http::Version::HTTP_11;
         // As hyper hands them over: a body comes with the header that frames it.
-        let small = Request::post("/echo")
-            .header("content-length", "1000")
-            .body(Body::from(vec![b'x'; 1000]))
-            .expect("request");
-        let response = app.clone().oneshot(small).await.expect("infallible");
-        assert_eq!(response.status(), StatusCode::OK);
-        let large = Request::post("/echo")
-            .header("content-length", "2000")
-            .body(Body::from(vec![b'x'; 2000]))
-            .expect("request");
-        let response = app.clone().oneshot(large).await.expect("infallible");
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        let chunked = Request::post("/echo")
-            .header("transfer-encoding", "chunked")
-            .body(Body::from(vec![b'x'; 2000]))
-            .expect("request");
-        let response = app.clone().oneshot(chunked).await.expect("infallible");
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let small = status(Some(("content-length", "1000")), http1, 1000).await;
+        assert_eq!(small, StatusCode::OK);
+        let large = status(Some(("content-length", "2000")), http1, 2000).await;
+        assert_eq!(large, StatusCode::PAYLOAD_TOO_LARGE);
+        let chunked = status(Some(("transfer-encoding", "chunked")), http1, 2000).await;
+        assert_eq!(chunked, StatusCode::PAYLOAD_TOO_LARGE);
         // HTTP/2 frames a body without either header.
-        let h2 = Request::post("/echo")
-            .version(axum::http::Version::HTTP_2)
-            .body(Body::from(vec![b'x'; 2000]))
-            .expect("request");
-        let response = app.oneshot(h2).await.expect("infallible");
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let h2 = status(None, axum::http::Version::HTTP_2, 2000).await;
+        assert_eq!(h2, StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

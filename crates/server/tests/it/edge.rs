@@ -32,6 +32,9 @@ fn crowded_healthz(extra: usize, body: usize) -> Vec<u8> {
     request
 }
 
+/// A request head that stops mid-header and never ends: a slowloris.
+const UNFINISHED_HEAD: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: replica\r\nx-slow: ";
+
 /// Reads one HTTP/1.1 response with a Content-Length body; returns its status line.
 async fn read_response(stream: &mut TcpStream) -> String {
     let mut buf = Vec::new();
@@ -131,10 +134,7 @@ async fn a_slowloris_request_head_is_cut_off_after_the_header_read_timeout() {
     options.connections.header_read_timeout = Duration::from_millis(300);
     let app = spawn_with(options).await;
     let mut stream = connect(&app).await;
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: replica\r\nx-slow: ")
-        .await
-        .expect("send");
+    stream.write_all(UNFINISHED_HEAD).await.expect("send");
     assert!(
         closed_by_replica(&mut stream).await,
         "the replica still holds an unfinished request head"
@@ -176,7 +176,7 @@ async fn a_kept_alive_connection_waits_for_the_idle_timeout_but_a_slow_head_on_i
     let status = read_response(&mut stream).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: replica\r\nx-slow: ")
+        .write_all(UNFINISHED_HEAD)
         .await
         .expect("send a head that never ends");
     assert!(
